@@ -1,0 +1,54 @@
+# mock-accel DRA driver: build, test and run targets. `make help` lists them.
+SHELL := /bin/bash
+CARGO ?= cargo
+IMAGE ?= mock-accel-dra:dev
+K8S_VERSION ?= v1.37.2
+export MOCK_ACCEL_CACHE ?= /var/cache/mock-accel
+
+.PHONY: help build test lint fmt fmt-check crd bench build-image load-image deploy undeploy \
+        k8s-bins e2e dev-cluster dev-cluster-env dev-cluster-down demo
+
+help: ## list the targets
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed -E 's/:.*## /\t/' | column -t -s $$'\t'
+
+build: ## build the mock-accel-dra binary (release)
+	$(CARGO) build --release --locked
+
+test: fmt-check lint ## formatting, clippy, then every unit and in-process test
+	$(CARGO) test --locked --all-targets
+
+lint: ## clippy with warnings as errors
+	$(CARGO) clippy --locked --all-targets -- -D warnings
+
+fmt: ## format the code
+	$(CARGO) fmt --all
+
+fmt-check:
+	$(CARGO) fmt --all -- --check
+
+crd: ## regenerate crds/ from the Rust types
+	$(CARGO) run --quiet --locked -- crd > crds/mockaccelnodes.mock-accel.example.com.yaml
+
+bench: ## benchmarks: discovery, prepare/unprepare latency, agent memory
+	$(CARGO) bench --locked
+
+build-image: ## build the container image with docker, podman or buildah
+	@if command -v docker >/dev/null 2>&1 && docker info >/dev/null 2>&1; then docker build -t $(IMAGE) .; \
+	elif command -v podman >/dev/null 2>&1; then podman build -t $(IMAGE) .; \
+	elif command -v buildah >/dev/null 2>&1; then buildah bud -t $(IMAGE) .; \
+	else echo "build-image: no working docker, podman or buildah found; install one of them (e.g. apt-get install podman)" >&2; exit 1; fi
+
+load-image: ## import the image into a k3s node's containerd
+	@if command -v docker >/dev/null 2>&1 && docker info >/dev/null 2>&1; then docker save $(IMAGE) -o /tmp/mock-accel-dra.tar; \
+	elif command -v podman >/dev/null 2>&1; then podman save $(IMAGE) -o /tmp/mock-accel-dra.tar; \
+	else echo "load-image: needs docker or podman to export $(IMAGE)" >&2; exit 1; fi
+	sudo k3s ctr images import /tmp/mock-accel-dra.tar
+
+deploy: ## install the driver into the current kubectl context
+	kubectl apply -k kustomize/default
+
+undeploy: ## remove the driver from the current kubectl context
+	kubectl delete -k kustomize/default --ignore-not-found
+
+k8s-bins: ## build (or reuse) the control-plane binaries from the Kubernetes Go modules
+	K8S_VERSION=$(K8S_VERSION) e2e/k8sbins/build.sh

@@ -1,0 +1,9 @@
+//! `mock-accel-dra node-agent`: discovery, MockAccelNode status and the kubelet plugin.
+use crate::cli::NodeAgentArgs;
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {}
+
+pub async fn run(_args: NodeAgentArgs) -> Result<(), Error> {
+    Ok(())
+}

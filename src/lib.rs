@@ -1,0 +1,21 @@
+//! mock-accel DRA driver: discovery of mock-accel PCIe functions in sysfs, ResourceSlice
+//! publishing, and a kubelet plugin that prepares claims through the status register and CDI.
+//!
+//! Lower floors (`inventory`, `sysfs` parsing, `slices`, `cdi`, `checkpoint`) are pure; the
+//! roles on the top floors (`agent`, `controller`, `plugin::server`) wire them to the world.
+#![forbid(unsafe_code)]
+
+pub mod agent;
+pub mod cdi;
+pub mod checkpoint;
+pub mod cli;
+pub mod controller;
+pub mod crd;
+pub mod discover;
+pub mod inventory;
+pub mod plugin;
+pub mod proto;
+pub mod sim;
+pub mod slices;
+pub mod sysfs;
+pub mod telemetry;

@@ -1,0 +1,31 @@
+//! Entry point of `mock-accel-dra`: parses the command line and runs one role.
+
+use anyhow::Context;
+use clap::Parser;
+use mock_accel_dra::{
+    agent,
+    cli::{Cli, Command},
+    controller, crd, discover, sim, telemetry,
+};
+
+fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    telemetry::init_logging(cli.log_format, &cli.log_level)?;
+    match cli.command {
+        Command::Crd => {
+            print!("{}", crd::crd_yaml().context("rendering the CRD")?);
+            Ok(())
+        }
+        Command::Discover(args) => Ok(discover::run(&args)?),
+        Command::Sim(args) => Ok(sim::run(&args.command)?),
+        Command::Controller(args) => runtime()?.block_on(async { Ok(controller::run(args).await?) }),
+        Command::NodeAgent(args) => runtime()?.block_on(async { Ok(agent::run(args).await?) }),
+    }
+}
+
+fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("starting the async runtime")
+}
