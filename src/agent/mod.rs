@@ -1,4 +1,6 @@
 //! `mock-accel-dra node-agent`: discovery, MockAccelNode status and the kubelet plugin.
+pub mod status;
+
 use crate::cli::NodeAgentArgs;
 
 #[derive(Debug, thiserror::Error)]
