@@ -1,0 +1,188 @@
+//! `mock-accel-dra controller`: owns the ResourceSlices of every node and NUMA pool.
+//!
+//! This module wires the pieces: a kube client, the `/healthz` `/readyz` `/metrics` server,
+//! leader election ([`leader`]), and the kube-runtime `Controller` over `MockAccelNode` that
+//! also watches the slices it owns and the Nodes. The reconcile pipeline lives in
+//! [`reconcile`], its pure decisions in [`plan`], the metrics in [`metrics`].
+
+pub mod leader;
+pub mod metrics;
+pub mod plan;
+pub mod reconcile;
+#[cfg(test)]
+mod scenarios;
+mod slices_standin;
+
+use std::sync::Arc;
+
+use futures::StreamExt;
+use k8s_openapi::api::{core::v1::Node, resource::v1::ResourceSlice};
+use kube::{
+    Api, Client, ResourceExt,
+    runtime::{
+        Controller,
+        controller::{self, Config},
+        reflector::ObjectRef,
+        watcher,
+    },
+};
+use prometheus_client::registry::Registry;
+use tokio_util::sync::CancellationToken;
+
+use self::{
+    leader::{LeaderError, LeaseConfig},
+    metrics::{METRICS_PREFIX, Metrics},
+    reconcile::{Context, MANAGED_BY_SELECTOR, error_policy, reconcile, system_clock},
+};
+use crate::{
+    cli::ControllerArgs,
+    crd::MockAccelNode,
+    telemetry::{self, Readiness, TelemetryError},
+};
+
+/// The desired-slice computation (stand-in until `crate::slices` lands).
+use self::slices_standin as slices;
+
+/// Reconciles running at once; each one is a handful of requests for one node.
+const CONCURRENCY: u16 = 8;
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("cannot build a Kubernetes client from the environment (in-cluster config or KUBECONFIG): {0}")]
+    Client(#[source] kube::Error),
+    #[error(transparent)]
+    Http(#[from] TelemetryError),
+    #[error(transparent)]
+    Leader(#[from] LeaderError),
+}
+
+pub async fn run(args: ControllerArgs) -> Result<(), Error> {
+    let shutdown = CancellationToken::new();
+    telemetry::cancel_on_signal(shutdown.clone());
+    let client = Client::try_default().await.map_err(Error::Client)?;
+
+    let mut registry = Registry::with_prefix(METRICS_PREFIX);
+    let metrics = Metrics::register(&mut registry);
+    let ready = Readiness::default();
+    let (_, http) =
+        telemetry::serve_http(args.metrics_addr, Arc::new(registry), ready.clone(), shutdown.clone()).await?;
+
+    let identity = args.identity.clone().unwrap_or_else(hostname);
+    let ctx = Arc::new(Context::new(
+        client.clone(),
+        args.driver_name.clone(),
+        args.agent_grace_period,
+        system_clock(),
+        metrics.clone(),
+        identity.clone(),
+    ));
+    tracing::info!(driver = %args.driver_name, grace = ?args.agent_grace_period, leader_elect = args.leader_elect, "starting the controller");
+
+    let result = if args.leader_elect {
+        let cfg = LeaseConfig {
+            name: args.lease_name.clone(),
+            namespace: args.lease_namespace.clone(),
+            identity,
+            duration: args.lease_duration,
+        };
+        leader::run_elected(client, cfg, ready.clone(), metrics, shutdown.clone(), |stop| {
+            run_controller(ctx.clone(), ready.clone(), stop)
+        })
+        .await
+        .map_err(Error::from)
+    } else {
+        metrics.set_leader(true);
+        run_controller(ctx, ready, shutdown.clone()).await;
+        Ok(())
+    };
+
+    shutdown.cancel();
+    match http.await {
+        Ok(Ok(())) => {}
+        Ok(Err(e)) => tracing::warn!(error = %e, "HTTP server stopped with an error"),
+        Err(e) => tracing::warn!(error = %e, "HTTP server task failed"),
+    }
+    result
+}
+
+/// Runs the kube-runtime Controller until `stop` is cancelled; in-flight reconciles finish.
+async fn run_controller(ctx: Arc<Context>, ready: Readiness, stop: CancellationToken) {
+    let client = ctx.client.clone();
+    let controller = Controller::new(
+        Api::<MockAccelNode>::all(client.clone()),
+        watcher::Config::default().any_semantic(),
+    );
+    let store = controller.store();
+    let node_store = store.clone();
+
+    // Ready once the MockAccelNode cache is synced; then remove slices of objects that were
+    // deleted while nobody was leading (the watch will not report those deletions).
+    let sync = {
+        let ctx = ctx.clone();
+        let store = store.clone();
+        let stop = stop.clone();
+        tokio::spawn(async move {
+            tokio::select! {
+                _ = stop.cancelled() => {}
+                r = store.wait_until_ready() => if r.is_ok() {
+                    ready.set(true);
+                    match reconcile::sweep_orphans(&ctx, &store).await {
+                        Ok(0) => {}
+                        Ok(n) => tracing::info!(deleted = n, "removed slices of deleted MockAccelNodes"),
+                        Err(e) => tracing::warn!(error = %e, "sweeping orphaned slices failed"),
+                    }
+                },
+            }
+        })
+    };
+
+    controller
+        // The slices carry the MockAccelNode as a (non-controller) owner; `owns` maps every
+        // owner reference of the right kind, so a slice deleted by someone else (the kubelet
+        // wipes them on restart) brings its node back at once.
+        .owns(
+            Api::<ResourceSlice>::all(client.clone()),
+            watcher::Config::default().labels(MANAGED_BY_SELECTOR),
+        )
+        // A Node appearing gives the slices their owner UID; only nodes with a MockAccelNode
+        // are mapped, so the many Nodes without an agent cost nothing.
+        .watches(Api::<Node>::all(client), watcher::Config::default(), move |n: Node| {
+            let r = ObjectRef::<MockAccelNode>::new(&n.name_any());
+            node_store.get(&r).map(|_| r)
+        })
+        .with_config(Config::default().concurrency(CONCURRENCY))
+        .graceful_shutdown_on(stop.clone().cancelled_owned())
+        .run(reconcile, error_policy, ctx.clone())
+        .for_each(|res| {
+            let ctx = ctx.clone();
+            async move {
+                match res {
+                    Ok((obj, _)) => tracing::trace!(node = %obj.name, "reconciled"),
+                    // A MockAccelNode that is gone (deleted, or named as owner by a slice that
+                    // outlived it): its slices go too.
+                    Err(controller::Error::ObjectNotFound(obj)) => {
+                        match reconcile::withdraw_node(&ctx, &obj.name).await {
+                            Ok(0) => {}
+                            Ok(n) => tracing::info!(node = %obj.name, deleted = n, "MockAccelNode deleted: slices removed"),
+                            Err(e) => tracing::warn!(node = %obj.name, error = %e, "removing slices of a deleted MockAccelNode failed"),
+                        }
+                    }
+                    Err(controller::Error::ReconcilerFailed(..)) => {} // logged by error_policy
+                    Err(e) => tracing::warn!(error = %e, "controller error"),
+                }
+            }
+        })
+        .await;
+    sync.abort();
+    tracing::info!("reconciler stopped");
+}
+
+/// Identity in the Lease when no `--identity`/`POD_NAME` is given.
+fn hostname() -> String {
+    std::env::var("HOSTNAME")
+        .ok()
+        .or_else(|| std::fs::read_to_string("/proc/sys/kernel/hostname").ok())
+        .map(|h| h.trim().to_string())
+        .filter(|h| !h.is_empty())
+        .unwrap_or_else(|| "mock-accel-controller".to_string())
+}

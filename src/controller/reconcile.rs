@@ -1,0 +1,380 @@
+//! One reconcile of one MockAccelNode, as a pipeline: read (the object, its Node, the node's
+//! slices) → decide (pure, in [`super::plan`]) → delete obsolete slices → apply changed slices
+//! (server-side apply) → write the controller's share of the status when it changed → publish
+//! Events for what changed. Also the clean-up of slices whose MockAccelNode is gone.
+//!
+//! Everything the reconcile needs from the outside comes through [`Context`], including the
+//! clock, so the scenario tests drive it against a mocked API server at a chosen time.
+
+use std::{
+    collections::HashMap,
+    sync::{Arc, Mutex},
+    time::{Duration, Instant},
+};
+
+use jiff::Timestamp;
+use k8s_openapi::api::{core::v1::Node, resource::v1::ResourceSlice};
+use kube::{
+    Api, Client, Resource, ResourceExt,
+    api::{DeleteParams, ListParams, Patch, PatchParams, Preconditions},
+    runtime::{
+        controller::Action,
+        events::{Event, EventType, Recorder, Reporter},
+        reflector::{ObjectRef, Store},
+    },
+};
+use serde_json::json;
+
+use super::{
+    metrics::{Metrics, Outcome},
+    plan::{self, Observed, SlicePlan, WriteOutcome},
+};
+use crate::crd::{CONTROLLER_FIELD_MANAGER, MockAccelNode};
+
+/// Label every slice this controller writes carries (set by the slice computation).
+pub const MANAGED_BY_SELECTOR: &str = "app.kubernetes.io/managed-by=mock-accel-controller";
+/// Retry delay after a 409 from the API server: someone else wrote first, read again soon.
+const CONFLICT_RETRY: Duration = Duration::from_secs(1);
+const BACKOFF_BASE: Duration = Duration::from_secs(1);
+const BACKOFF_MAX: Duration = Duration::from_secs(300);
+
+/// The time source; tests pin it.
+pub type Clock = Arc<dyn Fn() -> Timestamp + Send + Sync>;
+
+/// The wall clock.
+pub fn system_clock() -> Clock {
+    Arc::new(Timestamp::now)
+}
+
+/// A failed reconcile step. Each variant names the MockAccelNode (and the object written) so
+/// that logs and the error policy say which node is affected.
+#[derive(Debug, thiserror::Error)]
+pub enum ReconcileError {
+    #[error("MockAccelNode has no name")]
+    Unnamed,
+    #[error("node {node}: reading {what} failed: {source} (check the API server and the controller's RBAC)")]
+    Read {
+        node: String,
+        what: &'static str,
+        source: kube::Error,
+    },
+    #[error("node {node}: applying ResourceSlice {slice} failed: {source}")]
+    Apply {
+        node: String,
+        slice: String,
+        source: kube::Error,
+    },
+    #[error("node {node}: deleting ResourceSlice {slice} failed: {source}")]
+    Delete {
+        node: String,
+        slice: String,
+        source: kube::Error,
+    },
+    #[error("node {node}: writing MockAccelNode status failed: {source}")]
+    Status { node: String, source: kube::Error },
+}
+
+impl ReconcileError {
+    fn source_error(&self) -> Option<&kube::Error> {
+        match self {
+            ReconcileError::Unnamed => None,
+            ReconcileError::Read { source, .. }
+            | ReconcileError::Apply { source, .. }
+            | ReconcileError::Delete { source, .. }
+            | ReconcileError::Status { source, .. } => Some(source),
+        }
+    }
+
+    /// A 409 from the API server (a uid precondition failed or a write raced another): retried
+    /// through a quick requeue rather than the error backoff.
+    pub fn is_conflict(&self) -> bool {
+        matches!(self.source_error(), Some(kube::Error::Api(s)) if s.is_conflict())
+    }
+}
+
+fn is_not_found(e: &kube::Error) -> bool {
+    matches!(e, kube::Error::Api(s) if s.is_not_found())
+}
+
+/// Shared state of the reconciler.
+pub struct Context {
+    pub client: Client,
+    pub driver: String,
+    /// How long an agent may go without a heartbeat before its slices are withdrawn.
+    pub grace: Duration,
+    pub clock: Clock,
+    pub metrics: Metrics,
+    reporter: Reporter,
+    /// Consecutive failures per node, for the error backoff.
+    failures: Mutex<HashMap<String, u32>>,
+}
+
+impl Context {
+    pub fn new(
+        client: Client,
+        driver: String,
+        grace: Duration,
+        clock: Clock,
+        metrics: Metrics,
+        instance: String,
+    ) -> Self {
+        Context {
+            client,
+            driver,
+            grace,
+            clock,
+            metrics,
+            reporter: Reporter {
+                controller: CONTROLLER_FIELD_MANAGER.to_string(),
+                instance: Some(instance),
+            },
+            failures: Mutex::default(),
+        }
+    }
+
+    fn slices(&self) -> Api<ResourceSlice> {
+        Api::all(self.client.clone())
+    }
+
+    /// Delay before retrying `node` after one more failure: 1 s doubling up to 5 min.
+    fn next_backoff(&self, node: &str) -> Duration {
+        let Ok(mut failures) = self.failures.lock() else {
+            return BACKOFF_MAX;
+        };
+        let n = failures.entry(node.to_string()).or_insert(0);
+        *n = n.saturating_add(1);
+        BACKOFF_BASE
+            .saturating_mul(2u32.saturating_pow(n.saturating_sub(1).min(16)))
+            .min(BACKOFF_MAX)
+    }
+
+    fn reset_backoff(&self, node: &str) {
+        if let Ok(mut failures) = self.failures.lock() {
+            failures.remove(node);
+        }
+    }
+}
+
+/// Entry point for the kube-runtime Controller: runs the pipeline and records metrics.
+pub async fn reconcile(node: Arc<MockAccelNode>, ctx: Arc<Context>) -> Result<Action, ReconcileError> {
+    let started = Instant::now();
+    let result = reconcile_node(&node, &ctx).await;
+    let outcome = match &result {
+        Ok(_) => {
+            ctx.reset_backoff(&node.name_any());
+            Outcome::Ok
+        }
+        Err(e) if e.is_conflict() => Outcome::Conflict,
+        Err(_) => Outcome::Error,
+    };
+    ctx.metrics.reconciled(outcome, started.elapsed());
+    result
+}
+
+/// Requeue policy after a failed reconcile: conflicts are retried at once, other errors with a
+/// per-node exponential backoff (reset by the next success).
+pub fn error_policy(node: Arc<MockAccelNode>, err: &ReconcileError, ctx: Arc<Context>) -> Action {
+    if err.is_conflict() {
+        tracing::debug!(node = %node.name_any(), error = %err, "conflict, retrying");
+        return Action::requeue(CONFLICT_RETRY);
+    }
+    let delay = ctx.next_backoff(&node.name_any());
+    tracing::warn!(node = %node.name_any(), error = %err, retry_in = ?delay, "reconcile failed");
+    Action::requeue(delay)
+}
+
+async fn reconcile_node(node: &MockAccelNode, ctx: &Context) -> Result<Action, ReconcileError> {
+    let name = node.metadata.name.clone().ok_or(ReconcileError::Unnamed)?;
+
+    // Read.
+    let k8s_node = Api::<Node>::all(ctx.client.clone())
+        .get_opt(&name)
+        .await
+        .map_err(|source| ReconcileError::Read {
+            node: name.clone(),
+            what: "Node",
+            source,
+        })?;
+    let Some(node_uid) = k8s_node.and_then(|n| n.metadata.uid) else {
+        // Without its Node the devices cannot be used; the Node watch brings us back.
+        let removed = withdraw_node(ctx, &name).await?;
+        tracing::info!(node = %name, removed, "Node does not exist; its slices are withdrawn");
+        return Ok(Action::await_change());
+    };
+    let existing = list_node_slices(ctx, &name).await?;
+
+    // Decide.
+    let now = (ctx.clock)();
+    let plan = plan::plan_slices(&Observed {
+        driver: &ctx.driver,
+        node,
+        node_uid: &node_uid,
+        existing: &existing,
+        now,
+        grace: ctx.grace,
+    });
+
+    // Write slices: obsolete ones first, so a pool never shows more slices than it counts.
+    let write_error = match write_slices(ctx, &name, &plan).await {
+        Ok(()) => None,
+        Err(e) if e.is_conflict() => return Err(e),
+        Err(e) => Some(e),
+    };
+    let outcome = match &write_error {
+        None => WriteOutcome::Written,
+        Some(e) => WriteOutcome::Failed(e.to_string()),
+    };
+    if write_error.is_none() {
+        ctx.metrics.set_node_slices(&name, plan.desired.len());
+    }
+
+    // Status and Events.
+    let status = plan::controller_status(node, &plan, &outcome, now);
+    if plan::status_differs(node.status.as_ref(), &status) {
+        let patch = json!({
+            "apiVersion": MockAccelNode::api_version(&()),
+            "kind": MockAccelNode::kind(&()),
+            "metadata": { "name": name },
+            "status": status,
+        });
+        Api::<MockAccelNode>::all(ctx.client.clone())
+            .patch_status(
+                &name,
+                &PatchParams::apply(CONTROLLER_FIELD_MANAGER).force(),
+                &Patch::Apply(&patch),
+            )
+            .await
+            .map_err(|source| ReconcileError::Status {
+                node: name.clone(),
+                source,
+            })?;
+        ctx.metrics.api_write("MockAccelNode", "apply-status");
+    }
+    for ev in plan::events(node.status.as_ref(), &status, &plan) {
+        publish(ctx, node, ev).await;
+    }
+
+    match write_error {
+        Some(e) => Err(e),
+        None => Ok(Action::requeue(plan.requeue_after)),
+    }
+}
+
+async fn list_node_slices(ctx: &Context, node: &str) -> Result<Vec<ResourceSlice>, ReconcileError> {
+    let lp = ListParams::default()
+        .labels(MANAGED_BY_SELECTOR)
+        .fields(&format!("spec.driver={},spec.nodeName={node}", ctx.driver));
+    let list = ctx.slices().list(&lp).await.map_err(|source| ReconcileError::Read {
+        node: node.to_string(),
+        what: "ResourceSlices",
+        source,
+    })?;
+    // The selectors are served by the API server; check again so a misbehaving server or a
+    // test double can never make us delete another driver's or node's slices.
+    Ok(list
+        .items
+        .into_iter()
+        .filter(|s| s.spec.driver == ctx.driver && s.spec.node_name.as_deref() == Some(node))
+        .collect())
+}
+
+async fn write_slices(ctx: &Context, node: &str, plan: &SlicePlan) -> Result<(), ReconcileError> {
+    for s in &plan.delete {
+        delete_slice(ctx, node, s).await?;
+    }
+    let pp = PatchParams::apply(CONTROLLER_FIELD_MANAGER).force();
+    for s in &plan.apply {
+        let slice = s.name_any();
+        ctx.slices()
+            .patch(&slice, &pp, &Patch::Apply(s))
+            .await
+            .map_err(|source| ReconcileError::Apply {
+                node: node.to_string(),
+                slice: slice.clone(),
+                source,
+            })?;
+        ctx.metrics.api_write("ResourceSlice", "apply");
+        tracing::debug!(node, slice, pool = %s.spec.pool.name, generation = s.spec.pool.generation, "applied");
+    }
+    Ok(())
+}
+
+/// Deletes one slice, only if it is still the object that was read (uid precondition).
+async fn delete_slice(ctx: &Context, node: &str, s: &ResourceSlice) -> Result<(), ReconcileError> {
+    let slice = s.name_any();
+    let dp = DeleteParams {
+        preconditions: Some(Preconditions {
+            uid: s.metadata.uid.clone(),
+            resource_version: None,
+        }),
+        ..DeleteParams::default()
+    };
+    match ctx.slices().delete(&slice, &dp).await {
+        Ok(_) => {
+            ctx.metrics.api_write("ResourceSlice", "delete");
+            tracing::debug!(node, slice, "deleted");
+            Ok(())
+        }
+        Err(e) if is_not_found(&e) => Ok(()),
+        Err(source) => Err(ReconcileError::Delete {
+            node: node.to_string(),
+            slice,
+            source,
+        }),
+    }
+}
+
+/// Deletes every slice of `node` (its Node or its MockAccelNode is gone). Returns how many
+/// were deleted; listing first keeps a node without slices free of writes.
+pub async fn withdraw_node(ctx: &Context, node: &str) -> Result<usize, ReconcileError> {
+    let existing = list_node_slices(ctx, node).await?;
+    for s in &existing {
+        delete_slice(ctx, node, s).await?;
+    }
+    ctx.metrics.set_node_slices(node, 0);
+    Ok(existing.len())
+}
+
+/// Deletes the slices of nodes that have no MockAccelNode in `store`, e.g. objects deleted
+/// while no replica was leading. Run once the store is synced.
+pub async fn sweep_orphans(ctx: &Context, store: &Store<MockAccelNode>) -> Result<usize, ReconcileError> {
+    let lp = ListParams::default()
+        .labels(MANAGED_BY_SELECTOR)
+        .fields(&format!("spec.driver={}", ctx.driver));
+    let list = ctx.slices().list(&lp).await.map_err(|source| ReconcileError::Read {
+        node: "*".to_string(),
+        what: "ResourceSlices",
+        source,
+    })?;
+    let orphans = plan::orphans(&ctx.driver, &list.items, |node| {
+        store.get(&ObjectRef::new(node)).is_some()
+    });
+    for s in &orphans {
+        delete_slice(ctx, s.spec.node_name.as_deref().unwrap_or_default(), s).await?;
+    }
+    Ok(orphans.len())
+}
+
+/// Publishes one Event on the MockAccelNode; a failure is logged, never fails the reconcile.
+///
+/// A fresh `Recorder` per Event: a shared one folds Events with the same reason into a series
+/// of the first one and keeps its note, which would hide e.g. the new generation of a pool.
+/// Events are only planned for changes, so each deserves an object of its own.
+async fn publish(ctx: &Context, node: &MockAccelNode, ev: plan::EventPlan) {
+    let event = Event {
+        type_: if ev.warning {
+            EventType::Warning
+        } else {
+            EventType::Normal
+        },
+        reason: ev.reason.to_string(),
+        note: Some(ev.note),
+        action: ev.action.to_string(),
+        secondary: None,
+    };
+    let recorder = Recorder::new(ctx.client.clone(), ctx.reporter.clone());
+    match recorder.publish(&event, &node.object_ref(&())).await {
+        Ok(()) => ctx.metrics.api_write("Event", "create"),
+        Err(e) => tracing::warn!(node = %node.name_any(), reason = ev.reason, error = %e, "cannot publish Event"),
+    }
+}
