@@ -55,6 +55,7 @@ func loadCDICache(dir string) (*cdi.Cache, error) {
 }
 
 // injectCDI injects exactly ids into a fresh, empty OCI spec and returns what it gained.
+// cache may be nil when ids is empty.
 func injectCDI(cache *cdi.Cache, ids []string) (containerEdits, error) {
 	spec := &oci.Spec{Process: &oci.Process{}, Linux: &oci.Linux{}}
 	out := containerEdits{Env: []string{}, Mounts: []oci.Mount{}, DeviceNodes: []oci.LinuxDevice{}, CDIDevices: slices.Clone(ids)}
@@ -63,6 +64,9 @@ func injectCDI(cache *cdi.Cache, ids []string) (containerEdits, error) {
 	}
 	if len(ids) == 0 {
 		return out, nil
+	}
+	if cache == nil {
+		return out, &cdiError{Unresolved: slices.Clone(ids), Err: "no CDI cache to resolve " + strings.Join(ids, ", ")}
 	}
 	unresolved, err := cache.InjectDevices(spec, ids...)
 	if err != nil {

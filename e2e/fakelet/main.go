@@ -162,7 +162,8 @@ func run(ctx context.Context, cfg runConfig, logf func(string, ...any)) error {
 	if err != nil {
 		return err
 	}
-	registry.onRegistered = pods.enqueueAll
+	// Pods waiting for the driver retry now; in the background, as a prepare may hold the lock.
+	registry.onRegistered = func() { go pods.enqueueAll() }
 
 	var wg sync.WaitGroup
 	for _, f := range []func(){

@@ -25,6 +25,7 @@ import (
 	"k8s.io/client-go/tools/cache"
 	"k8s.io/client-go/util/workqueue"
 	"k8s.io/utils/ptr"
+	"tags.cncf.io/container-device-interface/pkg/cdi"
 )
 
 const (
@@ -295,6 +296,7 @@ func (c *podController) start(ctx context.Context, pod *corev1.Pod) error {
 	}
 
 	prepared := map[string][]preparedDevice{} // pod claim name -> devices
+	var cdiCache *cdi.Cache                   // loaded only when there are CDI ids to inject
 	if len(ours) > 0 {
 		client, err := c.registry.client()
 		if err != nil {
@@ -322,8 +324,7 @@ func (c *podController) start(ctx context.Context, pod *corev1.Pod) error {
 		if err := checkPrepareResponse(c.driver, ours, resp); err != nil {
 			return fail(fmt.Errorf("NodePrepareResources answer rejected: %w", err))
 		}
-		cdiCache, err := loadCDICache(c.cdiDir)
-		if err != nil {
+		if cdiCache, err = loadCDICache(c.cdiDir); err != nil {
 			return fail(err)
 		}
 		ids := allCDIIDs(resp)
@@ -337,10 +338,6 @@ func (c *podController) start(ctx context.Context, pod *corev1.Pod) error {
 	}
 
 	// What each container receives, as a runtime would inject it.
-	cdiCache, err := loadCDICache(c.cdiDir)
-	if err != nil {
-		return fail(err)
-	}
 	edits := map[string]containerEdits{}
 	var files []string
 	for _, ctr := range allContainers(pod) {
