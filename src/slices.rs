@@ -412,6 +412,15 @@ pub fn node_label_value(node: &str) -> String {
     }
 }
 
+/// Label selector matching every slice this controller publishes for `node`, for lists and
+/// watches: `app.kubernetes.io/managed-by=mock-accel-controller,mock-accel.example.com/node=<value>`.
+pub fn node_label_selector(node: &str) -> String {
+    format!(
+        "{LABEL_MANAGED_BY}={MANAGED_BY},{LABEL_NODE}={}",
+        node_label_value(node)
+    )
+}
+
 /// Object name of slice `index` of the pool `suffix` (`numa0`, `numa-none`) on `node`:
 /// `<node>-<suffix>-<index, 3 digits>-<driver>`, a DNS subdomain. The index is zero-padded so
 /// that name order is index order (the scheduler walks slices in name order). When the name
@@ -736,9 +745,8 @@ fn is_qualified_name(s: &str) -> bool {
 /// Semantic Versioning 2.0.0, as the API validates `version` attributes: `MAJOR.MINOR.PATCH`
 /// without leading zeros, optional `-prerelease` and `+build` identifiers.
 pub fn is_semver(s: &str) -> bool {
-    let ident_ok = |id: &str| {
-        !id.is_empty() && id.chars().all(|c| c.is_ascii_alphanumeric() || c == '-')
-    };
+    let ident_ok =
+        |id: &str| !id.is_empty() && id.chars().all(|c| c.is_ascii_alphanumeric() || c == '-');
     let numeric_ok = |n: &str| {
         !n.is_empty()
             && n.chars().all(|c| c.is_ascii_digit())
@@ -892,7 +900,10 @@ mod tests {
         for slice in &out.slices {
             let name = slice.metadata.name.as_deref().unwrap();
             assert!(is_dns_subdomain(name, 253), "invalid slice name {name:?}");
-            assert!(names.insert(name.to_string()), "duplicate slice name {name}");
+            assert!(
+                names.insert(name.to_string()),
+                "duplicate slice name {name}"
+            );
             assert!(is_pool_name(&slice.spec.pool.name));
             for v in slice.metadata.labels.as_ref().unwrap().values() {
                 assert!(is_label_value(v), "invalid label value {v:?}");
@@ -1065,7 +1076,10 @@ mod tests {
             slice.metadata.name.as_deref(),
             Some("node1-numa-none-000-mock-accel.example.com")
         );
-        assert_eq!(slice.metadata.labels.as_ref().unwrap()[LABEL_POOL], "numa-none");
+        assert_eq!(
+            slice.metadata.labels.as_ref().unwrap()[LABEL_POOL],
+            "numa-none"
+        );
         for d in slice.spec.devices.iter().flatten() {
             let keys: Vec<&String> = d.attributes.as_ref().unwrap().keys().collect();
             assert!(
@@ -1118,7 +1132,10 @@ mod tests {
             .iter()
             .filter(|s| s.spec.pool.name == "node1/numa0")
             .collect();
-        let mut names: Vec<&str> = pool0.iter().map(|s| s.metadata.name.as_deref().unwrap()).collect();
+        let mut names: Vec<&str> = pool0
+            .iter()
+            .map(|s| s.metadata.name.as_deref().unwrap())
+            .collect();
         let in_order = names.clone();
         names.sort();
         assert_eq!(names, in_order);
@@ -1361,7 +1378,9 @@ mod tests {
         let d = find(&out, "mock0");
         assert_eq!(attr(d, "mock-accel.example.com/memory"), Some(&i(0)));
         assert_eq!(
-            d.capacity.as_ref().unwrap()["mock-accel.example.com/memory"].value.0,
+            d.capacity.as_ref().unwrap()["mock-accel.example.com/memory"]
+                .value
+                .0,
             "0"
         );
     }
@@ -1398,11 +1417,18 @@ mod tests {
             ]
         );
         assert!(matches!(out.rejected[0], SliceError::DeviceName { .. }));
-        assert!(matches!(out.rejected[1], SliceError::DuplicateDevice { .. }));
+        assert!(matches!(
+            out.rejected[1],
+            SliceError::DuplicateDevice { .. }
+        ));
         assert!(matches!(out.rejected[3], SliceError::AttributeValue { .. }));
         assert!(matches!(out.rejected[4], SliceError::MemoryTooLarge { .. }));
         assert!(out.rejected[0].to_string().contains("Mock_1"));
-        assert!(out.rejected[3].to_string().contains("mock-accel.example.com/uuid"));
+        assert!(
+            out.rejected[3]
+                .to_string()
+                .contains("mock-accel.example.com/uuid")
+        );
     }
 
     #[test]
@@ -1411,7 +1437,10 @@ mod tests {
         d.fw_version = Some("1.0".into());
         let out = compute("node1", &[d], &[]);
         assert!(out.rejected.is_empty());
-        assert_eq!(attr(find(&out, "mock0"), "mock-accel.example.com/fwVersion"), None);
+        assert_eq!(
+            attr(find(&out, "mock0"), "mock-accel.example.com/fwVersion"),
+            None
+        );
     }
 
     #[test]
@@ -1429,10 +1458,20 @@ mod tests {
             validate_device(&many),
             Err(SliceError::TooManyAttributes { count: 33, .. })
         ));
-        many.attributes.as_mut().unwrap().remove(&format!("{DRIVER}/extra0"));
+        many.attributes
+            .as_mut()
+            .unwrap()
+            .remove(&format!("{DRIVER}/extra0"));
         validate_device(&many).unwrap();
 
-        for bad in ["9lives", "a-b", &"x".repeat(33), "Bad.Domain/x", "a/b/c", "dom/"] {
+        for bad in [
+            "9lives",
+            "a-b",
+            &"x".repeat(33),
+            "Bad.Domain/x",
+            "a/b/c",
+            "dom/",
+        ] {
             let mut d = base.clone();
             d.attributes.as_mut().unwrap().insert(bad.to_string(), i(1));
             assert!(
@@ -1441,7 +1480,10 @@ mod tests {
             );
         }
         let mut d = base.clone();
-        d.attributes.as_mut().unwrap().insert("plain_id".into(), i(1));
+        d.attributes
+            .as_mut()
+            .unwrap()
+            .insert("plain_id".into(), i(1));
         validate_device(&d).unwrap();
 
         let mut two_values = base.clone();
@@ -1495,6 +1537,10 @@ mod tests {
                 node_label_value(&node)
             );
         }
+        assert_eq!(
+            node_label_selector("node1"),
+            "app.kubernetes.io/managed-by=mock-accel-controller,mock-accel.example.com/node=node1"
+        );
         let again = compute(&node, &devices, &[]);
         assert_eq!(again.slices, out.slices, "names are deterministic");
 
@@ -1512,7 +1558,9 @@ mod tests {
         let out = compute(&huge, &devices, &[]);
         assert!(out.slices.is_empty());
         assert_eq!(out.rejected.len(), 2);
-        assert!(matches!(&out.rejected[0], SliceError::InvalidPool { devices, .. } if devices.len() == 3));
+        assert!(
+            matches!(&out.rejected[0], SliceError::InvalidPool { devices, .. } if devices.len() == 3)
+        );
     }
 
     #[test]
@@ -1557,10 +1605,18 @@ mod tests {
 
     #[test]
     fn semver_follows_the_spec() {
-        for ok in ["1.0.0", "0.0.0", "10.20.30", "1.0.0-rc.1", "1.0.0-alpha-1+build.5"] {
+        for ok in [
+            "1.0.0",
+            "0.0.0",
+            "10.20.30",
+            "1.0.0-rc.1",
+            "1.0.0-alpha-1+build.5",
+        ] {
             assert!(is_semver(ok), "{ok}");
         }
-        for bad in ["1.0", "v1.0.0", "01.0.0", "1.0.0-", "1.0.0-01", "1.0.0+", "1..0", ""] {
+        for bad in [
+            "1.0", "v1.0.0", "01.0.0", "1.0.0-", "1.0.0-01", "1.0.0+", "1..0", "",
+        ] {
             assert!(!is_semver(bad), "{bad}");
         }
     }
