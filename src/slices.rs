@@ -1,9 +1,9 @@
 //! The desired ResourceSlices of one node: a pure function from the node's devices (and the
 //! slices that exist now) to the `resource.k8s.io/v1` objects the controller should apply.
 //!
-//! This module owns the mapping of a [`Device`](crate::inventory::Device) onto a DRA device
-//! (attributes, capacity), the split of a node into pools and slices, slice object names and
-//! labels, pool generations, and the API validation rules a slice must pass. It performs no I/O:
+//! This module owns the mapping of a [`Device`] onto a DRA device (attributes, capacity), the
+//! split of a node into pools and slices, slice object names and labels, pool generations, and
+//! the API validation rules a slice must pass. It performs no I/O:
 //! the controller reads the world, calls [`desired_slices`], applies the slices for which
 //! [`slice_differs`] says so and deletes the ones [`obsolete_slices`] returns.
 //!
