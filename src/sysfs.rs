@@ -21,7 +21,9 @@ pub enum SysfsError {
 
 /// `<root>/class/mock-accel/<sysfs name>/status`.
 pub fn status_path(root: &Path, sysfs_name: &str) -> PathBuf {
-    root.join("class/mock-accel").join(sysfs_name).join("status")
+    root.join("class/mock-accel")
+        .join(sysfs_name)
+        .join("status")
 }
 
 /// Parses a register value as the kernel's `kstrtou32(.., 0, ..)` does for our purposes:
