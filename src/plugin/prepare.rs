@@ -1934,6 +1934,63 @@ mod tests {
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_call_waits_for_the_lock_held_by_another_process() {
+        let mut node = TestNode::new();
+        let p = Arc::new(node.preparer());
+        node.source.put(allocated(
+            "mine",
+            "mine",
+            vec![result("r", "mock0", "node1/numa0")],
+        ));
+
+        // Another pod holds the lock and prepares mock0 for its own claim meanwhile.
+        let other = File::options()
+            .write(true)
+            .open(node.config.plugin_dir.join(LOCK_FILE))
+            .unwrap();
+        other.lock().unwrap();
+        let mut call = tokio::spawn({
+            let p = p.clone();
+            async move { prepare_one(&p, cref("mine", "mine")).await }
+        });
+        let waited = tokio::time::timeout(std::time::Duration::from_millis(200), &mut call).await;
+        assert!(
+            waited.is_err(),
+            "prepare ran while another process held the lock"
+        );
+        let mut cp = Checkpoint::default();
+        cp.claims.insert(
+            "theirs".into(),
+            ClaimEntry {
+                uid: "theirs".into(),
+                namespace: NS.into(),
+                name: "theirs".into(),
+                state: PrepareState::PrepareCompleted,
+                devices: vec![DeviceEntry {
+                    device: "mock0".into(),
+                    sysfs_name: "mock0".into(),
+                    pool: "node1/numa0".into(),
+                    request_names: vec!["r".into()],
+                    admin_access: false,
+                    share_id: None,
+                    register_previous: Some(5),
+                }],
+                cdi_device_ids: vec![],
+                prepared_at: "t".into(),
+            },
+        );
+        checkpoint::store(&checkpoint::checkpoint_path(&node.config.plugin_dir), &cp).unwrap();
+        drop(other);
+
+        // The call proceeds with the other pod's record, not a stale one.
+        let err = call.await.unwrap().unwrap_err();
+        assert!(
+            err.contains("already prepared for claim default/theirs"),
+            "{err}"
+        );
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn two_instances_serialize_through_the_lock_file() {
         // A rolling update: two node-agent pods share the plugin directory and race for the
         // same device with different claims. Exactly one may win.
