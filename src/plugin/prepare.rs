@@ -251,6 +251,11 @@ enum Release {
 }
 
 /// The kubelet plugin's claim handler: prepares and unprepares claims on this node.
+///
+/// Wiring: `PrepareMetrics::register(&mut registry)`, then `Preparer::new(config,
+/// inventory_rx, claims, metrics)` with `claims` a [`super::claims::KubeClaimSource`] (or a
+/// map in tests); hand it to the gRPC servers as their [`ClaimHandler`], and watch
+/// [`Preparer::subscribe`] to write `status.preparedClaims`.
 pub struct Preparer<S: ClaimSource> {
     config: PreparerConfig,
     inventory: watch::Receiver<Arc<Inventory>>,
@@ -271,7 +276,8 @@ impl<S: ClaimSource> Preparer<S> {
     /// `inventory` is the node's current devices (the agent updates it); prepare checks
     /// allocations against it and builds CDI specs from it, so the agent should publish its
     /// first scan before the kubelet can call. A corrupt checkpoint does not fail construction:
-    /// prepare then fails closed with a message naming the file, unprepare proceeds.
+    /// prepare then fails closed with a message naming the file, unprepare proceeds. Blocks
+    /// while another process holds the lock file (it does only during a call).
     pub fn new(
         config: PreparerConfig,
         inventory: watch::Receiver<Arc<Inventory>>,
