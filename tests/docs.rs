@@ -34,7 +34,10 @@ const STANDARD: &str = "resource.kubernetes.io";
 // ---------------------------------------------------------------------------------------------
 
 fn rel(path: &Path) -> String {
-    path.strip_prefix(ROOT).unwrap_or(path).display().to_string()
+    path.strip_prefix(ROOT)
+        .unwrap_or(path)
+        .display()
+        .to_string()
 }
 
 fn files_with_extension(dir: &Path, extensions: &[&str], out: &mut Vec<PathBuf>) {
@@ -73,7 +76,11 @@ fn markdown_files() -> Vec<PathBuf> {
 
 fn example_files() -> Vec<PathBuf> {
     let mut files = Vec::new();
-    files_with_extension(&Path::new(ROOT).join("docs/examples"), &["yaml"], &mut files);
+    files_with_extension(
+        &Path::new(ROOT).join("docs/examples"),
+        &["yaml"],
+        &mut files,
+    );
     files.sort();
     files
 }
@@ -186,13 +193,21 @@ fn requests(devices: &Json) -> Vec<Request> {
         } else {
             items(&r["firstAvailable"])
                 .iter()
-                .map(|s| (format!("{name}/{}", s["name"].as_str().unwrap_or_default()), s))
+                .map(|s| {
+                    (
+                        format!("{name}/{}", s["name"].as_str().unwrap_or_default()),
+                        s,
+                    )
+                })
                 .collect()
         };
         for (name, spec) in alternatives {
             out.push(Request {
                 name,
-                class: spec["deviceClassName"].as_str().unwrap_or_default().to_string(),
+                class: spec["deviceClassName"]
+                    .as_str()
+                    .unwrap_or_default()
+                    .to_string(),
                 count: spec["count"].as_u64().unwrap_or(1),
                 selectors: cel_selectors(&spec["selectors"]),
             });
@@ -274,20 +289,59 @@ fn published_devices() -> Vec<Published> {
         pcie_root,
         numa_node: numa,
         memory: if device_type == "pf" { "16Gi" } else { "2Gi" },
-        memory_bytes: if device_type == "pf" { 17179869184 } else { 2147483648 },
+        memory_bytes: if device_type == "pf" {
+            17179869184
+        } else {
+            2147483648
+        },
         physfn,
     };
     vec![
         d("mock0", "pf", "0000:11:00.0", "pci0000:10", Some(0), None),
-        d("mock1", "vf", "0000:11:00.1", "pci0000:10", Some(0), Some("mock0")),
-        d("mock2", "vf", "0000:11:00.2", "pci0000:10", Some(0), Some("mock0")),
+        d(
+            "mock1",
+            "vf",
+            "0000:11:00.1",
+            "pci0000:10",
+            Some(0),
+            Some("mock0"),
+        ),
+        d(
+            "mock2",
+            "vf",
+            "0000:11:00.2",
+            "pci0000:10",
+            Some(0),
+            Some("mock0"),
+        ),
         d("mock3", "pf", "0000:21:00.0", "pci0000:20", Some(1), None),
-        d("mock4", "vf", "0000:21:00.1", "pci0000:20", Some(1), Some("mock3")),
-        d("mock5", "vf", "0000:21:00.2", "pci0000:20", Some(1), Some("mock3")),
+        d(
+            "mock4",
+            "vf",
+            "0000:21:00.1",
+            "pci0000:20",
+            Some(1),
+            Some("mock3"),
+        ),
+        d(
+            "mock5",
+            "vf",
+            "0000:21:00.2",
+            "pci0000:20",
+            Some(1),
+            Some("mock3"),
+        ),
         Published {
             name: "mock0-vf0",
             sysfs_name: "mock0_vf0",
-            ..d("", "vf", "0000:11:00.1", "pci0000:10", Some(0), Some("mock0"))
+            ..d(
+                "",
+                "vf",
+                "0000:11:00.1",
+                "pci0000:10",
+                Some(0),
+                Some("mock0"),
+            )
         },
         d("mock9", "pf", "0000:31:00.0", "pci0000:30", None, None),
     ]
@@ -311,8 +365,10 @@ fn constant(expression: &str) -> cel::Value {
 }
 
 fn map(entries: Vec<(&str, cel::Value)>) -> cel::Value {
-    let map: HashMap<String, cel::Value> =
-        entries.into_iter().map(|(k, v)| (k.to_string(), v)).collect();
+    let map: HashMap<String, cel::Value> = entries
+        .into_iter()
+        .map(|(k, v)| (k.to_string(), v))
+        .collect();
     map.into()
 }
 
@@ -345,12 +401,18 @@ fn cel_device(d: &Published) -> cel::Value {
     }
     map(vec![
         ("driver", string(DRIVER)),
-        ("attributes", map(vec![(DRIVER, map(ours)), (STANDARD, map(standard))])),
+        (
+            "attributes",
+            map(vec![(DRIVER, map(ours)), (STANDARD, map(standard))]),
+        ),
         (
             "capacity",
             map(vec![(
                 DRIVER,
-                map(vec![("memory", constant(&format!("quantity({:?})", d.memory)))]),
+                map(vec![(
+                    "memory",
+                    constant(&format!("quantity({:?})", d.memory)),
+                )]),
             )]),
         ),
         ("allowMultipleAllocations", cel::Value::Bool(false)),
@@ -358,7 +420,8 @@ fn cel_device(d: &Published) -> cel::Value {
 }
 
 fn evaluate(expression: &str, device: &Published) -> Result<bool, String> {
-    let program = cel::Program::compile(expression).map_err(|e| format!("does not compile: {e}"))?;
+    let program =
+        cel::Program::compile(expression).map_err(|e| format!("does not compile: {e}"))?;
     let mut ctx = cel::Context::default().with_all();
     ctx.add_variable_from_value("device", cel_device(device));
     match program.execute(&ctx) {
@@ -376,7 +439,10 @@ fn shipped_device_classes() -> BTreeMap<String, Vec<String>> {
     for path in files {
         for obj in objects(&rel(&path), &read(&path)) {
             if kind(&obj) == "DeviceClass" {
-                classes.insert(name(&obj).to_string(), cel_selectors(&obj["spec"]["selectors"]));
+                classes.insert(
+                    name(&obj).to_string(),
+                    cel_selectors(&obj["spec"]["selectors"]),
+                );
             }
         }
     }
@@ -432,9 +498,15 @@ fn parse_expectation(line: &str) -> Result<Expectation, String> {
             }
             "same" | "distinct" => {
                 if !value.contains('/') {
-                    return Err(format!("{key}={value}: not a fully qualified attribute name"));
+                    return Err(format!(
+                        "{key}={value}: not a fully qualified attribute name"
+                    ));
                 }
-                let list = if key == "same" { &mut e.same } else { &mut e.distinct };
+                let list = if key == "same" {
+                    &mut e.same
+                } else {
+                    &mut e.distinct
+                };
                 list.push(value.to_string());
             }
             other => return Err(format!("unknown key {other:?}")),
@@ -479,7 +551,10 @@ fn every_yaml_file_and_block_parses_into_kubernetes_objects() {
             if api_version.is_empty() || kind(doc).is_empty() {
                 problems.push(format!("{label}: document {i} has no apiVersion or kind"));
             } else if kind(doc) != "Kustomization" && name(doc).is_empty() {
-                problems.push(format!("{label}: {} (document {i}) has no metadata.name", kind(doc)));
+                problems.push(format!(
+                    "{label}: {} (document {i}) has no metadata.name",
+                    kind(doc)
+                ));
             }
         }
     }
@@ -494,7 +569,10 @@ fn the_test_devices_look_like_what_the_driver_publishes() {
     let vf = &published_devices()[1];
     let numa_none = published_devices().pop().unwrap();
     let check = |e: &str, d: &Published| evaluate(e, d).unwrap_or_else(|err| panic!("{e}: {err}"));
-    assert!(check(r#"device.attributes["mock-accel.example.com"].deviceType == "pf""#, pf));
+    assert!(check(
+        r#"device.attributes["mock-accel.example.com"].deviceType == "pf""#,
+        pf
+    ));
     assert!(check(
         r#"device.capacity["mock-accel.example.com"].memory.compareTo(quantity("2Gi")) >= 0"#,
         vf
@@ -503,14 +581,26 @@ fn the_test_devices_look_like_what_the_driver_publishes() {
         r#"device.capacity["mock-accel.example.com"].memory.isGreaterThan(quantity("2Gi"))"#,
         vf
     ));
-    assert!(check(r#"device.attributes["mock-accel.example.com"].physfn == "mock0""#, vf));
+    assert!(check(
+        r#"device.attributes["mock-accel.example.com"].physfn == "mock0""#,
+        vf
+    ));
     assert!(check(
         r#"device.attributes["mock-accel.example.com"].fwVersion.isGreaterThan(semver("0.9.0"))"#,
         vf
     ));
-    assert!(!check(r#"has(device.attributes["resource.kubernetes.io"].numaNode)"#, &numa_none));
+    assert!(!check(
+        r#"has(device.attributes["resource.kubernetes.io"].numaNode)"#,
+        &numa_none
+    ));
     // Reading a missing attribute is an error, as in the scheduler: unguarded selectors fail.
-    assert!(evaluate(r#"device.attributes["resource.kubernetes.io"].numaNode == 0"#, &numa_none).is_err());
+    assert!(
+        evaluate(
+            r#"device.attributes["resource.kubernetes.io"].numaNode == 0"#,
+            &numa_none
+        )
+        .is_err()
+    );
 }
 
 #[test]
@@ -549,7 +639,11 @@ fn admission_policy_expressions_compile() {
             .iter()
             .chain(items(&spec["variables"]))
             .map(|c| &c["expression"])
-            .chain(items(&spec["validations"]).iter().flat_map(|v| [&v["expression"], &v["messageExpression"]]));
+            .chain(
+                items(&spec["validations"])
+                    .iter()
+                    .flat_map(|v| [&v["expression"], &v["messageExpression"]]),
+            );
         for e in expressions.filter_map(Json::as_str) {
             count += 1;
             if let Err(err) = cel::Program::compile(e) {
@@ -557,14 +651,21 @@ fn admission_policy_expressions_compile() {
             }
         }
     }
-    assert!(count >= 3, "expected the node-agent policy's expressions, found {count}");
+    assert!(
+        count >= 3,
+        "expected the node-agent policy's expressions, found {count}"
+    );
     fail_with(&problems);
 }
 
 #[test]
 fn examples_follow_the_conventions_and_fit_the_canonical_node() {
     let examples = example_files();
-    assert!(examples.len() >= 8, "expected at least 8 examples, found {}", examples.len());
+    assert!(
+        examples.len() >= 8,
+        "expected at least 8 examples, found {}",
+        examples.len()
+    );
     let classes = shipped_device_classes();
     let node = canonical_node();
     let mut problems = Vec::new();
@@ -575,7 +676,10 @@ fn examples_follow_the_conventions_and_fit_the_canonical_node() {
         if !text.starts_with("# ") {
             report("must start with a comment saying what it shows and what to expect".into());
         }
-        let expect_lines: Vec<&str> = text.lines().filter(|l| l.starts_with("# expect:")).collect();
+        let expect_lines: Vec<&str> = text
+            .lines()
+            .filter(|l| l.starts_with("# expect:"))
+            .collect();
         let expectation = match expect_lines.as_slice() {
             [line] => match parse_expectation(line) {
                 Ok(e) => e,
@@ -585,7 +689,10 @@ fn examples_follow_the_conventions_and_fit_the_canonical_node() {
                 }
             },
             other => {
-                report(format!("needs exactly one `# expect:` line, has {}", other.len()));
+                report(format!(
+                    "needs exactly one `# expect:` line, has {}",
+                    other.len()
+                ));
                 continue;
             }
         };
@@ -608,15 +715,24 @@ fn examples_follow_the_conventions_and_fit_the_canonical_node() {
             for c in items(&pod["spec"]["resourceClaims"]) {
                 let (want_kind, want) = match c["resourceClaimName"].as_str() {
                     Some(n) => ("ResourceClaim", n),
-                    None => ("ResourceClaimTemplate", c["resourceClaimTemplateName"].as_str().unwrap_or("")),
+                    None => (
+                        "ResourceClaimTemplate",
+                        c["resourceClaimTemplateName"].as_str().unwrap_or(""),
+                    ),
                 };
                 if !docs.iter().any(|d| kind(d) == want_kind && name(d) == want) {
-                    report(format!("pod {} refers to {want_kind} {want:?}, not in the file", name(pod)));
+                    report(format!(
+                        "pod {} refers to {want_kind} {want:?}, not in the file",
+                        name(pod)
+                    ));
                 }
             }
             for container in items(&pod["spec"]["containers"]) {
                 if container["image"] != "registry.k8s.io/pause:3.10" {
-                    report(format!("pod {}: use image registry.k8s.io/pause:3.10", name(pod)));
+                    report(format!(
+                        "pod {}: use image registry.k8s.io/pause:3.10",
+                        name(pod)
+                    ));
                 }
             }
         }
@@ -625,14 +741,22 @@ fn examples_follow_the_conventions_and_fit_the_canonical_node() {
         for claim in docs.iter().filter(|d| claim_devices(d).is_some()) {
             let devices = claim_devices(claim).unwrap_or(&Json::Null);
             for r in items(&devices["requests"]) {
-                if r.get("deviceClassName").is_some() || !(r["exactly"].is_object() || r["firstAvailable"].is_array()) {
-                    report(format!("request {} is not in the v1 shape (requests[].exactly)", r["name"]));
+                if r.get("deviceClassName").is_some()
+                    || !(r["exactly"].is_object() || r["firstAvailable"].is_array())
+                {
+                    report(format!(
+                        "request {} is not in the v1 shape (requests[].exactly)",
+                        r["name"]
+                    ));
                 }
             }
             let mut counted: BTreeMap<String, u64> = BTreeMap::new();
             for r in requests(devices) {
                 let Some(class) = classes.get(&r.class) else {
-                    report(format!("request {} uses DeviceClass {:?}, not shipped in config/", r.name, r.class));
+                    report(format!(
+                        "request {} uses DeviceClass {:?}, not shipped in config/",
+                        r.name, r.class
+                    ));
                     continue;
                 };
                 let mut matching = Vec::new();
@@ -654,7 +778,10 @@ fn examples_follow_the_conventions_and_fit_the_canonical_node() {
                 let types: BTreeSet<&str> = matching.iter().map(|d| d.device_type).collect();
                 match types.into_iter().collect::<Vec<_>>().as_slice() {
                     [t] => *counted.entry(t.to_string()).or_default() += r.count,
-                    other => report(format!("request {} matches device types {other:?}; make it one type", r.name)),
+                    other => report(format!(
+                        "request {} matches device types {other:?}; make it one type",
+                        r.name
+                    )),
                 }
             }
             if counted != expectation.devices {
@@ -671,7 +798,9 @@ fn examples_follow_the_conventions_and_fit_the_canonical_node() {
                 .collect();
             for attribute in &expectation.same {
                 if !constrained.contains(attribute.as_str()) {
-                    report(format!("expect same={attribute} but no matchAttribute constraint names it"));
+                    report(format!(
+                        "expect same={attribute} but no matchAttribute constraint names it"
+                    ));
                 }
             }
         }
@@ -681,10 +810,15 @@ fn examples_follow_the_conventions_and_fit_the_canonical_node() {
 
 #[test]
 fn expectation_lines_parse_strictly() {
-    let e = parse_expectation("# expect: pods-running=2, devices=pf:1,vf:2, same=resource.kubernetes.io/numaNode")
-        .unwrap();
+    let e = parse_expectation(
+        "# expect: pods-running=2, devices=pf:1,vf:2, same=resource.kubernetes.io/numaNode",
+    )
+    .unwrap();
     assert_eq!(e.pods_running, Some(2));
-    assert_eq!(e.devices, BTreeMap::from([("pf".into(), 1), ("vf".into(), 2)]));
+    assert_eq!(
+        e.devices,
+        BTreeMap::from([("pf".into(), 1), ("vf".into(), 2)])
+    );
     assert_eq!(e.same, vec!["resource.kubernetes.io/numaNode".to_string()]);
     for bad in [
         "# expect: devices=pf:1",
@@ -715,7 +849,10 @@ fn help(path: &[String]) -> String {
         .env_clear()
         .output()
         .unwrap();
-    assert!(output.status.success(), "mock-accel-dra {path:?} --help failed");
+    assert!(
+        output.status.success(),
+        "mock-accel-dra {path:?} --help failed"
+    );
     String::from_utf8(output.stdout).unwrap()
 }
 
@@ -819,14 +956,20 @@ fn documented_flags(markdown: &str) -> BTreeMap<Vec<String>, BTreeMap<String, Fl
         }
         in_table = true;
         let cells: Vec<&str> = line.trim_matches('|').split('|').map(str::trim).collect();
-        let Some(long) = code_spans(cells[0]).into_iter().find(|s| s.starts_with("--")) else {
+        let Some(long) = code_spans(cells[0])
+            .into_iter()
+            .find(|s| s.starts_with("--"))
+        else {
             continue; // header or separator row
         };
         let flag = Flag {
             env: cells.get(1).and_then(|c| cell_value(c)),
             default: cells.get(2).and_then(|c| cell_value(c)),
         };
-        let previous = documented.entry(path.clone()).or_default().insert(long.to_string(), flag);
+        let previous = documented
+            .entry(path.clone())
+            .or_default()
+            .insert(long.to_string(), flag);
         assert!(previous.is_none(), "{long} documented twice for {path:?}");
     }
     documented
@@ -838,23 +981,37 @@ fn api_reference_lists_exactly_the_flags_of_help() {
     let documented = documented_flags(&reference);
     let tree = command_tree();
     let global = tree.get(&Vec::new()).cloned().unwrap_or_default();
-    assert!(global.contains_key("--log-level"), "help parsing found no global flags");
+    assert!(
+        global.contains_key("--log-level"),
+        "help parsing found no global flags"
+    );
     let mut problems = Vec::new();
     let mut describe = String::new();
     for (path, flags) in &tree {
         let own: BTreeMap<String, Flag> = if path.is_empty() {
             flags.clone()
         } else {
-            flags.iter().filter(|(k, _)| !global.contains_key(*k)).map(|(k, v)| (k.clone(), v.clone())).collect()
+            flags
+                .iter()
+                .filter(|(k, _)| !global.contains_key(*k))
+                .map(|(k, v)| (k.clone(), v.clone()))
+                .collect()
         };
         let shown = format!("mock-accel-dra {}", path.join(" "));
         match documented.get(path) {
             None if own.is_empty() => {}
-            None => problems.push(format!("`{}` has flags {:?} but no table in docs/api-reference.md", shown.trim(), own.keys())),
+            None => problems.push(format!(
+                "`{}` has flags {:?} but no table in docs/api-reference.md",
+                shown.trim(),
+                own.keys()
+            )),
             Some(doc) => {
                 for (flag, want) in &own {
                     match doc.get(flag) {
-                        None => problems.push(format!("`{}`: {flag} is missing from the table", shown.trim())),
+                        None => problems.push(format!(
+                            "`{}`: {flag} is missing from the table",
+                            shown.trim()
+                        )),
                         Some(got) if got != want => problems.push(format!(
                             "`{}`: {flag} documented as {got:?}, --help says {want:?}",
                             shown.trim()
@@ -863,7 +1020,10 @@ fn api_reference_lists_exactly_the_flags_of_help() {
                     }
                 }
                 for flag in doc.keys().filter(|f| !own.contains_key(*f)) {
-                    problems.push(format!("`{}`: documented {flag} does not exist", shown.trim()));
+                    problems.push(format!(
+                        "`{}`: documented {flag} does not exist",
+                        shown.trim()
+                    ));
                 }
             }
         }
