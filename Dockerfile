@@ -1,4 +1,3 @@
-# syntax=docker/dockerfile:1
 # The one mock-accel-dra binary in a small image. Build with `make build-image` (docker, podman
 # or buildah). The controller runs as the image's non-root user; the node-agent DaemonSet runs
 # the same image as root because it writes sysfs (see config/node-agent.yaml).
