@@ -278,80 +278,125 @@ struct Published {
     physfn: Option<&'static str>,
 }
 
-/// Node 1 of the canonical two-node topology (static-function layout), a VF of the real SR-IOV
-/// layout, and a PF on a machine without NUMA information.
-fn published_devices() -> Vec<Published> {
-    let d = |name, device_type, pci_address, pcie_root, numa, physfn| Published {
+/// A device row: DRA name, sysfs name, type, PCI address, pcieRoot, NUMA node, physfn.
+type Row = (
+    &'static str,
+    &'static str,
+    &'static str,
+    &'static str,
+    &'static str,
+    Option<i64>,
+    Option<&'static str>,
+);
+
+/// Node 1 of the canonical two-node topology (static-function layout): two NUMA nodes, each
+/// with one PF and two VFs.
+const CANONICAL_NODE: [Row; 6] = [
+    (
+        "mock0",
+        "mock0",
+        "pf",
+        "0000:11:00.0",
+        "pci0000:10",
+        Some(0),
+        None,
+    ),
+    (
+        "mock1",
+        "mock1",
+        "vf",
+        "0000:11:00.1",
+        "pci0000:10",
+        Some(0),
+        Some("mock0"),
+    ),
+    (
+        "mock2",
+        "mock2",
+        "vf",
+        "0000:11:00.2",
+        "pci0000:10",
+        Some(0),
+        Some("mock0"),
+    ),
+    (
+        "mock3",
+        "mock3",
+        "pf",
+        "0000:21:00.0",
+        "pci0000:20",
+        Some(1),
+        None,
+    ),
+    (
+        "mock4",
+        "mock4",
+        "vf",
+        "0000:21:00.1",
+        "pci0000:20",
+        Some(1),
+        Some("mock3"),
+    ),
+    (
+        "mock5",
+        "mock5",
+        "vf",
+        "0000:21:00.2",
+        "pci0000:20",
+        Some(1),
+        Some("mock3"),
+    ),
+];
+
+/// A VF of the real SR-IOV layout, and a PF on a machine without NUMA information (last).
+const OTHER_LAYOUTS: [Row; 2] = [
+    (
+        "mock0-vf0",
+        "mock0_vf0",
+        "vf",
+        "0000:11:00.1",
+        "pci0000:10",
+        Some(0),
+        Some("mock0"),
+    ),
+    (
+        "mock9",
+        "mock9",
+        "pf",
+        "0000:31:00.0",
+        "pci0000:30",
+        None,
+        None,
+    ),
+];
+
+fn published(row: &Row) -> Published {
+    let &(name, sysfs_name, device_type, pci_address, pcie_root, numa_node, physfn) = row;
+    let pf = device_type == "pf";
+    Published {
         name,
-        sysfs_name: name,
+        sysfs_name,
         device_type,
         pci_address,
         pcie_root,
-        numa_node: numa,
-        memory: if device_type == "pf" { "16Gi" } else { "2Gi" },
-        memory_bytes: if device_type == "pf" {
-            17179869184
-        } else {
-            2147483648
-        },
+        numa_node,
+        memory: if pf { "16Gi" } else { "2Gi" },
+        memory_bytes: if pf { 17179869184 } else { 2147483648 },
         physfn,
-    };
-    vec![
-        d("mock0", "pf", "0000:11:00.0", "pci0000:10", Some(0), None),
-        d(
-            "mock1",
-            "vf",
-            "0000:11:00.1",
-            "pci0000:10",
-            Some(0),
-            Some("mock0"),
-        ),
-        d(
-            "mock2",
-            "vf",
-            "0000:11:00.2",
-            "pci0000:10",
-            Some(0),
-            Some("mock0"),
-        ),
-        d("mock3", "pf", "0000:21:00.0", "pci0000:20", Some(1), None),
-        d(
-            "mock4",
-            "vf",
-            "0000:21:00.1",
-            "pci0000:20",
-            Some(1),
-            Some("mock3"),
-        ),
-        d(
-            "mock5",
-            "vf",
-            "0000:21:00.2",
-            "pci0000:20",
-            Some(1),
-            Some("mock3"),
-        ),
-        Published {
-            name: "mock0-vf0",
-            sysfs_name: "mock0_vf0",
-            ..d(
-                "",
-                "vf",
-                "0000:11:00.1",
-                "pci0000:10",
-                Some(0),
-                Some("mock0"),
-            )
-        },
-        d("mock9", "pf", "0000:31:00.0", "pci0000:30", None, None),
-    ]
+    }
 }
 
-/// The canonical node alone: what an example must be satisfiable with.
+/// What an example must be satisfiable with.
 fn canonical_node() -> Vec<Published> {
-    published_devices()
-        .into_iter()
-        .filter(|d| d.name.len() == 5 && d.name.as_bytes()[4] <= b'5')
+    CANONICAL_NODE.iter().map(published).collect()
+}
+
+/// Every device selectors are evaluated against.
+fn published_devices() -> Vec<Published> {
+    CANONICAL_NODE
+        .iter()
+        .chain(&OTHER_LAYOUTS)
+        .map(published)
         .collect()
 }
 
