@@ -291,83 +291,21 @@ type Row = (
 
 /// Node 1 of the canonical two-node topology (static-function layout): two NUMA nodes, each
 /// with one PF and two VFs.
+#[rustfmt::skip]
 const CANONICAL_NODE: [Row; 6] = [
-    (
-        "mock0",
-        "mock0",
-        "pf",
-        "0000:11:00.0",
-        "pci0000:10",
-        Some(0),
-        None,
-    ),
-    (
-        "mock1",
-        "mock1",
-        "vf",
-        "0000:11:00.1",
-        "pci0000:10",
-        Some(0),
-        Some("mock0"),
-    ),
-    (
-        "mock2",
-        "mock2",
-        "vf",
-        "0000:11:00.2",
-        "pci0000:10",
-        Some(0),
-        Some("mock0"),
-    ),
-    (
-        "mock3",
-        "mock3",
-        "pf",
-        "0000:21:00.0",
-        "pci0000:20",
-        Some(1),
-        None,
-    ),
-    (
-        "mock4",
-        "mock4",
-        "vf",
-        "0000:21:00.1",
-        "pci0000:20",
-        Some(1),
-        Some("mock3"),
-    ),
-    (
-        "mock5",
-        "mock5",
-        "vf",
-        "0000:21:00.2",
-        "pci0000:20",
-        Some(1),
-        Some("mock3"),
-    ),
+    ("mock0", "mock0", "pf", "0000:11:00.0", "pci0000:10", Some(0), None),
+    ("mock1", "mock1", "vf", "0000:11:00.1", "pci0000:10", Some(0), Some("mock0")),
+    ("mock2", "mock2", "vf", "0000:11:00.2", "pci0000:10", Some(0), Some("mock0")),
+    ("mock3", "mock3", "pf", "0000:21:00.0", "pci0000:20", Some(1), None),
+    ("mock4", "mock4", "vf", "0000:21:00.1", "pci0000:20", Some(1), Some("mock3")),
+    ("mock5", "mock5", "vf", "0000:21:00.2", "pci0000:20", Some(1), Some("mock3")),
 ];
 
 /// A VF of the real SR-IOV layout, and a PF on a machine without NUMA information (last).
+#[rustfmt::skip]
 const OTHER_LAYOUTS: [Row; 2] = [
-    (
-        "mock0-vf0",
-        "mock0_vf0",
-        "vf",
-        "0000:11:00.1",
-        "pci0000:10",
-        Some(0),
-        Some("mock0"),
-    ),
-    (
-        "mock9",
-        "mock9",
-        "pf",
-        "0000:31:00.0",
-        "pci0000:30",
-        None,
-        None,
-    ),
+    ("mock0-vf0", "mock0_vf0", "vf", "0000:11:00.1", "pci0000:10", Some(0), Some("mock0")),
+    ("mock9", "mock9", "pf", "0000:31:00.0", "pci0000:30", None, None),
 ];
 
 fn published(row: &Row) -> Published {
