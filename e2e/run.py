@@ -27,7 +27,7 @@ from harness.kube import KubectlError, namespace  # noqa: E402
 from harness.wait import Failure  # noqa: E402
 
 import scenarios  # noqa: E402,F401 - registers the scenarios
-from scenarios.framework import REGISTRY, Context, Scenario  # noqa: E402
+from scenarios.framework import Context, Scenario, ordered  # noqa: E402
 
 
 def ns_name(s: Scenario) -> str:
@@ -128,11 +128,11 @@ def main() -> int:
     ap.add_argument("--list", action="store_true", help="list the scenarios and exit")
     args = ap.parse_args()
 
-    selected = [s for s in REGISTRY
+    selected = [s for s in ordered()
                 if (not args.patterns or any(p.lower() in f"{s.id} {s.title}".lower() for p in args.patterns))
                 and (s.needs_driver is False or not args.control_plane_only)]
     if args.list:
-        for s in REGISTRY:
+        for s in ordered():
             print(s.label)
         return 0
     if not selected:

@@ -246,7 +246,9 @@ class Cluster:
         progress.step(f"{name}: node agent identity: {identity}")
         self.start_agent(name)
         if wait:
-            self.wait_published(name, expected_devices if expected_devices is not None else nodes.CANONICAL_DEVICES)
+            if expected_devices is None and topology == "canonical":
+                expected_devices = nodes.CANONICAL_DEVICES
+            self.wait_published(name, expected_devices)
         return paths
 
     def start_fakelet(self, node: str) -> None:
@@ -323,7 +325,8 @@ class Cluster:
         fs = f"spec.driver={DRIVER}" + (f",spec.nodeName={node}" if node else "")
         return self.kubectl.items("resourceslices", field_selector=fs)
 
-    def wait_published(self, node: str, devices: int, timeout: float = 90) -> list[dict]:
+    def wait_published(self, node: str, devices: int | None, timeout: float = 90) -> list[dict]:
+        """Waits until the node's slices hold exactly `devices` devices (None: at least one)."""
         deadline = time.monotonic() + timeout
         last = "nothing yet"
         while time.monotonic() < deadline:
@@ -334,7 +337,7 @@ class Cluster:
                 sl = self.slices(node)
                 n = sum(len(s["spec"].get("devices") or []) for s in sl)
                 pools = sorted({s["spec"]["pool"]["name"] for s in sl})
-                if n == devices:
+                if n == devices or (devices is None and n > 0):
                     progress.step(f"{node}: {n} devices published in {len(pools)} pools ({', '.join(pools)})")
                     return sl
                 last = f"{n} devices in pools {pools}"

@@ -3,4 +3,12 @@ them all in `framework.REGISTRY`, in the order they run."""
 
 from scenarios import (  # noqa: F401 - imported for their @scenario registrations
     controlplane,
+    discovery,
+    deviceclasses,
+    allocation,
+    topology,
+    sriov,
+    resilience,
+    rbac,
+    examples,
 )

@@ -7,6 +7,7 @@ A scenario is a function `fn(ctx)` decorated with `@scenario(id, title)`; it rai
 """
 
 import json
+import subprocess
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -15,7 +16,7 @@ from typing import Any, Callable
 from harness import kube, nodes, wait
 from harness.cluster import Cluster
 from harness.kube import DRIVER
-from harness.wait import Failure, check, until
+from harness.wait import Failure, check, equal, until
 
 # Bounds used across scenarios (seconds).
 SCHEDULE_TIMEOUT = 60      # pod created → Running (scheduled, allocated, prepared)
@@ -36,6 +37,14 @@ class Scenario:
 
 
 REGISTRY: list[Scenario] = []
+
+
+def ordered() -> list[Scenario]:
+    """Scenarios by number, then suffix: 0, 1, 2, ..., 9a, 9b, 10, 11."""
+    def key(s: Scenario):
+        digits = "".join(ch for ch in s.id if ch.isdigit())
+        return (int(digits or 0), s.id)
+    return sorted(REGISTRY, key=key)
 
 
 def scenario(id: str, title: str, needs_driver: bool = True):
@@ -193,6 +202,84 @@ def wait_unprepared(ctx: Context, node: str, claim_uid: str, timeout: float = 30
           lambda: (claim_uid not in (u := ctx.prepared_claim_uids(node)), sorted(u)), timeout)
     until(f"the CDI spec of claim {claim_uid} to be removed on {node}",
           lambda: (not (f := ctx.cdi_files_for(node, claim_uid)), sorted(f)), timeout)
+
+
+def resolve_cdi(ctx: Context, node: str, ids: list[str]) -> dict:
+    """Resolves CDI ids in the node's CDI directory with the upstream CDI library (through the
+    fake kubelet's one-shot command), as a container runtime would."""
+    fakelet = ctx.cluster.binaries.fakelet
+    argv = [str(fakelet), "cdi-resolve", f"--cdi-dir={ctx.node_paths(node).cdi}"]
+    for i in ids:
+        argv += ["--id", i]
+    res = subprocess.run(argv, capture_output=True, text=True, timeout=30)
+    check(res.returncode == 0, f"CDI ids {ids} do not resolve on {node}: {res.stderr.strip() or res.stdout.strip()}")
+    try:
+        return json.loads(res.stdout)
+    except ValueError:
+        raise Failure(f"fakelet cdi-resolve printed no JSON: {res.stdout[:300]!r}") from None
+
+
+def prepared_entry(ctx: Context, node: str, claim_uid: str) -> dict:
+    st = ctx.mock_node(node).get("status") or {}
+    for c in st.get("preparedClaims") or []:
+        if c["uid"] == claim_uid:
+            return c
+    raise Failure(f"claim {claim_uid} is not in {node}'s preparedClaims: {wait.show(st.get('preparedClaims'))}")
+
+
+def verify_prepared(ctx: Context, pod_name: str, pod_claim: str, container: str = "main") -> tuple[str, dict, list[dict]]:
+    """Everything a prepared claim must show, for a Running pod: reservation, register 1 on
+    each device, a resolvable CDI spec, the container's env, and the MockAccelNode record.
+    Returns (node, claim, allocated devices)."""
+    p = ctx.pod(pod_name)
+    node = p["spec"]["nodeName"]
+    c = ctx.pod_claim(p, pod_claim)
+    uid = c["metadata"]["uid"]
+    reserved = [r.get("uid") for r in (c.get("status") or {}).get("reservedFor") or []]
+    check(p["metadata"]["uid"] in reserved, f"claim {c['metadata']['name']} is not reserved for pod {pod_name}", reserved)
+    devs = ctx.allocated(c)
+    for d in devs:
+        equal(d["node"], node, f"node of allocated device {d['pool']}/{d['name']}")
+        equal(ctx.register(node, sysfs_name(d)), 1, f"status register of {node}/{sysfs_name(d)} while prepared")
+    wait_prepared(ctx, node, uid)
+    entry = prepared_entry(ctx, node, uid)
+    ids = entry.get("cdiDeviceIds") or []
+    check(bool(ids), f"preparedClaims entry of {uid} lists no CDI device ids", entry)
+    files = ctx.cdi_files_for(node, uid)
+    check(bool(files), f"no CDI spec for claim {uid} in {ctx.node_paths(node).cdi}",
+          sorted(nodes.cdi_specs(ctx.node_paths(node))))
+    resolve_cdi(ctx, node, ids)
+    edits = ctx.edits(node, pod_name, container)
+    env = nodes.env_map(edits)
+    names = {sysfs_name(d) for d in devs}
+    check(set((env.get("MOCK_ACCEL_DEVICES") or "").split(",")) >= names,
+          f"MOCK_ACCEL_DEVICES of {pod_name}/{container} does not list {sorted(names)}", env)
+    check(env.get("MOCK_ACCEL_DEVICE") in names, f"MOCK_ACCEL_DEVICE of {pod_name}/{container} is not one of {sorted(names)}", env)
+    chosen = next(d for d in devs if sysfs_name(d) == env["MOCK_ACCEL_DEVICE"])
+    equal(env.get("MOCK_ACCEL_UUID"), kube.attr(chosen, "uuid"), f"MOCK_ACCEL_UUID of {pod_name}/{container}")
+    equal(env.get("MOCK_ACCEL_PCI"), kube.attr(chosen, "pciAddress"), f"MOCK_ACCEL_PCI of {pod_name}/{container}")
+    ann = (p["metadata"].get("annotations") or {}).get(f"{DRIVER}/container-edits")
+    check(ann is not None, f"pod {pod_name} has no {DRIVER}/container-edits annotation")
+    return node, c, devs
+
+
+def verify_released(ctx: Context, node: str, claim_uid: str, devs: list[dict]) -> None:
+    """After the last pod using a claim is gone: register 0, CDI spec removed, no record."""
+    wait_unprepared(ctx, node, claim_uid)
+    for d in devs:
+        until(f"status register of {node}/{sysfs_name(d)} back at 0",
+              lambda d=d: ((v := ctx.register(node, sysfs_name(d))) == 0, v), 15)
+
+
+def reset_registers(ctx: Context, node: str) -> None:
+    """Sets every free device's register to 0 (a device reset leaves 1, which would make "1
+    while prepared" prove nothing)."""
+    paths = ctx.node_paths(node)
+    busy = {d.get("sysfsName") for d in (ctx.mock_node(node).get("status") or {}).get("devices") or []
+            if d.get("allocatedClaim")}
+    for name in nodes.sysfs_names(paths):
+        if name not in busy:
+            nodes.write_register(paths, name, 0)
 
 
 def elapsed(start: float) -> str:
