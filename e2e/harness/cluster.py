@@ -238,7 +238,7 @@ class Cluster:
         }
         self.save()
         self.start_fakelet(name)
-        self.kubectl.run("wait", "--for=condition=Ready", f"node/{name}", "--timeout=60s", timeout=70)
+        self.wait_node_ready(name)
         wl = Workload.from_json(self.info["agent_workload"])
         kubeconfig, identity = self._agent_identity(name, wl)
         self.info["nodes"][name].update({"kubeconfig": str(kubeconfig), "identity": identity})
@@ -320,6 +320,25 @@ class Cluster:
         ], env={**wl.env, "KUBECONFIG": str(kubeconfig)})
 
     # ---- readiness --------------------------------------------------------------------------
+
+    def wait_node_ready(self, node: str, timeout: float = 60) -> None:
+        """Waits for the fake kubelet to create the Node and report it Ready."""
+        deadline = time.monotonic() + timeout
+        last = "no Node object"
+        while time.monotonic() < deadline:
+            bad = self.crashed()
+            if bad:
+                raise ClusterError(f"a process died while waiting for Node {node}:\n" + "\n".join(bad))
+            obj = self.kubectl.get_or_none("node", node)
+            if obj is not None:
+                ready = [c for c in obj.get("status", {}).get("conditions") or [] if c["type"] == "Ready"]
+                if ready and ready[0]["status"] == "True":
+                    progress.step(f"{node}: Node Ready")
+                    return
+                last = f"conditions {obj.get('status', {}).get('conditions')}"
+            time.sleep(0.3)
+        raise ClusterError(f"Node {node} not Ready within {timeout:.0f}s ({last}); "
+                           f"log {self.sup.get('fakelet-' + node).log}")
 
     def slices(self, node: str | None = None) -> list[dict]:
         fs = f"spec.driver={DRIVER}" + (f",spec.nodeName={node}" if node else "")

@@ -73,7 +73,10 @@ def pid_runs(pid: int, argv: list[str]) -> bool:
     if stat.rsplit(")", 1)[-1].split()[0] == "Z":
         return False
     parts = [p.decode(errors="replace") for p in raw.split(b"\0") if p]
-    return bool(parts) and os.path.basename(parts[0]) == os.path.basename(argv[0])
+    if not parts:
+        # Right after exec the command line can read empty for a moment; the pid is ours.
+        return True
+    return os.path.basename(parts[0]) == os.path.basename(argv[0])
 
 
 class Supervisor:

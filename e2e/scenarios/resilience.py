@@ -128,7 +128,7 @@ def kubelet_restart(ctx: Context) -> None:
                 {"uids_before": before, "now": now})
     until(f"{node}'s slices wiped by the kubelet start and re-created", recreated, 60)
     say(f"slices re-created {elapsed(start)} after the fake kubelet restarted")
-    ctx.k.run("wait", "--for=condition=Ready", f"node/{node}", "--timeout=30s", timeout=40)
+    ctx.cluster.wait_node_ready(node, 30)
 
 
 @scenario("9e", "resilience: node deleted; its MockAccelNode and slices are garbage-collected")
