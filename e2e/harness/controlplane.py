@@ -128,7 +128,7 @@ def start(state: Path, binaries: Binaries, pki: Pki, ports: Ports, etcd_dir: Pat
     insecure.verify_mode = ssl.CERT_NONE
 
     progress.step(f"starting etcd on 127.0.0.1:{ports.etcd_client} (data in {etcd_dir})")
-    etcd_dir.mkdir(parents=True, exist_ok=True)
+    etcd_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
     sup.start("etcd", [
         str(binaries.k("etcd")),
         "--name=e2e",

@@ -31,11 +31,16 @@ class Kubectl:
         self.binary = binary
         self.kubeconfig = kubeconfig
 
+    def _base(self) -> list[str]:
+        # Discovery cache next to the kubeconfig, not in ~/.kube: runs never share or leave it.
+        return [str(self.binary), f"--kubeconfig={self.kubeconfig}",
+                f"--cache-dir={self.kubeconfig.parent / 'kubectl-cache'}"]
+
     def as_user(self, kubeconfig: Path) -> "Kubectl":
         return Kubectl(self.binary, kubeconfig)
 
     def run(self, *args: str, input: str | None = None, timeout: float = 60, check: bool = True) -> str:
-        argv = [str(self.binary), f"--kubeconfig={self.kubeconfig}", *args]
+        argv = [*self._base(), *args]
         try:
             res = subprocess.run(argv, input=input, capture_output=True, text=True, timeout=timeout)
         except subprocess.TimeoutExpired:
@@ -45,7 +50,7 @@ class Kubectl:
         return res.stdout
 
     def try_run(self, *args: str, input: str | None = None, timeout: float = 60) -> tuple[int, str, str]:
-        argv = [str(self.binary), f"--kubeconfig={self.kubeconfig}", *args]
+        argv = [*self._base(), *args]
         try:
             res = subprocess.run(argv, input=input, capture_output=True, text=True, timeout=timeout)
         except subprocess.TimeoutExpired:
