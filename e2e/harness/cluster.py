@@ -27,7 +27,7 @@ from pathlib import Path
 if __package__ in (None, ""):
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from harness import builds, controlplane, manifests, nodes, pki, progress  # noqa: E402
+from harness import builds, controlplane, manifests, nodes, pki, procs, progress  # noqa: E402
 from harness.builds import Binaries  # noqa: E402
 from harness.kube import DRIVER, Kubectl, KubectlError  # noqa: E402
 from harness.manifests import Workload  # noqa: E402
@@ -139,9 +139,12 @@ class Cluster:
 
     def down(self) -> list[str]:
         stopped = self.sup.stop_all()
-        for d in [self.info.get("etcd_dir")] + [n.get("kubelet_real") for n in self.info.get("nodes", {}).values()]:
-            if d and (d.startswith("/dev/shm/") or d.startswith("/tmp/mock-accel-")):
-                shutil.rmtree(d, ignore_errors=True)
+        etcd = self.info.get("etcd_dir")
+        if etcd and etcd.startswith("/dev/shm/mock-accel-"):
+            shutil.rmtree(Path(etcd).parent, ignore_errors=True)
+        for n in self.info.get("nodes", {}).values():
+            if n.get("kubelet_real", "").startswith("/tmp/mock-accel-"):
+                shutil.rmtree(n["kubelet_real"], ignore_errors=True)
         return stopped
 
     def _clean_stale(self) -> None:
@@ -156,14 +159,18 @@ class Cluster:
         self.kubeconfig.unlink(missing_ok=True)
 
     def _etcd_dir(self) -> Path:
+        """etcd's data on tmpfs when possible: `/dev/shm/mock-accel-<key>/etcd`, with a `state`
+        file naming the state directory, so that a later run can sweep what a killed run left."""
         shm = Path("/dev/shm")
+        if not (shm.is_dir() and os.access(shm, os.W_OK)):
+            return self.state / "etcd"
+        _sweep_shm(shm)
         key = hashlib.sha1(str(self.state).encode()).hexdigest()[:10]
-        if shm.is_dir() and os.access(shm, os.W_OK):
-            d = shm / f"mock-accel-etcd-{key}"
-        else:
-            d = self.state / "etcd"
-        shutil.rmtree(d, ignore_errors=True)
-        return d
+        top = shm / f"mock-accel-{key}"
+        shutil.rmtree(top, ignore_errors=True)
+        top.mkdir(mode=0o700)
+        (top / "state").write_text(str(self.state))
+        return top / "etcd"
 
     # ---- identities -------------------------------------------------------------------------
 
@@ -375,7 +382,7 @@ class Cluster:
         return [f'export PATH="{":".join(dirs)}:$PATH"', f'export KUBECONFIG="{self.kubeconfig}"']
 
     def usage(self) -> str:
-        rel = os.path.relpath(self.state)
+        rel = os.path.relpath(self.state) if self.state.is_relative_to(Path.cwd()) else str(self.state)
         lines = [
             "",
             f"The local cluster runs (state in {rel}/). Use it with:",
@@ -387,6 +394,23 @@ class Cluster:
             f"Logs: {rel}/logs/.   Stop it with: make dev-cluster-down",
         ]
         return "\n".join(lines)
+
+
+def _sweep_shm(shm: Path) -> None:
+    """Removes tmpfs etcd directories of runs whose etcd no longer runs (killed runs)."""
+    for top in shm.glob("mock-accel-*"):
+        try:
+            state = Path((top / "state").read_text().strip())
+        except OSError:
+            continue
+        pid_file = state / "pids" / "etcd.json"
+        try:
+            rec = json.loads(pid_file.read_text())
+            alive = procs.pid_runs(rec["pid"], rec["argv"])
+        except (OSError, ValueError, KeyError):
+            alive = False
+        if not alive:
+            shutil.rmtree(top, ignore_errors=True)
 
 
 def _without_flag(args: list[str], flag: str) -> list[str]:
