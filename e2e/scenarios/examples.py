@@ -64,10 +64,14 @@ def run_example(ctx: Context, path: Path) -> str:
         return f"rejected as expected ({err.strip().splitlines()[-1][:120] if err.strip() else 'no message'})"
 
     try:
+        planned = _objects(ctx.k.run("apply", "-n", ctx.ns, "--dry-run=server", "-f", str(path), "-o", "json"))
+        # Cluster-scoped objects the example creates are deleted afterwards; ones that already
+        # existed (say, a shipped DeviceClass it repeats) are left alone.
+        cluster_scoped = [(o["kind"], o["metadata"]["name"]) for o in planned if not o["metadata"].get("namespace")
+                          and ctx.k.get_or_none(o["kind"], o["metadata"]["name"]) is None]
         objs = _objects(ctx.k.run("apply", "-n", ctx.ns, "-f", str(path), "-o", "json"))
     except KubectlError as e:
         raise Failure(f"{path.name}: not accepted by the API server: {e.stderr}") from None
-    cluster_scoped = [(o["kind"], o["metadata"]["name"]) for o in objs if not o["metadata"].get("namespace")]
     pods = [o["metadata"]["name"] for o in objs if o["kind"] == "Pod"]
     try:
         if outcome == "accepted":
