@@ -103,6 +103,13 @@ def run_one(cluster: Cluster, s: Scenario, state: Path) -> tuple[bool, str]:
             dump(cluster, ns, artifacts)
         except Exception as e:  # noqa: BLE001
             reason += f"\n(dumping the cluster failed: {e})"
+    if s.needs_driver:
+        try:
+            restarted = cluster.heal()
+        except Exception as e:  # noqa: BLE001 - later scenarios will say what is missing
+            restarted = [f"(restart failed: {e})"]
+        if restarted:
+            print(f"      restarted after the scenario: {', '.join(restarted)}", flush=True)
     problem = cleanup_namespace(cluster, ns)
     if problem and ok:
         ok, reason = False, problem

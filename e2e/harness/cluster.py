@@ -299,6 +299,24 @@ class Cluster:
         if info and info.get("kubelet_real", "").startswith("/tmp/mock-accel-"):
             shutil.rmtree(info["kubelet_real"], ignore_errors=True)
 
+    def heal(self) -> list[str]:
+        """Restarts every fake kubelet, node agent and controller replica that should run but
+        does not (crashed, or stopped by a test that failed before restarting it)."""
+        running = {p.name for p in self.sup.running()}
+        restarted = []
+        for node in self.node_names():
+            if f"fakelet-{node}" not in running:
+                self.start_fakelet(node)
+                restarted.append(f"fakelet-{node}")
+            if f"agent-{node}" not in running:
+                self.start_agent(node)
+                restarted.append(f"agent-{node}")
+        for i in self.info.get("controllers", []):
+            if f"controller-{i}" not in running:
+                self.start_controller(i)
+                restarted.append(f"controller-{i}")
+        return restarted
+
     # ---- controllers ------------------------------------------------------------------------
 
     def controller_identity_name(self, i: int) -> str:
