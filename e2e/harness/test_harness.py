@@ -119,10 +119,17 @@ class ParsingTest(unittest.TestCase):
         self.assertEqual(wl.service_account, "mock-accel-node-agent")
 
     def test_example_expectations(self):
-        exp = examples.expectations("# Two VFs\n#   expect: allocated\n# expect-same: resource.kubernetes.io/numaNode\n"
-                                    "apiVersion: v1\n#expect-devices: 2\n")
-        self.assertEqual(exp, {"outcome": ["allocated"], "same": ["resource.kubernetes.io/numaNode"],
-                               "devices": ["2"]})
+        text = "# NUMA locality\n# expect: pods-running=1, devices=pf:1,vf:1, same=resource.kubernetes.io/numaNode\n"
+        self.assertEqual(examples.expectation_lines(text),
+                         ["pods-running=1, devices=pf:1,vf:1, same=resource.kubernetes.io/numaNode"])
+        self.assertEqual(examples.parse_expect(examples.expectation_lines(text)[0]),
+                         {"pods": 1, "devices": {"pf": 1, "vf": 1},
+                          "same": ["resource.kubernetes.io/numaNode"], "distinct": []})
+        self.assertEqual(examples.parse_expect("pods-running=2, devices=vf:1")["devices"], {"pf": 0, "vf": 1})
+        with self.assertRaises(wait.Failure):
+            examples.parse_expect("pods-running=1")
+        with self.assertRaises(wait.Failure):
+            examples.parse_expect("pods-running=1, devices=gpu:1")
 
     def test_quantities(self):
         self.assertEqual(kube.quantity_bytes("16Gi"), 17179869184)

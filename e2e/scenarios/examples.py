@@ -1,24 +1,24 @@
-"""Scenario 11: every YAML file in docs/examples/ is applied and its declared outcome checked.
-Scenario 12: every YAML under docs/ and config/ (files, and fenced ```yaml blocks in the
-Markdown that hold whole objects) is accepted by the API server in a server-side dry run, as
-are the kustomizations config/ and kustomize/default.
+"""Scenario 11: every YAML file in docs/examples/ is applied and checked against its
+`# expect:` line. Scenario 12: every YAML under docs/ and config/ (files, and fenced ```yaml
+blocks in the Markdown that hold whole objects) is accepted by the API server in a server-side
+dry run, as are the kustomizations config/, kustomize/default and kustomize/local.
 
-Convention for an example (comment lines anywhere in the file, usually at the top):
+The `# expect:` line (docs/testing-guide.md), exactly one per example:
 
-    # expect: allocated | pending | accepted | rejected          (exactly one; required)
-    # expect-devices: N            every claim used by the file's pods gets N devices
-    # expect-same: <attribute>     ...and all of a claim's devices share that attribute's value
-    # expect-distinct: <attribute> ...and all of a claim's devices differ in that attribute
+    # expect: pods-running=1, devices=pf:1,vf:1, same=resource.kubernetes.io/numaNode
 
-- allocated: every Pod in the file runs (scheduled, allocated, prepared by the driver, its
-  container got MOCK_ACCEL_* env), then after deletion every device is released;
-- pending: every Pod in the file stays unscheduled (the scheduler reports why);
-- accepted: the API server accepts the objects (e.g. a DeviceClass); nothing to wait for;
-- rejected: the API server refuses the file (for deliberately wrong examples; also how any
-  YAML under docs/ marks itself as intentionally invalid for scenario 12).
+Pairs are `key=value`, separated by a comma and a space; `devices` entries by a comma alone.
+- `pods-running=N` (required): the file has N pods and all reach Running (scheduled, allocated,
+  prepared by the driver, their claim-using containers got MOCK_ACCEL_* env);
+- `devices=pf:N,vf:M` (required): every ResourceClaim the pods use (direct or from a template)
+  is allocated exactly N PFs and M VFs (by `mock-accel.example.com/deviceType`; absent = 0);
+- `same=<attribute>` (optional, repeatable): within each claim all devices share its value;
+- `distinct=<attribute>` (optional, repeatable): within each claim all values differ.
+After the pods are deleted, every claim is unprepared (register 0, CDI spec gone).
 
-Examples carry no `metadata.namespace`: the suite applies each into its own namespace.
-Attributes are fully qualified (`resource.kubernetes.io/numaNode`, `mock-accel.example.com/physfn`).
+A YAML under docs/ that is deliberately invalid (showing a wrong shape) carries the line
+`# expect: rejected`; scenario 12 then checks that the API server refuses it. Examples carry no
+`metadata.namespace`: the suite applies each into its own namespace.
 """
 
 import json
@@ -28,21 +28,42 @@ from pathlib import Path
 from harness import kube
 from harness.builds import REPO
 from harness.kube import KubectlError
-from harness.wait import Failure, check, equal, stays, until
+from harness.wait import Failure, check, equal
 
-from scenarios.framework import (Context, say, scenario, sysfs_name, wait_prepared, verify_released)
+from scenarios.framework import Context, say, scenario, sysfs_name, verify_released, wait_prepared
 
 EXAMPLES = REPO / "docs" / "examples"
-OUTCOMES = ("allocated", "pending", "accepted", "rejected")
-_EXPECT = re.compile(r"^\s*#\s*expect(-[a-z]+)?\s*:\s*(.+?)\s*$")
+_EXPECT = re.compile(r"^\s*#\s*expect\s*:\s*(.+?)\s*$", re.M)
 
 
-def expectations(text: str) -> dict[str, list[str]]:
-    out: dict[str, list[str]] = {}
-    for line in text.splitlines():
-        m = _EXPECT.match(line)
-        if m:
-            out.setdefault((m.group(1) or "-outcome")[1:], []).append(m.group(2))
+def expectation_lines(text: str) -> list[str]:
+    return _EXPECT.findall(text)
+
+
+def parse_expect(line: str) -> dict:
+    """`pods-running=1, devices=pf:1,vf:1, same=A` → {"pods": 1, "devices": {"pf": 1, "vf": 1},
+    "same": [A], "distinct": []}."""
+    out: dict = {"pods": None, "devices": None, "same": [], "distinct": []}
+    for pair in line.split(", "):
+        key, sep, value = pair.strip().partition("=")
+        if not sep:
+            raise Failure(f"'# expect:' pair {pair!r} is not key=value")
+        if key == "pods-running":
+            out["pods"] = int(value)
+        elif key == "devices":
+            counts = {}
+            for entry in value.split(","):
+                t, _, n = entry.partition(":")
+                if t not in ("pf", "vf") or not n.isdigit():
+                    raise Failure(f"'# expect:' devices entry {entry!r} is not pf:N or vf:N")
+                counts[t] = int(n)
+            out["devices"] = {"pf": counts.get("pf", 0), "vf": counts.get("vf", 0)}
+        elif key in ("same", "distinct"):
+            out[key].append(value)
+        else:
+            raise Failure(f"'# expect:' has an unknown key {key!r}")
+    if out["pods"] is None or out["devices"] is None:
+        raise Failure(f"'# expect:' needs pods-running= and devices= ({line!r})")
     return out
 
 
@@ -52,17 +73,9 @@ def _objects(output: str) -> list[dict]:
 
 
 def run_example(ctx: Context, path: Path) -> str:
-    text = path.read_text()
-    exp = expectations(text)
-    outcomes = exp.get("outcome", [])
-    check(len(outcomes) == 1 and outcomes[0] in OUTCOMES,
-          f"{path.name}: needs exactly one '# expect: <{'|'.join(OUTCOMES)}>' line", outcomes)
-    outcome = outcomes[0]
-    if outcome == "rejected":
-        code, _, err = ctx.k.try_run("apply", "-n", ctx.ns, "--dry-run=server", "-f", str(path))
-        check(code != 0, f"{path.name}: expected the API server to reject it, but it was accepted")
-        return f"rejected as expected ({err.strip().splitlines()[-1][:120] if err.strip() else 'no message'})"
-
+    lines = expectation_lines(path.read_text())
+    check(len(lines) == 1, f"{path.name}: needs exactly one '# expect:' line", lines)
+    exp = parse_expect(lines[0])
     try:
         planned = _objects(ctx.k.run("apply", "-n", ctx.ns, "--dry-run=server", "-f", str(path), "-o", "json"))
         # Cluster-scoped objects the example creates are deleted afterwards; ones that already
@@ -74,50 +87,48 @@ def run_example(ctx: Context, path: Path) -> str:
         raise Failure(f"{path.name}: not accepted by the API server: {e.stderr}") from None
     pods = [o["metadata"]["name"] for o in objs if o["kind"] == "Pod"]
     try:
-        if outcome == "accepted":
-            return f"accepted ({len(objs)} objects)"
-        check(bool(pods), f"{path.name}: expects '{outcome}' but defines no Pod")
-        if outcome == "pending":
-            for name in pods:
-                until(f"{path.name}: pod {name} reported unschedulable",
-                      lambda name=name: ((c := kube.condition(ctx.pod(name), "PodScheduled") or {}).get("status") == "False", c), 60)
-                stays(f"{path.name}: pod {name} unscheduled",
-                      lambda name=name: (not (n := ctx.pod(name)["spec"].get("nodeName")), n), 3)
-            return f"{len(pods)} pods pending as expected"
-        used = []
+        equal(len(pods), exp["pods"], f"{path.name}: pods in the file (pods-running)")
+        claims: dict[str, tuple[str, dict, list[dict]]] = {}
         for name in pods:
             p = ctx.wait_running(name)
             node = p["spec"]["nodeName"]
             for pc in p["spec"].get("resourceClaims") or []:
                 c = ctx.pod_claim(p, pc["name"])
+                uid = c["metadata"]["uid"]
+                if uid in claims:
+                    continue
                 devs = ctx.allocated(c)
                 check_claim(path, c, devs, exp)
                 for d in devs:
                     equal(ctx.register(node, sysfs_name(d)), 1, f"{path.name}: register of {node}/{sysfs_name(d)}")
-                wait_prepared(ctx, node, c["metadata"]["uid"])
-                used.append((node, c, devs))
+                wait_prepared(ctx, node, uid)
+                claims[uid] = (node, c, devs)
             for ctr in p["spec"]["containers"]:
-                if ctr.get("resources", {}).get("claims"):
+                if (ctr.get("resources") or {}).get("claims"):
                     env = ctx.env(node, name, ctr["name"])
                     check("MOCK_ACCEL_UUID" in env, f"{path.name}: container {name}/{ctr['name']} got no MOCK_ACCEL_UUID", env)
+        check(bool(claims), f"{path.name}: its pods use no ResourceClaim")
         for name in pods:
             ctx.delete_pod_and_wait(name)
-        for node, c, devs in used:
+        for node, c, devs in claims.values():
             verify_released(ctx, node, c["metadata"]["uid"], devs)
-        return f"{len(pods)} pods ran with {sum(len(d) for _, _, d in used)} devices, all released"
+        return f"{len(pods)} pods ran with {sum(len(d) for _, _, d in claims.values())} devices, all released"
     finally:
         for kind, name in cluster_scoped:
             ctx.k.delete(kind, name)
 
 
-def check_claim(path: Path, c: dict, devs: list[dict], exp: dict[str, list[str]]) -> None:
+def check_claim(path: Path, c: dict, devs: list[dict], exp: dict) -> None:
     name = c["metadata"]["name"]
-    for n in exp.get("devices", []):
-        equal(len(devs), int(n), f"{path.name}: devices of claim {name}")
-    for a in exp.get("same", []):
+    counts = {"pf": 0, "vf": 0}
+    for d in devs:
+        t = kube.attr(d, "deviceType")
+        counts[t] = counts.get(t, 0) + 1
+    equal(counts, exp["devices"], f"{path.name}: device types allocated to claim {name}")
+    for a in exp["same"]:
         values = {json.dumps(kube.attr(d, a)) for d in devs}
         check(len(values) == 1 and "null" not in values, f"{path.name}: claim {name}'s devices differ in {a}", values)
-    for a in exp.get("distinct", []):
+    for a in exp["distinct"]:
         values = [json.dumps(kube.attr(d, a)) for d in devs]
         check(len(set(values)) == len(values) and "null" not in values,
               f"{path.name}: claim {name}'s devices share values of {a}", values)
@@ -165,7 +176,7 @@ def dry_run(ctx: Context) -> None:
     check(bool(docs), "no YAML found under docs/ and config/")
     failures, rejected_ok = [], 0
     for label, text in docs:
-        want_rejected = "rejected" in expectations(text).get("outcome", [])
+        want_rejected = "rejected" in expectation_lines(text)
         code, _, err = ctx.k.try_run("apply", "--dry-run=server", "--server-side", "--force-conflicts",
                                      "--field-manager=e2e-dry-run", "-f", "-", input=text)
         if want_rejected:
