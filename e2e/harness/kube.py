@@ -126,6 +126,24 @@ def _namespaced(kind: str) -> bool:
     return kind.split(".")[0].lower() not in _CLUSTER_SCOPED
 
 
+def parse_objects(text: str) -> list[dict]:
+    """Objects from kubectl's `-o json` output: one object, a List, or (for several objects
+    from `create`/`apply -f`) objects printed one after the other."""
+    dec = json.JSONDecoder()
+    out: list[dict] = []
+    i = 0
+    while True:
+        while i < len(text) and text[i].isspace():
+            i += 1
+        if i >= len(text):
+            return out
+        obj, i = dec.raw_decode(text, i)
+        if obj.get("kind", "").endswith("List"):
+            out.extend(obj.get("items") or [])
+        else:
+            out.append(obj)
+
+
 # ---- builders ---------------------------------------------------------------------------------
 
 

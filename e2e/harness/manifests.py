@@ -6,13 +6,12 @@ node-agent DaemonSet (those run as local processes). Their pod specs are still r
 ServiceAccounts; only paths, addresses and identities are replaced by local ones.
 """
 
-import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from harness import progress
 from harness.builds import REPO
-from harness.kube import Kubectl, KubectlError
+from harness.kube import Kubectl, KubectlError, parse_objects
 
 LOCAL_OVERLAY = REPO / "kustomize" / "local"
 CONFIG = REPO / "config"
@@ -62,9 +61,7 @@ def render(kubectl: Kubectl, directory: Path) -> list[dict]:
     """Renders a kustomization into objects (kubectl's built-in kustomize; YAML to JSON through
     a client-side dry run, so no YAML library is needed)."""
     yaml = kubectl.run("kustomize", str(directory))
-    out = kubectl.run("create", "--dry-run=client", "-o", "json", "-f", "-", input=yaml)
-    doc = json.loads(out)
-    return doc["items"] if doc.get("kind") == "List" else [doc]
+    return parse_objects(kubectl.run("create", "--dry-run=client", "-o", "json", "-f", "-", input=yaml))
 
 
 def strip_local_flags(tokens: list[str]) -> list[str]:

@@ -131,6 +131,11 @@ class ParsingTest(unittest.TestCase):
         with self.assertRaises(wait.Failure):
             examples.parse_expect("pods-running=1, devices=gpu:1")
 
+    def test_kubectl_json_streams(self):
+        self.assertEqual(kube.parse_objects('{"kind":"A"}\n{"kind":"B"}\n'), [{"kind": "A"}, {"kind": "B"}])
+        self.assertEqual(kube.parse_objects('{"kind":"List","items":[{"kind":"A"}]}'), [{"kind": "A"}])
+        self.assertEqual(kube.parse_objects(""), [])
+
     def test_quantities(self):
         self.assertEqual(kube.quantity_bytes("16Gi"), 17179869184)
         self.assertEqual(kube.quantity_bytes("2147483648"), 2147483648)

@@ -67,22 +67,17 @@ def parse_expect(line: str) -> dict:
     return out
 
 
-def _objects(output: str) -> list[dict]:
-    doc = json.loads(output)
-    return doc["items"] if doc.get("kind") == "List" else [doc]
-
-
 def run_example(ctx: Context, path: Path) -> str:
     lines = expectation_lines(path.read_text())
     check(len(lines) == 1, f"{path.name}: needs exactly one '# expect:' line", lines)
     exp = parse_expect(lines[0])
     try:
-        planned = _objects(ctx.k.run("apply", "-n", ctx.ns, "--dry-run=server", "-f", str(path), "-o", "json"))
+        planned = kube.parse_objects(ctx.k.run("apply", "-n", ctx.ns, "--dry-run=server", "-f", str(path), "-o", "json"))
         # Cluster-scoped objects the example creates are deleted afterwards; ones that already
         # existed (say, a shipped DeviceClass it repeats) are left alone.
         cluster_scoped = [(o["kind"], o["metadata"]["name"]) for o in planned if not o["metadata"].get("namespace")
                           and ctx.k.get_or_none(o["kind"], o["metadata"]["name"]) is None]
-        objs = _objects(ctx.k.run("apply", "-n", ctx.ns, "-f", str(path), "-o", "json"))
+        objs = kube.parse_objects(ctx.k.run("apply", "-n", ctx.ns, "-f", str(path), "-o", "json"))
     except KubectlError as e:
         raise Failure(f"{path.name}: not accepted by the API server: {e.stderr}") from None
     pods = [o["metadata"]["name"] for o in objs if o["kind"] == "Pod"]
