@@ -244,6 +244,7 @@ class Cluster:
             "agent_metrics_port": controlplane.free_port(),
         }
         self.save()
+        self.start_kernel(name)
         self.start_fakelet(name)
         self.wait_node_ready(name)
         wl = Workload.from_json(self.info["agent_workload"])
@@ -257,6 +258,10 @@ class Cluster:
                 expected_devices = nodes.CANONICAL_DEVICES
             self.wait_published(name, expected_devices)
         return paths
+
+    def start_kernel(self, node: str) -> None:
+        """`sim watch` on the node's tree: reacts to sysfs writes as the kernel module does."""
+        self.sup.start(f"kernel-{node}", nodes.kernel_argv(self.binaries.driver, self.node_paths(node)))
 
     def start_fakelet(self, node: str) -> None:
         paths = self.node_paths(node)
@@ -288,9 +293,10 @@ class Cluster:
         ], env={**wl.env, "KUBECONFIG": n["kubeconfig"]})
 
     def stop_node(self, node: str) -> None:
-        """Stops the node's agent and fake kubelet (the Node object stays)."""
+        """Stops the node's agent, fake kubelet and simulated kernel (the Node object stays)."""
         self.sup.stop(f"agent-{node}")
         self.sup.stop(f"fakelet-{node}")
+        self.sup.stop(f"kernel-{node}")
 
     def forget_node(self, node: str) -> None:
         self.stop_node(node)
@@ -305,6 +311,9 @@ class Cluster:
         running = {p.name for p in self.sup.running()}
         restarted = []
         for node in self.node_names():
+            if f"kernel-{node}" not in running:
+                self.start_kernel(node)
+                restarted.append(f"kernel-{node}")
             if f"fakelet-{node}" not in running:
                 self.start_fakelet(node)
                 restarted.append(f"fakelet-{node}")

@@ -7,8 +7,8 @@ Layout under `<state>/nodes/<node>/`:
     kubelet/     plugins_registry/ (registration socket), plugins/<driver>/ (dra.sock, checkpoint)
     containers/  what each container would receive: <namespace>_<pod>_<container>.json
 
-The simulator's command line is called from exactly two functions, `create_sysfs` and
-`set_num_vfs`: if `mock-accel-dra sim` changes, only they change.
+The simulator's command line is built in exactly three functions, `create_sysfs`,
+`kernel_argv` and `set_num_vfs`: if `mock-accel-dra sim` changes, only they change.
 """
 
 import hashlib
@@ -108,6 +108,12 @@ def create_sysfs(driver: Path, paths: NodePaths, topology: str, node_index: int)
     """Creates the node's simulated sysfs tree (the one place that calls `sim create`)."""
     _sim(driver, ["create", "--root", str(paths.sys), "--dev-root", str(paths.dev),
                   "--topology", topology, "--node-index", str(node_index)])
+
+
+def kernel_argv(driver: Path, paths: NodePaths) -> list[str]:
+    """The simulator's stand-in for the kernel module: applies the kernel's reaction to writes
+    (status normalised to 0x%08x, sriov_numvfs creating and removing VFs)."""
+    return [str(driver), "sim", "watch", "--root", str(paths.sys), "--dev-root", str(paths.dev)]
 
 
 def set_num_vfs(driver: Path, paths: NodePaths, pf_sysfs_name: str, count: int) -> None:
