@@ -372,7 +372,7 @@ class Cluster:
                 last = f"conditions {obj.get('status', {}).get('conditions')}"
             time.sleep(0.3)
         raise ClusterError(f"Node {node} not Ready within {timeout:.0f}s ({last}); "
-                           f"log {self.sup.get('fakelet-' + node).log}")
+                           f"log {self.state / 'logs' / f'fakelet-{node}.log'}")
 
     def slices(self, node: str | None = None) -> list[dict]:
         fs = f"spec.driver={DRIVER}" + (f",spec.nodeName={node}" if node else "")

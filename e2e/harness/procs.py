@@ -161,9 +161,10 @@ class Supervisor:
                 pass
             deadline = time.monotonic() + timeout
             while proc.alive() and time.monotonic() < deadline:
-                time.sleep(0.1)
-            if proc.alive():
+                time.sleep(0.05)
+            if proc.alive() and sig != signal.SIGKILL:
                 progress.warn(f"{name} (pid {proc.pid}) ignored signal {sig} for {timeout:.0f}s; killing it")
+            if proc.alive():
                 try:
                     os.killpg(proc.pid, signal.SIGKILL)
                 except ProcessLookupError:
@@ -184,6 +185,7 @@ class Supervisor:
             except (ProcessLookupError, PermissionError):
                 pass
         (self.pids / f"{name}.json").unlink(missing_ok=True)
+        self.procs.pop(name, None)
 
     def kill(self, name: str) -> None:
         """SIGKILL, no grace: a crash as the resilience scenarios need it."""
