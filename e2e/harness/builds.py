@@ -116,10 +116,12 @@ def driver() -> Path:
     override = os.environ.get("MOCK_ACCEL_DRA_BIN")
     if override:
         return Path(override)
-    profile = os.environ.get("MOCK_ACCEL_PROFILE", "debug")
-    argv = ["cargo", "build", "--locked", "--bin", "mock-accel-dra", "--message-format=json-render-diagnostics"]
-    if profile == "release":
-        argv.append("--release")
+    # Debug: the same `--all-targets` build as the tests (`make bin`), so after `make test` only
+    # a link remains; a plain `cargo build` would resolve other dependency features and rebuild
+    # the whole tree.
+    argv = ["cargo", "build", "--locked", "--message-format=json-render-diagnostics"]
+    argv += ["--release", "--bin", "mock-accel-dra"] if os.environ.get("MOCK_ACCEL_PROFILE") == "release" \
+        else ["--all-targets"]
     lines = _stream(argv, "cargo")
     exe = None
     for line in lines:
@@ -127,8 +129,10 @@ def driver() -> Path:
             msg = json.loads(line)
         except ValueError:
             continue
-        if msg.get("reason") == "compiler-artifact" and msg.get("executable") and \
-                msg.get("target", {}).get("name") == "mock-accel-dra":
+        target = msg.get("target") or {}
+        if msg.get("reason") == "compiler-artifact" and msg.get("executable") \
+                and target.get("name") == "mock-accel-dra" and "bin" in target.get("kind", []) \
+                and not (msg.get("profile") or {}).get("test"):
             exe = msg["executable"]
     if not exe:
         raise BuildError("cargo build finished without reporting the mock-accel-dra executable")
