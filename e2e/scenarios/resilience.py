@@ -11,18 +11,26 @@ from harness.wait import check, equal, until
 from scenarios.framework import (Context, elapsed, prepared_entry, say, scenario, sysfs_name,
                                  verify_prepared, verify_released)
 
-LEASE_NAME = "mock-accel-controller"
+
+
+def controller_flag(ctx: Context, flag: str, default: str) -> str:
+    """A controller flag's value as the local replicas run it (manifest args, harness override)."""
+    if flag == "--agent-grace-period" and ctx.cluster.info.get("agent_grace_period"):
+        return ctx.cluster.info["agent_grace_period"]
+    args = ctx.cluster.info["controller_workload"]["args"]
+    for i, a in enumerate(args):
+        if a.startswith(flag + "="):
+            return a.split("=", 1)[1]
+        if a == flag and i + 1 < len(args):
+            return args[i + 1]
+    return default
 
 
 def grace_seconds(ctx: Context) -> float:
-    raw = ctx.cluster.info.get("agent_grace_period") or "40s"
-    for a in ctx.cluster.info["controller_workload"]["args"]:
-        if a.startswith("--agent-grace-period="):
-            raw = ctx.cluster.info.get("agent_grace_period") or a.split("=", 1)[1]
-    units = {"ms": 0.001, "s": 1, "m": 60}
-    for u in ("ms", "s", "m"):
-        if raw.endswith(u):
-            return float(raw[: -len(u)]) * units[u]
+    raw = controller_flag(ctx, "--agent-grace-period", "40s")
+    for unit, factor in (("ms", 0.001), ("s", 1), ("m", 60)):
+        if raw.endswith(unit):
+            return float(raw[: -len(unit)]) * factor
     return float(raw)
 
 
@@ -83,7 +91,7 @@ def agent_grace(ctx: Context) -> None:
 
 
 def lease_holder(ctx: Context, namespace: str) -> str | None:
-    lease = ctx.k.get_or_none("lease", LEASE_NAME, namespace)
+    lease = ctx.k.get_or_none("lease", controller_flag(ctx, "--lease-name", "mock-accel-controller"), namespace)
     return (lease or {}).get("spec", {}).get("holderIdentity")
 
 
