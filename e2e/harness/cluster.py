@@ -397,8 +397,10 @@ class Cluster:
             except KubectlError as e:
                 last = str(e)
             time.sleep(0.5)
-        raise ClusterError(f"{node}: expected {devices} published devices within {timeout:.0f}s, saw {last}; "
-                           f"logs: {self.state / 'logs'}")
+        tails = "".join(f"\n--- last lines of {p.log}:\n{p.log_tail(8)}" for p in self.sup.running()
+                        if p.name in (f"agent-{node}", f"fakelet-{node}", "controller-0", "controller-1"))
+        raise ClusterError(f"{node}: expected {devices if devices is not None else 'some'} published devices "
+                           f"within {timeout:.0f}s, saw {last}; logs: {self.state / 'logs'}{tails}")
 
     # ---- user-facing output -----------------------------------------------------------------
 
