@@ -20,8 +20,9 @@ from pathlib import Path
 
 from harness.kube import DRIVER
 
-# Unix socket paths are limited to 108 bytes; keep a margin for the socket file names.
-_MAX_SOCKET_DIR = 70
+# Unix socket paths are limited to 108 bytes (with the terminating NUL); keep a margin.
+_MAX_SOCKET_PATH = 100
+_SOCKETS = (f"plugins_registry/{DRIVER}-reg.sock", f"plugins/{DRIVER}/dra.sock")
 
 # Topologies the harness knows. `canonical`: the shipped static-function layout, 6 devices
 # (2 PFs, 4 VFs, NUMA 0 and 1). `sriov`: PFs only, VFs created at run time through
@@ -81,7 +82,7 @@ def layout(state: Path, node: str) -> NodePaths:
     kubelet = root / "kubelet"
     if kubelet.is_symlink():
         real = Path(os.readlink(kubelet))
-    elif len(str(kubelet / "plugins" / DRIVER)) > _MAX_SOCKET_DIR:
+    elif max(len(str(kubelet / s)) for s in _SOCKETS) > _MAX_SOCKET_PATH:
         real = Path(f"/tmp/mock-accel-{hashlib.sha1(str(state).encode()).hexdigest()[:8]}-{node}")
         real.mkdir(parents=True, exist_ok=True)
         kubelet.symlink_to(real)
