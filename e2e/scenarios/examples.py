@@ -135,11 +135,20 @@ def examples(ctx: Context) -> None:
     check(bool(files), f"no examples in {EXAMPLES}")
     failures = []
     for f in files:
+        # A namespace per example: examples may reuse object names, and claims are immutable.
+        slug = re.sub(r"[^a-z0-9]+", "-", f.stem.lower()).strip("-")
+        ns = f"{ctx.ns[:30]}-{slug}"[:63].rstrip("-")
+        ctx.k.apply(kube.namespace(ns))
+        sub = Context(ctx.cluster, ns, ctx.artifacts / f.stem)
         try:
-            say(f"{f.name}: {run_example(ctx, f)}")
+            say(f"{f.name}: {run_example(sub, f)}")
         except (Failure, KubectlError) as e:
             failures.append(f"{f.name}: {e}")
-            say(f"{f.name}: FAILED")
+            say(f"{f.name}: FAILED (namespace {ns} kept for inspection until the run ends)")
+            continue
+        code, _, err = ctx.k.try_run("delete", "namespace", ns, "--wait=true", "--timeout=90s", timeout=100)
+        if code != 0:
+            failures.append(f"{f.name}: namespace {ns} not deleted: {err.strip()}")
     check(not failures, f"{len(failures)} of {len(files)} examples failed:\n" + "\n".join(failures))
 
 
