@@ -144,8 +144,10 @@ def examples(ctx: Context) -> None:
             say(f"{f.name}: {run_example(sub, f)}")
         except (Failure, KubectlError) as e:
             failures.append(f"{f.name}: {e}")
-            say(f"{f.name}: FAILED (namespace {ns} kept for inspection until the run ends)")
-            continue
+            for name, args in (("objects.yaml", ["get", "pods,resourceclaims", "-n", ns, "-o", "yaml"]),
+                               ("events.txt", ["get", "events", "-n", ns])):
+                sub.save(name, ctx.k.try_run(*args)[1])
+            say(f"{f.name}: FAILED (its objects and events: {sub.artifacts})")
         code, _, err = ctx.k.try_run("delete", "namespace", ns, "--wait=true", "--timeout=90s", timeout=100)
         if code != 0:
             failures.append(f"{f.name}: namespace {ns} not deleted: {err.strip()}")
