@@ -60,3 +60,25 @@ undeploy: ## remove the driver from the current kubectl context
 
 k8s-bins: ## build (or reuse) the control-plane binaries from the Kubernetes Go modules
 	K8S_VERSION=$(K8S_VERSION) e2e/k8sbins/build.sh
+
+# ---- local cluster and end-to-end suite (e2e/harness, e2e/scenarios) ----------------------------
+# A real control plane built from the Kubernetes Go modules, simulated nodes (sysfs tree, fake
+# kubelet, node agent) and two controller replicas, all as local processes. Python 3 stdlib only.
+DEV_CLUSTER ?= .dev-cluster
+E2E_ARGS ?=
+HARNESS := PYTHONDONTWRITEBYTECODE=1 python3
+
+dev-cluster: ## start the local two-node cluster (state in .dev-cluster/) and leave it running
+	@$(HARNESS) e2e/harness/cluster.py up --state $(DEV_CLUSTER)
+
+dev-cluster-env: ## shell exports for the local cluster: eval "$(make -s dev-cluster-env)"
+	@$(HARNESS) e2e/harness/cluster.py env --state $(DEV_CLUSTER)
+
+dev-cluster-down: ## stop the local cluster
+	@$(HARNESS) e2e/harness/cluster.py down --state $(DEV_CLUSTER)
+
+demo: ## allocate a PF to a pod on the local cluster and show what it gets (KEEP=1 keeps the cluster)
+	@$(HARNESS) e2e/demo.py --state $(DEV_CLUSTER) $(if $(KEEP),--keep)
+
+e2e: ## every end-to-end scenario on a fresh local cluster (E2E_ARGS="-k 3" selects)
+	@$(HARNESS) e2e/run.py $(E2E_ARGS)
