@@ -9,7 +9,7 @@ export MOCK_ACCEL_CACHE ?= /var/cache/mock-accel
         k8s-bins e2e dev-cluster dev-cluster-env dev-cluster-down demo
 
 help: ## list the targets
-	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed -E 's/:.*## /\t/' | column -t -s $$'\t'
+	@grep -E '^[a-z0-9-]+:.*## ' $(MAKEFILE_LIST) | sed -E 's/:.*## /\t/' | column -t -s $$'\t'
 
 build: ## build the mock-accel-dra binary (release)
 	$(CARGO) build --release --locked
