@@ -87,7 +87,14 @@ pub fn render_json(inv: &Inventory) -> Result<String, serde_json::Error> {
 
 /// Bytes in the largest binary unit that divides them exactly (`16Gi`, `1536Mi`, `0`).
 pub fn human_bytes(bytes: u64) -> String {
-    const UNITS: [(&str, u32); 6] = [("Ei", 60), ("Pi", 50), ("Ti", 40), ("Gi", 30), ("Mi", 20), ("Ki", 10)];
+    const UNITS: [(&str, u32); 6] = [
+        ("Ei", 60),
+        ("Pi", 50),
+        ("Ti", 40),
+        ("Gi", 30),
+        ("Mi", 20),
+        ("Ki", 10),
+    ];
     if bytes == 0 {
         return "0".into();
     }
@@ -151,13 +158,23 @@ pub fn render_table(inv: &Inventory) -> String {
 mod tests {
     use super::*;
 
-    fn dev(name: &str, sysfs: &str, t: DeviceType, numa: Option<u32>, parent: Option<&str>) -> Device {
+    fn dev(
+        name: &str,
+        sysfs: &str,
+        t: DeviceType,
+        numa: Option<u32>,
+        parent: Option<&str>,
+    ) -> Device {
         Device {
             name: name.into(),
             sysfs_name: sysfs.into(),
             device_type: t,
             uuid: "4e4f4445-312d-4e55-4d41-302d50460000".into(),
-            memory: if t == DeviceType::Pf { 16 << 30 } else { 2 << 30 },
+            memory: if t == DeviceType::Pf {
+                16 << 30
+            } else {
+                2 << 30
+            },
             pci_address: "0000:11:00.0".into(),
             pcie_root: Some("pci0000:10".into()),
             numa_node: numa,
@@ -182,12 +199,23 @@ mod tests {
     fn json_has_exactly_the_documented_keys_and_types() {
         let inv = Inventory::new(vec![
             dev("mock0", "mock0", DeviceType::Pf, None, None),
-            dev("mock0-vf0", "mock0_vf0", DeviceType::Vf, Some(1), Some("mock0")),
+            dev(
+                "mock0-vf0",
+                "mock0_vf0",
+                DeviceType::Vf,
+                Some(1),
+                Some("mock0"),
+            ),
         ]);
         let v: serde_json::Value = serde_json::from_str(&render_json(&inv).unwrap()).unwrap();
         let arr = v.as_array().unwrap();
         assert_eq!(arr.len(), 2);
-        let keys: Vec<&str> = arr[0].as_object().unwrap().keys().map(String::as_str).collect();
+        let keys: Vec<&str> = arr[0]
+            .as_object()
+            .unwrap()
+            .keys()
+            .map(String::as_str)
+            .collect();
         let mut expected = [
             "name",
             "sysfsName",
@@ -219,7 +247,13 @@ mod tests {
     fn table_aligns_columns_and_marks_missing_values() {
         let inv = Inventory::new(vec![
             dev("mock0", "mock0", DeviceType::Pf, Some(0), None),
-            dev("mock0-vf0", "mock0_vf0", DeviceType::Vf, None, Some("mock0")),
+            dev(
+                "mock0-vf0",
+                "mock0_vf0",
+                DeviceType::Vf,
+                None,
+                Some("mock0"),
+            ),
         ]);
         let t = render_table(&inv);
         let lines: Vec<&str> = t.lines().collect();
@@ -227,13 +261,40 @@ mod tests {
         let cols: Vec<&str> = lines[0].split_whitespace().collect();
         assert_eq!(
             cols,
-            ["NAME", "SYSFS", "TYPE", "NUMA", "PCI", "ROOT", "MEMORY", "PARENT", "UUID", "STATUS"]
+            [
+                "NAME", "SYSFS", "TYPE", "NUMA", "PCI", "ROOT", "MEMORY", "PARENT", "UUID",
+                "STATUS"
+            ]
         );
         let pf: Vec<&str> = lines[1].split_whitespace().collect();
-        assert_eq!(pf[..8], ["mock0", "mock0", "pf", "0", "0000:11:00.0", "pci0000:10", "16Gi", "-"]);
+        assert_eq!(
+            pf[..8],
+            [
+                "mock0",
+                "mock0",
+                "pf",
+                "0",
+                "0000:11:00.0",
+                "pci0000:10",
+                "16Gi",
+                "-"
+            ]
+        );
         assert_eq!(pf[9], "0x00001234");
         let vf: Vec<&str> = lines[2].split_whitespace().collect();
-        assert_eq!(vf[..8], ["mock0-vf0", "mock0_vf0", "vf", "-", "0000:11:00.0", "pci0000:10", "2Gi", "mock0"]);
+        assert_eq!(
+            vf[..8],
+            [
+                "mock0-vf0",
+                "mock0_vf0",
+                "vf",
+                "-",
+                "0000:11:00.0",
+                "pci0000:10",
+                "2Gi",
+                "mock0"
+            ]
+        );
         // Columns line up: every row's SYSFS column starts where the header's does.
         let at = lines[0].find("SYSFS").unwrap();
         assert_eq!(&lines[2][at..at + 9], "mock0_vf0");

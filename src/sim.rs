@@ -247,7 +247,11 @@ pub fn run(cmd: &SimCommand) -> Result<(), SimError> {
         SimCommand::Create(a) => {
             let spec = TopologySpec::from_args(a)?;
             let devices = create(&a.root, a.dev_root.as_deref(), &spec)?;
-            println!("created {} devices under {}", devices.len(), a.root.display());
+            println!(
+                "created {} devices under {}",
+                devices.len(),
+                a.root.display()
+            );
             Ok(())
         }
         SimCommand::SetNumvfs(a) => {
@@ -266,9 +270,8 @@ pub fn run(cmd: &SimCommand) -> Result<(), SimError> {
             Ok(())
         }
         SimCommand::SetStatus(a) => {
-            let value = sysfs::parse_kernel_u32(&a.value).map_err(|reason| {
-                SimError::Invalid(format!("--value: {reason}"))
-            })?;
+            let value = sysfs::parse_kernel_u32(&a.value)
+                .map_err(|reason| SimError::Invalid(format!("--value: {reason}")))?;
             set_status(&a.root, &a.device, value)?;
             Ok(())
         }
@@ -387,7 +390,8 @@ impl TopologySpec {
 
     /// Reads the `create` flags; size flags belong to `--topology custom` only.
     pub fn from_args(a: &CreateArgs) -> Result<Self, SimError> {
-        let sizes_given = a.numa_nodes.is_some() || a.pfs_per_numa.is_some() || a.vfs_per_pf.is_some();
+        let sizes_given =
+            a.numa_nodes.is_some() || a.pfs_per_numa.is_some() || a.vfs_per_pf.is_some();
         let mut spec = match a.topology {
             Topology::Canonical => Self::canonical(a.node_index),
             Topology::Sriov => Self::sriov(a.node_index),
@@ -435,7 +439,10 @@ impl TopologySpec {
             ));
         }
         if self.total_vfs > MAX_TOTAL_VFS {
-            return bad(format!("--total-vfs {} must be at most {MAX_TOTAL_VFS}", self.total_vfs));
+            return bad(format!(
+                "--total-vfs {} must be at most {MAX_TOTAL_VFS}",
+                self.total_vfs
+            ));
         }
         if self.sriov && self.vfs_per_pf > self.total_vfs {
             return bad(format!(
@@ -443,9 +450,13 @@ impl TopologySpec {
                 self.vfs_per_pf, self.total_vfs
             ));
         }
-        let total = u64::from(self.numa_nodes) * u64::from(self.pfs_per_numa) * u64::from(1 + self.vfs_per_pf);
+        let total = u64::from(self.numa_nodes)
+            * u64::from(self.pfs_per_numa)
+            * u64::from(1 + self.vfs_per_pf);
         if total > u64::from(MAX_DEVICES) {
-            return bad(format!("{total} devices requested, at most {MAX_DEVICES} are supported"));
+            return bad(format!(
+                "{total} devices requested, at most {MAX_DEVICES} are supported"
+            ));
         }
         Ok(())
     }
@@ -508,7 +519,8 @@ fn pf_placement(numa: u32, pf: u32) -> (Bdf, String) {
     let slot = (within % SLOTS_PER_BUS) as u8;
     let root_bus = (0x10 * (numa + 1)) as u8;
     let bus = root_bus + 1 + port as u8;
-    let parent = format!("devices/pci{domain:04x}:{root_bus:02x}/{domain:04x}:{root_bus:02x}:{port:02x}.0");
+    let parent =
+        format!("devices/pci{domain:04x}:{root_bus:02x}/{domain:04x}:{root_bus:02x}:{port:02x}.0");
     (Bdf::new(domain, bus, slot, 0), parent)
 }
 
@@ -612,11 +624,22 @@ fn pf_name_base(pf: &SimDevice) -> String {
 /// One thing to create, relative to the root (or, for `DevNode`, to the dev root).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Entry {
-    Dir { path: String },
-    File { path: String, contents: String, mode: u32 },
-    Symlink { path: String, target: String },
+    Dir {
+        path: String,
+    },
+    File {
+        path: String,
+        contents: String,
+        mode: u32,
+    },
+    Symlink {
+        path: String,
+        target: String,
+    },
     /// A regular file standing in for the character device `/dev/<name>` (mode 0600).
-    DevNode { name: String },
+    DevNode {
+        name: String,
+    },
 }
 
 fn file(path: String, contents: impl Into<String>, mode: u32) -> Entry {
@@ -637,7 +660,9 @@ fn up_to_root(dir: &str) -> String {
 pub fn skeleton_entries() -> Vec<Entry> {
     ["devices", CLASS_DIR, PCI_BUS_DEVICES_DIR, PCI_DRIVER_DIR]
         .into_iter()
-        .map(|p| Entry::Dir { path: p.to_string() })
+        .map(|p| Entry::Dir {
+            path: p.to_string(),
+        })
         .collect()
 }
 
@@ -652,11 +677,19 @@ pub fn device_entries(dev: &SimDevice) -> Vec<Entry> {
     // The PCI function, as the PCI core shows it.
     e.push(Entry::Dir { path: fdir.clone() });
     e.push(file(at(&fdir, "vendor"), format!("{PCI_VENDOR}\n"), RO));
-    e.push(file(at(&fdir, "device"), format!("{}\n", dev.pci_device_id()), RO));
+    e.push(file(
+        at(&fdir, "device"),
+        format!("{}\n", dev.pci_device_id()),
+        RO,
+    ));
     e.push(file(at(&fdir, "class"), "0x000000\n", RO));
     e.push(file(at(&fdir, "subsystem_vendor"), "0x0000\n", RO));
     e.push(file(at(&fdir, "subsystem_device"), "0x0000\n", RO));
-    e.push(file(at(&fdir, "numa_node"), format!("{}\n", dev.numa_node), RO));
+    e.push(file(
+        at(&fdir, "numa_node"),
+        format!("{}\n", dev.numa_node),
+        RO,
+    ));
     e.push(file(
         at(&fdir, "uevent"),
         format!(
@@ -671,7 +704,11 @@ pub fn device_entries(dev: &SimDevice) -> Vec<Entry> {
     {
         // PCI-core SR-IOV files: read-only in effect (the driver has no sriov_configure, so
         // the kernel answers ENOENT to writes); the class attribute is the one to write.
-        e.push(file(at(&fdir, "sriov_totalvfs"), format!("{total_vfs}\n"), RO));
+        e.push(file(
+            at(&fdir, "sriov_totalvfs"),
+            format!("{total_vfs}\n"),
+            RO,
+        ));
         e.push(file(at(&fdir, "sriov_numvfs"), format!("{num_vfs}\n"), RO));
         e.push(file(at(&fdir, "sriov_offset"), "1\n", RO));
         e.push(file(at(&fdir, "sriov_stride"), "1\n", RO));
@@ -702,19 +739,43 @@ pub fn device_entries(dev: &SimDevice) -> Vec<Entry> {
         path: at(&fdir, "mock-accel"),
     });
     e.push(Entry::Dir { path: cdir.clone() });
-    e.push(file(at(&cdir, "uuid"), format!("{}\n", format_uuid(&dev.uuid)), RO));
-    e.push(file(at(&cdir, "memory_size"), format!("{}\n", dev.memory), RO));
+    e.push(file(
+        at(&cdir, "uuid"),
+        format!("{}\n", format_uuid(&dev.uuid)),
+        RO,
+    ));
+    e.push(file(
+        at(&cdir, "memory_size"),
+        format!("{}\n", dev.memory),
+        RO,
+    ));
     e.push(file(at(&cdir, "capabilities"), "0x00000001\n", RO));
-    e.push(file(at(&cdir, "status"), format!("0x{:08x}\n", dev.status), RW));
-    e.push(file(at(&cdir, "numa_node"), format!("{}\n", dev.numa_node), RO));
+    e.push(file(
+        at(&cdir, "status"),
+        format!("0x{:08x}\n", dev.status),
+        RW,
+    ));
+    e.push(file(
+        at(&cdir, "numa_node"),
+        format!("{}\n", dev.numa_node),
+        RO,
+    ));
     e.push(file(at(&cdir, "fw_version"), "1.0.0\n", RO));
     // The probe-time firmware load never sets wordlist_loaded (contract §5).
     e.push(file(at(&cdir, "wordlist_loaded"), "0\n", RO));
-    e.push(file(at(&cdir, "wordlist_size"), format!("{WORDLIST_SIZE}\n"), RO));
+    e.push(file(
+        at(&cdir, "wordlist_size"),
+        format!("{WORDLIST_SIZE}\n"),
+        RO,
+    ));
     e.push(file(at(&cdir, "load_wordlist"), "", WO));
     match dev.role {
         Role::Pf { total_vfs, num_vfs } => {
-            e.push(file(at(&cdir, "sriov_totalvfs"), format!("{total_vfs}\n"), RO));
+            e.push(file(
+                at(&cdir, "sriov_totalvfs"),
+                format!("{total_vfs}\n"),
+                RO,
+            ));
             e.push(file(at(&cdir, "sriov_numvfs"), format!("{num_vfs}\n"), RW));
         }
         // Static VFs are ordinary functions to the module: the attributes show, reading 0.
@@ -729,10 +790,17 @@ pub fn device_entries(dev: &SimDevice) -> Vec<Entry> {
     e.push(file(at(&cdir, "passphrase_status"), "idle\n", RO));
     e.push(file(at(&cdir, "passphrase_count"), "0\n", RO));
     e.push(file(at(&cdir, "passphrase"), "\n", RO));
-    e.push(file(at(&cdir, "dev"), format!("{SIM_MAJOR}:{}\n", dev.minor), RO));
+    e.push(file(
+        at(&cdir, "dev"),
+        format!("{SIM_MAJOR}:{}\n", dev.minor),
+        RO,
+    ));
     e.push(file(
         at(&cdir, "uevent"),
-        format!("MAJOR={SIM_MAJOR}\nMINOR={}\nDEVNAME={}\n", dev.minor, dev.name),
+        format!(
+            "MAJOR={SIM_MAJOR}\nMINOR={}\nDEVNAME={}\n",
+            dev.minor, dev.name
+        ),
         RW,
     ));
     e.push(Entry::Dir {
@@ -790,7 +858,11 @@ pub fn numvfs_entries(pf: &SimDevice, num_vfs: u32, total_vfs: u32) -> Vec<Entry
 // ---------------------------------------------------------------------------------------------
 
 /// Puts entries on disk in order. Files are overwritten, links replaced.
-pub fn write_entries(root: &Path, dev_root: Option<&Path>, entries: &[Entry]) -> Result<(), SimError> {
+pub fn write_entries(
+    root: &Path,
+    dev_root: Option<&Path>,
+    entries: &[Entry],
+) -> Result<(), SimError> {
     for entry in entries {
         match entry {
             Entry::Dir { path } => {
@@ -804,10 +876,13 @@ pub fn write_entries(root: &Path, dev_root: Option<&Path>, entries: &[Entry]) ->
             } => write_file(&root.join(path), contents, *mode)?,
             Entry::Symlink { path, target } => {
                 let p = root.join(path);
-                if fs::symlink_metadata(&p).is_ok() {
-                    fs::remove_file(&p).map_err(io_err(&p))?;
+                match std::os::unix::fs::symlink(target, &p) {
+                    Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
+                        fs::remove_file(&p).map_err(io_err(&p))?;
+                        std::os::unix::fs::symlink(target, &p).map_err(io_err(&p))?;
+                    }
+                    other => other.map_err(io_err(&p))?,
                 }
-                std::os::unix::fs::symlink(target, &p).map_err(io_err(&p))?;
             }
             Entry::DevNode { name } => {
                 if let Some(dev_root) = dev_root {
@@ -835,7 +910,8 @@ fn write_file(path: &Path, contents: &str, mode: u32) -> Result<(), SimError> {
         Ok(f) => f,
         Err(e) if e.kind() == std::io::ErrorKind::PermissionDenied => {
             use std::os::unix::fs::PermissionsExt;
-            fs::set_permissions(path, fs::Permissions::from_mode(mode | 0o200)).map_err(io_err(path))?;
+            fs::set_permissions(path, fs::Permissions::from_mode(mode | 0o200))
+                .map_err(io_err(path))?;
             let f = open().map_err(io_err(path))?;
             fs::set_permissions(path, fs::Permissions::from_mode(mode)).map_err(io_err(path))?;
             f
@@ -846,7 +922,11 @@ fn write_file(path: &Path, contents: &str, mode: u32) -> Result<(), SimError> {
 }
 
 /// Creates a whole tree. Refuses a root whose class directory already holds devices.
-pub fn create(root: &Path, dev_root: Option<&Path>, spec: &TopologySpec) -> Result<Vec<SimDevice>, SimError> {
+pub fn create(
+    root: &Path,
+    dev_root: Option<&Path>,
+    spec: &TopologySpec,
+) -> Result<Vec<SimDevice>, SimError> {
     let devices = build_topology(spec)?;
     let class = root.join(CLASS_DIR);
     if let Ok(mut entries) = fs::read_dir(&class)
@@ -957,10 +1037,12 @@ fn relative_function_dir(root: &Path, link: &Path) -> Result<String, SimError> {
         path: link.to_path_buf(),
         problem: format!("points outside the root, to {}", target.display()),
     })?;
-    rel.to_str().map(str::to_string).ok_or_else(|| SimError::Tree {
-        path: link.to_path_buf(),
-        problem: "target is not UTF-8".into(),
-    })
+    rel.to_str()
+        .map(str::to_string)
+        .ok_or_else(|| SimError::Tree {
+            path: link.to_path_buf(),
+            problem: "target is not UTF-8".into(),
+        })
 }
 
 /// Class names present, sorted.
@@ -1004,7 +1086,11 @@ fn virtfns(root: &Path, pf: &SimDevice) -> Result<Vec<(u32, Bdf)>, SimError> {
             continue;
         };
         let target = fs::read_link(entry.path()).map_err(io_err(&entry.path()))?;
-        if let Some(bdf) = target.file_name().and_then(|n| n.to_str()).and_then(|n| n.parse().ok()) {
+        if let Some(bdf) = target
+            .file_name()
+            .and_then(|n| n.to_str())
+            .and_then(|n| n.parse().ok())
+        {
             out.push((index, bdf));
         }
     }
@@ -1014,7 +1100,10 @@ fn virtfns(root: &Path, pf: &SimDevice) -> Result<Vec<(u32, Bdf)>, SimError> {
 
 /// Class names of the devices in a function directory (`<fn>/mock-accel/*`).
 fn class_names_of_function(root: &Path, parent_dir: &str, bdf: Bdf) -> Vec<String> {
-    let dir = root.join(parent_dir).join(bdf.to_string()).join("mock-accel");
+    let dir = root
+        .join(parent_dir)
+        .join(bdf.to_string())
+        .join("mock-accel");
     fs::read_dir(dir)
         .map(|rd| {
             rd.filter_map(|e| e.ok())
@@ -1037,7 +1126,11 @@ fn remove_entries(root: &Path, dev_root: Option<&Path>, dev: &SimDevice) -> Resu
     remove_link(root.join(PCI_BUS_DEVICES_DIR).join(dev.bdf.to_string()))?;
     remove_link(root.join(PCI_DRIVER_DIR).join(dev.bdf.to_string()))?;
     if let Role::VirtFn { pf, index } = dev.role {
-        remove_link(root.join(&dev.parent_dir).join(pf.to_string()).join(format!("virtfn{index}")))?;
+        remove_link(
+            root.join(&dev.parent_dir)
+                .join(pf.to_string())
+                .join(format!("virtfn{index}")),
+        )?;
     }
     if let Some(dev_root) = dev_root {
         remove_link(sysfs::dev_node_path(dev_root, &dev.name))?;
@@ -1051,7 +1144,11 @@ fn remove_entries(root: &Path, dev_root: Option<&Path>, dev: &SimDevice) -> Resu
 }
 
 /// Removes a PF's SR-IOV VFs; returns their names.
-fn remove_vfs(root: &Path, dev_root: Option<&Path>, pf: &SimDevice) -> Result<Vec<String>, SimError> {
+fn remove_vfs(
+    root: &Path,
+    dev_root: Option<&Path>,
+    pf: &SimDevice,
+) -> Result<Vec<String>, SimError> {
     let mut removed = Vec::new();
     for (_, bdf) in virtfns(root, pf)? {
         for name in class_names_of_function(root, &pf.parent_dir, bdf) {
@@ -1062,7 +1159,9 @@ fn remove_vfs(root: &Path, dev_root: Option<&Path>, pf: &SimDevice) -> Result<Ve
         // A virtfn link whose VF has no class device (half-removed tree): drop it too.
         let _ = fs::remove_dir_all(root.join(&pf.parent_dir).join(bdf.to_string()));
     }
-    for entry in fs::read_dir(root.join(pf.function_dir())).map_err(io_err(&root.join(pf.function_dir())))? {
+    for entry in
+        fs::read_dir(root.join(pf.function_dir())).map_err(io_err(&root.join(pf.function_dir())))?
+    {
         let entry = entry.map_err(io_err(&root.join(pf.function_dir())))?;
         if entry.file_name().to_string_lossy().starts_with("virtfn") {
             let _ = fs::remove_file(entry.path());
@@ -1074,7 +1173,12 @@ fn remove_vfs(root: &Path, dev_root: Option<&Path>, pf: &SimDevice) -> Result<Ve
 /// Does what writing `count` to the class attribute `sriov_numvfs` of `pf_name` does: checks
 /// the range (EINVAL above `sriov_totalvfs`), removes the PF's VFs, then creates `count` new ones
 /// with the lowest free minors. Returns the new VFs.
-pub fn set_numvfs(root: &Path, dev_root: Option<&Path>, pf_name: &str, count: u32) -> Result<Vec<SimDevice>, SimError> {
+pub fn set_numvfs(
+    root: &Path,
+    dev_root: Option<&Path>,
+    pf_name: &str,
+    count: u32,
+) -> Result<Vec<SimDevice>, SimError> {
     let pf = read_tree_device(root, pf_name)?;
     let total = match pf.role {
         Role::Pf { total_vfs, .. } => total_vfs,
@@ -1140,7 +1244,10 @@ impl AddDevice {
             )));
         }
         if a.numa_node < -1 {
-            return Err(SimError::Invalid(format!("--numa-node {} must be -1 or a node number", a.numa_node)));
+            return Err(SimError::Invalid(format!(
+                "--numa-node {} must be -1 or a node number",
+                a.numa_node
+            )));
         }
         Ok(AddDevice {
             bdf,
@@ -1182,7 +1289,11 @@ fn parent_dir_for(root: &Path, bdf: Bdf) -> String {
 }
 
 /// Hot-adds a PF or static VF (a new vfio-user function appearing at `bdf`).
-pub fn add_device(root: &Path, dev_root: Option<&Path>, req: &AddDevice) -> Result<SimDevice, SimError> {
+pub fn add_device(
+    root: &Path,
+    dev_root: Option<&Path>,
+    req: &AddDevice,
+) -> Result<SimDevice, SimError> {
     let bus_link = root.join(PCI_BUS_DEVICES_DIR).join(req.bdf.to_string());
     if fs::symlink_metadata(&bus_link).is_ok() {
         return Err(SimError::Tree {
@@ -1231,7 +1342,11 @@ pub fn add_device(root: &Path, dev_root: Option<&Path>, req: &AddDevice) -> Resu
 
 /// Hot-removes a device with its PCI function directory and links; a PF takes its SR-IOV VFs
 /// with it, and removing a VF updates its PF's count. Returns the removed names.
-pub fn remove_device(root: &Path, dev_root: Option<&Path>, name: &str) -> Result<Vec<String>, SimError> {
+pub fn remove_device(
+    root: &Path,
+    dev_root: Option<&Path>,
+    name: &str,
+) -> Result<Vec<String>, SimError> {
     let dev = read_tree_device(root, name)?;
     let mut removed = Vec::new();
     if let Role::Pf { .. } = dev.role {
@@ -1260,7 +1375,11 @@ pub fn set_status(root: &Path, name: &str, value: u32) -> Result<(), SimError> {
             name: name.to_string(),
         });
     }
-    write_file(&sysfs::status_path(root, name), &format!("0x{value:08x}\n"), RW)
+    write_file(
+        &sysfs::status_path(root, name),
+        &format!("0x{value:08x}\n"),
+        RW,
+    )
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -1275,7 +1394,12 @@ const RESYNC: Duration = Duration::from_secs(2);
 /// as `0x%08x` (an invalid write is undone), and a changed `sriov_numvfs` creates or removes VFs
 /// (an invalid one is undone). Watches every class device directory with inotify; `on_ready`
 /// runs once the initial watches are in place and the tree has been brought in line.
-pub fn watch(root: &Path, dev_root: Option<&Path>, stop: &AtomicBool, on_ready: impl FnOnce()) -> Result<(), SimError> {
+pub fn watch(
+    root: &Path,
+    dev_root: Option<&Path>,
+    stop: &AtomicBool,
+    on_ready: impl FnOnce(),
+) -> Result<(), SimError> {
     use notify::{
         EventKind, RecursiveMode, Watcher,
         event::{AccessKind, AccessMode, CreateKind, ModifyKind},
@@ -1285,7 +1409,8 @@ pub fn watch(root: &Path, dev_root: Option<&Path>, stop: &AtomicBool, on_ready: 
     if !class.is_dir() {
         return Err(SimError::Tree {
             path: class,
-            problem: "not a directory; create the tree first with `mock-accel-dra sim create`".into(),
+            problem: "not a directory; create the tree first with `mock-accel-dra sim create`"
+                .into(),
         });
     }
     let (tx, rx) = mpsc::channel();
@@ -1336,8 +1461,10 @@ pub fn watch(root: &Path, dev_root: Option<&Path>, stop: &AtomicBool, on_ready: 
         for path in &event.paths {
             if path.parent() == Some(class.as_path()) {
                 class_changed = true;
-                if matches!(event.kind, EventKind::Remove(_) | EventKind::Modify(ModifyKind::Name(_)))
-                    && let Some(name) = path.file_name().and_then(|n| n.to_str())
+                if matches!(
+                    event.kind,
+                    EventKind::Remove(_) | EventKind::Modify(ModifyKind::Name(_))
+                ) && let Some(name) = path.file_name().and_then(|n| n.to_str())
                 {
                     state.forget(&mut watcher, name);
                 }
@@ -1346,7 +1473,9 @@ pub fn watch(root: &Path, dev_root: Option<&Path>, stop: &AtomicBool, on_ready: 
             if !relevant {
                 continue;
             }
-            let (Some(attr), Some(dir)) = (path.file_name().and_then(|n| n.to_str()), path.parent()) else {
+            let (Some(attr), Some(dir)) =
+                (path.file_name().and_then(|n| n.to_str()), path.parent())
+            else {
                 continue;
             };
             if dir.parent() != Some(class.as_path()) {
@@ -1459,7 +1588,12 @@ impl WatchState<'_> {
             return;
         };
         let (current, total) = match dev.role {
-            Role::Pf { total_vfs, .. } => (virtfns(self.root, &dev).map(|v| v.len() as u32).unwrap_or(0), total_vfs),
+            Role::Pf { total_vfs, .. } => (
+                virtfns(self.root, &dev)
+                    .map(|v| v.len() as u32)
+                    .unwrap_or(0),
+                total_vfs,
+            ),
             Role::StaticVf => (0, 0),
             Role::VirtFn { .. } => return,
         };
@@ -1507,7 +1641,10 @@ mod tests {
             assert_eq!(uuid_string(&uuid_bytes(s)), s);
         }
         // Only the first 16 bytes are kept.
-        assert_eq!(uuid_string(&uuid_bytes("ABCDEFGHIJKLMNOPQRS")), "ABCDEFGHIJKLMNOP");
+        assert_eq!(
+            uuid_string(&uuid_bytes("ABCDEFGHIJKLMNOPQRS")),
+            "ABCDEFGHIJKLMNOP"
+        );
     }
 
     #[test]
@@ -1520,11 +1657,21 @@ mod tests {
     #[test]
     fn canonical_topology_matches_contract_section_9() {
         let devs = build_topology(&TopologySpec::canonical(1)).unwrap();
-        assert_eq!(names(&devs), ["mock0", "mock1", "mock2", "mock3", "mock4", "mock5"]);
+        assert_eq!(
+            names(&devs),
+            ["mock0", "mock1", "mock2", "mock3", "mock4", "mock5"]
+        );
         let bdfs: Vec<String> = devs.iter().map(|d| d.bdf.to_string()).collect();
         assert_eq!(
             bdfs,
-            ["0000:11:00.0", "0000:11:00.1", "0000:11:00.2", "0000:21:00.0", "0000:21:00.1", "0000:21:00.2"]
+            [
+                "0000:11:00.0",
+                "0000:11:00.1",
+                "0000:11:00.2",
+                "0000:21:00.0",
+                "0000:21:00.1",
+                "0000:21:00.2"
+            ]
         );
         assert_eq!(devs[0].parent_dir, "devices/pci0000:10/0000:10:00.0");
         assert_eq!(devs[3].parent_dir, "devices/pci0000:20/0000:20:00.0");
@@ -1542,13 +1689,28 @@ mod tests {
         );
         assert_eq!(devs[0].memory, 17_179_869_184);
         assert_eq!(devs[1].memory, 2_147_483_648);
-        assert_eq!(devs[0].role, Role::Pf { total_vfs: 2, num_vfs: 0 });
+        assert_eq!(
+            devs[0].role,
+            Role::Pf {
+                total_vfs: 2,
+                num_vfs: 0
+            }
+        );
         assert_eq!(devs[1].role, Role::StaticVf);
-        assert_eq!(devs.iter().map(|d| d.numa_node).collect::<Vec<_>>(), [0, 0, 0, 1, 1, 1]);
-        assert_eq!(devs.iter().map(|d| d.minor).collect::<Vec<_>>(), [0, 1, 2, 3, 4, 5]);
+        assert_eq!(
+            devs.iter().map(|d| d.numa_node).collect::<Vec<_>>(),
+            [0, 0, 0, 1, 1, 1]
+        );
+        assert_eq!(
+            devs.iter().map(|d| d.minor).collect::<Vec<_>>(),
+            [0, 1, 2, 3, 4, 5]
+        );
 
         let node2 = build_topology(&TopologySpec::canonical(2)).unwrap();
-        assert_eq!(format_uuid(&node2[5].uuid), "4e4f4445-322d-4e55-4d41-312d56463100");
+        assert_eq!(
+            format_uuid(&node2[5].uuid),
+            "4e4f4445-322d-4e55-4d41-312d56463100"
+        );
     }
 
     #[test]
@@ -1569,19 +1731,41 @@ mod tests {
         let devs = build_topology(&TopologySpec::sriov(1)).unwrap();
         assert_eq!(names(&devs), ["mock0", "mock1"]);
         assert_eq!(devs[1].bdf.to_string(), "0000:21:00.0");
-        assert_eq!(devs[0].role, Role::Pf { total_vfs: 4, num_vfs: 0 });
+        assert_eq!(
+            devs[0].role,
+            Role::Pf {
+                total_vfs: 4,
+                num_vfs: 0
+            }
+        );
 
         let spec = TopologySpec {
             vfs_per_pf: 2,
             ..TopologySpec::sriov(1)
         };
         let devs = build_topology(&spec).unwrap();
-        assert_eq!(names(&devs), ["mock0", "mock1", "mock0_vf0", "mock0_vf1", "mock1_vf0", "mock1_vf1"]);
+        assert_eq!(
+            names(&devs),
+            [
+                "mock0",
+                "mock1",
+                "mock0_vf0",
+                "mock0_vf1",
+                "mock1_vf0",
+                "mock1_vf1"
+            ]
+        );
         let vf = &devs[4];
         assert_eq!(vf.bdf.to_string(), "0000:21:00.1");
         assert_eq!(vf.minor, 4);
         assert_eq!(vf.numa_node, 1);
-        assert_eq!(vf.role, Role::VirtFn { pf: devs[1].bdf, index: 0 });
+        assert_eq!(
+            vf.role,
+            Role::VirtFn {
+                pf: devs[1].bdf,
+                index: 0
+            }
+        );
         assert_eq!(uuid_string(&vf.uuid), "NODE1-NUMA1-VF0");
     }
 
@@ -1624,22 +1808,39 @@ mod tests {
             vfs_per_pf: 8,
             ..TopologySpec::canonical(1)
         };
-        assert!(build_topology(&spec).unwrap_err().to_string().contains("--vfs-per-pf"));
+        assert!(
+            build_topology(&spec)
+                .unwrap_err()
+                .to_string()
+                .contains("--vfs-per-pf")
+        );
         let spec = TopologySpec {
             numa_nodes: 16,
             ..TopologySpec::canonical(1)
         };
-        assert!(build_topology(&spec).unwrap_err().to_string().contains("--numa-nodes"));
+        assert!(
+            build_topology(&spec)
+                .unwrap_err()
+                .to_string()
+                .contains("--numa-nodes")
+        );
         let spec = TopologySpec {
             vfs_per_pf: 5,
             ..TopologySpec::sriov(1)
         };
-        assert!(build_topology(&spec).unwrap_err().to_string().contains("--total-vfs"));
+        assert!(
+            build_topology(&spec)
+                .unwrap_err()
+                .to_string()
+                .contains("--total-vfs")
+        );
     }
 
     fn find<'a>(entries: &'a [Entry], path: &str) -> Option<&'a Entry> {
         entries.iter().find(|e| match e {
-            Entry::Dir { path: p } | Entry::File { path: p, .. } | Entry::Symlink { path: p, .. } => p == path,
+            Entry::Dir { path: p }
+            | Entry::File { path: p, .. }
+            | Entry::Symlink { path: p, .. } => p == path,
             Entry::DevNode { name } => name == path,
         })
     }
@@ -1664,7 +1865,10 @@ mod tests {
         let e = device_entries(&devs[0]);
         let c = "devices/pci0000:10/0000:10:00.0/0000:11:00.0/mock-accel/mock0";
         let f = "devices/pci0000:10/0000:10:00.0/0000:11:00.0";
-        assert_eq!(contents(&e, &format!("{c}/uuid")), "4e4f4445-312d-4e55-4d41-302d50460000\n");
+        assert_eq!(
+            contents(&e, &format!("{c}/uuid")),
+            "4e4f4445-312d-4e55-4d41-302d50460000\n"
+        );
         assert_eq!(contents(&e, &format!("{c}/memory_size")), "17179869184\n");
         assert_eq!(contents(&e, &format!("{c}/capabilities")), "0x00000001\n");
         assert_eq!(contents(&e, &format!("{c}/status")), "0x00000001\n");
@@ -1678,12 +1882,23 @@ mod tests {
         assert_eq!(contents(&e, &format!("{f}/device")), "0x0001\n");
         assert_eq!(contents(&e, &format!("{f}/sriov_vf_device")), "2\n");
         assert_eq!(target(&e, &format!("{c}/device")), "../../../0000:11:00.0");
-        assert_eq!(target(&e, &format!("{c}/subsystem")), "../../../../../../class/mock-accel");
+        assert_eq!(
+            target(&e, &format!("{c}/subsystem")),
+            "../../../../../../class/mock-accel"
+        );
         assert_eq!(target(&e, "class/mock-accel/mock0"), format!("../../{c}"));
-        assert_eq!(target(&e, "bus/pci/devices/0000:11:00.0"), format!("../../../{f}"));
-        assert_eq!(target(&e, &format!("{f}/driver")), "../../../../bus/pci/drivers/mock-accel");
+        assert_eq!(
+            target(&e, "bus/pci/devices/0000:11:00.0"),
+            format!("../../../{f}")
+        );
+        assert_eq!(
+            target(&e, &format!("{f}/driver")),
+            "../../../../bus/pci/drivers/mock-accel"
+        );
         // The class link is the last thing written.
-        assert!(matches!(e.last(), Some(Entry::Symlink { path, .. }) if path == "class/mock-accel/mock0"));
+        assert!(
+            matches!(e.last(), Some(Entry::Symlink { path, .. }) if path == "class/mock-accel/mock0")
+        );
         assert!(matches!(
             find(&e, &format!("{c}/status")),
             Some(Entry::File { mode: 0o644, .. })
@@ -1699,7 +1914,10 @@ mod tests {
             "0x0002\n"
         );
         assert_eq!(
-            contents(&vf, "devices/pci0000:10/0000:10:00.0/0000:11:00.1/mock-accel/mock1/sriov_totalvfs"),
+            contents(
+                &vf,
+                "devices/pci0000:10/0000:10:00.0/0000:11:00.1/mock-accel/mock1/sriov_totalvfs"
+            ),
             "0\n"
         );
         assert!(find(&vf, "devices/pci0000:10/0000:10:00.0/0000:11:00.1/physfn").is_none());
@@ -1715,9 +1933,24 @@ mod tests {
         let vf = devs.iter().find(|d| d.name == "mock0_vf0").unwrap();
         let e = device_entries(vf);
         let p = "devices/pci0000:10/0000:10:00.0";
-        assert_eq!(target(&e, &format!("{p}/0000:11:00.1/physfn")), "../0000:11:00.0");
-        assert_eq!(target(&e, &format!("{p}/0000:11:00.0/virtfn0")), "../0000:11:00.1");
-        assert!(find(&e, &format!("{p}/0000:11:00.1/mock-accel/mock0_vf0/sriov_totalvfs")).is_none());
-        assert_eq!(contents(&e, &format!("{p}/0000:11:00.1/mock-accel/mock0_vf0/dev")), "240:2\n");
+        assert_eq!(
+            target(&e, &format!("{p}/0000:11:00.1/physfn")),
+            "../0000:11:00.0"
+        );
+        assert_eq!(
+            target(&e, &format!("{p}/0000:11:00.0/virtfn0")),
+            "../0000:11:00.1"
+        );
+        assert!(
+            find(
+                &e,
+                &format!("{p}/0000:11:00.1/mock-accel/mock0_vf0/sriov_totalvfs")
+            )
+            .is_none()
+        );
+        assert_eq!(
+            contents(&e, &format!("{p}/0000:11:00.1/mock-accel/mock0_vf0/dev")),
+            "240:2\n"
+        );
     }
 }

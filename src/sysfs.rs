@@ -155,7 +155,12 @@ impl FromStr for Bdf {
         if slot > 31 || function > 7 {
             return Err(format!("{s:?}: slot must be 00-1f and function 0-7"));
         }
-        Ok(Bdf::new(domain as u16, bus as u8, slot as u8, function as u8))
+        Ok(Bdf::new(
+            domain as u16,
+            bus as u8,
+            slot as u8,
+            function as u8,
+        ))
     }
 }
 
@@ -185,7 +190,9 @@ pub fn check_sysfs_name(root: &Path, sysfs_name: &str) -> Result<(), SysfsError>
     {
         return Err(SysfsError::invalid(
             &root.join(CLASS_DIR),
-            format!("refusing class entry {sysfs_name:?}: a device name must not contain '/', '..' or NUL"),
+            format!(
+                "refusing class entry {sysfs_name:?}: a device name must not contain '/', '..' or NUL"
+            ),
         ));
     }
     Ok(())
@@ -315,20 +322,24 @@ pub fn scan(root: &Path) -> Result<Scan, SysfsError> {
     // Directory order is arbitrary; sorting makes "which one is skipped" reproducible.
     names.sort();
 
-    let mut reader = AttrReader::default();
+    names.retain(|name| match check_sysfs_name(root, name) {
+        Ok(()) => true,
+        Err(e) => {
+            warnings.push(e);
+            false
+        }
+    });
+
     let mut raws: Vec<RawDevice> = Vec::with_capacity(names.len());
     let mut by_name: HashMap<String, String> = HashMap::with_capacity(names.len());
     let mut by_bdf: HashMap<Bdf, usize> = HashMap::with_capacity(names.len());
-    for sysfs_name in names {
-        if let Err(e) = check_sysfs_name(root, &sysfs_name) {
-            warnings.push(e);
-            continue;
-        }
-        let raw = match read_device(root, &sysfs_name, &mut reader, &mut warnings) {
+    for outcome in read_all(root, &names) {
+        warnings.extend(outcome.soft);
+        let raw = match outcome.result {
             Ok(raw) => raw,
             Err(e) => {
                 warnings.push(SysfsError::DeviceSkipped {
-                    device: sysfs_name,
+                    device: outcome.sysfs_name,
                     source: Box::new(e),
                 });
                 continue;
@@ -400,6 +411,60 @@ pub fn scan(root: &Path) -> Result<Scan, SysfsError> {
     })
 }
 
+/// What reading one class entry gave: the device or the reason to skip it, plus warnings that
+/// do not cost the device its place.
+struct Outcome {
+    sysfs_name: String,
+    result: Result<RawDevice, SysfsError>,
+    soft: Vec<SysfsError>,
+}
+
+/// Devices per reading thread. Reading is a few dozen system calls per device, so below this
+/// a thread costs more than it saves.
+const DEVICES_PER_THREAD: usize = 256;
+
+/// Reads every named class device, in order. Large trees are split across threads: the work
+/// is all path lookups and small reads, which scale with cores.
+fn read_all(root: &Path, names: &[String]) -> Vec<Outcome> {
+    let threads = std::thread::available_parallelism()
+        .map_or(1, std::num::NonZeroUsize::get)
+        .min(names.len().div_ceil(DEVICES_PER_THREAD))
+        .max(1);
+    if threads == 1 {
+        return read_chunk(root, names);
+    }
+    let per_thread = names.len().div_ceil(threads);
+    std::thread::scope(|s| {
+        let handles: Vec<_> = names
+            .chunks(per_thread)
+            .map(|chunk| s.spawn(move || read_chunk(root, chunk)))
+            .collect();
+        handles
+            .into_iter()
+            .flat_map(|h| {
+                h.join()
+                    .unwrap_or_else(|panic| std::panic::resume_unwind(panic))
+            })
+            .collect()
+    })
+}
+
+fn read_chunk(root: &Path, names: &[String]) -> Vec<Outcome> {
+    let mut reader = AttrReader::default();
+    names
+        .iter()
+        .map(|name| {
+            let mut soft = Vec::new();
+            let result = read_device(root, name, &mut reader, &mut soft);
+            Outcome {
+                sysfs_name: name.clone(),
+                result,
+                soft,
+            }
+        })
+        .collect()
+}
+
 /// The parent PF's DRA name: the `physfn` target for a real VF, function 0 of the same bus
 /// and slot for a static VF. A VF whose parent is not a mock-accel PF is still listed, without
 /// a parent, and the gap is reported.
@@ -437,7 +502,8 @@ fn resolve_parent(
     }
 }
 
-/// Reads small attribute files into one reused buffer.
+/// Reads small attribute files into one reused buffer, with plain `read` calls (no size
+/// probing: sysfs reports every attribute as 4096 bytes long anyway).
 #[derive(Default)]
 struct AttrReader {
     buf: String,
@@ -446,25 +512,49 @@ struct AttrReader {
 impl AttrReader {
     /// The file's text, or the I/O error naming the file.
     fn read(&mut self, path: &Path) -> Result<&str, SysfsError> {
-        self.buf.clear();
-        std::fs::File::open(path)
-            .and_then(|mut f| f.read_to_string(&mut self.buf))
-            .map_err(|source| SysfsError::io(path, source))?;
+        let f = std::fs::File::open(path).map_err(|source| SysfsError::io(path, source))?;
+        self.fill(path, f)?;
         Ok(&self.buf)
     }
 
     /// Like [`AttrReader::read`], but `None` when the file does not exist.
     fn read_optional(&mut self, path: &Path) -> Result<Option<&str>, SysfsError> {
-        self.buf.clear();
         match std::fs::File::open(path) {
-            Ok(mut f) => {
-                f.read_to_string(&mut self.buf)
-                    .map_err(|source| SysfsError::io(path, source))?;
+            Ok(f) => {
+                self.fill(path, f)?;
                 Ok(Some(&self.buf))
             }
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
             Err(source) => Err(SysfsError::io(path, source)),
         }
+    }
+
+    fn fill(&mut self, path: &Path, mut f: std::fs::File) -> Result<(), SysfsError> {
+        // sysfs hands out a whole attribute (at most a page) in one read, and a local file
+        // read that comes back short is at its end, so a short read needs no second call.
+        let mut chunk = [0u8; 4096];
+        let mut bytes = std::mem::take(&mut self.buf).into_bytes();
+        bytes.clear();
+        loop {
+            match f.read(&mut chunk) {
+                Ok(0) => break,
+                Ok(n) if n < chunk.len() => {
+                    bytes.extend_from_slice(&chunk[..n]);
+                    break;
+                }
+                Ok(n) => bytes.extend_from_slice(&chunk[..n]),
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                Err(source) => return Err(SysfsError::io(path, source)),
+            }
+        }
+        self.buf = String::from_utf8(bytes).map_err(|e| {
+            SysfsError::parse(
+                path,
+                &String::from_utf8_lossy(e.as_bytes()),
+                "not UTF-8 text",
+            )
+        })?;
+        Ok(())
     }
 
     fn register(&mut self, path: &Path) -> Result<u32, SysfsError> {
@@ -497,9 +587,9 @@ fn read_device(
     let mem_path = dir.join("memory_size");
     let memory = {
         let text = r.read(&mem_path)?;
-        text.trim()
-            .parse::<u64>()
-            .map_err(|e| SysfsError::parse(&mem_path, text, format!("not a decimal byte count: {e}")))?
+        text.trim().parse::<u64>().map_err(|e| {
+            SysfsError::parse(&mem_path, text, format!("not a decimal byte count: {e}"))
+        })?
     };
 
     let capabilities = r.register(&dir.join("capabilities"))?;
@@ -514,7 +604,8 @@ fn read_device(
             pci_numa
         }
     };
-    let numa_node = parse_numa(&r.buf).map_err(|reason| SysfsError::parse(&numa_path, &r.buf, reason))?;
+    let numa_node =
+        parse_numa(&r.buf).map_err(|reason| SysfsError::parse(&numa_path, &r.buf, reason))?;
 
     let fw_path = dir.join("fw_version");
     let fw_version = match r.read_optional(&fw_path) {
@@ -522,7 +613,11 @@ fn read_device(
         Ok(Some(text)) => match parse_fw_version(text) {
             Ok(v) => Some(v),
             Err(reason) => {
-                warnings.push(SysfsError::parse(&fw_path, text, format!("{reason}; firmware version left out")));
+                warnings.push(SysfsError::parse(
+                    &fw_path,
+                    text,
+                    format!("{reason}; firmware version left out"),
+                ));
                 None
             }
         },
@@ -533,10 +628,17 @@ fn read_device(
     };
 
     let physfn_link = dir.join("device/physfn");
-    let physfn_bdf = match std::fs::symlink_metadata(&physfn_link) {
-        Ok(_) => Some(link_basename(&physfn_link)?.parse::<Bdf>().map_err(|reason| {
-            SysfsError::invalid(&physfn_link, format!("link target: {reason}"))
-        })?),
+    let physfn_bdf = match std::fs::read_link(&physfn_link) {
+        Ok(target) => Some(
+            target
+                .file_name()
+                .and_then(|n| n.to_str())
+                .ok_or_else(|| format!("{} has no last component", target.display()))
+                .and_then(str::parse::<Bdf>)
+                .map_err(|reason| {
+                    SysfsError::invalid(&physfn_link, format!("link target: {reason}"))
+                })?,
+        ),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
         Err(source) => return Err(SysfsError::io(&physfn_link, source)),
     };
@@ -550,7 +652,9 @@ fn read_device(
             return Err(SysfsError::parse(
                 &pci_device_path,
                 other,
-                format!("not a mock-accel PCI device id ({PCI_DEVICE_PF} PF or {PCI_DEVICE_VF} VF)"),
+                format!(
+                    "not a mock-accel PCI device id ({PCI_DEVICE_PF} PF or {PCI_DEVICE_VF} VF)"
+                ),
             ));
         }
     };
@@ -600,7 +704,10 @@ fn link_basename(link: &Path) -> Result<String, SysfsError> {
         .ok_or_else(|| {
             SysfsError::invalid(
                 link,
-                format!("link target {} has no usable last component", target.display()),
+                format!(
+                    "link target {} has no usable last component",
+                    target.display()
+                ),
             )
         })
 }
@@ -612,7 +719,10 @@ fn pcie_root_of(bus_link: &Path) -> Result<String, SysfsError> {
     pcie_root_from_target(&target).ok_or_else(|| {
         SysfsError::invalid(
             bus_link,
-            format!("link target {} has no pci<domain>:<bus> after devices/", target.display()),
+            format!(
+                "link target {} has no pci<domain>:<bus> after devices/",
+                target.display()
+            ),
         )
     })
 }
@@ -683,7 +793,11 @@ mod tests {
     }
 
     fn names(scan: &Scan) -> Vec<&str> {
-        scan.inventory.devices.iter().map(|d| d.name.as_str()).collect()
+        scan.inventory
+            .devices
+            .iter()
+            .map(|d| d.name.as_str())
+            .collect()
     }
 
     fn warnings(scan: &Scan) -> String {
@@ -700,10 +814,19 @@ mod tests {
         assert_eq!(parse_kernel_u32("0"), Ok(0));
         assert_eq!(parse_kernel_u32("+7"), Ok(7));
         assert_eq!(parse_kernel_u32("4294967295"), Ok(u32::MAX));
-        for bad in ["", "\n", "0x", "0x\n", "abc", " 1", "1 ", "1\n\n", "-1", "08", "0xg"] {
-            assert!(parse_kernel_u32(bad).unwrap_err().contains("EINVAL"), "{bad:?}");
+        for bad in [
+            "", "\n", "0x", "0x\n", "abc", " 1", "1 ", "1\n\n", "-1", "08", "0xg",
+        ] {
+            assert!(
+                parse_kernel_u32(bad).unwrap_err().contains("EINVAL"),
+                "{bad:?}"
+            );
         }
-        assert!(parse_kernel_u32("4294967296").unwrap_err().contains("ERANGE"));
+        assert!(
+            parse_kernel_u32("4294967296")
+                .unwrap_err()
+                .contains("ERANGE")
+        );
         // Reads tolerate surrounding whitespace.
         assert_eq!(parse_register(" 0x00000001 \n"), Ok(1));
     }
@@ -713,8 +836,18 @@ mod tests {
         let b: Bdf = "0000:11:00.2".parse().unwrap();
         assert_eq!(b, Bdf::new(0, 0x11, 0, 2));
         assert_eq!(b.to_string(), "0000:11:00.2");
-        assert_eq!("0001:ab:1f.7".parse::<Bdf>().unwrap().to_string(), "0001:ab:1f.7");
-        for bad in ["0000:11:00", "0000:11:20.0", "0000:11:00.8", "000g:11:00.0", "mock0", ""] {
+        assert_eq!(
+            "0001:ab:1f.7".parse::<Bdf>().unwrap().to_string(),
+            "0001:ab:1f.7"
+        );
+        for bad in [
+            "0000:11:00",
+            "0000:11:20.0",
+            "0000:11:00.8",
+            "000g:11:00.0",
+            "mock0",
+            "",
+        ] {
             assert!(bad.parse::<Bdf>().is_err(), "{bad}");
         }
     }
@@ -734,10 +867,15 @@ mod tests {
         assert_eq!(parse_fw_version("1.0.0\n").unwrap(), "1.0.0");
         assert!(parse_fw_version("1.0").is_err());
         assert_eq!(
-            pcie_root_from_target(Path::new("../../../devices/pci0000:20/0000:20:00.0/0000:21:00.1")),
+            pcie_root_from_target(Path::new(
+                "../../../devices/pci0000:20/0000:20:00.0/0000:21:00.1"
+            )),
             Some("pci0000:20".into())
         );
-        assert_eq!(pcie_root_from_target(Path::new("../../devices/0000:21:00.1")), None);
+        assert_eq!(
+            pcie_root_from_target(Path::new("../../devices/0000:21:00.1")),
+            None
+        );
         assert_eq!(parse_dev_numbers("240:3\n"), Some((240, 3)));
         assert_eq!(parse_dev_numbers("240"), None);
     }
@@ -747,7 +885,10 @@ mod tests {
         let dir = canonical();
         let scan = scan(dir.path()).unwrap();
         assert!(scan.warnings.is_empty(), "{}", warnings(&scan));
-        assert_eq!(names(&scan), ["mock0", "mock1", "mock2", "mock3", "mock4", "mock5"]);
+        assert_eq!(
+            names(&scan),
+            ["mock0", "mock1", "mock2", "mock3", "mock4", "mock5"]
+        );
         let inv = &scan.inventory;
         let m0 = inv.get("mock0").unwrap();
         assert_eq!(m0.device_type, DeviceType::Pf);
@@ -759,7 +900,12 @@ mod tests {
         assert_eq!(m0.physfn, None);
         assert_eq!((m0.capabilities, m0.status), (1, 1));
         assert_eq!(m0.fw_version.as_deref(), Some("1.0.0"));
-        for (vf, parent) in [("mock1", "mock0"), ("mock2", "mock0"), ("mock4", "mock3"), ("mock5", "mock3")] {
+        for (vf, parent) in [
+            ("mock1", "mock0"),
+            ("mock2", "mock0"),
+            ("mock4", "mock3"),
+            ("mock5", "mock3"),
+        ] {
             let d = inv.get(vf).unwrap();
             assert_eq!(d.device_type, DeviceType::Vf, "{vf}");
             assert_eq!(d.physfn.as_deref(), Some(parent), "{vf}");
@@ -792,7 +938,10 @@ mod tests {
         assert_eq!(vf.pci_address, "0000:11:00.1");
         assert_eq!(vf.numa_node, Some(0));
         assert_eq!(vf.memory, 2_147_483_648);
-        assert_eq!(read_dev_numbers(root, "mock0_vf1"), Some((sim::SIM_MAJOR, 3)));
+        assert_eq!(
+            read_dev_numbers(root, "mock0_vf1"),
+            Some((sim::SIM_MAJOR, 3))
+        );
 
         sim::set_numvfs(root, None, "mock0", 0).unwrap();
         assert_eq!(names(&scan(root).unwrap()), ["mock0", "mock1"]);
@@ -808,7 +957,10 @@ mod tests {
         let w = warnings(&scan);
         assert!(w.contains("mock0/uuid: No such file"), "{w}");
         assert!(w.contains("device mock0 skipped"), "{w}");
-        assert!(w.contains("0000:11:00.0, which is not a listed mock-accel PF"), "{w}");
+        assert!(
+            w.contains("0000:11:00.0, which is not a listed mock-accel PF"),
+            "{w}"
+        );
     }
 
     #[test]
@@ -854,13 +1006,48 @@ mod tests {
     #[test]
     fn malformed_and_missing_files_skip_only_that_device_and_name_the_file() {
         let cases: [(&str, &str, Option<&str>, &str); 8] = [
-            ("mock1", "uuid", Some("NODE1-NUMA0-VF0\n"), "mock1/uuid: cannot parse"),
-            ("mock1", "memory_size", Some("2G\n"), "mock1/memory_size: cannot parse"),
-            ("mock1", "memory_size", None, "mock1/memory_size: No such file"),
-            ("mock1", "status", Some("busy\n"), "mock1/status: cannot parse \"busy\\n\""),
-            ("mock1", "capabilities", None, "mock1/capabilities: No such file"),
-            ("mock1", "numa_node", Some("x\n"), "mock1/numa_node: cannot parse"),
-            ("mock1", "device/device", Some("0x0003\n"), "mock1/device/device: cannot parse"),
+            (
+                "mock1",
+                "uuid",
+                Some("NODE1-NUMA0-VF0\n"),
+                "mock1/uuid: cannot parse",
+            ),
+            (
+                "mock1",
+                "memory_size",
+                Some("2G\n"),
+                "mock1/memory_size: cannot parse",
+            ),
+            (
+                "mock1",
+                "memory_size",
+                None,
+                "mock1/memory_size: No such file",
+            ),
+            (
+                "mock1",
+                "status",
+                Some("busy\n"),
+                "mock1/status: cannot parse \"busy\\n\"",
+            ),
+            (
+                "mock1",
+                "capabilities",
+                None,
+                "mock1/capabilities: No such file",
+            ),
+            (
+                "mock1",
+                "numa_node",
+                Some("x\n"),
+                "mock1/numa_node: cannot parse",
+            ),
+            (
+                "mock1",
+                "device/device",
+                Some("0x0003\n"),
+                "mock1/device/device: cannot parse",
+            ),
             ("mock1", "device", None, "mock1/device: No such file"),
         ];
         for (dev, attr, text, expect) in cases {
@@ -872,12 +1059,21 @@ mod tests {
                 None => fs::remove_file(&path).unwrap(),
             }
             let scan = scan(root).unwrap();
-            assert_eq!(names(&scan), ["mock0", "mock2", "mock3", "mock4", "mock5"], "{attr}");
+            assert_eq!(
+                names(&scan),
+                ["mock0", "mock2", "mock3", "mock4", "mock5"],
+                "{attr}"
+            );
             let w = warnings(&scan);
             assert_eq!(scan.warnings.len(), 1, "{w}");
             assert!(w.contains(expect), "{attr}: {w}");
             assert!(w.contains("device mock1 skipped"), "{w}");
-            assert!(scan.warnings[0].path().ends_with(Path::new("mock1").join(attr)), "{w}");
+            assert!(
+                scan.warnings[0]
+                    .path()
+                    .ends_with(Path::new("mock1").join(attr)),
+                "{w}"
+            );
         }
     }
 
@@ -906,7 +1102,10 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let scan = scan(dir.path()).unwrap();
         assert!(scan.inventory.devices.is_empty());
-        assert!(matches!(scan.warnings[..], [SysfsError::ModuleNotLoaded { .. }]));
+        assert!(matches!(
+            scan.warnings[..],
+            [SysfsError::ModuleNotLoaded { .. }]
+        ));
         assert!(warnings(&scan).contains("class/mock-accel: directory missing"));
 
         fs::create_dir_all(dir.path().join(CLASS_DIR)).unwrap();
@@ -916,7 +1115,12 @@ mod tests {
         assert!(super::scan(&dir.path().join("nope")).is_err());
         let file = dir.path().join("file");
         fs::write(&file, "").unwrap();
-        assert!(super::scan(&file).unwrap_err().to_string().contains("not a directory"));
+        assert!(
+            super::scan(&file)
+                .unwrap_err()
+                .to_string()
+                .contains("not a directory")
+        );
     }
 
     #[test]
@@ -928,12 +1132,18 @@ mod tests {
         std::os::unix::fs::symlink(&target, class.join("..mock9")).unwrap();
         std::os::unix::fs::symlink(&target, class.join("MOCK1")).unwrap();
         let scan = scan(root).unwrap();
-        assert_eq!(names(&scan), ["mock0", "mock1", "mock2", "mock3", "mock4", "mock5"]);
+        assert_eq!(
+            names(&scan),
+            ["mock0", "mock1", "mock2", "mock3", "mock4", "mock5"]
+        );
         // MOCK1 sorts before mock1, so it keeps the DRA name and mock1 is skipped.
         assert_eq!(scan.inventory.get("mock1").unwrap().sysfs_name, "MOCK1");
         let w = warnings(&scan);
         assert!(w.contains("refusing class entry \"..mock9\""), "{w}");
-        assert!(w.contains("already taken by \"MOCK1\"; mock1 skipped, MOCK1 kept"), "{w}");
+        assert!(
+            w.contains("already taken by \"MOCK1\"; mock1 skipped, MOCK1 kept"),
+            "{w}"
+        );
 
         assert!(check_sysfs_name(root, "../etc").is_err());
         assert!(check_sysfs_name(root, "a/b").is_err());
@@ -962,12 +1172,18 @@ mod tests {
         let root = dir.path();
         assert_eq!(read_status(root, "mock0").unwrap(), 1);
         write_status(root, "mock0", 0).unwrap();
-        assert_eq!(fs::read_to_string(status_path(root, "mock0")).unwrap(), "0\n");
+        assert_eq!(
+            fs::read_to_string(status_path(root, "mock0")).unwrap(),
+            "0\n"
+        );
         assert_eq!(read_status(root, "mock0").unwrap(), 0);
         put(root, "mock0", "status", "0x00001234\n");
         assert_eq!(read_status(root, "mock0").unwrap(), 0x1234);
         assert_eq!(read_dev_numbers(root, "mock4"), Some((sim::SIM_MAJOR, 4)));
         assert_eq!(read_dev_numbers(root, "mock9"), None);
-        assert_eq!(dev_node_path(Path::new("/dev"), "mock0_vf0"), Path::new("/dev/mock0_vf0"));
+        assert_eq!(
+            dev_node_path(Path::new("/dev"), "mock0_vf0"),
+            Path::new("/dev/mock0_vf0")
+        );
     }
 }

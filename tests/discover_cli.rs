@@ -38,7 +38,13 @@ fn sim(root: &Path, args: &[&str]) -> Output {
 }
 
 fn discover_json(root: &Path) -> (Vec<Value>, String) {
-    let out = ok(&["discover", "--sysfs-root", root_arg(root), "--output", "json"]);
+    let out = ok(&[
+        "discover",
+        "--sysfs-root",
+        root_arg(root),
+        "--output",
+        "json",
+    ]);
     let v: Value = serde_json::from_slice(&out.stdout).expect("stdout is JSON only");
     (
         v.as_array().unwrap().clone(),
@@ -55,11 +61,17 @@ fn by_name<'a>(devs: &'a [Value], name: &str) -> &'a Value {
 #[test]
 fn canonical_tree_discovers_as_json_with_exact_keys() {
     let dir = tempfile::tempdir().unwrap();
-    sim(dir.path(), &["create", "--topology", "canonical", "--node-index", "2"]);
+    sim(
+        dir.path(),
+        &["create", "--topology", "canonical", "--node-index", "2"],
+    );
     let (devs, stderr) = discover_json(dir.path());
     assert_eq!(stderr, "");
     let names: Vec<&str> = devs.iter().map(|d| d["name"].as_str().unwrap()).collect();
-    assert_eq!(names, ["mock0", "mock1", "mock2", "mock3", "mock4", "mock5"]);
+    assert_eq!(
+        names,
+        ["mock0", "mock1", "mock2", "mock3", "mock4", "mock5"]
+    );
     let mut keys: Vec<&String> = devs[0].as_object().unwrap().keys().collect();
     keys.sort();
     assert_eq!(
@@ -100,10 +112,15 @@ fn table_is_the_default_output() {
     sim(dir.path(), &["create", "--topology", "numa-none"]);
     let out = ok(&["discover", "--sysfs-root", root_arg(dir.path())]);
     let text = String::from_utf8(out.stdout).unwrap();
-    let lines: Vec<Vec<&str>> = text.lines().map(|l| l.split_whitespace().collect()).collect();
+    let lines: Vec<Vec<&str>> = text
+        .lines()
+        .map(|l| l.split_whitespace().collect())
+        .collect();
     assert_eq!(
         lines[0],
-        ["NAME", "SYSFS", "TYPE", "NUMA", "PCI", "ROOT", "MEMORY", "PARENT", "UUID", "STATUS"]
+        [
+            "NAME", "SYSFS", "TYPE", "NUMA", "PCI", "ROOT", "MEMORY", "PARENT", "UUID", "STATUS"
+        ]
     );
     assert_eq!(lines.len(), 7);
     assert_eq!(
@@ -130,8 +147,22 @@ fn sriov_numvfs_adds_and_removes_vfs_and_rejects_too_many() {
     let root = dir.path();
     let dev = dir.path().join("dev");
     let dev_arg = dev.to_str().unwrap();
-    sim(root, &["create", "--topology", "sriov", "--dev-root", dev_arg]);
-    sim(root, &["set-numvfs", "--dev-root", dev_arg, "--device", "mock1", "--count", "3"]);
+    sim(
+        root,
+        &["create", "--topology", "sriov", "--dev-root", dev_arg],
+    );
+    sim(
+        root,
+        &[
+            "set-numvfs",
+            "--dev-root",
+            dev_arg,
+            "--device",
+            "mock1",
+            "--count",
+            "3",
+        ],
+    );
     let (devs, stderr) = discover_json(root);
     assert_eq!(stderr, "");
     assert_eq!(devs.len(), 5);
@@ -147,13 +178,31 @@ fn sriov_numvfs_adds_and_removes_vfs_and_rejects_too_many() {
     );
 
     let out = run(&[
-        "sim", "set-numvfs", "--root", root_arg(root), "--device", "mock1", "--count", "5",
+        "sim",
+        "set-numvfs",
+        "--root",
+        root_arg(root),
+        "--device",
+        "mock1",
+        "--count",
+        "5",
     ]);
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("EINVAL") && err.contains("0..=4"), "{err}");
 
-    sim(root, &["set-numvfs", "--dev-root", dev_arg, "--device", "mock1", "--count", "0"]);
+    sim(
+        root,
+        &[
+            "set-numvfs",
+            "--dev-root",
+            dev_arg,
+            "--device",
+            "mock1",
+            "--count",
+            "0",
+        ],
+    );
     let (devs, _) = discover_json(root);
     assert_eq!(devs.len(), 2);
     assert!(!dev.join("mock1_vf2").exists());
@@ -171,13 +220,20 @@ fn broken_device_is_a_warning_on_stderr_and_the_rest_is_listed() {
     assert!(devs.iter().all(|d| d["name"] != "mock2"));
     let line = stderr.lines().next().unwrap();
     assert!(line.starts_with("warning: "), "{stderr}");
-    assert!(line.contains("class/mock-accel/mock2/uuid: cannot parse"), "{stderr}");
+    assert!(
+        line.contains("class/mock-accel/mock2/uuid: cannot parse"),
+        "{stderr}"
+    );
 }
 
 #[test]
 fn unusable_root_fails_and_missing_module_is_empty() {
     let dir = tempfile::tempdir().unwrap();
-    let out = run(&["discover", "--sysfs-root", root_arg(&dir.path().join("nope"))]);
+    let out = run(&[
+        "discover",
+        "--sysfs-root",
+        root_arg(&dir.path().join("nope")),
+    ]);
     assert!(!out.status.success());
     assert!(out.stdout.is_empty());
 
@@ -187,7 +243,10 @@ fn unusable_root_fails_and_missing_module_is_empty() {
 
     // Zero devices: the class directory exists and is empty, no warning.
     let empty = tempfile::tempdir().unwrap();
-    sim(empty.path(), &["create", "--topology", "custom", "--pfs-per-numa", "0"]);
+    sim(
+        empty.path(),
+        &["create", "--topology", "custom", "--pfs-per-numa", "0"],
+    );
     assert!(empty.path().join("class/mock-accel").is_dir());
     let (devs, stderr) = discover_json(empty.path());
     assert!(devs.is_empty() && stderr.is_empty(), "{stderr}");
@@ -198,8 +257,22 @@ fn hotplug_add_remove_and_status_writes() {
     let dir = tempfile::tempdir().unwrap();
     let root = dir.path();
     sim(root, &["create"]);
-    sim(root, &["add-device", "--bdf", "0000:31:00.0", "--numa-node", "1"]);
-    sim(root, &["add-device", "--bdf", "0000:31:00.1", "--type", "vf", "--numa-node", "1"]);
+    sim(
+        root,
+        &["add-device", "--bdf", "0000:31:00.0", "--numa-node", "1"],
+    );
+    sim(
+        root,
+        &[
+            "add-device",
+            "--bdf",
+            "0000:31:00.1",
+            "--type",
+            "vf",
+            "--numa-node",
+            "1",
+        ],
+    );
     let (devs, stderr) = discover_json(root);
     assert_eq!(stderr, "");
     assert_eq!(devs.len(), 8);
@@ -210,7 +283,12 @@ fn hotplug_add_remove_and_status_writes() {
 
     // A second add at a taken address fails.
     let out = run(&[
-        "sim", "add-device", "--root", root_arg(root), "--bdf", "0000:31:00.0",
+        "sim",
+        "add-device",
+        "--root",
+        root_arg(root),
+        "--bdf",
+        "0000:31:00.0",
     ]);
     assert!(!out.status.success());
 
@@ -218,32 +296,64 @@ fn hotplug_add_remove_and_status_writes() {
     let (devs, _) = discover_json(root);
     assert_eq!(devs.len(), 7);
     assert!(!root.join("bus/pci/devices/0000:11:00.1").exists());
-    assert!(!root.join("devices/pci0000:10/0000:10:00.0/0000:11:00.1").exists());
+    assert!(
+        !root
+            .join("devices/pci0000:10/0000:10:00.0/0000:11:00.1")
+            .exists()
+    );
 
-    sim(root, &["set-status", "--device", "mock0", "--value", "4660"]);
+    sim(
+        root,
+        &["set-status", "--device", "mock0", "--value", "4660"],
+    );
     assert_eq!(
         fs::read_to_string(root.join("class/mock-accel/mock0/status")).unwrap(),
         "0x00001234\n"
     );
     let out = run(&[
-        "sim", "set-status", "--root", root_arg(root), "--device", "mock0", "--value", "busy",
+        "sim",
+        "set-status",
+        "--root",
+        root_arg(root),
+        "--device",
+        "mock0",
+        "--value",
+        "busy",
     ]);
     assert!(!out.status.success());
     let out = run(&[
-        "sim", "remove-device", "--root", root_arg(root), "--device", "mock1",
+        "sim",
+        "remove-device",
+        "--root",
+        root_arg(root),
+        "--device",
+        "mock1",
     ]);
     assert!(String::from_utf8_lossy(&out.stderr).contains("no device \"mock1\""));
 }
 
 #[test]
 fn custom_tree_of_4096_devices_discovers_completely() {
-    let dir = tempfile::tempdir().unwrap();
+    // ~200k files: use memory-backed storage when the machine has it, a busy disk is slow.
+    let shm = Path::new("/dev/shm");
+    let dir = if shm.is_dir() {
+        tempfile::tempdir_in(shm).unwrap()
+    } else {
+        tempfile::tempdir().unwrap()
+    };
     let root = dir.path();
     sim(
         root,
         &[
-            "create", "--topology", "custom", "--numa-nodes", "2", "--pfs-per-numa", "256",
-            "--vfs-per-pf", "7",
+            "create",
+            "--topology",
+            "custom",
+            "--numa-nodes",
+            "2",
+            "--pfs-per-numa",
+            "256",
+            "--vfs-per-pf",
+            "7",
         ],
     );
     let (devs, stderr) = discover_json(root);
@@ -251,7 +361,11 @@ fn custom_tree_of_4096_devices_discovers_completely() {
     assert_eq!(devs.len(), 4096);
     let vfs = devs.iter().filter(|d| d["deviceType"] == "vf").count();
     assert_eq!(vfs, 512 * 7);
-    assert!(devs.iter().filter(|d| d["deviceType"] == "vf").all(|d| d["physfn"].is_string()));
+    assert!(
+        devs.iter()
+            .filter(|d| d["deviceType"] == "vf")
+            .all(|d| d["physfn"].is_string())
+    );
     let last = by_name(&devs, "mock4095");
     assert_eq!(last["pciAddress"], "0000:28:1f.7");
     assert_eq!(last["pcieRoot"], "pci0000:20");
@@ -297,7 +411,10 @@ fn watch_daemon_applies_numvfs_and_normalises_status_writes() {
     let class = root.join("class/mock-accel");
     fs::write(class.join("mock0/sriov_numvfs"), "2\n").unwrap();
     wait_for("mock0_vf1", || class.join("mock0_vf1/uuid").exists());
-    assert_eq!(fs::read_link(class.join("mock0_vf1/device")).unwrap(), Path::new("../../../0000:11:00.2"));
+    assert_eq!(
+        fs::read_link(class.join("mock0_vf1/device")).unwrap(),
+        Path::new("../../../0000:11:00.2")
+    );
 
     fs::write(class.join("mock0_vf1/status"), "4660\n").unwrap();
     let status = class.join("mock0_vf1/status");
