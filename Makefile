@@ -5,7 +5,7 @@ IMAGE ?= mock-accel-dra:dev
 K8S_VERSION ?= v1.37.2
 export MOCK_ACCEL_CACHE ?= /var/cache/mock-accel
 
-.PHONY: help build test lint fmt fmt-check crd bench build-image load-image deploy undeploy \
+.PHONY: help bin build test lint fmt fmt-check crd bench build-image load-image deploy undeploy \
         k8s-bins e2e dev-cluster dev-cluster-env dev-cluster-down demo
 
 help: ## list the targets
@@ -26,8 +26,16 @@ fmt: ## format the code
 fmt-check:
 	$(CARGO) fmt --all -- --check
 
-crd: ## regenerate crds/ from the Rust types
-	$(CARGO) run --quiet --locked -- crd > crds/mockaccelnodes.mock-accel.example.com.yaml
+# Tests, e2e and tools use the binary of the `--all-targets` build: a plain `cargo build` resolves
+# other dependency features (dev-dependencies unify them) and would rebuild the whole tree.
+TARGET_DIR := $(or $(CARGO_TARGET_DIR),target)
+BIN := $(TARGET_DIR)/debug/mock-accel-dra
+
+bin: ## build the debug binary used by tests, e2e and the demo
+	$(CARGO) build --locked --all-targets
+
+crd: bin ## regenerate crds/ from the Rust types
+	$(BIN) crd > crds/mockaccelnodes.mock-accel.example.com.yaml
 
 bench: ## benchmarks: discovery, prepare/unprepare latency, agent memory
 	$(CARGO) bench --locked
