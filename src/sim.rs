@@ -117,16 +117,17 @@ pub enum SimCommand {
     Watch(WatchArgs),
 }
 
-/// Preset topologies (sysfs contract §9 and §3).
+/// Preset topologies (sysfs contract §9 and §3). The explanations live on `--topology`: doc
+/// comments on the variants would switch clap's `--help` to its spaced long layout.
 #[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Topology {
-    /// One node of the two-node cluster: per NUMA node a PF and two static VFs (mock0..mock5).
+    // One node of the two-node cluster: per NUMA node a PF and two static VFs (mock0..mock5).
     Canonical,
-    /// PFs only (11:00.0 and 21:00.0) with SR-IOV; VFs appear when sriov_numvfs is written.
+    // PFs only (11:00.0 and 21:00.0) with SR-IOV; VFs appear when sriov_numvfs is written.
     Sriov,
-    /// The canonical layout on a machine without NUMA information (numa_node -1).
+    // The canonical layout on a machine without NUMA information (numa_node -1).
     NumaNone,
-    /// Sizes from --numa-nodes, --pfs-per-numa and --vfs-per-pf (static VFs, or --sriov).
+    // Sizes from --numa-nodes, --pfs-per-numa and --vfs-per-pf (static VFs, or --sriov).
     Custom,
 }
 
@@ -138,6 +139,8 @@ pub struct CreateArgs {
     /// Also create `<dev-root>/<name>` stand-ins for the character devices (mode 0600).
     #[arg(long)]
     pub dev_root: Option<PathBuf>,
+    /// canonical: PF + 2 static VFs per NUMA node (mock0..mock5); sriov: 2 PFs, VFs via
+    /// sriov_numvfs; numa-none: canonical with numa_node -1; custom: sizes from the flags below.
     #[arg(long, value_enum, default_value_t = Topology::Canonical)]
     pub topology: Topology,
     /// Which cluster node the UUIDs belong to (`NODE<N>-NUMA0-PF` ...).
@@ -166,13 +169,16 @@ pub struct CreateArgs {
 
 #[derive(clap::Args, Debug, Clone)]
 pub struct SetNumvfsArgs {
+    /// Root of the simulated sysfs tree.
     #[arg(long)]
     pub root: PathBuf,
+    /// Directory of the character device stand-ins, kept in step with the tree.
     #[arg(long)]
     pub dev_root: Option<PathBuf>,
     /// Class name of the PF (e.g. mock0).
     #[arg(long)]
     pub device: String,
+    /// Number of VFs (0 removes them; at most sriov_totalvfs).
     #[arg(long)]
     pub count: u32,
 }
@@ -186,8 +192,10 @@ pub enum FunctionKind {
 
 #[derive(clap::Args, Debug, Clone)]
 pub struct AddDeviceArgs {
+    /// Root of the simulated sysfs tree.
     #[arg(long)]
     pub root: PathBuf,
+    /// Directory of the character device stand-ins, kept in step with the tree.
     #[arg(long)]
     pub dev_root: Option<PathBuf>,
     /// PCI address of the new function, e.g. 0000:31:00.0.
@@ -215,18 +223,23 @@ pub struct AddDeviceArgs {
 
 #[derive(clap::Args, Debug, Clone)]
 pub struct RemoveDeviceArgs {
+    /// Root of the simulated sysfs tree.
     #[arg(long)]
     pub root: PathBuf,
+    /// Directory of the character device stand-ins, kept in step with the tree.
     #[arg(long)]
     pub dev_root: Option<PathBuf>,
+    /// Class name of the device (e.g. mock3, mock0_vf1).
     #[arg(long)]
     pub device: String,
 }
 
 #[derive(clap::Args, Debug, Clone)]
 pub struct SetStatusArgs {
+    /// Root of the simulated sysfs tree.
     #[arg(long)]
     pub root: PathBuf,
+    /// Class name of the device (e.g. mock3, mock0_vf1).
     #[arg(long)]
     pub device: String,
     /// Decimal, 0x hex or 0-prefixed octal, as the kernel's kstrtou32 accepts.
@@ -236,8 +249,10 @@ pub struct SetStatusArgs {
 
 #[derive(clap::Args, Debug, Clone)]
 pub struct WatchArgs {
+    /// Root of the simulated sysfs tree.
     #[arg(long)]
     pub root: PathBuf,
+    /// Directory of the character device stand-ins, kept in step with the tree.
     #[arg(long)]
     pub dev_root: Option<PathBuf>,
 }
