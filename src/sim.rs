@@ -1165,21 +1165,33 @@ fn remove_vfs(
     pf: &SimDevice,
 ) -> Result<Vec<String>, SimError> {
     let mut removed = Vec::new();
-    for (_, bdf) in virtfns(root, pf)? {
-        for name in class_names_of_function(root, &pf.parent_dir, bdf) {
-            let vf = read_tree_device(root, &name)?;
-            remove_entries(root, dev_root, &vf)?;
-            removed.push(name);
+    let pf_dir = root.join(pf.function_dir());
+    for (index, bdf) in virtfns(root, pf)? {
+        let vf_dir = root.join(&pf.parent_dir).join(bdf.to_string());
+        // Only a function that names this PF as its physfn is one of its VFs; a stray virtfn
+        // link to anything else is dropped without touching what it points to.
+        let is_our_vf = fs::read_link(vf_dir.join("physfn"))
+            .ok()
+            .and_then(|t| t.file_name().map(|n| n == pf.bdf.to_string().as_str()))
+            .unwrap_or(false);
+        if is_our_vf {
+            for name in class_names_of_function(root, &pf.parent_dir, bdf) {
+                let vf = read_tree_device(root, &name)?;
+                remove_entries(root, dev_root, &vf)?;
+                removed.push(name);
+            }
+            // A VF function left without a class device (half-removed tree) goes too.
+            if let Err(e) = fs::remove_dir_all(&vf_dir)
+                && e.kind() != std::io::ErrorKind::NotFound
+            {
+                return Err(io_err(&vf_dir)(e));
+            }
         }
-        // A virtfn link whose VF has no class device (half-removed tree): drop it too.
-        let _ = fs::remove_dir_all(root.join(&pf.parent_dir).join(bdf.to_string()));
-    }
-    for entry in
-        fs::read_dir(root.join(pf.function_dir())).map_err(io_err(&root.join(pf.function_dir())))?
-    {
-        let entry = entry.map_err(io_err(&root.join(pf.function_dir())))?;
-        if entry.file_name().to_string_lossy().starts_with("virtfn") {
-            let _ = fs::remove_file(entry.path());
+        let link = pf_dir.join(format!("virtfn{index}"));
+        if let Err(e) = fs::remove_file(&link)
+            && e.kind() != std::io::ErrorKind::NotFound
+        {
+            return Err(io_err(&link)(e));
         }
     }
     Ok(removed)
@@ -1967,5 +1979,138 @@ mod tests {
             contents(&e, &format!("{p}/0000:11:00.1/mock-accel/mock0_vf0/dev")),
             "240:2\n"
         );
+    }
+
+    fn read(root: &Path, rel: &str) -> String {
+        fs::read_to_string(root.join(rel)).unwrap()
+    }
+
+    #[test]
+    fn set_numvfs_replaces_vfs_with_lowest_free_minors_and_updates_the_counts() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path();
+        let dev = root.join("dev");
+        create(root, Some(&dev), &TopologySpec::sriov(1)).unwrap();
+        let vfs = set_numvfs(root, Some(&dev), "mock0", 2).unwrap();
+        assert_eq!(names(&vfs), ["mock0_vf0", "mock0_vf1"]);
+        assert_eq!(vfs.iter().map(|v| v.minor).collect::<Vec<_>>(), [2, 3]);
+        let vfs = set_numvfs(root, Some(&dev), "mock1", 1).unwrap();
+        assert_eq!((vfs[0].name.as_str(), vfs[0].minor), ("mock1_vf0", 4));
+        let pf = "devices/pci0000:10/0000:10:00.0/0000:11:00.0";
+        assert_eq!(read(root, "class/mock-accel/mock0/sriov_numvfs"), "2\n");
+        assert_eq!(read(root, &format!("{pf}/sriov_numvfs")), "2\n");
+        assert_eq!(
+            fs::read_link(root.join(pf).join("virtfn1")).unwrap(),
+            Path::new("../0000:11:00.2")
+        );
+        assert!(dev.join("mock0_vf1").is_file());
+
+        // 0 frees minors 2 and 3; the next VF takes 2 again.
+        set_numvfs(root, Some(&dev), "mock0", 0).unwrap();
+        assert!(!root.join(pf).join("virtfn0").exists());
+        assert!(!dev.join("mock0_vf0").exists());
+        assert!(
+            !root
+                .join("devices/pci0000:10/0000:10:00.0/0000:11:00.1")
+                .exists()
+        );
+        let vfs = set_numvfs(root, None, "mock0", 1).unwrap();
+        assert_eq!(vfs[0].minor, 2);
+
+        let err = set_numvfs(root, None, "mock0", 5).unwrap_err();
+        assert!(
+            matches!(err, SimError::NumVfsOutOfRange { total: 4, .. }),
+            "{err}"
+        );
+        assert!(matches!(
+            set_numvfs(root, None, "mock0_vf0", 1),
+            Err(SimError::Invalid(_))
+        ));
+        assert!(matches!(
+            set_numvfs(root, None, "mock7", 1),
+            Err(SimError::NoSuchDevice { .. })
+        ));
+    }
+
+    #[test]
+    fn static_vfs_refuse_any_vf_count_but_zero() {
+        let dir = tempfile::tempdir().unwrap();
+        create(dir.path(), None, &TopologySpec::canonical(1)).unwrap();
+        let err = set_numvfs(dir.path(), None, "mock1", 1).unwrap_err();
+        assert!(err.to_string().contains("0..=0"), "{err}");
+        assert!(set_numvfs(dir.path(), None, "mock1", 0).unwrap().is_empty());
+    }
+
+    #[test]
+    fn removing_a_pf_takes_its_vfs_and_removing_a_vf_updates_its_pf() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path();
+        create(root, None, &TopologySpec::sriov(1)).unwrap();
+        set_numvfs(root, None, "mock0", 2).unwrap();
+        set_numvfs(root, None, "mock1", 2).unwrap();
+
+        assert_eq!(
+            remove_device(root, None, "mock1_vf1").unwrap(),
+            ["mock1_vf1"]
+        );
+        assert_eq!(read(root, "class/mock-accel/mock1/sriov_numvfs"), "1\n");
+        assert!(
+            !root
+                .join("devices/pci0000:20/0000:20:00.0/0000:21:00.0/virtfn1")
+                .exists()
+        );
+
+        let mut removed = remove_device(root, None, "mock0").unwrap();
+        removed.sort();
+        assert_eq!(removed, ["mock0", "mock0_vf0", "mock0_vf1"]);
+        assert_eq!(class_names(root).unwrap(), ["mock1", "mock1_vf0"]);
+        assert!(!root.join("bus/pci/devices/0000:11:00.0").exists());
+        assert!(
+            !root
+                .join("bus/pci/drivers/mock-accel/0000:11:00.1")
+                .exists()
+        );
+    }
+
+    #[test]
+    fn added_devices_join_an_existing_bus_or_get_a_root_complex() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path();
+        create(root, None, &TopologySpec::canonical(1)).unwrap();
+        let req = |bdf: &str, kind| AddDevice {
+            bdf: bdf.parse().unwrap(),
+            numa_node: 0,
+            kind,
+            name: None,
+            uuid_string: None,
+            memory: None,
+            total_vfs: 4,
+        };
+        let next = add_device(root, None, &req("0000:11:01.0", FunctionKind::Pf)).unwrap();
+        assert_eq!(next.parent_dir, "devices/pci0000:10/0000:10:00.0");
+        assert_eq!(next.name, "mock6");
+        assert_eq!(uuid_string(&next.uuid), "HP-0000:11:01.0");
+        let fresh = add_device(root, None, &req("0000:41:00.0", FunctionKind::Vf)).unwrap();
+        assert_eq!(fresh.parent_dir, "devices/pci0000:40/0000:40:00.0");
+        assert_eq!(
+            (fresh.role.clone(), fresh.memory),
+            (Role::StaticVf, VF_MEMORY)
+        );
+        assert!(add_device(root, None, &req("0000:41:00.0", FunctionKind::Pf)).is_err());
+    }
+
+    #[test]
+    fn create_refuses_a_populated_root_and_set_status_normalises() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path();
+        create(root, None, &TopologySpec::canonical(1)).unwrap();
+        let err = create(root, None, &TopologySpec::canonical(1)).unwrap_err();
+        assert!(err.to_string().contains("already holds devices"), "{err}");
+        set_status(root, "mock2", 4660).unwrap();
+        assert_eq!(read(root, "class/mock-accel/mock2/status"), "0x00001234\n");
+        assert!(matches!(
+            set_status(root, "mock9", 1),
+            Err(SimError::NoSuchDevice { .. })
+        ));
     }
 }
