@@ -11,7 +11,6 @@ pub mod plan;
 pub mod reconcile;
 #[cfg(test)]
 mod scenarios;
-mod slices_standin;
 
 use std::sync::Arc;
 
@@ -32,16 +31,13 @@ use tokio_util::sync::CancellationToken;
 use self::{
     leader::{LeaderError, LeaseConfig},
     metrics::{METRICS_PREFIX, Metrics},
-    reconcile::{Context, MANAGED_BY_SELECTOR, error_policy, reconcile, system_clock},
+    reconcile::{Context, error_policy, managed_by_selector, reconcile, system_clock},
 };
 use crate::{
     cli::ControllerArgs,
     crd::MockAccelNode,
     telemetry::{self, Readiness, TelemetryError},
 };
-
-/// The desired-slice computation (stand-in until `crate::slices` lands).
-use self::slices_standin as slices;
 
 /// Reconciles running at once; each one is a handful of requests for one node.
 const CONCURRENCY: u16 = 8;
@@ -142,7 +138,7 @@ async fn run_controller(ctx: Arc<Context>, ready: Readiness, stop: CancellationT
         // wipes them on restart) brings its node back at once.
         .owns(
             Api::<ResourceSlice>::all(client.clone()),
-            watcher::Config::default().labels(MANAGED_BY_SELECTOR),
+            watcher::Config::default().labels(&managed_by_selector()),
         )
         // A Node appearing gives the slices their owner UID; only nodes with a MockAccelNode
         // are mapped, so the many Nodes without an agent cost nothing.

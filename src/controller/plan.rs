@@ -5,14 +5,14 @@
 //! Everything here is a plain function of its inputs so the whole policy (liveness, withdrawal,
 //! quiet steady state, condition wording, when an Event is due) is unit-tested without a client.
 
-use std::{collections::BTreeMap, time::Duration};
+use std::time::Duration;
 
 use jiff::Timestamp;
 use k8s_openapi::{api::resource::v1::ResourceSlice, apimachinery::pkg::apis::meta::v1::OwnerReference};
 use kube::{Resource, ResourceExt};
 
-use super::slices::{self, NodeSlicesInput};
 use crate::{
+    slices::{self, NodeSlicesInput, SliceError},
     crd::{
         CONDITION_READY, CONDITION_SLICES_PUBLISHED, Condition, MockAccelNode, MockAccelNodeStatus,
         PoolStatus,
@@ -99,6 +99,8 @@ pub struct SlicePlan {
     pub liveness: Liveness,
     /// Every slice that should exist (empty when the agent is stale).
     pub desired: Vec<ResourceSlice>,
+    /// Summary of the pools `desired` publishes.
+    pub pools: Vec<PoolStatus>,
     /// Desired slices that are missing or differ from what exists.
     pub apply: Vec<ResourceSlice>,
     /// Existing slices that are no longer desired.
@@ -134,6 +136,7 @@ pub fn plan_slices(obs: &Observed) -> SlicePlan {
     };
     let mut rejected = Vec::new();
     let mut invalid = None;
+    let mut pools = Vec::new();
     let desired = if liveness.is_alive() {
         let mut devices: Vec<Device> = Vec::new();
         for d in status.and_then(|s| s.devices.as_deref()).unwrap_or_default() {
@@ -141,7 +144,7 @@ pub fn plan_slices(obs: &Observed) -> SlicePlan {
                 Ok(dev) => devices.push(dev),
                 Err(e) => rejected.push(Rejected {
                     device: d.name.clone(),
-                    reason: e.to_string(),
+                    reason: format!("{e}; not published"),
                 }),
             }
         }
@@ -156,9 +159,10 @@ pub fn plan_slices(obs: &Observed) -> SlicePlan {
         match slices::desired_slices(&input, obs.existing) {
             Ok(d) => {
                 rejected.extend(d.rejected.iter().map(|e| Rejected {
-                    device: slices::rejected_device(e).to_string(),
+                    device: subject(e),
                     reason: e.to_string(),
                 }));
+                pools = d.pools().into_iter().map(pool_status).collect();
                 d.slices
             }
             Err(e) => {
@@ -191,6 +195,7 @@ pub fn plan_slices(obs: &Observed) -> SlicePlan {
     SlicePlan {
         liveness,
         desired,
+        pools,
         apply,
         delete,
         rejected,
@@ -225,21 +230,23 @@ pub fn orphans<'a>(
         .collect()
 }
 
-/// Pool summary of the slices that are published.
-pub fn pools(slices: &[ResourceSlice]) -> Vec<PoolStatus> {
-    let mut pools: BTreeMap<&str, PoolStatus> = BTreeMap::new();
-    for s in slices {
-        let p = pools.entry(&s.spec.pool.name).or_insert_with(|| PoolStatus {
-            name: s.spec.pool.name.clone(),
-            generation: s.spec.pool.generation,
-            devices: 0,
-            slices: 0,
-        });
-        p.generation = p.generation.max(s.spec.pool.generation);
-        p.devices += i64::try_from(s.spec.devices.as_ref().map_or(0, Vec::len)).unwrap_or(i64::MAX);
-        p.slices += 1;
+/// The device a rejection names, or the pool when a whole pool was left out.
+fn subject(e: &SliceError) -> String {
+    match (e.device(), e) {
+        (Some(device), _) => device.to_string(),
+        (None, SliceError::InvalidPool { pool, .. }) => pool.clone(),
+        (None, other) => other.to_string(),
     }
-    pools.into_values().collect()
+}
+
+fn pool_status(p: slices::PoolSummary) -> PoolStatus {
+    let count = |n: usize| i64::try_from(n).unwrap_or(i64::MAX);
+    PoolStatus {
+        name: p.name,
+        generation: p.generation,
+        devices: count(p.devices),
+        slices: count(p.slices),
+    }
 }
 
 /// Result of the slice writes.
@@ -290,7 +297,7 @@ pub fn controller_status(
             )
         }
         (Liveness::Alive { .. }, WriteOutcome::Written, None) => {
-            let pools = pools(&plan.desired);
+            let pools = plan.pools.clone();
             let summary = summary(&pools);
             let published = if plan.rejected.is_empty() {
                 (true, REASON_PUBLISHED, summary.clone())

@@ -29,10 +29,16 @@ use super::{
     metrics::{Metrics, Outcome},
     plan::{self, Observed, SlicePlan, WriteOutcome},
 };
-use crate::crd::{CONTROLLER_FIELD_MANAGER, MockAccelNode};
+use crate::{
+    crd::{CONTROLLER_FIELD_MANAGER, MockAccelNode},
+    slices::{self, LABEL_MANAGED_BY, MANAGED_BY},
+};
 
-/// Label every slice this controller writes carries (set by the slice computation).
-pub const MANAGED_BY_SELECTOR: &str = "app.kubernetes.io/managed-by=mock-accel-controller";
+/// Selects every slice this controller publishes (the label the slice computation sets).
+pub fn managed_by_selector() -> String {
+    format!("{LABEL_MANAGED_BY}={MANAGED_BY}")
+}
+
 /// Retry delay after a 409 from the API server: someone else wrote first, read again soon.
 const CONFLICT_RETRY: Duration = Duration::from_secs(1);
 const BACKOFF_BASE: Duration = Duration::from_secs(1);
@@ -262,8 +268,8 @@ async fn reconcile_node(node: &MockAccelNode, ctx: &Context) -> Result<Action, R
 
 async fn list_node_slices(ctx: &Context, node: &str) -> Result<Vec<ResourceSlice>, ReconcileError> {
     let lp = ListParams::default()
-        .labels(MANAGED_BY_SELECTOR)
-        .fields(&format!("spec.driver={},spec.nodeName={node}", ctx.driver));
+        .labels(&slices::node_label_selector(node))
+        .fields(&format!("spec.driver={}", ctx.driver));
     let list = ctx.slices().list(&lp).await.map_err(|source| ReconcileError::Read {
         node: node.to_string(),
         what: "ResourceSlices",
@@ -339,7 +345,7 @@ pub async fn withdraw_node(ctx: &Context, node: &str) -> Result<usize, Reconcile
 /// while no replica was leading. Run once the store is synced.
 pub async fn sweep_orphans(ctx: &Context, store: &Store<MockAccelNode>) -> Result<usize, ReconcileError> {
     let lp = ListParams::default()
-        .labels(MANAGED_BY_SELECTOR)
+        .labels(&managed_by_selector())
         .fields(&format!("spec.driver={}", ctx.driver));
     let list = ctx.slices().list(&lp).await.map_err(|source| ReconcileError::Read {
         node: "*".to_string(),

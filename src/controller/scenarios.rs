@@ -287,11 +287,11 @@ impl ApiServer {
         let call = self.expect(Method::GET, "/apis/resource.k8s.io/v1/resourceslices").await;
         assert_eq!(
             call.param("labelSelector").as_deref(),
-            Some("app.kubernetes.io/managed-by=mock-accel-controller")
+            Some("app.kubernetes.io/managed-by=mock-accel-controller,mock-accel.example.com/node=node1")
         );
         assert_eq!(
             call.param("fieldSelector").as_deref(),
-            Some(format!("spec.driver={DRIVER},spec.nodeName={NODE}").as_str())
+            Some(format!("spec.driver={DRIVER}").as_str())
         );
         call.ok(&json!({
             "apiVersion": "resource.k8s.io/v1", "kind": "ResourceSliceList",
