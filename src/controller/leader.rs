@@ -19,7 +19,9 @@ const RELEASE_TIMEOUT: Duration = Duration::from_secs(5);
 pub enum LeaderError {
     #[error("lease duration {0:?} is too short: use at least 2s (--lease-duration)")]
     Duration(Duration),
-    #[error("cannot set up Lease {namespace}/{name}: {source} (check that the namespace exists and RBAC allows leases get, create, patch)")]
+    #[error(
+        "cannot set up Lease {namespace}/{name}: {source} (check that the namespace exists and RBAC allows leases get, create, patch)"
+    )]
     Setup {
         namespace: String,
         name: String,
@@ -122,9 +124,13 @@ where
     drop(leading);
     match tokio::time::timeout(RELEASE_TIMEOUT, lease_task).await {
         Ok(Ok(Ok(_))) => tracing::info!(lease = %cfg.name, "Lease released"),
-        Ok(Ok(Err(e))) => tracing::warn!(lease = %cfg.name, error = %e, "releasing the Lease failed; it will expire"),
+        Ok(Ok(Err(e))) => {
+            tracing::warn!(lease = %cfg.name, error = %e, "releasing the Lease failed; it will expire")
+        }
         Ok(Err(e)) => tracing::warn!(lease = %cfg.name, error = %e, "Lease manager task failed"),
-        Err(_) => tracing::warn!(lease = %cfg.name, "releasing the Lease timed out; it will expire"),
+        Err(_) => {
+            tracing::warn!(lease = %cfg.name, "releasing the Lease timed out; it will expire")
+        }
     }
     match failure {
         Some(reason) => Err(LeaderError::Stopped {

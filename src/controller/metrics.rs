@@ -120,7 +120,9 @@ impl Metrics {
     }
 
     pub fn api_write(&self, kind: &'static str, verb: &'static str) {
-        self.api_writes.get_or_create(&WriteLabels { kind, verb }).inc();
+        self.api_writes
+            .get_or_create(&WriteLabels { kind, verb })
+            .inc();
     }
 
     /// Records how many slices `node` has published now (0 once withdrawn or deleted).

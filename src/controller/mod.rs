@@ -44,7 +44,9 @@ const CONCURRENCY: u16 = 8;
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
-    #[error("cannot build a Kubernetes client from the environment (in-cluster config or KUBECONFIG): {0}")]
+    #[error(
+        "cannot build a Kubernetes client from the environment (in-cluster config or KUBECONFIG): {0}"
+    )]
     Client(#[source] kube::Error),
     #[error(transparent)]
     Http(#[from] TelemetryError),
@@ -60,8 +62,13 @@ pub async fn run(args: ControllerArgs) -> Result<(), Error> {
     let mut registry = Registry::with_prefix(METRICS_PREFIX);
     let metrics = Metrics::register(&mut registry);
     let ready = Readiness::default();
-    let (_, http) =
-        telemetry::serve_http(args.metrics_addr, Arc::new(registry), ready.clone(), shutdown.clone()).await?;
+    let (_, http) = telemetry::serve_http(
+        args.metrics_addr,
+        Arc::new(registry),
+        ready.clone(),
+        shutdown.clone(),
+    )
+    .await?;
 
     let identity = args.identity.clone().unwrap_or_else(hostname);
     let ctx = Arc::new(Context::new(
@@ -81,9 +88,14 @@ pub async fn run(args: ControllerArgs) -> Result<(), Error> {
             identity,
             duration: args.lease_duration,
         };
-        leader::run_elected(client, cfg, ready.clone(), metrics, shutdown.clone(), |stop| {
-            run_controller(ctx.clone(), ready.clone(), stop)
-        })
+        leader::run_elected(
+            client,
+            cfg,
+            ready.clone(),
+            metrics,
+            shutdown.clone(),
+            |stop| run_controller(ctx.clone(), ready.clone(), stop),
+        )
         .await
         .map_err(Error::from)
     } else {

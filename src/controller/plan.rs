@@ -8,16 +8,18 @@
 use std::time::Duration;
 
 use jiff::Timestamp;
-use k8s_openapi::{api::resource::v1::ResourceSlice, apimachinery::pkg::apis::meta::v1::OwnerReference};
+use k8s_openapi::{
+    api::resource::v1::ResourceSlice, apimachinery::pkg::apis::meta::v1::OwnerReference,
+};
 use kube::{Resource, ResourceExt};
 
 use crate::{
-    slices::{self, NodeSlicesInput, SliceError},
     crd::{
         CONDITION_READY, CONDITION_SLICES_PUBLISHED, Condition, MockAccelNode, MockAccelNodeStatus,
         PoolStatus,
     },
     inventory::Device,
+    slices::{self, NodeSlicesInput, SliceError},
 };
 
 /// How long a node whose agent is gone waits before the next check, when no watch event
@@ -60,7 +62,10 @@ pub fn liveness(status: Option<&MockAccelNodeStatus>, now: Timestamp, grace: Dur
         Ok(t) => t,
         Err(e) => {
             return Liveness::Stale {
-                why: format!("agent heartbeat {:?} is not an RFC 3339 time: {e}", agent.heartbeat),
+                why: format!(
+                    "agent heartbeat {:?} is not an RFC 3339 time: {e}",
+                    agent.heartbeat
+                ),
             };
         }
     };
@@ -139,7 +144,10 @@ pub fn plan_slices(obs: &Observed) -> SlicePlan {
     let mut pools = Vec::new();
     let desired = if liveness.is_alive() {
         let mut devices: Vec<Device> = Vec::new();
-        for d in status.and_then(|s| s.devices.as_deref()).unwrap_or_default() {
+        for d in status
+            .and_then(|s| s.devices.as_deref())
+            .unwrap_or_default()
+        {
             match d.to_device() {
                 Ok(dev) => devices.push(dev),
                 Err(e) => rejected.push(Rejected {
@@ -266,7 +274,9 @@ pub fn controller_status(
     outcome: &WriteOutcome,
     now: Timestamp,
 ) -> MockAccelNodeStatus {
-    let now = Timestamp::from_second(now.as_second()).unwrap_or(now).to_string();
+    let now = Timestamp::from_second(now.as_second())
+        .unwrap_or(now)
+        .to_string();
     let current = node.status.as_ref();
     let previous = current.and_then(|s| s.conditions.as_deref());
     let current_pools = current.and_then(|s| s.pools.clone()).unwrap_or_default();
@@ -302,10 +312,18 @@ pub fn controller_status(
             let published = if plan.rejected.is_empty() {
                 (true, REASON_PUBLISHED, summary.clone())
             } else {
-                (false, REASON_INVALID_DEVICES, rejected_message(&summary, &plan.rejected))
+                (
+                    false,
+                    REASON_INVALID_DEVICES,
+                    rejected_message(&summary, &plan.rejected),
+                )
             };
             // The node serves the devices that are published even when others were rejected.
-            (pools, published, (true, REASON_PUBLISHED, format!("agent alive; {summary}")))
+            (
+                pools,
+                published,
+                (true, REASON_PUBLISHED, format!("agent alive; {summary}")),
+            )
         }
     };
     let condition = |type_: &str, (ok, reason, msg): (bool, &str, String)| {
@@ -333,7 +351,11 @@ fn summary(pools: &[PoolStatus]) -> String {
 
 fn rejected_message(summary: &str, rejected: &[Rejected]) -> String {
     let list: Vec<String> = rejected.iter().map(|r| r.reason.clone()).collect();
-    format!("{summary}; {} devices rejected: {}", rejected.len(), list.join("; "))
+    format!(
+        "{summary}; {} devices rejected: {}",
+        rejected.len(),
+        list.join("; ")
+    )
 }
 
 fn truncate(mut s: String) -> String {
@@ -350,11 +372,16 @@ fn truncate(mut s: String) -> String {
 
 /// True when `desired` carries anything the stored status does not: the write is skipped
 /// otherwise. A missing pool list equals an empty one.
-pub fn status_differs(current: Option<&MockAccelNodeStatus>, desired: &MockAccelNodeStatus) -> bool {
+pub fn status_differs(
+    current: Option<&MockAccelNodeStatus>,
+    desired: &MockAccelNodeStatus,
+) -> bool {
     let empty = MockAccelNodeStatus::default();
     let current = current.unwrap_or(&empty);
     let pools = |s: &MockAccelNodeStatus| s.pools.clone().unwrap_or_default();
-    if pools(current) != pools(desired) || current.observed_generation != desired.observed_generation {
+    if pools(current) != pools(desired)
+        || current.observed_generation != desired.observed_generation
+    {
         return true;
     }
     desired
@@ -478,7 +505,11 @@ mod tests {
             &Device {
                 name: name.into(),
                 sysfs_name: name.replace('-', "_"),
-                device_type: if name.contains("vf") { DeviceType::Vf } else { DeviceType::Pf },
+                device_type: if name.contains("vf") {
+                    DeviceType::Vf
+                } else {
+                    DeviceType::Pf
+                },
                 uuid: format!("uuid-{name}"),
                 memory: 1 << 30,
                 pci_address: "0000:11:00.0".into(),
@@ -515,7 +546,11 @@ mod tests {
         n
     }
 
-    fn observe<'a>(node: &'a MockAccelNode, existing: &'a [ResourceSlice], now: &str) -> Observed<'a> {
+    fn observe<'a>(
+        node: &'a MockAccelNode,
+        existing: &'a [ResourceSlice],
+        now: &str,
+    ) -> Observed<'a> {
         Observed {
             driver: DRIVER,
             node,
@@ -536,7 +571,11 @@ mod tests {
 
     /// The stored state after a plan was written: slices as the server returns them, status
     /// merged.
-    fn written(node: &MockAccelNode, plan: &SlicePlan, now: &str) -> (MockAccelNode, Vec<ResourceSlice>) {
+    fn written(
+        node: &MockAccelNode,
+        plan: &SlicePlan,
+        now: &str,
+    ) -> (MockAccelNode, Vec<ResourceSlice>) {
         let status = controller_status(node, plan, &WriteOutcome::Written, t(now));
         let mut node = node.clone();
         let s = node.status.get_or_insert_with(Default::default);
@@ -548,7 +587,10 @@ mod tests {
             .iter()
             .cloned()
             .map(|mut s| {
-                s.metadata.uid = Some(format!("uid-{}", s.metadata.name.clone().unwrap_or_default()));
+                s.metadata.uid = Some(format!(
+                    "uid-{}",
+                    s.metadata.name.clone().unwrap_or_default()
+                ));
                 s.metadata.resource_version = Some("7".into());
                 s
             })
@@ -591,15 +633,31 @@ mod tests {
         assert_eq!(plan.requeue_after, Duration::from_secs(31));
         for s in &plan.apply {
             let owners = s.metadata.owner_references.clone().unwrap_or_default();
-            assert!(owners.iter().any(|o| o.kind == "Node" && o.uid == "node-uid" && o.controller == Some(true)));
-            assert!(owners.iter().any(|o| o.kind == "MockAccelNode" && o.uid == "man-uid" && o.controller == Some(false)));
+            assert!(
+                owners
+                    .iter()
+                    .any(|o| o.kind == "Node" && o.uid == "node-uid" && o.controller == Some(true))
+            );
+            assert!(owners.iter().any(|o| o.kind == "MockAccelNode"
+                && o.uid == "man-uid"
+                && o.controller == Some(false)));
         }
         let status = controller_status(&node, &plan, &WriteOutcome::Written, t(SOON));
         let pools = status.pools.clone().unwrap();
-        assert_eq!(pools.iter().map(|p| p.name.as_str()).collect::<Vec<_>>(), ["node1/numa0", "node1/numa1"]);
-        assert!(pools.iter().all(|p| p.devices == 1 && p.slices == 1 && p.generation == 1));
+        assert_eq!(
+            pools.iter().map(|p| p.name.as_str()).collect::<Vec<_>>(),
+            ["node1/numa0", "node1/numa1"]
+        );
+        assert!(
+            pools
+                .iter()
+                .all(|p| p.devices == 1 && p.slices == 1 && p.generation == 1)
+        );
         let published = status.condition(CONDITION_SLICES_PUBLISHED).unwrap();
-        assert_eq!((published.status.as_str(), published.reason.as_str()), ("True", REASON_PUBLISHED));
+        assert_eq!(
+            (published.status.as_str(), published.reason.as_str()),
+            ("True", REASON_PUBLISHED)
+        );
         assert_eq!(published.last_transition_time, SOON);
         assert_eq!(status.condition(CONDITION_READY).unwrap().status, "True");
         assert_eq!(status.observed_generation, Some(1));
@@ -628,7 +686,13 @@ mod tests {
         let node = mk_node(two_pools(), HB, true);
         let plan = plan_slices(&observe(&node, &[], SOON));
         let (mut node, existing) = written(&node, &plan, SOON);
-        node.status.as_mut().unwrap().devices.as_mut().unwrap().push(mk_device("mock2", Some(0)));
+        node.status
+            .as_mut()
+            .unwrap()
+            .devices
+            .as_mut()
+            .unwrap()
+            .push(mk_device("mock2", Some(0)));
         let plan = plan_slices(&observe(&node, &existing, SOON));
         assert_eq!(plan.apply.len(), 1);
         assert_eq!(plan.apply[0].spec.pool.name, "node1/numa0");
@@ -636,7 +700,11 @@ mod tests {
         let status = controller_status(&node, &plan, &WriteOutcome::Written, t(SOON));
         let ev = events(node.status.as_ref(), &status, &plan);
         assert_eq!(ev.len(), 1, "{ev:?}");
-        assert!(ev[0].note.contains("node1/numa0 generation 2"), "{}", ev[0].note);
+        assert!(
+            ev[0].note.contains("node1/numa0 generation 2"),
+            "{}",
+            ev[0].note
+        );
     }
 
     #[test]
@@ -644,12 +712,21 @@ mod tests {
         let node = mk_node(two_pools(), HB, true);
         let plan = plan_slices(&observe(&node, &[], SOON));
         let (mut node, existing) = written(&node, &plan, SOON);
-        node.status.as_mut().unwrap().devices.as_mut().unwrap().retain(|d| d.name == "mock0");
+        node.status
+            .as_mut()
+            .unwrap()
+            .devices
+            .as_mut()
+            .unwrap()
+            .retain(|d| d.name == "mock0");
         let plan = plan_slices(&observe(&node, &existing, SOON));
         assert!(plan.apply.is_empty());
         assert_eq!(plan.delete.len(), 1);
         assert_eq!(plan.delete[0].spec.pool.name, "node1/numa1");
-        assert!(plan.delete[0].metadata.uid.is_some(), "deletes need the uid precondition");
+        assert!(
+            plan.delete[0].metadata.uid.is_some(),
+            "deletes need the uid precondition"
+        );
         let status = controller_status(&node, &plan, &WriteOutcome::Written, t(SOON));
         assert_eq!(status.pools.as_ref().unwrap().len(), 1);
         let ev = events(node.status.as_ref(), &status, &plan);
@@ -670,9 +747,16 @@ mod tests {
         let status = controller_status(&node, &plan, &WriteOutcome::Written, t(LATE));
         assert_eq!(status.pools, Some(vec![]));
         let published = status.condition(CONDITION_SLICES_PUBLISHED).unwrap();
-        assert_eq!((published.status.as_str(), published.reason.as_str()), ("False", REASON_AGENT_STALE));
+        assert_eq!(
+            (published.status.as_str(), published.reason.as_str()),
+            ("False", REASON_AGENT_STALE)
+        );
         assert_eq!(published.last_transition_time, LATE);
-        assert!(published.message.contains("grace period of 40s"), "{}", published.message);
+        assert!(
+            published.message.contains("grace period of 40s"),
+            "{}",
+            published.message
+        );
         assert_eq!(status.condition(CONDITION_READY).unwrap().status, "False");
         let ev = events(node.status.as_ref(), &status, &plan);
         assert_eq!(ev.len(), 2);
@@ -701,8 +785,15 @@ mod tests {
         assert_eq!(plan.rejected[0].device, "mock9");
         let status = controller_status(&node, &plan, &WriteOutcome::Written, t(SOON));
         let published = status.condition(CONDITION_SLICES_PUBLISHED).unwrap();
-        assert_eq!((published.status.as_str(), published.reason.as_str()), ("False", REASON_INVALID_DEVICES));
-        assert!(published.message.contains("mock9") && published.message.contains("gpu"), "{}", published.message);
+        assert_eq!(
+            (published.status.as_str(), published.reason.as_str()),
+            ("False", REASON_INVALID_DEVICES)
+        );
+        assert!(
+            published.message.contains("mock9") && published.message.contains("gpu"),
+            "{}",
+            published.message
+        );
         assert_eq!(status.condition(CONDITION_READY).unwrap().status, "True");
         let ev = events(node.status.as_ref(), &status, &plan);
         let rejected: Vec<_> = ev.iter().filter(|e| e.reason == "DeviceRejected").collect();
@@ -727,7 +818,10 @@ mod tests {
         assert_eq!(published.reason, REASON_APPLY_FAILED);
         assert!(published.message.contains("ResourceSlice x"));
         let ev = events(node.status.as_ref(), &status, &plan);
-        assert_eq!(ev.iter().map(|e| e.reason).collect::<Vec<_>>(), ["ApplyFailed"]);
+        assert_eq!(
+            ev.iter().map(|e| e.reason).collect::<Vec<_>>(),
+            ["ApplyFailed"]
+        );
         let mut node = node.clone();
         node.status.as_mut().unwrap().conditions = status.conditions.clone();
         node.status.as_mut().unwrap().pools = status.pools.clone();

@@ -58,7 +58,9 @@ pub fn system_clock() -> Clock {
 pub enum ReconcileError {
     #[error("MockAccelNode has no name")]
     Unnamed,
-    #[error("node {node}: reading {what} failed: {source} (check the API server and the controller's RBAC)")]
+    #[error(
+        "node {node}: reading {what} failed: {source} (check the API server and the controller's RBAC)"
+    )]
     Read {
         node: String,
         what: &'static str,
@@ -162,7 +164,10 @@ impl Context {
 }
 
 /// Entry point for the kube-runtime Controller: runs the pipeline and records metrics.
-pub async fn reconcile(node: Arc<MockAccelNode>, ctx: Arc<Context>) -> Result<Action, ReconcileError> {
+pub async fn reconcile(
+    node: Arc<MockAccelNode>,
+    ctx: Arc<Context>,
+) -> Result<Action, ReconcileError> {
     let started = Instant::now();
     let result = reconcile_node(&node, &ctx).await;
     let outcome = match &result {
@@ -270,11 +275,15 @@ async fn list_node_slices(ctx: &Context, node: &str) -> Result<Vec<ResourceSlice
     let lp = ListParams::default()
         .labels(&slices::node_label_selector(node))
         .fields(&format!("spec.driver={}", ctx.driver));
-    let list = ctx.slices().list(&lp).await.map_err(|source| ReconcileError::Read {
-        node: node.to_string(),
-        what: "ResourceSlices",
-        source,
-    })?;
+    let list = ctx
+        .slices()
+        .list(&lp)
+        .await
+        .map_err(|source| ReconcileError::Read {
+            node: node.to_string(),
+            what: "ResourceSlices",
+            source,
+        })?;
     // The selectors are served by the API server; check again so a misbehaving server or a
     // test double can never make us delete another driver's or node's slices.
     Ok(list
@@ -343,15 +352,22 @@ pub async fn withdraw_node(ctx: &Context, node: &str) -> Result<usize, Reconcile
 
 /// Deletes the slices of nodes that have no MockAccelNode in `store`, e.g. objects deleted
 /// while no replica was leading. Run once the store is synced.
-pub async fn sweep_orphans(ctx: &Context, store: &Store<MockAccelNode>) -> Result<usize, ReconcileError> {
+pub async fn sweep_orphans(
+    ctx: &Context,
+    store: &Store<MockAccelNode>,
+) -> Result<usize, ReconcileError> {
     let lp = ListParams::default()
         .labels(&managed_by_selector())
         .fields(&format!("spec.driver={}", ctx.driver));
-    let list = ctx.slices().list(&lp).await.map_err(|source| ReconcileError::Read {
-        node: "*".to_string(),
-        what: "ResourceSlices",
-        source,
-    })?;
+    let list = ctx
+        .slices()
+        .list(&lp)
+        .await
+        .map_err(|source| ReconcileError::Read {
+            node: "*".to_string(),
+            what: "ResourceSlices",
+            source,
+        })?;
     let orphans = plan::orphans(&ctx.driver, &list.items, |node| {
         store.get(&ObjectRef::new(node)).is_some()
     });
@@ -381,6 +397,8 @@ async fn publish(ctx: &Context, node: &MockAccelNode, ev: plan::EventPlan) {
     let recorder = Recorder::new(ctx.client.clone(), ctx.reporter.clone());
     match recorder.publish(&event, &node.object_ref(&())).await {
         Ok(()) => ctx.metrics.api_write("Event", "create"),
-        Err(e) => tracing::warn!(node = %node.name_any(), reason = ev.reason, error = %e, "cannot publish Event"),
+        Err(e) => {
+            tracing::warn!(node = %node.name_any(), reason = ev.reason, error = %e, "cannot publish Event")
+        }
     }
 }

@@ -9,11 +9,7 @@ use std::{sync::Arc, time::Duration};
 use http::{Method, Request, Response, StatusCode};
 use jiff::Timestamp;
 use k8s_openapi::api::resource::v1::ResourceSlice;
-use kube::{
-    Client, ResourceExt,
-    client::Body,
-    runtime::controller::Action,
-};
+use kube::{Client, ResourceExt, client::Body, runtime::controller::Action};
 use serde_json::{Value, json};
 use tower_test::mock::{self, Handle, SendResponse};
 
@@ -23,7 +19,10 @@ use super::{
     reconcile::{Context, ReconcileError, error_policy, reconcile},
 };
 use crate::{
-    crd::{AgentStatus, CONTROLLER_FIELD_MANAGER, DeviceStatus, MockAccelNode, MockAccelNodeSpec, MockAccelNodeStatus},
+    crd::{
+        AgentStatus, CONTROLLER_FIELD_MANAGER, DeviceStatus, MockAccelNode, MockAccelNodeSpec,
+        MockAccelNodeStatus,
+    },
     inventory::{Device, DeviceType},
 };
 
@@ -77,7 +76,10 @@ fn mk_node() -> MockAccelNode {
     n.metadata.generation = Some(1);
     n.metadata.resource_version = Some("100".into());
     n.status = Some(MockAccelNodeStatus {
-        devices: Some(vec![mk_device("mock0", Some(0)), mk_device("mock1", Some(1))]),
+        devices: Some(vec![
+            mk_device("mock0", Some(0)),
+            mk_device("mock1", Some(1)),
+        ]),
         agent: Some(AgentStatus {
             version: "0.1.0".into(),
             heartbeat: HEARTBEAT.into(),
@@ -125,7 +127,9 @@ fn stored(mut s: ResourceSlice) -> ResourceSlice {
     let name = s.name_any();
     s.metadata.uid = Some(format!("uid-{name}"));
     s.metadata.resource_version = Some("7".into());
-    s.metadata.creation_timestamp = Some(k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(t(HEARTBEAT)));
+    s.metadata.creation_timestamp = Some(k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(t(
+        HEARTBEAT,
+    )));
     s
 }
 
@@ -270,7 +274,9 @@ impl ApiServer {
     }
 
     async fn get_node(&mut self) {
-        let call = self.expect(Method::GET, &format!("/api/v1/nodes/{NODE}")).await;
+        let call = self
+            .expect(Method::GET, &format!("/api/v1/nodes/{NODE}"))
+            .await;
         call.ok(&json!({
             "apiVersion": "v1", "kind": "Node",
             "metadata": { "name": NODE, "uid": NODE_UID, "resourceVersion": "1" },
@@ -278,16 +284,22 @@ impl ApiServer {
     }
 
     async fn get_node_missing(&mut self) {
-        let call = self.expect(Method::GET, &format!("/api/v1/nodes/{NODE}")).await;
+        let call = self
+            .expect(Method::GET, &format!("/api/v1/nodes/{NODE}"))
+            .await;
         call.fail(404, "NotFound");
     }
 
     /// Lists the node's slices and answers `existing`.
     async fn list_slices(&mut self, existing: &[ResourceSlice]) {
-        let call = self.expect(Method::GET, "/apis/resource.k8s.io/v1/resourceslices").await;
+        let call = self
+            .expect(Method::GET, "/apis/resource.k8s.io/v1/resourceslices")
+            .await;
         assert_eq!(
             call.param("labelSelector").as_deref(),
-            Some("app.kubernetes.io/managed-by=mock-accel-controller,mock-accel.example.com/node=node1")
+            Some(
+                "app.kubernetes.io/managed-by=mock-accel-controller,mock-accel.example.com/node=node1"
+            )
         );
         assert_eq!(
             call.param("fieldSelector").as_deref(),
@@ -303,15 +315,25 @@ impl ApiServer {
     /// A server-side apply of one slice; returns the applied body.
     async fn apply_slice(&mut self) -> ResourceSlice {
         let call = self.next().await;
-        assert_eq!(call.method, Method::PATCH, "expected a slice apply, got {} {}", call.method, call.path);
+        assert_eq!(
+            call.method,
+            Method::PATCH,
+            "expected a slice apply, got {} {}",
+            call.method,
+            call.path
+        );
         let name = call
             .path
             .strip_prefix("/apis/resource.k8s.io/v1/resourceslices/")
             .unwrap_or_else(|| panic!("expected a slice apply, got PATCH {}", call.path))
             .to_string();
-        assert_eq!(call.param("fieldManager").as_deref(), Some(CONTROLLER_FIELD_MANAGER));
+        assert_eq!(
+            call.param("fieldManager").as_deref(),
+            Some(CONTROLLER_FIELD_MANAGER)
+        );
         assert_eq!(call.param("force").as_deref(), Some("true"));
-        let slice: ResourceSlice = serde_json::from_value(call.body.clone()).expect("a ResourceSlice body");
+        let slice: ResourceSlice =
+            serde_json::from_value(call.body.clone()).expect("a ResourceSlice body");
         assert_eq!(slice.name_any(), name, "body and path name the same slice");
         assert!(slice.metadata.resource_version.is_none() && slice.metadata.uid.is_none());
         let answer = serde_json::to_value(stored(slice.clone())).expect("serializable");
@@ -324,7 +346,10 @@ impl ApiServer {
         let call = self
             .expect(
                 Method::DELETE,
-                &format!("/apis/resource.k8s.io/v1/resourceslices/{}", slice.name_any()),
+                &format!(
+                    "/apis/resource.k8s.io/v1/resourceslices/{}",
+                    slice.name_any()
+                ),
             )
             .await;
         assert_eq!(
@@ -349,14 +374,19 @@ impl ApiServer {
                 &format!("/apis/mock-accel.example.com/v1alpha1/mockaccelnodes/{NODE}/status"),
             )
             .await;
-        assert_eq!(call.param("fieldManager").as_deref(), Some(CONTROLLER_FIELD_MANAGER));
+        assert_eq!(
+            call.param("fieldManager").as_deref(),
+            Some(CONTROLLER_FIELD_MANAGER)
+        );
         assert_eq!(call.param("force").as_deref(), Some("true"));
         assert_eq!(call.body["kind"], "MockAccelNode");
         assert_eq!(call.body["metadata"]["name"], NODE);
         let status: MockAccelNodeStatus =
             serde_json::from_value(call.body["status"].clone()).expect("a status body");
         // The controller sends only the fields it owns; the agent's stay with the agent.
-        assert!(status.devices.is_none() && status.agent.is_none() && status.prepared_claims.is_none());
+        assert!(
+            status.devices.is_none() && status.agent.is_none() && status.prepared_claims.is_none()
+        );
         let mut answer = mk_node();
         answer.status = Some(status.clone());
         call.ok(&serde_json::to_value(answer).expect("serializable"));
@@ -366,7 +396,10 @@ impl ApiServer {
     /// An Event on the MockAccelNode; returns (type, reason, note).
     async fn event(&mut self) -> (String, String, String) {
         let call = self
-            .expect(Method::POST, "/apis/events.k8s.io/v1/namespaces/default/events")
+            .expect(
+                Method::POST,
+                "/apis/events.k8s.io/v1/namespaces/default/events",
+            )
             .await;
         assert_eq!(call.body["regarding"]["kind"], "MockAccelNode");
         assert_eq!(call.body["regarding"]["name"], NODE);
@@ -415,7 +448,11 @@ where
         .await
         .expect("the scenario timed out waiting for a request the reconciler never sent")
         .expect("scenario assertions");
-    Ran { result, retry, seen }
+    Ran {
+        result,
+        retry,
+        seen,
+    }
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -446,17 +483,29 @@ async fn create_publishes_one_slice_per_pool_then_the_status() {
         assert_eq!(slice.spec.node_name.as_deref(), Some(NODE));
         assert_eq!(slice.spec.pool.generation, 1);
         assert_eq!(slice.spec.pool.resource_slice_count, 1);
-        let names: Vec<_> = slice.spec.devices.iter().flatten().map(|d| d.name.as_str()).collect();
+        let names: Vec<_> = slice
+            .spec
+            .devices
+            .iter()
+            .flatten()
+            .map(|d| d.name.as_str())
+            .collect();
         assert_eq!(names, [device]);
         let owners = slice.metadata.owner_references.clone().unwrap_or_default();
-        assert!(owners
-            .iter()
-            .any(|o| o.kind == "Node" && o.name == NODE && o.uid == NODE_UID && o.controller == Some(true)));
-        assert!(owners
-            .iter()
-            .any(|o| o.kind == "MockAccelNode" && o.uid == "man-uid-1" && o.controller != Some(true)));
+        assert!(owners.iter().any(|o| o.kind == "Node"
+            && o.name == NODE
+            && o.uid == NODE_UID
+            && o.controller == Some(true)));
+        assert!(owners.iter().any(|o| o.kind == "MockAccelNode"
+            && o.uid == "man-uid-1"
+            && o.controller != Some(true)));
         let labels = slice.metadata.labels.clone().unwrap_or_default();
-        assert_eq!(labels.get("app.kubernetes.io/managed-by").map(String::as_str), Some("mock-accel-controller"));
+        assert_eq!(
+            labels
+                .get("app.kubernetes.io/managed-by")
+                .map(String::as_str),
+            Some("mock-accel-controller")
+        );
     }
 
     let summary: Vec<_> = status
@@ -465,14 +514,28 @@ async fn create_publishes_one_slice_per_pool_then_the_status() {
         .flatten()
         .map(|p| (p.name.as_str(), p.generation, p.devices, p.slices))
         .collect();
-    assert_eq!(summary, [("node1/numa0", 1, 1, 1), ("node1/numa1", 1, 1, 1)]);
-    let published = status.condition("SlicesPublished").expect("SlicesPublished");
-    assert_eq!((published.status.as_str(), published.reason.as_str()), ("True", "Published"));
-    assert_eq!(status.condition("Ready").map(|c| c.status.as_str()), Some("True"));
+    assert_eq!(
+        summary,
+        [("node1/numa0", 1, 1, 1), ("node1/numa1", 1, 1, 1)]
+    );
+    let published = status
+        .condition("SlicesPublished")
+        .expect("SlicesPublished");
+    assert_eq!(
+        (published.status.as_str(), published.reason.as_str()),
+        ("True", "Published")
+    );
+    assert_eq!(
+        status.condition("Ready").map(|c| c.status.as_str()),
+        Some("True")
+    );
     assert_eq!(status.observed_generation, Some(1));
 
     for ((type_, reason, note), pool) in events.iter().zip(["node1/numa0", "node1/numa1"]) {
-        assert_eq!((type_.as_str(), reason.as_str()), ("Normal", "PoolPublished"));
+        assert_eq!(
+            (type_.as_str(), reason.as_str()),
+            ("Normal", "PoolPublished")
+        );
         assert!(note.contains(pool), "{note}");
     }
 }
@@ -508,9 +571,20 @@ async fn added_device_reapplies_its_pool_with_a_bumped_generation() {
     let (slice, status, (_, reason, note)) = ran.seen;
     assert_eq!(slice.spec.pool.name, "node1/numa0");
     assert_eq!(slice.spec.pool.generation, 2);
-    let names: Vec<_> = slice.spec.devices.iter().flatten().map(|d| d.name.as_str()).collect();
+    let names: Vec<_> = slice
+        .spec
+        .devices
+        .iter()
+        .flatten()
+        .map(|d| d.name.as_str())
+        .collect();
     assert_eq!(names, ["mock0", "mock0-vf0"]);
-    let numa0 = status.pools.iter().flatten().find(|p| p.name == "node1/numa0").expect("pool");
+    let numa0 = status
+        .pools
+        .iter()
+        .flatten()
+        .find(|p| p.name == "node1/numa0")
+        .expect("pool");
     assert_eq!((numa0.generation, numa0.devices), (2, 2));
     assert_eq!(reason, "PoolPublished");
     assert!(note.contains("generation 2"), "{note}");
@@ -533,9 +607,17 @@ async fn removed_device_empties_its_pool_and_deletes_the_slice() {
     .await;
     ran.result.expect("reconcile succeeds");
     let (status, (type_, reason, note)) = ran.seen;
-    let pools: Vec<_> = status.pools.iter().flatten().map(|p| p.name.as_str()).collect();
+    let pools: Vec<_> = status
+        .pools
+        .iter()
+        .flatten()
+        .map(|p| p.name.as_str())
+        .collect();
     assert_eq!(pools, ["node1/numa0"]);
-    assert_eq!((type_.as_str(), reason.as_str()), ("Normal", "PoolWithdrawn"));
+    assert_eq!(
+        (type_.as_str(), reason.as_str()),
+        ("Normal", "PoolWithdrawn")
+    );
     assert!(note.contains("node1/numa1"), "{note}");
 }
 
@@ -577,12 +659,25 @@ async fn stale_agent_withdraws_the_slices_and_says_why() {
     assert_eq!(action, Action::requeue(plan::STALE_RESYNC));
     let (status, events) = ran.seen;
     assert_eq!(status.pools, Some(vec![]));
-    let published = status.condition("SlicesPublished").expect("SlicesPublished");
-    assert_eq!((published.status.as_str(), published.reason.as_str()), ("False", "AgentStale"));
+    let published = status
+        .condition("SlicesPublished")
+        .expect("SlicesPublished");
+    assert_eq!(
+        (published.status.as_str(), published.reason.as_str()),
+        ("False", "AgentStale")
+    );
     assert_eq!(published.last_transition_time, LATE);
     let ready = status.condition("Ready").expect("Ready");
-    assert_eq!((ready.status.as_str(), ready.reason.as_str()), ("False", "AgentStale"));
-    assert!(events.iter().all(|(t, r, _)| t == "Warning" && r == "PoolWithdrawn"), "{events:?}");
+    assert_eq!(
+        (ready.status.as_str(), ready.reason.as_str()),
+        ("False", "AgentStale")
+    );
+    assert!(
+        events
+            .iter()
+            .all(|(t, r, _)| t == "Warning" && r == "PoolWithdrawn"),
+        "{events:?}"
+    );
 }
 
 #[tokio::test]
@@ -605,9 +700,17 @@ async fn unregistered_plugin_counts_as_stale() {
     })
     .await;
     ran.result.expect("reconcile succeeds");
-    let published = ran.seen.condition("SlicesPublished").cloned().expect("SlicesPublished");
+    let published = ran
+        .seen
+        .condition("SlicesPublished")
+        .cloned()
+        .expect("SlicesPublished");
     assert_eq!(published.reason, "AgentStale");
-    assert!(published.message.contains("not registered"), "{}", published.message);
+    assert!(
+        published.message.contains("not registered"),
+        "{}",
+        published.message
+    );
 }
 
 #[tokio::test]
@@ -622,7 +725,10 @@ async fn missing_node_withdraws_the_slices_and_writes_nothing_else() {
         api.done().await;
     })
     .await;
-    assert_eq!(ran.result.expect("reconcile succeeds"), Action::await_change());
+    assert_eq!(
+        ran.result.expect("reconcile succeeds"),
+        Action::await_change()
+    );
 }
 
 #[tokio::test]
@@ -658,15 +764,29 @@ async fn failed_apply_is_reported_in_the_status_and_retried_with_backoff() {
         (status, event)
     })
     .await;
-    let err = ran.result.expect_err("the failed apply fails the reconcile");
+    let err = ran
+        .result
+        .expect_err("the failed apply fails the reconcile");
     assert!(!err.is_conflict());
     assert!(err.to_string().contains(NODE), "{err}");
     assert_eq!(ran.retry, Some(Action::requeue(Duration::from_secs(1))));
     let (status, (type_, reason, note)) = ran.seen;
-    let published = status.condition("SlicesPublished").expect("SlicesPublished");
-    assert_eq!((published.status.as_str(), published.reason.as_str()), ("False", "ApplyFailed"));
-    assert!(published.message.contains("mocked InternalError"), "{}", published.message);
-    assert_eq!((type_.as_str(), reason.as_str()), ("Warning", "ApplyFailed"));
+    let published = status
+        .condition("SlicesPublished")
+        .expect("SlicesPublished");
+    assert_eq!(
+        (published.status.as_str(), published.reason.as_str()),
+        ("False", "ApplyFailed")
+    );
+    assert!(
+        published.message.contains("mocked InternalError"),
+        "{}",
+        published.message
+    );
+    assert_eq!(
+        (type_.as_str(), reason.as_str()),
+        ("Warning", "ApplyFailed")
+    );
     assert!(note.contains("ResourceSlice"), "{note}");
 }
 
@@ -692,10 +812,15 @@ async fn rejected_device_is_named_in_the_condition_and_an_event() {
     .await;
     ran.result.expect("a rejected device is no error");
     let (status, events) = ran.seen;
-    let published = status.condition("SlicesPublished").expect("SlicesPublished");
+    let published = status
+        .condition("SlicesPublished")
+        .expect("SlicesPublished");
     assert_eq!(published.reason, "InvalidDevices");
     assert!(published.message.contains("mock7"), "{}", published.message);
-    let rejected: Vec<_> = events.iter().filter(|(_, r, _)| r == "DeviceRejected").collect();
+    let rejected: Vec<_> = events
+        .iter()
+        .filter(|(_, r, _)| r == "DeviceRejected")
+        .collect();
     assert_eq!(rejected.len(), 1, "{events:?}");
     assert_eq!(rejected[0].0, "Warning");
     assert!(rejected[0].2.contains("mock7"), "{}", rejected[0].2);
