@@ -7,6 +7,7 @@ use std::{future::Future, time::Duration};
 
 use kube::Client;
 use kube_lease_manager::{LeaseManagerBuilder, LeaseManagerError};
+use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
 use super::metrics::Metrics;
@@ -87,38 +88,7 @@ where
     ready.set(true);
     tracing::info!(lease = %cfg.name, namespace = %cfg.namespace, identity = %cfg.identity, "waiting for leadership");
 
-    let mut failure = None;
-    loop {
-        tokio::select! {
-            _ = shutdown.cancelled() => break,
-            r = leading.wait_for(|l| *l) => if r.is_err() {
-                failure = Some("the Lease manager ended".to_string());
-                break;
-            },
-        }
-        tracing::info!(identity = %cfg.identity, "leading: starting the reconciler");
-        metrics.set_leader(true);
-        let stop = shutdown.child_token();
-        let run = lead(stop.clone());
-        tokio::pin!(run);
-        tokio::select! {
-            () = &mut run => {}
-            r = leading.wait_for(|l| !*l) => {
-                if r.is_err() {
-                    failure = Some("the Lease manager ended".to_string());
-                }
-                tracing::warn!(identity = %cfg.identity, "lost the Lease: stopping the reconciler");
-                stop.cancel();
-                run.await;
-            }
-        }
-        metrics.set_leader(false);
-        // Another replica publishes from now on; our count no longer describes the cluster.
-        metrics.clear_slices();
-        if failure.is_some() || shutdown.is_cancelled() {
-            break;
-        }
-    }
+    let failure = follow(&mut leading, &metrics, &shutdown, &cfg.identity, lead).await;
 
     // Dropping the receiver makes the manager release the Lease and return.
     drop(leading);
@@ -142,6 +112,55 @@ where
     }
 }
 
+/// Runs `lead` whenever `leading` says so, until `shutdown` or until the sender is gone
+/// (returned as the failure). Losing the lead cancels the token given to `lead` and waits
+/// for it to return before following again.
+async fn follow<F, Fut>(
+    leading: &mut watch::Receiver<bool>,
+    metrics: &Metrics,
+    shutdown: &CancellationToken,
+    identity: &str,
+    lead: F,
+) -> Option<String>
+where
+    F: Fn(CancellationToken) -> Fut,
+    Fut: Future<Output = ()>,
+{
+    let ended = || Some("the Lease manager ended".to_string());
+    loop {
+        tokio::select! {
+            _ = shutdown.cancelled() => return None,
+            // Only whether the channel closed is kept: a held `Ref` would block the sender.
+            closed = async { leading.wait_for(|l| *l).await.is_err() } => if closed {
+                return ended();
+            },
+        }
+        tracing::info!(identity, "leading: starting the reconciler");
+        metrics.set_leader(true);
+        let stop = shutdown.child_token();
+        let run = lead(stop.clone());
+        tokio::pin!(run);
+        let mut failure = None;
+        tokio::select! {
+            () = &mut run => {}
+            closed = async { leading.wait_for(|l| !*l).await.is_err() } => {
+                if closed {
+                    failure = ended();
+                }
+                tracing::warn!(identity, "lost the Lease: stopping the reconciler");
+                stop.cancel();
+                run.await;
+            }
+        }
+        metrics.set_leader(false);
+        // Another replica publishes from now on; our count no longer describes the cluster.
+        metrics.clear_slices();
+        if failure.is_some() || shutdown.is_cancelled() {
+            return failure;
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -151,5 +170,78 @@ mod tests {
         assert_eq!(lease_timing(Duration::from_secs(15)).unwrap(), (15, 5));
         assert_eq!(lease_timing(Duration::from_secs(2)).unwrap(), (2, 1));
         assert!(lease_timing(Duration::from_millis(1500)).is_err());
+    }
+
+    /// Drives `follow` with a hand-held leadership channel; each `lead` run reports its start
+    /// and waits for its stop token, like the reconciler does.
+    async fn next(rx: &mut tokio::sync::mpsc::UnboundedReceiver<usize>) -> Option<usize> {
+        tokio::time::timeout(Duration::from_secs(5), rx.recv())
+            .await
+            .expect("the leader loop did not react within 5s")
+    }
+
+    #[tokio::test]
+    async fn leads_only_while_holding_the_lease_and_stops_on_shutdown() {
+        use std::sync::{
+            Arc,
+            atomic::{AtomicUsize, Ordering},
+        };
+        let (tx, mut rx) = watch::channel(false);
+        let (started_tx, mut started) = tokio::sync::mpsc::unbounded_channel();
+        let (stopped_tx, mut stopped) = tokio::sync::mpsc::unbounded_channel();
+        let runs = Arc::new(AtomicUsize::new(0));
+        let metrics = Metrics::unregistered();
+        let shutdown = CancellationToken::new();
+        let lead = {
+            let runs = runs.clone();
+            move |stop: CancellationToken| {
+                let n = runs.fetch_add(1, Ordering::SeqCst) + 1;
+                let (started_tx, stopped_tx) = (started_tx.clone(), stopped_tx.clone());
+                async move {
+                    let _ = started_tx.send(n);
+                    stop.cancelled().await;
+                    let _ = stopped_tx.send(n);
+                }
+            }
+        };
+        let follower = {
+            let (metrics, shutdown) = (metrics.clone(), shutdown.clone());
+            tokio::spawn(async move { follow(&mut rx, &metrics, &shutdown, "me", lead).await })
+        };
+
+        tx.send(true).unwrap();
+        assert_eq!(next(&mut started).await, Some(1));
+        tx.send(false).unwrap();
+        assert_eq!(
+            next(&mut stopped).await,
+            Some(1),
+            "losing the lease stops the run"
+        );
+        tx.send(true).unwrap();
+        assert_eq!(
+            next(&mut started).await,
+            Some(2),
+            "regaining it starts again"
+        );
+        shutdown.cancel();
+        assert_eq!(next(&mut stopped).await, Some(2));
+        let ended = tokio::time::timeout(Duration::from_secs(5), follower).await;
+        assert_eq!(ended.unwrap().unwrap(), None);
+        assert_eq!(runs.load(Ordering::SeqCst), 2);
+    }
+
+    #[tokio::test]
+    async fn a_vanished_lease_manager_is_reported() {
+        let (tx, mut rx) = watch::channel(false);
+        drop(tx);
+        let failure = follow(
+            &mut rx,
+            &Metrics::unregistered(),
+            &CancellationToken::new(),
+            "me",
+            |_| async {},
+        )
+        .await;
+        assert!(failure.is_some());
     }
 }
