@@ -154,7 +154,7 @@ async fn run_controller(ctx: Arc<Context>, ready: Readiness, stop: CancellationT
         )
         // A Node appearing gives the slices their owner UID; only nodes with a MockAccelNode
         // are mapped, so the many Nodes without an agent cost nothing.
-        .watches(Api::<Node>::all(client), watcher::Config::default(), move |n: Node| {
+        .watches(Api::<Node>::all(client), watcher::Config::default().any_semantic(), move |n: Node| {
             let r = ObjectRef::<MockAccelNode>::new(&n.name_any());
             node_store.get(&r).map(|_| r)
         })

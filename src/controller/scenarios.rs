@@ -825,3 +825,48 @@ async fn rejected_device_is_named_in_the_condition_and_an_event() {
     assert_eq!(rejected[0].0, "Warning");
     assert!(rejected[0].2.contains("mock7"), "{}", rejected[0].2);
 }
+
+#[tokio::test]
+async fn sweep_deletes_only_slices_of_nodes_without_a_mockaccelnode() {
+    use kube::runtime::{reflector, watcher};
+
+    let (_, mut slices) = published(&mk_node(), FRESH);
+    let mut orphan = slices[0].clone();
+    orphan.metadata.name = Some("gone-numa0-000-mock-accel.example.com".into());
+    orphan.metadata.uid = Some("uid-orphan".into());
+    orphan.spec.node_name = Some("gone".into());
+    slices.push(orphan.clone());
+
+    let (store, mut writer) = reflector::store::<MockAccelNode>();
+    writer.apply_watcher_event(&watcher::Event::Apply(mk_node()));
+    let (ctx, mut api) = mock_api(FRESH);
+    let verifier = tokio::spawn(async move {
+        let call = api
+            .expect(Method::GET, "/apis/resource.k8s.io/v1/resourceslices")
+            .await;
+        assert_eq!(
+            call.param("labelSelector").as_deref(),
+            Some("app.kubernetes.io/managed-by=mock-accel-controller")
+        );
+        assert_eq!(
+            call.param("fieldSelector").as_deref(),
+            Some("spec.driver=mock-accel.example.com")
+        );
+        call.ok(&json!({
+            "apiVersion": "resource.k8s.io/v1", "kind": "ResourceSliceList",
+            "metadata": { "resourceVersion": "9" }, "items": slices,
+        }));
+        api.deleted(&orphan).await;
+        api.done().await;
+    });
+    let deleted = tokio::time::timeout(TIMEOUT, super::reconcile::sweep_orphans(&ctx, &store))
+        .await
+        .expect("sweep timed out")
+        .expect("sweep succeeds");
+    assert_eq!(deleted, 1);
+    drop(ctx);
+    tokio::time::timeout(TIMEOUT, verifier)
+        .await
+        .expect("scenario timed out")
+        .expect("scenario assertions");
+}
