@@ -5,11 +5,11 @@ IMAGE ?= mock-accel-dra:dev
 K8S_VERSION ?= v1.37.2
 export MOCK_ACCEL_CACHE ?= /var/cache/mock-accel
 
-.PHONY: help build test lint fmt fmt-check crd bench build-image load-image deploy undeploy \
+.PHONY: help bin build test lint fmt fmt-check crd bench build-image load-image deploy undeploy \
         k8s-bins e2e dev-cluster dev-cluster-env dev-cluster-down demo
 
 help: ## list the targets
-	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed -E 's/:.*## /\t/' | column -t -s $$'\t'
+	@grep -E '^[a-z0-9-]+:.*## ' $(MAKEFILE_LIST) | sed -E 's/:.*## /\t/' | column -t -s $$'\t'
 
 build: ## build the mock-accel-dra binary (release)
 	$(CARGO) build --release --locked
@@ -26,8 +26,16 @@ fmt: ## format the code
 fmt-check:
 	$(CARGO) fmt --all -- --check
 
-crd: ## regenerate crds/ from the Rust types
-	$(CARGO) run --quiet --locked -- crd > crds/mockaccelnodes.mock-accel.example.com.yaml
+# Tests, e2e and tools use the binary of the `--all-targets` build: a plain `cargo build` resolves
+# other dependency features (dev-dependencies unify them) and would rebuild the whole tree.
+TARGET_DIR := $(or $(CARGO_TARGET_DIR),target)
+BIN := $(TARGET_DIR)/debug/mock-accel-dra
+
+bin: ## build the debug binary used by tests, e2e and the demo
+	$(CARGO) build --locked --all-targets
+
+crd: bin ## regenerate crds/ from the Rust types
+	$(BIN) crd > crds/mockaccelnodes.mock-accel.example.com.yaml
 
 bench: ## benchmarks: discovery, prepare/unprepare latency, agent memory
 	$(CARGO) bench --locked
@@ -52,3 +60,25 @@ undeploy: ## remove the driver from the current kubectl context
 
 k8s-bins: ## build (or reuse) the control-plane binaries from the Kubernetes Go modules
 	K8S_VERSION=$(K8S_VERSION) e2e/k8sbins/build.sh
+
+# ---- local cluster and end-to-end suite (e2e/harness, e2e/scenarios) ----------------------------
+# A real control plane built from the Kubernetes Go modules, simulated nodes (sysfs tree, fake
+# kubelet, node agent) and two controller replicas, all as local processes. Python 3 stdlib only.
+DEV_CLUSTER ?= .dev-cluster
+E2E_ARGS ?=
+HARNESS := PYTHONDONTWRITEBYTECODE=1 python3
+
+dev-cluster: ## start the local two-node cluster (state in .dev-cluster/) and leave it running
+	@$(HARNESS) e2e/harness/cluster.py up --state $(DEV_CLUSTER)
+
+dev-cluster-env: ## shell exports for the local cluster: eval "$(make -s dev-cluster-env)"
+	@$(HARNESS) e2e/harness/cluster.py env --state $(DEV_CLUSTER)
+
+dev-cluster-down: ## stop the local cluster
+	@$(HARNESS) e2e/harness/cluster.py down --state $(DEV_CLUSTER)
+
+demo: ## allocate a PF to a pod on the local cluster and show what it gets (KEEP=1 keeps the cluster)
+	@$(HARNESS) e2e/demo.py --state $(DEV_CLUSTER) $(if $(KEEP),--keep)
+
+e2e: ## every end-to-end scenario on a fresh local cluster (E2E_ARGS="-k 3" selects)
+	@$(HARNESS) e2e/run.py $(E2E_ARGS)

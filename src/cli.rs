@@ -9,7 +9,11 @@ use clap::{Args, Parser, Subcommand, ValueEnum};
 use crate::inventory::DEFAULT_DRIVER_NAME;
 
 #[derive(Parser, Debug)]
-#[command(name = "mock-accel-dra", version, about = "Kubernetes DRA driver for mock-accel PCIe accelerators")]
+#[command(
+    name = "mock-accel-dra",
+    version,
+    about = "Kubernetes DRA driver for mock-accel PCIe accelerators"
+)]
 pub struct Cli {
     /// Log format: human-readable text or one JSON object per line.
     #[arg(long, global = true, value_enum, default_value_t = LogFormat::Text, env = "LOG_FORMAT")]
@@ -43,7 +47,8 @@ pub enum Command {
 
 /// Parses durations such as `30s`, `2m`, `500ms`.
 pub fn parse_duration(s: &str) -> Result<Duration, String> {
-    humantime::parse_duration(s).map_err(|e| format!("invalid duration {s:?}: {e} (examples: 500ms, 30s, 2m)"))
+    humantime::parse_duration(s)
+        .map_err(|e| format!("invalid duration {s:?}: {e} (examples: 500ms, 30s, 2m)"))
 }
 
 #[derive(Args, Debug, Clone)]
@@ -93,10 +98,18 @@ pub struct NodeAgentArgs {
     #[arg(long, default_value = "/var/run/cdi", env = "CDI_DIR")]
     pub cdi_dir: PathBuf,
     /// Directory the kubelet watches for plugin registration sockets.
-    #[arg(long, default_value = "/var/lib/kubelet/plugins_registry", env = "REGISTRY_DIR")]
+    #[arg(
+        long,
+        default_value = "/var/lib/kubelet/plugins_registry",
+        env = "REGISTRY_DIR"
+    )]
     pub registry_dir: PathBuf,
     /// The plugin's private data directory: holds dra.sock and the checkpoint.
-    #[arg(long, default_value = "/var/lib/kubelet/plugins/mock-accel.example.com", env = "PLUGIN_DIR")]
+    #[arg(
+        long,
+        default_value = "/var/lib/kubelet/plugins/mock-accel.example.com",
+        env = "PLUGIN_DIR"
+    )]
     pub plugin_dir: PathBuf,
     /// Address of the HTTP server for /healthz, /readyz and /metrics.
     #[arg(long, default_value = "0.0.0.0:8081", env = "METRICS_ADDR")]

@@ -186,8 +186,10 @@ impl DeviceStatus {
             pcie_root: self.pcie_root.clone(),
             numa_node,
             physfn: self.physfn.clone(),
-            capabilities: u32::try_from(self.capabilities).map_err(|_| range("capabilities", self.capabilities))?,
-            status: u32::try_from(self.status_register).map_err(|_| range("statusRegister", self.status_register))?,
+            capabilities: u32::try_from(self.capabilities)
+                .map_err(|_| range("capabilities", self.capabilities))?,
+            status: u32::try_from(self.status_register)
+                .map_err(|_| range("statusRegister", self.status_register))?,
             fw_version: self.fw_version.clone(),
         })
     }
@@ -341,7 +343,13 @@ mod tests {
     #[test]
     fn condition_keeps_transition_time_when_status_is_unchanged() {
         let old = vec![Condition::new("Ready", true, "Ok", "", None, "t1")];
-        assert_eq!(Condition::new("Ready", true, "Ok", "", Some(&old), "t2").last_transition_time, "t1");
-        assert_eq!(Condition::new("Ready", false, "No", "", Some(&old), "t2").last_transition_time, "t2");
+        assert_eq!(
+            Condition::new("Ready", true, "Ok", "", Some(&old), "t2").last_transition_time,
+            "t1"
+        );
+        assert_eq!(
+            Condition::new("Ready", false, "No", "", Some(&old), "t2").last_transition_time,
+            "t2"
+        );
     }
 }

@@ -180,12 +180,18 @@ mod tests {
         let err = dra_device_name("../etc").unwrap_err();
         assert!(err.to_string().contains("../etc"), "{err}");
         assert!(matches!(dra_device_name(""), Err(NameError::Empty { .. })));
-        assert!(matches!(dra_device_name("_mock"), Err(NameError::Invalid { .. })));
+        assert!(matches!(
+            dra_device_name("_mock"),
+            Err(NameError::Invalid { .. })
+        ));
         assert!(matches!(
             dra_device_name(&"a".repeat(64)),
             Err(NameError::TooLong { .. })
         ));
-        assert!(matches!(dra_device_name("mock/0"), Err(NameError::Invalid { .. })));
+        assert!(matches!(
+            dra_device_name("mock/0"),
+            Err(NameError::Invalid { .. })
+        ));
     }
 
     #[test]
@@ -210,7 +216,10 @@ mod tests {
             status: 1,
             fw_version: None,
         };
-        let inv = Inventory::new(vec![mk("mock2", DeviceType::Vf), mk("mock0", DeviceType::Pf)]);
+        let inv = Inventory::new(vec![
+            mk("mock2", DeviceType::Vf),
+            mk("mock0", DeviceType::Pf),
+        ]);
         assert_eq!(inv.devices[0].name, "mock0");
         assert_eq!(inv.get("mock2").unwrap().device_type, DeviceType::Vf);
         assert!(inv.get("mock9").is_none());

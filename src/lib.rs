@@ -6,6 +6,7 @@
 #![forbid(unsafe_code)]
 
 pub mod agent;
+pub mod atomic_file;
 pub mod cdi;
 pub mod checkpoint;
 pub mod cli;

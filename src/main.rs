@@ -18,7 +18,9 @@ fn main() -> anyhow::Result<()> {
         }
         Command::Discover(args) => Ok(discover::run(&args)?),
         Command::Sim(args) => Ok(sim::run(&args.command)?),
-        Command::Controller(args) => runtime()?.block_on(async { Ok(controller::run(args).await?) }),
+        Command::Controller(args) => {
+            runtime()?.block_on(async { Ok(controller::run(args).await?) })
+        }
         Command::NodeAgent(args) => runtime()?.block_on(async { Ok(agent::run(args).await?) }),
     }
 }

@@ -24,7 +24,9 @@ pub enum TelemetryError {
         filter: String,
         source: tracing_subscriber::filter::ParseError,
     },
-    #[error("cannot listen on {addr} for /healthz, /readyz and /metrics: {source} (pick another --metrics-addr)")]
+    #[error(
+        "cannot listen on {addr} for /healthz, /readyz and /metrics: {source} (pick another --metrics-addr)"
+    )]
     Bind {
         addr: SocketAddr,
         source: std::io::Error,
@@ -45,7 +47,9 @@ pub fn init_logging(format: LogFormat, filter: &str) -> Result<(), TelemetryErro
     })?;
     let registry = tracing_subscriber::registry().with(env_filter);
     let result = match format {
-        LogFormat::Text => registry.with(fmt::layer().with_writer(std::io::stderr)).try_init(),
+        LogFormat::Text => registry
+            .with(fmt::layer().with_writer(std::io::stderr))
+            .try_init(),
         LogFormat::Json => registry
             .with(
                 fmt::layer()
@@ -102,7 +106,10 @@ async fn metrics(State(s): State<HttpState>) -> impl IntoResponse {
     match encode(&mut body, &s.registry) {
         Ok(()) => (
             StatusCode::OK,
-            [("content-type", "application/openmetrics-text; version=1.0.0; charset=utf-8")],
+            [(
+                "content-type",
+                "application/openmetrics-text; version=1.0.0; charset=utf-8",
+            )],
             body,
         ),
         Err(e) => (
@@ -120,7 +127,13 @@ pub async fn serve_http(
     registry: Arc<Registry>,
     ready: Readiness,
     shutdown: CancellationToken,
-) -> Result<(SocketAddr, tokio::task::JoinHandle<Result<(), TelemetryError>>), TelemetryError> {
+) -> Result<
+    (
+        SocketAddr,
+        tokio::task::JoinHandle<Result<(), TelemetryError>>,
+    ),
+    TelemetryError,
+> {
     let listener = tokio::net::TcpListener::bind(addr)
         .await
         .map_err(|source| TelemetryError::Bind { addr, source })?;
@@ -133,7 +146,10 @@ pub async fn serve_http(
         axum::serve(listener, app)
             .with_graceful_shutdown(shutdown.cancelled_owned())
             .await
-            .map_err(|source| TelemetryError::Serve { addr: local, source })
+            .map_err(|source| TelemetryError::Serve {
+                addr: local,
+                source,
+            })
     });
     Ok((local, task))
 }
@@ -178,15 +194,22 @@ mod tests {
         c.inc();
         let ready = Readiness::default();
         let token = CancellationToken::new();
-        let (addr, task) = serve_http("127.0.0.1:0".parse().unwrap(), Arc::new(reg), ready.clone(), token.clone())
-            .await
-            .unwrap();
+        let (addr, task) = serve_http(
+            "127.0.0.1:0".parse().unwrap(),
+            Arc::new(reg),
+            ready.clone(),
+            token.clone(),
+        )
+        .await
+        .unwrap();
         let get = |path: &'static str| async move {
             let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
             use tokio::io::{AsyncReadExt, AsyncWriteExt};
-            s.write_all(format!("GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").as_bytes())
-                .await
-                .unwrap();
+            s.write_all(
+                format!("GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").as_bytes(),
+            )
+            .await
+            .unwrap();
             let mut out = String::new();
             s.read_to_string(&mut out).await.unwrap();
             out

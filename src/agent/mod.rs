@@ -1,4 +1,5 @@
 //! `mock-accel-dra node-agent`: discovery, MockAccelNode status and the kubelet plugin.
+pub mod discovery;
 pub mod status;
 
 use crate::cli::NodeAgentArgs;

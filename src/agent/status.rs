@@ -188,7 +188,10 @@ mod tests {
         r.scan_warnings = vec!["class/mock-accel/mock9/uuid: missing".into()];
         let s = agent_status("n1", &r, "v", "t1", None);
         let reg = s.condition(CONDITION_PLUGIN_REGISTERED).unwrap();
-        assert_eq!((reg.status.as_str(), reg.reason.as_str()), ("False", "RegistrationFailed"));
+        assert_eq!(
+            (reg.status.as_str(), reg.reason.as_str()),
+            ("False", "RegistrationFailed")
+        );
         assert_eq!(reg.message, "bad version");
         let disc = s.condition(CONDITION_DEVICES_DISCOVERED).unwrap();
         assert_eq!(disc.reason, "DiscoveredWithWarnings");

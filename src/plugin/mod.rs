@@ -8,6 +8,7 @@ use std::{collections::HashMap, future::Future};
 
 use k8s_openapi::api::resource::v1::ResourceClaim;
 
+pub mod claims;
 pub mod dra;
 pub mod prepare;
 pub mod registration;

@@ -1,1 +1,2111 @@
-//! TODO
+//! The prepare/unprepare state machine behind the DRA gRPC services.
+//!
+//! Prepare, per claim: GET the ResourceClaim, check its UID and allocation, take the results
+//! of this driver, check every device against this node's inventory and against the claims
+//! already prepared, record `PrepareStarted` in the checkpoint, write `1` to each status
+//! register, write the claim's CDI spec, record `PrepareCompleted`. A failure after the first
+//! side effect rolls back what this call did (registers back to their previous value, spec
+//! removed, entry dropped). Unprepare: write `0` to the registers prepare wrote, remove the
+//! spec, drop the entry; a claim that is not prepared is a success.
+//!
+//! Decisions where the contract leaves a choice:
+//! - A claim without results for this driver gets an empty device list and no checkpoint
+//!   entry, as the Go example driver does (the kubelet only calls a driver for claims that
+//!   have its results, so this is a caller's mistake, not worth a failure).
+//! - Opaque configuration for this driver must be a JSON object; this driver defines no
+//!   parameters yet, so the keys are logged and ignored. Configuration that is not opaque (a
+//!   kind newer than this driver) fails the claim, as the Go helper does.
+//! - Admin-access results do not touch the register and never conflict; two ordinary results
+//!   of different claims on one device do. This driver publishes no consumable capacity, so
+//!   a `shareID` is passed through but does not relax the conflict check.
+//!
+//! Every call is serialized twice: an async mutex within the process and an exclusive lock on
+//! `<plugin dir>/serialize.lock` across processes (two node-agent pods during a rolling
+//! update). The checkpoint is read from disk at the start of every call, so either pod may be
+//! called. The planning steps are pure functions at the bottom of the module; the `Preparer`
+//! methods perform the I/O.
+
+use std::{
+    collections::{BTreeSet, HashMap},
+    fs::{File, OpenOptions, TryLockError},
+    path::{Path, PathBuf},
+    sync::{Arc, Mutex},
+    time::Instant,
+};
+
+use k8s_openapi::api::resource::v1::{AllocationResult, ResourceClaim};
+use prometheus_client::{
+    encoding::EncodeLabelSet,
+    metrics::{
+        counter::Counter,
+        family::Family,
+        gauge::Gauge,
+        histogram::{Histogram, exponential_buckets},
+    },
+    registry::{Registry, Unit},
+};
+use tokio::sync::watch;
+
+use super::{
+    ClaimHandler, ClaimRef, ClaimSource, PrepareResults, PreparedDevice, UnprepareResults,
+};
+use crate::{
+    cdi::{self, CdiError},
+    checkpoint::{self, Checkpoint, CheckpointError, ClaimEntry, DeviceEntry, PrepareState},
+    crd::PreparedClaimStatus,
+    inventory::Inventory,
+    sysfs::{self, SysfsError},
+};
+
+/// Lock file in the plugin data directory that serializes prepare and unprepare across
+/// processes.
+pub const LOCK_FILE: &str = "serialize.lock";
+
+/// Register value prepare writes.
+const REGISTER_PREPARED: u32 = 1;
+/// Register value unprepare writes.
+const REGISTER_RELEASED: u32 = 0;
+
+/// Where the preparer reads and writes. Every path is a flag of the node agent.
+#[derive(Clone, Debug)]
+pub struct PreparerConfig {
+    /// `--driver-name`: filters allocation results and names the CDI kind.
+    pub driver_name: String,
+    /// This node: pools of other nodes are refused.
+    pub node_name: String,
+    /// Root of the sysfs tree (holds `class/mock-accel`).
+    pub sysfs_root: PathBuf,
+    /// Where the character devices are (`/dev`).
+    pub dev_root: PathBuf,
+    /// Where CDI specs are written (`/var/run/cdi`).
+    pub cdi_dir: PathBuf,
+    /// The plugin's private data directory: checkpoint and lock file.
+    pub plugin_dir: PathBuf,
+}
+
+/// Why a claim could not be prepared or unprepared. The message is what the kubelet shows in
+/// the pod's events, so it names the claim and says what to do.
+#[derive(Debug, thiserror::Error)]
+pub enum PrepareError {
+    #[error("claim {claim}: reading the ResourceClaim failed: {reason}")]
+    Fetch { claim: String, reason: String },
+    #[error("claim {claim}: the ResourceClaim does not exist (deleted before the pod started)")]
+    ClaimNotFound { claim: String },
+    #[error(
+        "claim {claim}: the ResourceClaim now has uid {found}: the claim got replaced; the kubelet retries with the new claim"
+    )]
+    ClaimReplaced { claim: String, found: String },
+    #[error(
+        "claim {claim}: not allocated (status.allocation is empty); the scheduler has not allocated it yet"
+    )]
+    NotAllocated { claim: String },
+    #[error(
+        "claim {claim}: request {request} was allocated device {device} in pool {pool}, which belongs to another node (this is node {node})"
+    )]
+    OtherNode {
+        claim: String,
+        request: String,
+        device: String,
+        pool: String,
+        node: String,
+    },
+    #[error(
+        "claim {claim}: request {request} was allocated device {device}, which is not present on node {node} (removed since the allocation?); delete the pod so that the claim is allocated again"
+    )]
+    UnknownDevice {
+        claim: String,
+        request: String,
+        device: String,
+        node: String,
+    },
+    #[error(
+        "claim {claim}: device {device} was allocated from pool {pool}, but it is published in pool {actual}; the allocation is stale, delete the pod so that the claim is allocated again"
+    )]
+    PoolMismatch {
+        claim: String,
+        device: String,
+        pool: String,
+        actual: String,
+    },
+    #[error(
+        "claim {claim}: device {device} is already prepared for claim {holder}; refusing to hand it out twice (unprepare the other claim first)"
+    )]
+    AlreadyAllocated {
+        claim: String,
+        device: String,
+        holder: String,
+    },
+    #[error(
+        "claim {claim}: allocation config #{index} has no opaque configuration; this driver understands only opaque parameters"
+    )]
+    UnsupportedConfig { claim: String, index: usize },
+    #[error(
+        "claim {claim}: opaque parameters of config #{index} must be a JSON object, got {found}"
+    )]
+    InvalidConfig {
+        claim: String,
+        index: usize,
+        found: String,
+    },
+    #[error("claim {claim}: {source}")]
+    Checkpoint {
+        claim: String,
+        source: CheckpointError,
+    },
+    #[error("claim {claim}: status register: {source}")]
+    Register { claim: String, source: SysfsError },
+    #[error("claim {claim}: CDI spec: {source}")]
+    Cdi { claim: String, source: CdiError },
+    #[error("claim {claim}: releasing devices failed: {}", errors.join("; "))]
+    Release { claim: String, errors: Vec<String> },
+    #[error("{cause}; rolling back also failed ({rollback}), it is retried on the next call")]
+    RollbackFailed {
+        cause: Box<PrepareError>,
+        rollback: String,
+    },
+    #[error("{path}: {source} (is the plugin data directory writable by the node agent?)")]
+    Setup {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+}
+
+/// Labels of the request counters.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct OutcomeLabels {
+    /// `ok` or `error`.
+    pub outcome: &'static str,
+}
+
+/// Prepare and unprepare metrics, one observation per claim.
+#[derive(Clone, Debug)]
+pub struct PrepareMetrics {
+    pub prepare_requests: Family<OutcomeLabels, Counter>,
+    pub unprepare_requests: Family<OutcomeLabels, Counter>,
+    pub prepare_duration: Histogram,
+    pub unprepare_duration: Histogram,
+    pub prepared_claims: Gauge,
+}
+
+impl PrepareMetrics {
+    /// Creates the metrics and registers them into `registry` (whose prefix the caller sets).
+    pub fn register(registry: &mut Registry) -> Self {
+        // 100 µs .. ~3.3 s: a prepare is a few file writes, plus an API GET.
+        let buckets = || Histogram::new(exponential_buckets(0.0001, 2.0, 16));
+        let m = PrepareMetrics {
+            prepare_requests: Family::default(),
+            unprepare_requests: Family::default(),
+            prepare_duration: buckets(),
+            unprepare_duration: buckets(),
+            prepared_claims: Gauge::default(),
+        };
+        registry.register(
+            "prepare_requests",
+            "Claims prepared, by outcome",
+            m.prepare_requests.clone(),
+        );
+        registry.register(
+            "unprepare_requests",
+            "Claims unprepared, by outcome",
+            m.unprepare_requests.clone(),
+        );
+        registry.register_with_unit(
+            "prepare_duration",
+            "Time to prepare one claim",
+            Unit::Seconds,
+            m.prepare_duration.clone(),
+        );
+        registry.register_with_unit(
+            "unprepare_duration",
+            "Time to unprepare one claim",
+            Unit::Seconds,
+            m.unprepare_duration.clone(),
+        );
+        registry.register(
+            "prepared_claims",
+            "Claims currently prepared on this node",
+            m.prepared_claims.clone(),
+        );
+        m
+    }
+
+    fn observe(
+        family: &Family<OutcomeLabels, Counter>,
+        histogram: &Histogram,
+        ok: bool,
+        start: Instant,
+    ) {
+        let outcome = if ok { "ok" } else { "error" };
+        family.get_or_create(&OutcomeLabels { outcome }).inc();
+        histogram.observe(start.elapsed().as_secs_f64());
+    }
+}
+
+/// What a rollback or an unprepare writes back into the registers prepare changed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Release {
+    /// Undo an unfinished prepare: the value read before it.
+    Restore,
+    /// Unprepare a claim: `0`.
+    Clear,
+}
+
+/// The kubelet plugin's claim handler: prepares and unprepares claims on this node.
+///
+/// Wiring: `PrepareMetrics::register(&mut registry)`, then `Preparer::new(config,
+/// inventory_rx, claims, metrics)` with `claims` a [`super::claims::KubeClaimSource`] (or a
+/// map in tests); hand it to the gRPC servers as their [`ClaimHandler`], and watch
+/// [`Preparer::subscribe`] to write `status.preparedClaims`.
+pub struct Preparer<S: ClaimSource> {
+    config: PreparerConfig,
+    inventory: watch::Receiver<Arc<Inventory>>,
+    claims: S,
+    metrics: PrepareMetrics,
+    /// Serializes calls within the process (the file lock does it across processes).
+    serial: tokio::sync::Mutex<()>,
+    prepared: watch::Sender<Vec<PreparedClaimStatus>>,
+    /// DRA device name → `namespace/name` of the claim holding it.
+    allocated: Mutex<HashMap<String, String>>,
+}
+
+impl<S: ClaimSource> Preparer<S> {
+    /// Creates the plugin and CDI directories if needed, then recovers from an interrupted
+    /// run: prepares still `PrepareStarted` in the checkpoint are rolled back, and spec files
+    /// of this driver that no checkpoint entry accounts for are removed.
+    ///
+    /// `inventory` is the node's current devices (the agent updates it); prepare checks
+    /// allocations against it and builds CDI specs from it, so the agent should publish its
+    /// first scan before the kubelet can call. A corrupt checkpoint does not fail construction:
+    /// prepare then fails closed with a message naming the file, unprepare proceeds. Blocks
+    /// while another process holds the lock file (it does only during a call).
+    pub fn new(
+        config: PreparerConfig,
+        inventory: watch::Receiver<Arc<Inventory>>,
+        claims: S,
+        metrics: PrepareMetrics,
+    ) -> Result<Self, PrepareError> {
+        for dir in [&config.plugin_dir, &config.cdi_dir] {
+            std::fs::create_dir_all(dir).map_err(|source| PrepareError::Setup {
+                path: dir.clone(),
+                source,
+            })?;
+        }
+        let (prepared, _) = watch::channel(Vec::new());
+        let preparer = Preparer {
+            config,
+            inventory,
+            claims,
+            metrics,
+            serial: tokio::sync::Mutex::new(()),
+            prepared,
+            allocated: Mutex::new(HashMap::new()),
+        };
+        let lock = open_lock_file(&preparer.lock_path())?;
+        lock.lock().map_err(|source| PrepareError::Setup {
+            path: preparer.lock_path(),
+            source,
+        })?;
+        preparer.recover();
+        drop(lock);
+        Ok(preparer)
+    }
+
+    /// Prepared claims, for `MockAccelNode.status.preparedClaims`; changes on every prepare
+    /// and unprepare that changes the set.
+    pub fn subscribe(&self) -> watch::Receiver<Vec<PreparedClaimStatus>> {
+        self.prepared.subscribe()
+    }
+
+    /// DRA device name → `namespace/name` of the claim it is prepared for (admin-access
+    /// claims, which share devices, are not listed).
+    pub fn allocated_devices(&self) -> HashMap<String, String> {
+        self.allocated
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .clone()
+    }
+
+    fn checkpoint_path(&self) -> PathBuf {
+        checkpoint::checkpoint_path(&self.config.plugin_dir)
+    }
+
+    fn lock_path(&self) -> PathBuf {
+        self.config.plugin_dir.join(LOCK_FILE)
+    }
+
+    fn recover(&self) {
+        let mut cp = match checkpoint::load(&self.checkpoint_path()) {
+            Ok(cp) => cp,
+            Err(e) => {
+                tracing::error!(error = %e, "cannot recover prepared claims");
+                return;
+            }
+        };
+        let interrupted: Vec<String> = cp
+            .claims
+            .values()
+            .filter(|e| e.state == PrepareState::PrepareStarted)
+            .map(|e| e.uid.clone())
+            .collect();
+        for uid in interrupted {
+            match self.roll_back(&mut cp, &uid) {
+                Ok(()) => tracing::info!(claim_uid = %uid, "rolled back an interrupted prepare"),
+                Err(e) => {
+                    tracing::error!(claim_uid = %uid, error = %e, "rolling back an interrupted prepare failed")
+                }
+            }
+        }
+        self.remove_stray_specs(&cp);
+        self.publish(&cp);
+    }
+
+    /// Spec files of this driver without a checkpoint entry come from a run that lost its
+    /// record (a crash between removing a spec's entry and the spec, or a checkpoint moved
+    /// aside); left alone, they would make stale devices resolvable.
+    fn remove_stray_specs(&self, cp: &Checkpoint) {
+        let Ok(entries) = std::fs::read_dir(&self.config.cdi_dir) else {
+            return;
+        };
+        for entry in entries.flatten() {
+            let file_name = entry.file_name();
+            let Some(uid) =
+                cdi::claim_uid_of_spec_file(&self.config.driver_name, &file_name.to_string_lossy())
+            else {
+                continue;
+            };
+            if cp.claims.contains_key(&uid) {
+                continue;
+            }
+            match cdi::remove_spec(&self.config.cdi_dir, &self.config.driver_name, &uid) {
+                Ok(_) => {
+                    tracing::info!(claim_uid = %uid, "removed a CDI spec no prepared claim accounts for")
+                }
+                Err(e) => tracing::warn!(error = %e, "cannot remove a stray CDI spec"),
+            }
+        }
+    }
+
+    fn publish(&self, cp: &Checkpoint) {
+        let status = prepared_status(cp);
+        self.metrics.prepared_claims.set(status.len() as i64);
+        *self
+            .allocated
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner()) = allocated_map(cp);
+        self.prepared.send_if_modified(|current| {
+            let changed = *current != status;
+            if changed {
+                *current = status;
+            }
+            changed
+        });
+    }
+
+    /// Takes the cross-process lock without blocking a runtime thread when another process
+    /// holds it. Closing the returned file releases the lock.
+    async fn lock_plugin_dir(&self) -> Result<File, PrepareError> {
+        let path = self.lock_path();
+        let file = open_lock_file(&path)?;
+        match file.try_lock() {
+            Ok(()) => return Ok(file),
+            Err(TryLockError::WouldBlock) => {}
+            Err(TryLockError::Error(source)) => return Err(PrepareError::Setup { path, source }),
+        }
+        tracing::info!(path = %path.display(), "waiting for another node agent to finish its call");
+        let joined = tokio::task::spawn_blocking(move || file.lock().map(|()| file)).await;
+        match joined {
+            Ok(Ok(file)) => Ok(file),
+            Ok(Err(source)) => Err(PrepareError::Setup { path, source }),
+            Err(join) => Err(PrepareError::Setup {
+                path,
+                source: std::io::Error::other(join),
+            }),
+        }
+    }
+
+    async fn prepare_claim(
+        &self,
+        cp: &mut Checkpoint,
+        inventory: &Inventory,
+        claim: &ClaimRef,
+    ) -> Result<Vec<PreparedDevice>, PrepareError> {
+        let driver = &self.config.driver_name;
+        let found = self
+            .claims
+            .get(&claim.namespace, &claim.name)
+            .await
+            .map_err(|reason| PrepareError::Fetch {
+                claim: claim.to_string(),
+                reason,
+            })?
+            .ok_or_else(|| PrepareError::ClaimNotFound {
+                claim: claim.to_string(),
+            })?;
+        let allocation = check_claim(claim, &found)?;
+
+        match cp.claims.get(&claim.uid) {
+            Some(entry) if entry.state == PrepareState::PrepareCompleted => {
+                let entry = entry.clone();
+                // After a reboot the CDI directory (a tmpfs) is empty while the checkpoint
+                // survives: the runtime needs the spec again.
+                if !cdi::spec_exists(&self.config.cdi_dir, driver, &claim.uid) {
+                    self.write_spec(&entry, inventory)?;
+                    tracing::info!(claim = %claim, "re-created a missing CDI spec");
+                }
+                return Ok(prepared_devices(driver, &entry));
+            }
+            // An interrupted prepare whose rollback failed earlier: finish the rollback first.
+            Some(_) => self.roll_back(cp, &claim.uid)?,
+            None => {}
+        }
+
+        let plan = plan_devices(
+            claim,
+            allocation,
+            driver,
+            &self.config.node_name,
+            inventory,
+            cp,
+        )?;
+        for key in &plan.ignored_parameters {
+            tracing::info!(claim = %claim, parameter = %key, "ignoring an opaque parameter this driver does not define");
+        }
+        if plan.devices.is_empty() {
+            return Ok(Vec::new());
+        }
+
+        let mut previous = HashMap::new();
+        for sysfs_name in plan.register_writes() {
+            let value =
+                sysfs::read_status(&self.config.sysfs_root, sysfs_name).map_err(|source| {
+                    PrepareError::Register {
+                        claim: claim.to_string(),
+                        source,
+                    }
+                })?;
+            previous.insert(sysfs_name.to_string(), value);
+        }
+        let mut entry = new_entry(claim, &plan, &previous, driver, &now_rfc3339());
+
+        // Record the intent before the first side effect: a crash from here on is rolled back
+        // at the next start.
+        cp.claims.insert(claim.uid.clone(), entry.clone());
+        if let Err(source) = checkpoint::store(&self.checkpoint_path(), cp) {
+            cp.claims.remove(&claim.uid);
+            return Err(PrepareError::Checkpoint {
+                claim: claim.to_string(),
+                source,
+            });
+        }
+        if let Err(cause) = self.apply(&entry, inventory) {
+            return Err(self.undo(cp, &claim.uid, cause));
+        }
+        entry.state = PrepareState::PrepareCompleted;
+        cp.claims.insert(claim.uid.clone(), entry.clone());
+        if let Err(source) = checkpoint::store(&self.checkpoint_path(), cp) {
+            let cause = PrepareError::Checkpoint {
+                claim: claim.to_string(),
+                source,
+            };
+            return Err(self.undo(cp, &claim.uid, cause));
+        }
+        Ok(prepared_devices(driver, &entry))
+    }
+
+    /// The side effects of a recorded prepare: registers, then the CDI spec.
+    fn apply(&self, entry: &ClaimEntry, inventory: &Inventory) -> Result<(), PrepareError> {
+        for d in entry
+            .devices
+            .iter()
+            .filter(|d| d.register_previous.is_some())
+        {
+            sysfs::write_status(&self.config.sysfs_root, &d.sysfs_name, REGISTER_PREPARED)
+                .map_err(|source| PrepareError::Register {
+                    claim: entry_claim(entry),
+                    source,
+                })?;
+        }
+        self.write_spec(entry, inventory)
+    }
+
+    fn write_spec(&self, entry: &ClaimEntry, inventory: &Inventory) -> Result<(), PrepareError> {
+        let claim = entry_claim(entry);
+        let mut devices = Vec::new();
+        for d in unique_devices(entry) {
+            let Some(found) = inventory.get(&d.device) else {
+                return Err(PrepareError::UnknownDevice {
+                    claim,
+                    request: d.request_names.join(","),
+                    device: d.device.clone(),
+                    node: self.config.node_name.clone(),
+                });
+            };
+            devices.push(cdi::SpecDevice {
+                name: found.name.clone(),
+                sysfs_name: found.sysfs_name.clone(),
+                uuid: found.uuid.clone(),
+                pci_address: found.pci_address.clone(),
+                dev_node: self.dev_node(&found.sysfs_name),
+            });
+        }
+        let cdi_error = |source| PrepareError::Cdi {
+            claim: entry_claim(entry),
+            source,
+        };
+        let spec = cdi::claim_spec(
+            &self.config.driver_name,
+            &entry.uid,
+            &self.config.sysfs_root,
+            &devices,
+        )
+        .map_err(cdi_error)?;
+        cdi::write_spec(
+            &self.config.cdi_dir,
+            &self.config.driver_name,
+            &entry.uid,
+            &spec,
+        )
+        .map_err(cdi_error)?;
+        Ok(())
+    }
+
+    /// The host's character device for `sysfs_name`, when it exists.
+    fn dev_node(&self, sysfs_name: &str) -> Option<cdi::DevNode> {
+        let host_path = self.config.dev_root.join(sysfs_name);
+        host_path.exists().then(|| cdi::DevNode {
+            numbers: read_dev_numbers(&self.config.sysfs_root, sysfs_name),
+            host_path,
+        })
+    }
+
+    /// Rolls back after `cause`; the error to report is `cause`, plus the rollback's failure.
+    fn undo(&self, cp: &mut Checkpoint, uid: &str, cause: PrepareError) -> PrepareError {
+        if let Some(entry) = cp.claims.get_mut(uid) {
+            entry.state = PrepareState::PrepareStarted;
+        }
+        match self.roll_back(cp, uid) {
+            Ok(()) => cause,
+            Err(rollback) => PrepareError::RollbackFailed {
+                cause: Box::new(cause),
+                rollback: rollback.to_string(),
+            },
+        }
+    }
+
+    /// Undoes an unfinished prepare and drops its entry. On failure the entry stays, so that
+    /// the next call (or start) tries again.
+    fn roll_back(&self, cp: &mut Checkpoint, uid: &str) -> Result<(), PrepareError> {
+        let Some(entry) = cp.claims.get(uid).cloned() else {
+            return Ok(());
+        };
+        self.release(&entry, Release::Restore)?;
+        cp.claims.remove(uid);
+        checkpoint::store(&self.checkpoint_path(), cp).map_err(|source| PrepareError::Checkpoint {
+            claim: entry_claim(&entry),
+            source,
+        })
+    }
+
+    /// Registers back (only those prepare wrote), then the spec. A device that disappeared
+    /// from sysfs has nothing left to restore.
+    fn release(&self, entry: &ClaimEntry, how: Release) -> Result<(), PrepareError> {
+        let mut errors = Vec::new();
+        for d in &entry.devices {
+            let Some(previous) = d.register_previous else {
+                continue;
+            };
+            let value = match how {
+                Release::Restore => previous,
+                Release::Clear => REGISTER_RELEASED,
+            };
+            match sysfs::write_status(&self.config.sysfs_root, &d.sysfs_name, value) {
+                Ok(()) => {}
+                Err(SysfsError::Io { source, path })
+                    if source.kind() == std::io::ErrorKind::NotFound =>
+                {
+                    tracing::warn!(path = %path.display(), "device is gone; nothing to release");
+                }
+                Err(e) => errors.push(e.to_string()),
+            }
+        }
+        if let Err(e) = cdi::remove_spec(&self.config.cdi_dir, &self.config.driver_name, &entry.uid)
+        {
+            errors.push(e.to_string());
+        }
+        if errors.is_empty() {
+            Ok(())
+        } else {
+            Err(PrepareError::Release {
+                claim: entry_claim(entry),
+                errors,
+            })
+        }
+    }
+
+    fn unprepare_claim(&self, cp: &mut Checkpoint, claim: &ClaimRef) -> Result<(), PrepareError> {
+        let Some(entry) = cp.claims.get(&claim.uid).cloned() else {
+            // Not prepared here (or already unprepared): success. A spec under this UID can
+            // only be a leftover of a lost record.
+            cdi::remove_spec(&self.config.cdi_dir, &self.config.driver_name, &claim.uid).map_err(
+                |source| PrepareError::Cdi {
+                    claim: claim.to_string(),
+                    source,
+                },
+            )?;
+            return Ok(());
+        };
+        self.release(&entry, Release::Clear)?;
+        cp.claims.remove(&claim.uid);
+        checkpoint::store(&self.checkpoint_path(), cp).map_err(|source| PrepareError::Checkpoint {
+            claim: claim.to_string(),
+            source,
+        })
+    }
+
+    /// With an unreadable checkpoint, unprepare still removes what it can find by the claim
+    /// UID alone (the CDI spec), so that pods can be torn down; registers are left as they are.
+    fn unprepare_without_checkpoint(
+        &self,
+        claim: &ClaimRef,
+        why: &CheckpointError,
+    ) -> Result<(), PrepareError> {
+        tracing::warn!(claim = %claim, error = %why, "unprepare without a usable checkpoint: removing the CDI spec only");
+        cdi::remove_spec(&self.config.cdi_dir, &self.config.driver_name, &claim.uid)
+            .map(|_| ())
+            .map_err(|source| PrepareError::Cdi {
+                claim: claim.to_string(),
+                source,
+            })
+    }
+}
+
+impl<S: ClaimSource> ClaimHandler for Preparer<S> {
+    async fn prepare(&self, claims: Vec<ClaimRef>) -> PrepareResults {
+        let _serial = self.serial.lock().await;
+        let loaded = match self.lock_plugin_dir().await {
+            Ok(lock) => checkpoint::load(&self.checkpoint_path())
+                .map(|cp| (lock, cp))
+                .map_err(|e| e.to_string()),
+            Err(e) => Err(e.to_string()),
+        };
+        let (_lock, mut cp) = match loaded {
+            Ok(ok) => ok,
+            Err(message) => {
+                // Fail closed: without the record, a device could be handed out twice.
+                tracing::error!(error = %message, "refusing to prepare");
+                let m = &self.metrics;
+                return claims
+                    .into_iter()
+                    .map(|c| {
+                        PrepareMetrics::observe(
+                            &m.prepare_requests,
+                            &m.prepare_duration,
+                            false,
+                            Instant::now(),
+                        );
+                        (c.uid, Err(message.clone()))
+                    })
+                    .collect();
+            }
+        };
+        let inventory = self.inventory.borrow().clone();
+        let mut results = PrepareResults::new();
+        for claim in claims {
+            let start = Instant::now();
+            let outcome = self.prepare_claim(&mut cp, &inventory, &claim).await;
+            let m = &self.metrics;
+            PrepareMetrics::observe(
+                &m.prepare_requests,
+                &m.prepare_duration,
+                outcome.is_ok(),
+                start,
+            );
+            match &outcome {
+                Ok(devices) => tracing::info!(claim = %claim, devices = devices.len(), "prepared"),
+                Err(e) => tracing::warn!(claim = %claim, error = %e, "prepare failed"),
+            }
+            results.insert(claim.uid, outcome.map_err(|e| e.to_string()));
+        }
+        self.publish(&cp);
+        results
+    }
+
+    async fn unprepare(&self, claims: Vec<ClaimRef>) -> UnprepareResults {
+        let _serial = self.serial.lock().await;
+        let lock = self.lock_plugin_dir().await;
+        let loaded = match &lock {
+            Ok(_) => Ok(checkpoint::load(&self.checkpoint_path())),
+            Err(e) => Err(e.to_string()),
+        };
+        let mut results = UnprepareResults::new();
+        let mut published = None;
+        for claim in claims {
+            let start = Instant::now();
+            let outcome = match &loaded {
+                Err(message) => Err(message.clone()),
+                Ok(Ok(cp)) => {
+                    let cp = published.get_or_insert_with(|| cp.clone());
+                    self.unprepare_claim(cp, &claim).map_err(|e| e.to_string())
+                }
+                Ok(Err(e)) if e.is_unusable_content() => self
+                    .unprepare_without_checkpoint(&claim, e)
+                    .map_err(|e| e.to_string()),
+                Ok(Err(e)) => Err(format!("claim {claim}: {e}")),
+            };
+            let m = &self.metrics;
+            PrepareMetrics::observe(
+                &m.unprepare_requests,
+                &m.unprepare_duration,
+                outcome.is_ok(),
+                start,
+            );
+            match &outcome {
+                Ok(()) => tracing::info!(claim = %claim, "unprepared"),
+                Err(e) => tracing::warn!(claim = %claim, error = %e, "unprepare failed"),
+            }
+            results.insert(claim.uid, outcome);
+        }
+        if let Some(cp) = &published {
+            self.publish(cp);
+        }
+        drop(lock);
+        results
+    }
+}
+
+fn open_lock_file(path: &Path) -> Result<File, PrepareError> {
+    OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(path)
+        .map_err(|source| PrepareError::Setup {
+            path: path.to_path_buf(),
+            source,
+        })
+}
+
+/// `(major, minor)` from the class device's `dev` attribute (`major:minor`), absent on kernel
+/// module versions without a character device.
+fn read_dev_numbers(sysfs_root: &Path, sysfs_name: &str) -> Option<(u32, u32)> {
+    let path = sysfs_root
+        .join("class/mock-accel")
+        .join(sysfs_name)
+        .join("dev");
+    let text = std::fs::read_to_string(path).ok()?;
+    let (major, minor) = text.trim().split_once(':')?;
+    Some((major.parse().ok()?, minor.parse().ok()?))
+}
+
+fn now_rfc3339() -> String {
+    jiff::Timestamp::now()
+        .strftime("%Y-%m-%dT%H:%M:%SZ")
+        .to_string()
+}
+
+fn entry_claim(entry: &ClaimEntry) -> String {
+    format!("{}/{} (uid {})", entry.namespace, entry.name, entry.uid)
+}
+
+// ---- Pure planning ---------------------------------------------------------------------
+
+/// One allocation result of this driver, checked against this node.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PlannedDevice {
+    pub device: String,
+    pub sysfs_name: String,
+    pub pool: String,
+    /// Base request name (`main` for `main/sub`).
+    pub request_name: String,
+    pub admin_access: bool,
+    pub share_id: Option<String>,
+}
+
+/// What preparing a claim takes.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Plan {
+    /// One per allocation result of this driver, in allocation order.
+    pub devices: Vec<PlannedDevice>,
+    /// Opaque parameter keys given for this driver, which it does not define.
+    pub ignored_parameters: Vec<String>,
+}
+
+impl Plan {
+    /// Sysfs names of the registers this prepare writes: each non-admin device once.
+    pub fn register_writes(&self) -> Vec<&str> {
+        let mut seen = BTreeSet::new();
+        self.devices
+            .iter()
+            .filter(|d| !d.admin_access && seen.insert(d.sysfs_name.as_str()))
+            .map(|d| d.sysfs_name.as_str())
+            .collect()
+    }
+}
+
+/// The Go helper's checks on a fetched claim: same UID as the kubelet asked for, allocated.
+pub fn check_claim<'a>(
+    claim: &ClaimRef,
+    found: &'a ResourceClaim,
+) -> Result<&'a AllocationResult, PrepareError> {
+    let uid = found.metadata.uid.as_deref().unwrap_or_default();
+    if uid != claim.uid {
+        return Err(PrepareError::ClaimReplaced {
+            claim: claim.to_string(),
+            found: uid.to_string(),
+        });
+    }
+    found
+        .status
+        .as_ref()
+        .and_then(|s| s.allocation.as_ref())
+        .ok_or_else(|| PrepareError::NotAllocated {
+            claim: claim.to_string(),
+        })
+}
+
+/// Checks this driver's allocation results against the node and the claims already prepared.
+pub fn plan_devices(
+    claim: &ClaimRef,
+    allocation: &AllocationResult,
+    driver: &str,
+    node: &str,
+    inventory: &Inventory,
+    prepared: &Checkpoint,
+) -> Result<Plan, PrepareError> {
+    let claim_name = claim.to_string();
+    let devices = allocation.devices.as_ref();
+    let mut plan = Plan::default();
+
+    for (index, config) in devices
+        .and_then(|d| d.config.as_ref())
+        .into_iter()
+        .flatten()
+        .enumerate()
+    {
+        let Some(opaque) = &config.opaque else {
+            return Err(PrepareError::UnsupportedConfig {
+                claim: claim_name,
+                index,
+            });
+        };
+        if opaque.driver != driver {
+            continue;
+        }
+        match &opaque.parameters.0 {
+            serde_json::Value::Object(map) => plan.ignored_parameters.extend(map.keys().cloned()),
+            serde_json::Value::Null => {}
+            other => {
+                return Err(PrepareError::InvalidConfig {
+                    claim: claim_name,
+                    index,
+                    found: json_kind(other).to_string(),
+                });
+            }
+        }
+    }
+
+    let node_prefix = format!("{node}/");
+    let results = devices
+        .and_then(|d| d.results.as_ref())
+        .into_iter()
+        .flatten();
+    for result in results.filter(|r| r.driver == driver) {
+        if !result.pool.starts_with(&node_prefix) {
+            return Err(PrepareError::OtherNode {
+                claim: claim_name,
+                request: result.request.clone(),
+                device: result.device.clone(),
+                pool: result.pool.clone(),
+                node: node.to_string(),
+            });
+        }
+        let Some(device) = inventory.get(&result.device) else {
+            return Err(PrepareError::UnknownDevice {
+                claim: claim_name,
+                request: result.request.clone(),
+                device: result.device.clone(),
+                node: node.to_string(),
+            });
+        };
+        let actual = device.pool(node);
+        if actual != result.pool {
+            return Err(PrepareError::PoolMismatch {
+                claim: claim_name,
+                device: result.device.clone(),
+                pool: result.pool.clone(),
+                actual,
+            });
+        }
+        let admin_access = result.admin_access.unwrap_or(false);
+        if !admin_access && let Some(holder) = holder_of(prepared, &device.name, &claim.uid) {
+            return Err(PrepareError::AlreadyAllocated {
+                claim: claim_name,
+                device: device.name.clone(),
+                holder,
+            });
+        }
+        plan.devices.push(PlannedDevice {
+            device: device.name.clone(),
+            sysfs_name: device.sysfs_name.clone(),
+            pool: result.pool.clone(),
+            request_name: base_request(&result.request).to_string(),
+            admin_access,
+            share_id: result.share_id.clone(),
+        });
+    }
+    Ok(plan)
+}
+
+/// The claim (other than `uid`) holding `device` without admin access, as `ns/name (uid …)`.
+fn holder_of(prepared: &Checkpoint, device: &str, uid: &str) -> Option<String> {
+    prepared
+        .claims
+        .values()
+        .filter(|e| e.uid != uid)
+        .find(|e| {
+            e.devices
+                .iter()
+                .any(|d| d.device == device && !d.admin_access)
+        })
+        .map(entry_claim)
+}
+
+/// `main` for a `main/sub` request reference.
+fn base_request(request: &str) -> &str {
+    request.split_once('/').map_or(request, |(main, _)| main)
+}
+
+fn json_kind(v: &serde_json::Value) -> &'static str {
+    match v {
+        serde_json::Value::Null => "null",
+        serde_json::Value::Bool(_) => "a boolean",
+        serde_json::Value::Number(_) => "a number",
+        serde_json::Value::String(_) => "a string",
+        serde_json::Value::Array(_) => "an array",
+        serde_json::Value::Object(_) => "an object",
+    }
+}
+
+/// The `PrepareStarted` record of `plan`; `previous` holds the register values read for
+/// `plan.register_writes()`.
+fn new_entry(
+    claim: &ClaimRef,
+    plan: &Plan,
+    previous: &HashMap<String, u32>,
+    driver: &str,
+    now: &str,
+) -> ClaimEntry {
+    let mut recorded = BTreeSet::new();
+    let devices: Vec<DeviceEntry> = plan
+        .devices
+        .iter()
+        .map(|d| {
+            // Only the first ordinary result of a device writes its register.
+            let writes = !d.admin_access && recorded.insert(d.sysfs_name.clone());
+            DeviceEntry {
+                device: d.device.clone(),
+                sysfs_name: d.sysfs_name.clone(),
+                pool: d.pool.clone(),
+                request_names: vec![d.request_name.clone()],
+                admin_access: d.admin_access,
+                share_id: d.share_id.clone(),
+                register_previous: if writes {
+                    previous.get(&d.sysfs_name).copied()
+                } else {
+                    None
+                },
+            }
+        })
+        .collect();
+    let mut entry = ClaimEntry {
+        uid: claim.uid.clone(),
+        namespace: claim.namespace.clone(),
+        name: claim.name.clone(),
+        state: PrepareState::PrepareStarted,
+        devices,
+        cdi_device_ids: Vec::new(),
+        prepared_at: now.to_string(),
+    };
+    entry.cdi_device_ids = unique_devices(&entry)
+        .map(|d| cdi::qualified_device_id(driver, &claim.uid, &d.device))
+        .collect();
+    entry
+}
+
+/// The entry's devices, each DRA device once, in allocation order.
+fn unique_devices(entry: &ClaimEntry) -> impl Iterator<Item = &DeviceEntry> {
+    let mut seen = BTreeSet::new();
+    entry
+        .devices
+        .iter()
+        .filter(move |d| seen.insert(d.device.as_str()))
+}
+
+/// The kubelet's answer for a prepared claim: one device per allocation result.
+fn prepared_devices(driver: &str, entry: &ClaimEntry) -> Vec<PreparedDevice> {
+    entry
+        .devices
+        .iter()
+        .map(|d| PreparedDevice {
+            request_names: d.request_names.clone(),
+            pool_name: d.pool.clone(),
+            device_name: d.device.clone(),
+            cdi_device_ids: vec![cdi::qualified_device_id(driver, &entry.uid, &d.device)],
+            share_id: d.share_id.clone(),
+        })
+        .collect()
+}
+
+/// Completed claims for `MockAccelNode.status`, sorted by namespace and name.
+fn prepared_status(cp: &Checkpoint) -> Vec<PreparedClaimStatus> {
+    let mut out: Vec<PreparedClaimStatus> = cp
+        .claims
+        .values()
+        .filter(|e| e.state == PrepareState::PrepareCompleted)
+        .map(|e| PreparedClaimStatus {
+            uid: e.uid.clone(),
+            namespace: e.namespace.clone(),
+            name: e.name.clone(),
+            devices: unique_devices(e).map(|d| d.device.clone()).collect(),
+            cdi_device_ids: e.cdi_device_ids.clone(),
+            prepared_at: e.prepared_at.clone(),
+        })
+        .collect();
+    out.sort_by(|a, b| (&a.namespace, &a.name, &a.uid).cmp(&(&b.namespace, &b.name, &b.uid)));
+    out
+}
+
+fn allocated_map(cp: &Checkpoint) -> HashMap<String, String> {
+    cp.claims
+        .values()
+        .flat_map(|e| {
+            e.devices
+                .iter()
+                .filter(|d| !d.admin_access)
+                .map(move |d| (d.device.clone(), e.claim_key()))
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    use k8s_openapi::{
+        api::resource::v1::{
+            DeviceAllocationConfiguration, DeviceAllocationResult, DeviceRequestAllocationResult,
+            OpaqueDeviceConfiguration, ResourceClaimStatus,
+        },
+        apimachinery::pkg::{apis::meta::v1::ObjectMeta, runtime::RawExtension},
+    };
+    use tempfile::TempDir;
+
+    use super::*;
+    use crate::inventory::{Device, DeviceType};
+
+    const DRIVER: &str = "mock-accel.example.com";
+    const NODE: &str = "node1";
+    const NS: &str = "default";
+
+    // ---- fixtures: claims ----
+
+    /// The API server as a map; counts GETs.
+    #[derive(Default)]
+    struct MapSource {
+        claims: Mutex<HashMap<(String, String), ResourceClaim>>,
+        gets: AtomicUsize,
+    }
+
+    impl MapSource {
+        fn put(&self, claim: ResourceClaim) {
+            let key = (
+                claim.metadata.namespace.clone().unwrap(),
+                claim.metadata.name.clone().unwrap(),
+            );
+            self.claims.lock().unwrap().insert(key, claim);
+        }
+    }
+
+    impl ClaimSource for Arc<MapSource> {
+        async fn get(&self, namespace: &str, name: &str) -> Result<Option<ResourceClaim>, String> {
+            self.gets.fetch_add(1, Ordering::SeqCst);
+            let key = (namespace.to_string(), name.to_string());
+            Ok(self.claims.lock().unwrap().get(&key).cloned())
+        }
+    }
+
+    fn result(request: &str, device: &str, pool: &str) -> DeviceRequestAllocationResult {
+        DeviceRequestAllocationResult {
+            driver: DRIVER.into(),
+            request: request.into(),
+            device: device.into(),
+            pool: pool.into(),
+            ..Default::default()
+        }
+    }
+
+    fn admin(mut r: DeviceRequestAllocationResult) -> DeviceRequestAllocationResult {
+        r.admin_access = Some(true);
+        r
+    }
+
+    fn foreign(mut r: DeviceRequestAllocationResult) -> DeviceRequestAllocationResult {
+        r.driver = "gpu.example.com".into();
+        r
+    }
+
+    fn claim_meta(uid: &str, name: &str) -> ObjectMeta {
+        ObjectMeta {
+            name: Some(name.into()),
+            namespace: Some(NS.into()),
+            uid: Some(uid.into()),
+            ..Default::default()
+        }
+    }
+
+    fn allocated(
+        uid: &str,
+        name: &str,
+        results: Vec<DeviceRequestAllocationResult>,
+    ) -> ResourceClaim {
+        with_config(uid, name, results, Vec::new())
+    }
+
+    fn with_config(
+        uid: &str,
+        name: &str,
+        results: Vec<DeviceRequestAllocationResult>,
+        config: Vec<DeviceAllocationConfiguration>,
+    ) -> ResourceClaim {
+        ResourceClaim {
+            metadata: claim_meta(uid, name),
+            spec: Default::default(),
+            status: Some(ResourceClaimStatus {
+                allocation: Some(AllocationResult {
+                    devices: Some(DeviceAllocationResult {
+                        results: Some(results),
+                        config: (!config.is_empty()).then_some(config),
+                    }),
+                    ..Default::default()
+                }),
+                ..Default::default()
+            }),
+        }
+    }
+
+    fn opaque(driver: &str, parameters: serde_json::Value) -> DeviceAllocationConfiguration {
+        DeviceAllocationConfiguration {
+            source: "FromClaim".into(),
+            requests: None,
+            opaque: Some(OpaqueDeviceConfiguration {
+                driver: driver.into(),
+                parameters: RawExtension(parameters),
+            }),
+        }
+    }
+
+    fn cref(uid: &str, name: &str) -> ClaimRef {
+        ClaimRef {
+            namespace: NS.into(),
+            uid: uid.into(),
+            name: name.into(),
+        }
+    }
+
+    // ---- fixtures: a node ----
+
+    fn device(sysfs: &str, device_type: DeviceType, numa: Option<u32>, n: u8) -> Device {
+        Device {
+            name: crate::inventory::dra_device_name(sysfs).unwrap(),
+            sysfs_name: sysfs.into(),
+            device_type,
+            uuid: format!("4e4f4445-312d-4e55-4d41-30000000000{n}"),
+            memory: 2 << 30,
+            pci_address: format!("0000:11:00.{n}"),
+            pcie_root: Some("pci0000:10".into()),
+            numa_node: numa,
+            physfn: None,
+            capabilities: 1,
+            status: 1,
+            fw_version: None,
+        }
+    }
+
+    /// A temp dir with a sysfs tree (status and dev attributes), a /dev with nodes for some
+    /// devices, a CDI dir and a plugin dir. Devices: mock0 (PF, NUMA 0, has /dev node),
+    /// mock0_vf0 (VF, NUMA 0, has /dev node), mock1 (PF, NUMA 1, no /dev node).
+    struct TestNode {
+        _tmp: TempDir,
+        config: PreparerConfig,
+        inventory: watch::Sender<Arc<Inventory>>,
+        source: Arc<MapSource>,
+        registry: Registry,
+    }
+
+    impl TestNode {
+        fn new() -> Self {
+            let tmp = tempfile::tempdir().unwrap();
+            let config = PreparerConfig {
+                driver_name: DRIVER.into(),
+                node_name: NODE.into(),
+                sysfs_root: tmp.path().join("sys"),
+                dev_root: tmp.path().join("dev"),
+                cdi_dir: tmp.path().join("run/cdi"),
+                plugin_dir: tmp.path().join("plugins/mock-accel.example.com"),
+            };
+            let devices = vec![
+                device("mock0", DeviceType::Pf, Some(0), 0),
+                device("mock0_vf0", DeviceType::Vf, Some(0), 1),
+                device("mock1", DeviceType::Pf, Some(1), 2),
+            ];
+            std::fs::create_dir_all(&config.dev_root).unwrap();
+            for (i, d) in devices.iter().enumerate() {
+                let dir = config
+                    .sysfs_root
+                    .join("class/mock-accel")
+                    .join(&d.sysfs_name);
+                std::fs::create_dir_all(&dir).unwrap();
+                std::fs::write(dir.join("status"), "0x00000005\n").unwrap();
+                std::fs::write(dir.join("dev"), format!("240:{i}\n")).unwrap();
+                if d.sysfs_name != "mock1" {
+                    std::fs::write(config.dev_root.join(&d.sysfs_name), "").unwrap();
+                }
+            }
+            let (inventory, _) = watch::channel(Arc::new(Inventory::new(devices)));
+            TestNode {
+                _tmp: tmp,
+                config,
+                inventory,
+                source: Arc::default(),
+                registry: Registry::default(),
+            }
+        }
+
+        fn preparer(&mut self) -> Preparer<Arc<MapSource>> {
+            let metrics = PrepareMetrics::register(&mut self.registry);
+            Preparer::new(
+                self.config.clone(),
+                self.inventory.subscribe(),
+                self.source.clone(),
+                metrics,
+            )
+            .unwrap()
+        }
+
+        fn register(&self, sysfs: &str) -> u32 {
+            sysfs::read_status(&self.config.sysfs_root, sysfs).unwrap()
+        }
+
+        fn set_register(&self, sysfs: &str, value: u32) {
+            sysfs::write_status(&self.config.sysfs_root, sysfs, value).unwrap();
+        }
+
+        fn spec(&self, uid: &str) -> Option<cdi::Spec> {
+            let bytes = std::fs::read(cdi::spec_path(&self.config.cdi_dir, DRIVER, uid)).ok()?;
+            Some(serde_json::from_slice(&bytes).unwrap())
+        }
+
+        fn checkpoint(&self) -> Checkpoint {
+            checkpoint::load(&checkpoint::checkpoint_path(&self.config.plugin_dir)).unwrap()
+        }
+
+        fn cdi_files(&self) -> Vec<String> {
+            let mut names: Vec<String> = std::fs::read_dir(&self.config.cdi_dir)
+                .unwrap()
+                .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+                .collect();
+            names.sort();
+            names
+        }
+
+        fn metrics_text(&self) -> String {
+            let mut out = String::new();
+            prometheus_client::encoding::text::encode(&mut out, &self.registry).unwrap();
+            out
+        }
+    }
+
+    async fn prepare_one(
+        p: &Preparer<Arc<MapSource>>,
+        c: ClaimRef,
+    ) -> Result<Vec<PreparedDevice>, String> {
+        let uid = c.uid.clone();
+        let mut results = p.prepare(vec![c]).await;
+        assert_eq!(results.len(), 1);
+        results.remove(&uid).unwrap()
+    }
+
+    async fn unprepare_one(p: &Preparer<Arc<MapSource>>, c: ClaimRef) -> Result<(), String> {
+        let uid = c.uid.clone();
+        let mut results = p.unprepare(vec![c]).await;
+        assert_eq!(results.len(), 1);
+        results.remove(&uid).unwrap()
+    }
+
+    /// Loads a written spec through the reference CDI crate, as a runtime would.
+    fn assert_valid_cdi(spec: &cdi::Spec) {
+        use container_device_interface as reference;
+        let raw: reference::specs::config::Spec =
+            serde_json::from_value(serde_json::to_value(spec).unwrap()).unwrap();
+        let min = reference::version::minimum_required_version(&raw).unwrap();
+        assert_eq!(min.to_string(), spec.cdi_version);
+        reference::spec::new_spec(&raw, &PathBuf::from("/var/run/cdi/x.json"), 0).unwrap();
+    }
+
+    // ---- the state machine ----
+
+    #[tokio::test]
+    async fn single_device_claim_round_trip() {
+        let mut node = TestNode::new();
+        let p = node.preparer();
+        let mut status = p.subscribe();
+        let uid = "a0000000-0000-4000-8000-000000000001";
+        node.source.put(allocated(
+            uid,
+            "c1",
+            vec![result("vf", "mock0-vf0", "node1/numa0")],
+        ));
+
+        let devices = prepare_one(&p, cref(uid, "c1")).await.unwrap();
+        assert_eq!(
+            devices,
+            vec![PreparedDevice {
+                request_names: vec!["vf".into()],
+                pool_name: "node1/numa0".into(),
+                device_name: "mock0-vf0".into(),
+                cdi_device_ids: vec![format!("mock-accel.example.com/accel={uid}-mock0-vf0")],
+                share_id: None,
+            }]
+        );
+        assert_eq!(node.register("mock0_vf0"), 1);
+        assert_eq!(node.register("mock0"), 5, "other devices untouched");
+
+        let spec = node.spec(uid).unwrap();
+        assert_valid_cdi(&spec);
+        assert_eq!(spec.devices[0].name, format!("{uid}-mock0-vf0"));
+        let nodes = &spec.devices[0].container_edits.device_nodes;
+        assert_eq!(nodes[0].path, "/dev/mock0_vf0");
+        assert_eq!((nodes[0].major, nodes[0].minor), (Some(240), Some(1)));
+        assert_eq!(
+            nodes[0].host_path.as_deref(),
+            Some(node.config.dev_root.join("mock0_vf0").to_str().unwrap())
+        );
+
+        let entry = &node.checkpoint().claims[uid];
+        assert_eq!(entry.state, PrepareState::PrepareCompleted);
+        assert_eq!(entry.devices[0].register_previous, Some(5));
+
+        assert!(status.has_changed().unwrap());
+        let shown = status.borrow_and_update().clone();
+        assert_eq!(shown.len(), 1);
+        assert_eq!((shown[0].uid.as_str(), shown[0].name.as_str()), (uid, "c1"));
+        assert_eq!(shown[0].devices, vec!["mock0-vf0"]);
+        assert_eq!(shown[0].cdi_device_ids, devices[0].cdi_device_ids);
+        assert_eq!(
+            p.allocated_devices(),
+            HashMap::from([("mock0-vf0".into(), "default/c1".into())])
+        );
+
+        unprepare_one(&p, cref(uid, "c1")).await.unwrap();
+        assert_eq!(node.register("mock0_vf0"), 0);
+        assert!(node.spec(uid).is_none());
+        assert!(node.checkpoint().claims.is_empty());
+        assert!(status.borrow_and_update().is_empty());
+        assert!(p.allocated_devices().is_empty());
+
+        let text = node.metrics_text();
+        assert!(
+            text.contains(r#"prepare_requests_total{outcome="ok"} 1"#),
+            "{text}"
+        );
+        assert!(
+            text.contains(r#"unprepare_requests_total{outcome="ok"} 1"#),
+            "{text}"
+        );
+        assert!(text.contains("prepare_duration_seconds_count 1"), "{text}");
+        assert!(text.contains("prepared_claims 0"), "{text}");
+    }
+
+    #[tokio::test]
+    async fn multi_device_claim_reports_base_request_names() {
+        let mut node = TestNode::new();
+        let p = node.preparer();
+        let uid = "1b000000-0000-4000-8000-000000000002";
+        node.source.put(allocated(
+            uid,
+            "multi",
+            vec![
+                result("pf", "mock0", "node1/numa0"),
+                result("vfs/small", "mock0-vf0", "node1/numa0"),
+                result("far", "mock1", "node1/numa1"),
+            ],
+        ));
+        let devices = prepare_one(&p, cref(uid, "multi")).await.unwrap();
+        let summary: Vec<_> = devices
+            .iter()
+            .map(|d| {
+                (
+                    d.request_names[0].as_str(),
+                    d.device_name.as_str(),
+                    d.pool_name.as_str(),
+                )
+            })
+            .collect();
+        assert_eq!(
+            summary,
+            vec![
+                ("pf", "mock0", "node1/numa0"),
+                ("vfs", "mock0-vf0", "node1/numa0"),
+                ("far", "mock1", "node1/numa1")
+            ]
+        );
+        for sysfs in ["mock0", "mock0_vf0", "mock1"] {
+            assert_eq!(node.register(sysfs), 1, "{sysfs}");
+        }
+        let spec = node.spec(uid).unwrap();
+        assert_valid_cdi(&spec);
+        // A UID starting with a digit and host paths on device nodes: 0.5.0.
+        assert_eq!(spec.cdi_version, "0.5.0");
+        assert_eq!(spec.devices.len(), 3);
+        assert_eq!(
+            spec.container_edits.env,
+            vec!["MOCK_ACCEL_DEVICES=mock0,mock0_vf0,mock1"]
+        );
+        assert!(
+            spec.devices[2].container_edits.device_nodes.is_empty(),
+            "mock1 has no /dev node"
+        );
+
+        unprepare_one(&p, cref(uid, "multi")).await.unwrap();
+        for sysfs in ["mock0", "mock0_vf0", "mock1"] {
+            assert_eq!(node.register(sysfs), 0, "{sysfs}");
+        }
+        assert!(node.cdi_files().is_empty());
+    }
+
+    #[tokio::test]
+    async fn repeated_prepare_returns_the_same_answer_without_side_effects() {
+        let mut node = TestNode::new();
+        let p = node.preparer();
+        node.source.put(allocated(
+            "u1",
+            "c1",
+            vec![result("r", "mock0", "node1/numa0")],
+        ));
+        let first = prepare_one(&p, cref("u1", "c1")).await.unwrap();
+        let spec = node.spec("u1").unwrap();
+        let recorded = node.checkpoint();
+        // Someone else touches the register: a repeated prepare must not write it again.
+        node.set_register("mock0", 42);
+
+        let second = prepare_one(&p, cref("u1", "c1")).await.unwrap();
+        assert_eq!(first, second);
+        assert_eq!(node.register("mock0"), 42);
+        assert_eq!(node.spec("u1").unwrap(), spec);
+        assert_eq!(node.checkpoint(), recorded);
+        assert_eq!(
+            node.source.gets.load(Ordering::SeqCst),
+            2,
+            "the claim is fetched every time"
+        );
+
+        // The same claim twice in one request: both entries answered, the same devices.
+        let results = p.prepare(vec![cref("u1", "c1"), cref("u1", "c1")]).await;
+        assert_eq!(results["u1"].as_ref().unwrap(), &first);
+    }
+
+    #[tokio::test]
+    async fn results_of_other_drivers_are_ignored() {
+        let mut node = TestNode::new();
+        let p = node.preparer();
+        node.source.put(allocated(
+            "only-foreign",
+            "f",
+            vec![foreign(result("gpu", "gpu-0", "node1/gpus"))],
+        ));
+        node.source.put(allocated(
+            "mixed",
+            "m",
+            vec![
+                foreign(result("gpu", "gpu-0", "node1/gpus")),
+                result("acc", "mock1", "node1/numa1"),
+            ],
+        ));
+
+        assert_eq!(
+            prepare_one(&p, cref("only-foreign", "f")).await.unwrap(),
+            vec![]
+        );
+        assert!(node.spec("only-foreign").is_none());
+        assert!(!node.checkpoint().claims.contains_key("only-foreign"));
+
+        let devices = prepare_one(&p, cref("mixed", "m")).await.unwrap();
+        assert_eq!(devices.len(), 1);
+        assert_eq!(devices[0].device_name, "mock1");
+        assert_eq!(node.spec("mixed").unwrap().devices.len(), 1);
+    }
+
+    /// A refused claim leaves no trace: register, CDI dir and checkpoint as before.
+    async fn assert_refused(
+        node: &TestNode,
+        p: &Preparer<Arc<MapSource>>,
+        c: ClaimRef,
+        needle: &str,
+    ) {
+        let before = node.checkpoint();
+        let err = prepare_one(p, c.clone()).await.unwrap_err();
+        assert!(err.contains(needle), "{err}");
+        assert!(err.contains(&c.name), "the error names the claim: {err}");
+        assert_eq!(node.checkpoint(), before);
+        assert!(node.spec(&c.uid).is_none());
+    }
+
+    #[tokio::test]
+    async fn unknown_devices_and_other_nodes_are_refused() {
+        let mut node = TestNode::new();
+        let p = node.preparer();
+        node.source.put(allocated(
+            "u-unknown",
+            "unknown",
+            vec![
+                result("a", "mock0", "node1/numa0"),
+                result("b", "mock7", "node1/numa0"),
+            ],
+        ));
+        node.source.put(allocated(
+            "u-other",
+            "other",
+            vec![result("a", "mock0", "node2/numa0")],
+        ));
+        node.source.put(allocated(
+            "u-pool",
+            "pool",
+            vec![result("a", "mock0", "node1/numa1")],
+        ));
+
+        assert_refused(
+            &node,
+            &p,
+            cref("u-unknown", "unknown"),
+            "mock7, which is not present on node node1",
+        )
+        .await;
+        assert_refused(
+            &node,
+            &p,
+            cref("u-other", "other"),
+            "belongs to another node",
+        )
+        .await;
+        assert_refused(
+            &node,
+            &p,
+            cref("u-pool", "pool"),
+            "published in pool node1/numa0",
+        )
+        .await;
+        assert_eq!(node.register("mock0"), 5);
+        assert!(node.cdi_files().is_empty());
+        let text = node.metrics_text();
+        assert!(
+            text.contains(r#"prepare_requests_total{outcome="error"} 3"#),
+            "{text}"
+        );
+    }
+
+    #[tokio::test]
+    async fn claim_lookup_failures() {
+        let mut node = TestNode::new();
+        let p = node.preparer();
+        node.source.put(allocated(
+            "new-uid",
+            "replaced",
+            vec![result("a", "mock0", "node1/numa0")],
+        ));
+        node.source.put(ResourceClaim {
+            metadata: claim_meta("u-pending", "pending"),
+            ..Default::default()
+        });
+
+        assert_refused(&node, &p, cref("old-uid", "replaced"), "claim got replaced").await;
+        assert_refused(&node, &p, cref("u-pending", "pending"), "not allocated").await;
+        assert_refused(&node, &p, cref("u-gone", "gone"), "does not exist").await;
+    }
+
+    #[tokio::test]
+    async fn a_device_is_not_handed_out_twice_except_for_admin_access() {
+        let mut node = TestNode::new();
+        let p = node.preparer();
+        node.source.put(allocated(
+            "u-a",
+            "a",
+            vec![result("r", "mock0", "node1/numa0")],
+        ));
+        node.source.put(allocated(
+            "u-b",
+            "b",
+            vec![result("r", "mock0", "node1/numa0")],
+        ));
+        node.source.put(allocated(
+            "u-admin",
+            "admin",
+            vec![admin(result("r", "mock0", "node1/numa0"))],
+        ));
+        node.source.put(allocated(
+            "u-admin2",
+            "admin2",
+            vec![admin(result("r", "mock1", "node1/numa1"))],
+        ));
+        node.source.put(allocated(
+            "u-after",
+            "after",
+            vec![result("r", "mock1", "node1/numa1")],
+        ));
+
+        prepare_one(&p, cref("u-a", "a")).await.unwrap();
+        let err = prepare_one(&p, cref("u-b", "b")).await.unwrap_err();
+        assert!(
+            err.contains("already prepared for claim default/a (uid u-a)"),
+            "{err}"
+        );
+
+        // Admin access shares the device and leaves the register alone.
+        node.set_register("mock0", 9);
+        let devices = prepare_one(&p, cref("u-admin", "admin")).await.unwrap();
+        assert_eq!(devices[0].device_name, "mock0");
+        assert_eq!(node.register("mock0"), 9);
+        assert_valid_cdi(&node.spec("u-admin").unwrap());
+        assert_eq!(
+            node.checkpoint().claims["u-admin"].devices[0].register_previous,
+            None
+        );
+        // ... and does not block an ordinary allocation either.
+        prepare_one(&p, cref("u-admin2", "admin2")).await.unwrap();
+        prepare_one(&p, cref("u-after", "after")).await.unwrap();
+        assert_eq!(
+            p.allocated_devices(),
+            HashMap::from([
+                ("mock0".into(), "default/a".into()),
+                ("mock1".into(), "default/after".into())
+            ])
+        );
+
+        unprepare_one(&p, cref("u-admin", "admin")).await.unwrap();
+        assert_eq!(
+            node.register("mock0"),
+            9,
+            "admin unprepare does not touch the register"
+        );
+        unprepare_one(&p, cref("u-a", "a")).await.unwrap();
+        assert_eq!(node.register("mock0"), 0);
+        // Now free.
+        prepare_one(&p, cref("u-b", "b")).await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn opaque_config_for_this_driver_must_be_an_object_and_is_ignored() {
+        let mut node = TestNode::new();
+        let p = node.preparer();
+        let r = || vec![result("r", "mock1", "node1/numa1")];
+        node.source.put(with_config(
+            "u-ok",
+            "ok",
+            r(),
+            vec![
+                opaque(DRIVER, serde_json::json!({"mode": "fast"})),
+                opaque(
+                    "gpu.example.com",
+                    serde_json::json!("anything goes for others"),
+                ),
+            ],
+        ));
+        node.source.put(with_config(
+            "u-bad",
+            "bad",
+            r(),
+            vec![opaque(DRIVER, serde_json::json!([1]))],
+        ));
+        let mut not_opaque = opaque(DRIVER, serde_json::json!({}));
+        not_opaque.opaque = None;
+        node.source
+            .put(with_config("u-kind", "kind", r(), vec![not_opaque]));
+
+        assert_refused(
+            &node,
+            &p,
+            cref("u-bad", "bad"),
+            "must be a JSON object, got an array",
+        )
+        .await;
+        assert_refused(&node, &p, cref("u-kind", "kind"), "no opaque configuration").await;
+        prepare_one(&p, cref("u-ok", "ok")).await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn unprepare_of_an_unknown_claim_succeeds() {
+        let mut node = TestNode::new();
+        let p = node.preparer();
+        unprepare_one(&p, cref("never", "seen")).await.unwrap();
+        let results = p.unprepare(vec![cref("x", "x"), cref("y", "y")]).await;
+        assert!(results.values().all(Result::is_ok));
+        assert_eq!(results.len(), 2);
+    }
+
+    #[tokio::test]
+    async fn a_failure_after_the_register_write_rolls_back() {
+        let mut node = TestNode::new();
+        let p = node.preparer();
+        node.source.put(allocated(
+            "u-fail",
+            "fail",
+            vec![
+                result("a", "mock0", "node1/numa0"),
+                result("b", "mock1", "node1/numa1"),
+            ],
+        ));
+        // The spec's temp file path is taken by a directory: the CDI write fails after both
+        // registers were written.
+        let spec_path = cdi::spec_path(&node.config.cdi_dir, DRIVER, "u-fail");
+        std::fs::create_dir_all(crate::atomic_file::temp_path(&spec_path)).unwrap();
+
+        let err = prepare_one(&p, cref("u-fail", "fail")).await.unwrap_err();
+        assert!(err.contains("CDI spec"), "{err}");
+        assert_eq!(
+            node.register("mock0"),
+            5,
+            "restored to the value before prepare"
+        );
+        assert_eq!(node.register("mock1"), 5);
+        assert!(node.checkpoint().claims.is_empty());
+        assert!(!spec_path.exists());
+        assert!(p.allocated_devices().is_empty());
+
+        // Once the obstacle is gone, the kubelet's retry succeeds.
+        std::fs::remove_dir(crate::atomic_file::temp_path(&spec_path)).unwrap();
+        prepare_one(&p, cref("u-fail", "fail")).await.unwrap();
+        assert_eq!(node.register("mock0"), 1);
+    }
+
+    #[tokio::test]
+    async fn restart_in_the_middle_of_a_prepare_leaks_nothing() {
+        let mut node = TestNode::new();
+        let uid = "u-mid";
+        node.source.put(allocated(
+            uid,
+            "mid",
+            vec![result("a", "mock0", "node1/numa0")],
+        ));
+        {
+            let p = node.preparer();
+            prepare_one(&p, cref(uid, "mid")).await.unwrap();
+        }
+        // Rewind the record to "started": the process died after writing the register and
+        // the spec, before recording completion.
+        let path = checkpoint::checkpoint_path(&node.config.plugin_dir);
+        let mut cp = node.checkpoint();
+        cp.claims.get_mut(uid).unwrap().state = PrepareState::PrepareStarted;
+        checkpoint::store(&path, &cp).unwrap();
+        assert_eq!(node.register("mock0"), 1);
+
+        let p = node.preparer();
+        assert_eq!(node.register("mock0"), 5, "register restored");
+        assert!(node.spec(uid).is_none(), "spec removed");
+        assert!(node.checkpoint().claims.is_empty());
+        assert!(p.subscribe().borrow().is_empty());
+
+        // The kubelet retries and gets the claim prepared.
+        prepare_one(&p, cref(uid, "mid")).await.unwrap();
+        assert_eq!(node.register("mock0"), 1);
+        assert_eq!(p.subscribe().borrow().len(), 1);
+    }
+
+    #[tokio::test]
+    async fn restart_removes_specs_no_entry_accounts_for() {
+        let mut node = TestNode::new();
+        std::fs::create_dir_all(&node.config.cdi_dir).unwrap();
+        let stray = cdi::spec_path(&node.config.cdi_dir, DRIVER, "lost");
+        std::fs::write(&stray, "{}").unwrap();
+        let other = node.config.cdi_dir.join("gpu.example.com-gpu_x.json");
+        std::fs::write(&other, "{}").unwrap();
+        node.source.put(allocated(
+            "kept",
+            "kept",
+            vec![result("a", "mock1", "node1/numa1")],
+        ));
+        {
+            let p = node.preparer();
+            prepare_one(&p, cref("kept", "kept")).await.unwrap();
+        }
+        assert!(!stray.exists());
+        let _p = node.preparer();
+        assert!(
+            other.exists(),
+            "another driver's spec is not ours to remove"
+        );
+        assert!(node.spec("kept").is_some());
+    }
+
+    #[tokio::test]
+    async fn reboot_recreates_the_spec() {
+        let mut node = TestNode::new();
+        let uid = "u-boot";
+        node.source.put(allocated(
+            uid,
+            "boot",
+            vec![result("a", "mock0-vf0", "node1/numa0")],
+        ));
+        let (first, spec) = {
+            let p = node.preparer();
+            let first = prepare_one(&p, cref(uid, "boot")).await.unwrap();
+            (first, node.spec(uid).unwrap())
+        };
+        // Reboot: /var/run/cdi is a tmpfs, the registers power on as 1.
+        std::fs::remove_dir_all(&node.config.cdi_dir).unwrap();
+        node.set_register("mock0_vf0", 1);
+
+        let p = node.preparer();
+        assert_eq!(p.subscribe().borrow().len(), 1, "the checkpoint survived");
+        let again = prepare_one(&p, cref(uid, "boot")).await.unwrap();
+        assert_eq!(again, first);
+        assert_eq!(node.spec(uid).unwrap(), spec);
+
+        unprepare_one(&p, cref(uid, "boot")).await.unwrap();
+        assert_eq!(node.register("mock0_vf0"), 0);
+        assert!(node.spec(uid).is_none());
+    }
+
+    #[tokio::test]
+    async fn a_corrupt_checkpoint_fails_prepare_closed_and_lets_unprepare_proceed() {
+        let mut node = TestNode::new();
+        node.source.put(allocated(
+            "u-a",
+            "a",
+            vec![result("a", "mock0", "node1/numa0")],
+        ));
+        node.source.put(allocated(
+            "u-b",
+            "b",
+            vec![result("a", "mock1", "node1/numa1")],
+        ));
+        {
+            let p = node.preparer();
+            prepare_one(&p, cref("u-a", "a")).await.unwrap();
+        }
+        let path = checkpoint::checkpoint_path(&node.config.plugin_dir);
+        let mut bytes = std::fs::read(&path).unwrap();
+        bytes.truncate(bytes.len() / 2);
+        std::fs::write(&path, &bytes).unwrap();
+
+        let p = node.preparer();
+        let results = p.prepare(vec![cref("u-b", "b"), cref("u-a", "a")]).await;
+        for uid in ["u-a", "u-b"] {
+            let err = results[uid].as_ref().unwrap_err();
+            assert!(err.contains("corrupt"), "{err}");
+            assert!(
+                err.contains(&path.display().to_string()),
+                "names the file: {err}"
+            );
+        }
+        assert_eq!(node.register("mock1"), 5, "nothing prepared");
+        assert!(node.spec("u-b").is_none());
+
+        unprepare_one(&p, cref("u-a", "a")).await.unwrap();
+        assert!(node.spec("u-a").is_none(), "the spec is found by UID alone");
+        assert_eq!(
+            std::fs::read(&path).unwrap(),
+            bytes,
+            "the corrupt file is left for the operator"
+        );
+        let text = node.metrics_text();
+        assert!(
+            text.contains(r#"prepare_requests_total{outcome="error"} 2"#),
+            "{text}"
+        );
+    }
+
+    #[tokio::test]
+    async fn unprepare_of_a_removed_device_succeeds() {
+        let mut node = TestNode::new();
+        let p = node.preparer();
+        node.source.put(allocated(
+            "u1",
+            "c1",
+            vec![result("a", "mock1", "node1/numa1")],
+        ));
+        prepare_one(&p, cref("u1", "c1")).await.unwrap();
+        std::fs::remove_dir_all(node.config.sysfs_root.join("class/mock-accel/mock1")).unwrap();
+        unprepare_one(&p, cref("u1", "c1")).await.unwrap();
+        assert!(node.checkpoint().claims.is_empty());
+        assert!(node.spec("u1").is_none());
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_call_waits_for_the_lock_held_by_another_process() {
+        let mut node = TestNode::new();
+        let p = Arc::new(node.preparer());
+        node.source.put(allocated(
+            "mine",
+            "mine",
+            vec![result("r", "mock0", "node1/numa0")],
+        ));
+
+        // Another pod holds the lock and prepares mock0 for its own claim meanwhile.
+        let other = File::options()
+            .write(true)
+            .open(node.config.plugin_dir.join(LOCK_FILE))
+            .unwrap();
+        other.lock().unwrap();
+        let mut call = tokio::spawn({
+            let p = p.clone();
+            async move { prepare_one(&p, cref("mine", "mine")).await }
+        });
+        let waited = tokio::time::timeout(std::time::Duration::from_millis(200), &mut call).await;
+        assert!(
+            waited.is_err(),
+            "prepare ran while another process held the lock"
+        );
+        let mut cp = Checkpoint::default();
+        cp.claims.insert(
+            "theirs".into(),
+            ClaimEntry {
+                uid: "theirs".into(),
+                namespace: NS.into(),
+                name: "theirs".into(),
+                state: PrepareState::PrepareCompleted,
+                devices: vec![DeviceEntry {
+                    device: "mock0".into(),
+                    sysfs_name: "mock0".into(),
+                    pool: "node1/numa0".into(),
+                    request_names: vec!["r".into()],
+                    admin_access: false,
+                    share_id: None,
+                    register_previous: Some(5),
+                }],
+                cdi_device_ids: vec![],
+                prepared_at: "t".into(),
+            },
+        );
+        checkpoint::store(&checkpoint::checkpoint_path(&node.config.plugin_dir), &cp).unwrap();
+        drop(other);
+
+        // The call proceeds with the other pod's record, not a stale one.
+        let err = call.await.unwrap().unwrap_err();
+        assert!(
+            err.contains("already prepared for claim default/theirs"),
+            "{err}"
+        );
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn two_instances_serialize_through_the_lock_file() {
+        // A rolling update: two node-agent pods share the plugin directory and race for the
+        // same device with different claims. Exactly one may win.
+        let mut node = TestNode::new();
+        let a = Arc::new(node.preparer());
+        let b = Arc::new(node.preparer());
+        for i in 0..20 {
+            let (ua, ub) = (format!("a{i}"), format!("b{i}"));
+            node.source.put(allocated(
+                &ua,
+                &ua,
+                vec![result("r", "mock0", "node1/numa0")],
+            ));
+            node.source.put(allocated(
+                &ub,
+                &ub,
+                vec![result("r", "mock0", "node1/numa0")],
+            ));
+            let (ra, rb) = tokio::join!(
+                tokio::spawn({
+                    let a = a.clone();
+                    let c = cref(&ua, &ua);
+                    async move { prepare_one(&a, c).await }
+                }),
+                tokio::spawn({
+                    let b = b.clone();
+                    let c = cref(&ub, &ub);
+                    async move { prepare_one(&b, c).await }
+                }),
+            );
+            let (ra, rb) = (ra.unwrap(), rb.unwrap());
+            assert!(ra.is_ok() != rb.is_ok(), "round {i}: {ra:?} {rb:?}");
+            let winner = if ra.is_ok() {
+                cref(&ua, &ua)
+            } else {
+                cref(&ub, &ub)
+            };
+            unprepare_one(&b, winner).await.unwrap();
+            assert!(node.checkpoint().claims.is_empty());
+        }
+    }
+
+    // ---- pure planning ----
+
+    #[test]
+    fn plan_records_base_requests_admin_access_and_one_register_write_per_device() {
+        let devices = vec![
+            device("mock0", DeviceType::Pf, Some(0), 0),
+            device("mock1", DeviceType::Pf, Some(1), 2),
+        ];
+        let inventory = Inventory::new(devices);
+        let claim = allocated(
+            "u",
+            "c",
+            vec![
+                result("main/sub", "mock0", "node1/numa0"),
+                result("again", "mock0", "node1/numa0"),
+                admin(result("watch", "mock1", "node1/numa1")),
+            ],
+        );
+        let c = cref("u", "c");
+        let allocation = check_claim(&c, &claim).unwrap();
+        let plan = plan_devices(
+            &c,
+            allocation,
+            DRIVER,
+            NODE,
+            &inventory,
+            &Checkpoint::default(),
+        )
+        .unwrap();
+        let requests: Vec<_> = plan
+            .devices
+            .iter()
+            .map(|d| d.request_name.as_str())
+            .collect();
+        assert_eq!(requests, vec!["main", "again", "watch"]);
+        assert_eq!(plan.register_writes(), vec!["mock0"]);
+
+        let previous = HashMap::from([("mock0".to_string(), 3)]);
+        let entry = new_entry(&c, &plan, &previous, DRIVER, "t");
+        let regs: Vec<_> = entry.devices.iter().map(|d| d.register_previous).collect();
+        assert_eq!(regs, vec![Some(3), None, None]);
+        assert_eq!(
+            entry.cdi_device_ids,
+            vec![
+                "mock-accel.example.com/accel=u-mock0",
+                "mock-accel.example.com/accel=u-mock1"
+            ]
+        );
+        let answer = prepared_devices(DRIVER, &entry);
+        assert_eq!(answer.len(), 3, "one device per allocation result");
+        assert_eq!(answer[1].cdi_device_ids, answer[0].cdi_device_ids);
+    }
+
+    #[test]
+    fn numa_none_devices_live_in_the_numa_none_pool() {
+        let inventory = Inventory::new(vec![device("mock5", DeviceType::Pf, None, 5)]);
+        let c = cref("u", "c");
+        let claim = allocated("u", "c", vec![result("r", "mock5", "node1/numa-none")]);
+        let plan = plan_devices(
+            &c,
+            check_claim(&c, &claim).unwrap(),
+            DRIVER,
+            NODE,
+            &inventory,
+            &Checkpoint::default(),
+        )
+        .unwrap();
+        assert_eq!(plan.devices[0].pool, "node1/numa-none");
+    }
+}

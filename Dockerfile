@@ -1,0 +1,18 @@
+# The one mock-accel-dra binary in a small image. Build with `make build-image` (docker, podman
+# or buildah). The controller runs as the image's non-root user; the node-agent DaemonSet runs
+# the same image as root because it writes sysfs (see config/node-agent.yaml).
+
+FROM docker.io/library/rust:1.95-bookworm AS build
+WORKDIR /src
+COPY . .
+# The gRPC protos compile with protox at build time, so no system protoc is needed.
+RUN --mount=type=cache,target=/usr/local/cargo/registry \
+    --mount=type=cache,target=/src/target \
+    cargo build --release --locked --bin mock-accel-dra \
+    && install -D -m 0755 target/release/mock-accel-dra /out/mock-accel-dra
+
+# glibc and libgcc (the binary links them dynamically), CA certificates, user 65532 "nonroot".
+FROM gcr.io/distroless/cc-debian12:nonroot
+COPY --from=build /out/mock-accel-dra /usr/local/bin/mock-accel-dra
+USER 65532:65532
+ENTRYPOINT ["/usr/local/bin/mock-accel-dra"]

@@ -1,0 +1,174 @@
+"""Tests of the harness's own logic that need no cluster:
+`python3 -m unittest discover -s e2e -p 'test_*.py'`."""
+
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+import unittest
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from harness import kube, manifests, nodes, pki, procs, wait  # noqa: E402
+from scenarios import examples  # noqa: E402
+from scenarios.discovery import uuid_of  # noqa: E402
+
+
+class SupervisorTest(unittest.TestCase):
+    def setUp(self):
+        self.tmp = tempfile.TemporaryDirectory()
+        self.state = Path(self.tmp.name)
+
+    def tearDown(self):
+        procs.Supervisor(self.state, die_with_parent=True).stop_all(timeout=2)
+        self.tmp.cleanup()
+
+    def test_start_stop_in_reverse_order_from_another_supervisor(self):
+        sup = procs.Supervisor(self.state, die_with_parent=False)
+        a = sup.start("first", ["sleep", "60"])
+        b = sup.start("second", ["sleep", "60"])
+        self.assertTrue(a.alive() and b.alive())
+        # A second invocation (as `cluster.py down`) finds them by pid file.
+        later = procs.Supervisor(self.state, die_with_parent=False)
+        self.assertEqual([p.name for p in later.running()], ["first", "second"])
+        self.assertEqual(later.stop_all(timeout=2), ["second", "first"])
+        for p in (a, b):
+            p.popen.wait(timeout=5)
+        self.assertFalse(list((self.state / "pids").glob("*.json")))
+
+    def test_children_of_a_process_are_stopped_with_it(self):
+        sup = procs.Supervisor(self.state, die_with_parent=True)
+        p = sup.start("shell", ["bash", "-c", "sleep 60 & echo $! > child; wait"], cwd=self.state)
+        child_file = self.state / "child"
+        deadline = time.monotonic() + 5
+        while not child_file.exists() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        child = int(child_file.read_text())
+        child_file.unlink()
+        sup.stop("shell", timeout=2)
+        deadline = time.monotonic() + 5
+        while Path(f"/proc/{child}").exists() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        self.assertFalse(procs.pid_runs(child, ["sleep"]))
+        self.assertFalse(p.alive())
+
+    def test_a_recycled_pid_is_not_taken_for_ours(self):
+        self.assertFalse(procs.pid_runs(os.getpid(), ["definitely-not-python"]))
+        self.assertTrue(procs.pid_runs(os.getpid(), [sys.executable]))
+
+    def test_term_ignored_leads_to_kill(self):
+        sup = procs.Supervisor(self.state, die_with_parent=True)
+        p = sup.start("stubborn", ["bash", "-c", "trap '' TERM; sleep 60 & wait; sleep 60"])
+        time.sleep(0.2)
+        sup.stop("stubborn", timeout=0.5)
+        self.assertFalse(p.alive())
+
+    def test_crash_shows_as_dead(self):
+        sup = procs.Supervisor(self.state, die_with_parent=True)
+        sup.start("crasher", ["bash", "-c", "echo boom; exit 3"])
+        deadline = time.monotonic() + 5
+        while sup.running() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        dead = sup.dead()
+        self.assertEqual([p.name for p in dead], ["crasher"])
+        self.assertIn("boom", dead[0].log_tail())
+
+
+class PkiTest(unittest.TestCase):
+    def test_certificates_chain_and_carry_the_right_names(self):
+        with tempfile.TemporaryDirectory() as d:
+            p = pki.create(Path(d))
+            verify = subprocess.run(["openssl", "verify", "-CAfile", str(p.serving_ca), str(p.serving_cert)],
+                                    capture_output=True, text=True)
+            self.assertEqual(verify.returncode, 0, verify.stderr)
+            san = subprocess.run(["openssl", "x509", "-in", str(p.serving_cert), "-noout", "-ext", "subjectAltName"],
+                                 capture_output=True, text=True).stdout
+            self.assertIn("IP Address:127.0.0.1", san)
+            self.assertIn("DNS:localhost", san)
+            subj = subprocess.run(["openssl", "x509", "-in", str(p.admin_cert), "-noout", "-subject"],
+                                  capture_output=True, text=True).stdout
+            self.assertIn("O = system:masters", subj)
+            pki.write_token_kubeconfig(p, "https://127.0.0.1:1", "sa", "tok", Path(d) / "kc")
+            text = (Path(d) / "kc").read_text()
+            self.assertIn("token: tok", text)
+            self.assertIn("server: https://127.0.0.1:1", text)
+
+
+class ParsingTest(unittest.TestCase):
+    def test_local_flags_are_replaced_whatever_their_form(self):
+        args = ["--metrics-addr=0.0.0.0:8081", "--resync-interval", "30s", "--sysfs-root", "/host/sys",
+                "--cdi-dir=/var/run/cdi", "--heartbeat-interval=10s"]
+        self.assertEqual(manifests.strip_local_flags(args), ["--resync-interval", "30s", "--heartbeat-interval=10s"])
+
+    def test_workload_takes_args_after_the_role(self):
+        ds = {"kind": "DaemonSet", "metadata": {"name": "agent", "namespace": "mock-device"},
+              "spec": {"template": {"metadata": {"labels": {"app": "a"}}, "spec": {
+                  "serviceAccountName": "mock-accel-node-agent",
+                  "containers": [{"name": "agent", "command": ["mock-accel-dra"],
+                                  "args": ["--log-format=json", "node-agent", "--node-name=$(NODE_NAME)",
+                                           "--resync-interval=20s"],
+                                  "env": [{"name": "NODE_NAME", "valueFrom": {"fieldRef": {}}},
+                                          {"name": "LOG_LEVEL", "value": "debug"},
+                                          {"name": "CDI_DIR", "value": "/var/run/cdi"}]}]}}}}
+        wl = manifests._workload(ds, "node-agent")
+        self.assertEqual(wl.args, ["--resync-interval=20s"])
+        self.assertEqual(wl.env, {"LOG_LEVEL": "debug"})
+        self.assertEqual(wl.service_account, "mock-accel-node-agent")
+
+    def test_example_expectations(self):
+        text = "# NUMA locality\n# expect: pods-running=1, devices=pf:1,vf:1, same=resource.kubernetes.io/numaNode\n"
+        self.assertEqual(examples.expectation_lines(text),
+                         ["pods-running=1, devices=pf:1,vf:1, same=resource.kubernetes.io/numaNode"])
+        self.assertEqual(examples.parse_expect(examples.expectation_lines(text)[0]),
+                         {"pods": 1, "devices": {"pf": 1, "vf": 1},
+                          "same": ["resource.kubernetes.io/numaNode"], "distinct": []})
+        self.assertEqual(examples.parse_expect("pods-running=2, devices=vf:1")["devices"], {"pf": 0, "vf": 1})
+        with self.assertRaises(wait.Failure):
+            examples.parse_expect("pods-running=1")
+        with self.assertRaises(wait.Failure):
+            examples.parse_expect("pods-running=1, devices=gpu:1")
+
+    def test_kubectl_json_streams(self):
+        self.assertEqual(kube.parse_objects('{"kind":"A"}\n{"kind":"B"}\n'), [{"kind": "A"}, {"kind": "B"}])
+        self.assertEqual(kube.parse_objects('{"kind":"List","items":[{"kind":"A"}]}'), [{"kind": "A"}])
+        self.assertEqual(kube.parse_objects(""), [])
+
+    def test_quantities(self):
+        self.assertEqual(kube.quantity_bytes("16Gi"), 17179869184)
+        self.assertEqual(kube.quantity_bytes("2147483648"), 2147483648)
+        self.assertEqual(kube.quantity_bytes("2G"), 2 * 10**9)
+
+    def test_attribute_values(self):
+        d = {"attributes": {"mock-accel.example.com/uuid": {"string": "u"},
+                            "resource.kubernetes.io/numaNode": {"int": 0}}}
+        self.assertEqual(kube.attr(d, "uuid"), "u")
+        self.assertEqual(kube.attr(d, "resource.kubernetes.io/numaNode"), 0)
+        self.assertIsNone(kube.attr(d, "physfn"))
+
+    def test_uuid_rule_of_the_contract(self):
+        self.assertEqual(uuid_of("NODE1-NUMA0-PF"), "4e4f4445-312d-4e55-4d41-302d50460000")
+        self.assertEqual(uuid_of("NODE2-NUMA1-VF1"), "4e4f4445-322d-4e55-4d41-312d56463100")
+
+    def test_env_forms(self):
+        self.assertEqual(nodes.env_map({"env": ["A=1", "B=x=y"]}), {"A": "1", "B": "x=y"})
+        self.assertEqual(nodes.env_map({"env": {"A": "1"}}), {"A": "1"})
+
+    def test_until_reports_what_it_saw(self):
+        with self.assertRaises(wait.Failure) as e:
+            wait.until("the impossible", lambda: (False, {"seen": 42}), timeout=0.3, interval=0.1)
+        self.assertIn('"seen": 42', str(e.exception))
+
+    def test_socket_dirs_stay_short(self):
+        with tempfile.TemporaryDirectory() as d:
+            deep = Path(d) / ("x" * 80)
+            paths = nodes.layout(deep, "node1")
+            self.assertLess(len(str(paths.registry_dir / "mock-accel.example.com-reg.sock")), 108)
+            self.assertTrue((deep / "nodes" / "node1" / "kubelet").is_symlink())
+            shutil.rmtree(paths.kubelet_real)
+
+
+if __name__ == "__main__":
+    unittest.main()

@@ -1,0 +1,14 @@
+"""The end-to-end scenarios (issue 4), one module per theme; importing this package registers
+them all in `framework.REGISTRY`, in the order they run."""
+
+from scenarios import (  # noqa: F401 - imported for their @scenario registrations
+    controlplane,
+    discovery,
+    deviceclasses,
+    allocation,
+    topology,
+    sriov,
+    resilience,
+    rbac,
+    examples,
+)

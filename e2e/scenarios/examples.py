@@ -1,0 +1,202 @@
+"""Scenario 11: every YAML file in docs/examples/ is applied and checked against its
+`# expect:` line. Scenario 12: every YAML under docs/ and config/ (files, and fenced ```yaml
+blocks in the Markdown that hold whole objects) is accepted by the API server in a server-side
+dry run, as are the kustomizations config/, kustomize/default and kustomize/local.
+
+The `# expect:` line (docs/testing-guide.md), exactly one per example:
+
+    # expect: pods-running=1, devices=pf:1,vf:1, same=resource.kubernetes.io/numaNode
+
+Pairs are `key=value`, separated by a comma and a space; `devices` entries by a comma alone.
+- `pods-running=N` (required): the file has N pods and all reach Running (scheduled, allocated,
+  prepared by the driver, their claim-using containers got MOCK_ACCEL_* env);
+- `devices=pf:N,vf:M` (required): every ResourceClaim the pods use (direct or from a template)
+  is allocated exactly N PFs and M VFs (by `mock-accel.example.com/deviceType`; absent = 0);
+- `same=<attribute>` (optional, repeatable): within each claim all devices share its value;
+- `distinct=<attribute>` (optional, repeatable): within each claim all values differ.
+After the pods are deleted, every claim is unprepared (register 0, CDI spec gone).
+
+A YAML under docs/ that is deliberately invalid (showing a wrong shape) carries the line
+`# expect: rejected`; scenario 12 then checks that the API server refuses it. Examples carry no
+`metadata.namespace`: the suite applies each into its own namespace.
+"""
+
+import json
+import re
+from pathlib import Path
+
+from harness import kube
+from harness.builds import REPO
+from harness.kube import KubectlError
+from harness.wait import Failure, check, equal
+
+from scenarios.framework import Context, say, scenario, sysfs_name, verify_released, wait_prepared
+
+EXAMPLES = REPO / "docs" / "examples"
+_EXPECT = re.compile(r"^\s*#\s*expect\s*:\s*(.+?)\s*$", re.M)
+
+
+def expectation_lines(text: str) -> list[str]:
+    return _EXPECT.findall(text)
+
+
+def parse_expect(line: str) -> dict:
+    """`pods-running=1, devices=pf:1,vf:1, same=A` → {"pods": 1, "devices": {"pf": 1, "vf": 1},
+    "same": [A], "distinct": []}."""
+    out: dict = {"pods": None, "devices": None, "same": [], "distinct": []}
+    for pair in line.split(", "):
+        key, sep, value = pair.strip().partition("=")
+        if not sep:
+            raise Failure(f"'# expect:' pair {pair!r} is not key=value")
+        if key == "pods-running":
+            out["pods"] = int(value)
+        elif key == "devices":
+            counts = {}
+            for entry in value.split(","):
+                t, _, n = entry.partition(":")
+                if t not in ("pf", "vf") or not n.isdigit():
+                    raise Failure(f"'# expect:' devices entry {entry!r} is not pf:N or vf:N")
+                counts[t] = int(n)
+            out["devices"] = {"pf": counts.get("pf", 0), "vf": counts.get("vf", 0)}
+        elif key in ("same", "distinct"):
+            out[key].append(value)
+        else:
+            raise Failure(f"'# expect:' has an unknown key {key!r}")
+    if out["pods"] is None or out["devices"] is None:
+        raise Failure(f"'# expect:' needs pods-running= and devices= ({line!r})")
+    return out
+
+
+def run_example(ctx: Context, path: Path) -> str:
+    lines = expectation_lines(path.read_text())
+    check(len(lines) == 1, f"{path.name}: needs exactly one '# expect:' line", lines)
+    exp = parse_expect(lines[0])
+    try:
+        planned = kube.parse_objects(ctx.k.run("apply", "-n", ctx.ns, "--dry-run=server", "-f", str(path), "-o", "json"))
+        # Cluster-scoped objects the example creates are deleted afterwards; ones that already
+        # existed (say, a shipped DeviceClass it repeats) are left alone.
+        cluster_scoped = [(o["kind"], o["metadata"]["name"]) for o in planned if not o["metadata"].get("namespace")
+                          and ctx.k.get_or_none(o["kind"], o["metadata"]["name"]) is None]
+        objs = kube.parse_objects(ctx.k.run("apply", "-n", ctx.ns, "-f", str(path), "-o", "json"))
+    except KubectlError as e:
+        raise Failure(f"{path.name}: not accepted by the API server: {e.stderr}") from None
+    pods = [o["metadata"]["name"] for o in objs if o["kind"] == "Pod"]
+    try:
+        equal(len(pods), exp["pods"], f"{path.name}: pods in the file (pods-running)")
+        claims: dict[str, tuple[str, dict, list[dict]]] = {}
+        for name in pods:
+            p = ctx.wait_running(name)
+            node = p["spec"]["nodeName"]
+            for pc in p["spec"].get("resourceClaims") or []:
+                c = ctx.pod_claim(p, pc["name"])
+                uid = c["metadata"]["uid"]
+                if uid in claims:
+                    continue
+                devs = ctx.allocated(c)
+                check_claim(path, c, devs, exp)
+                for d in devs:
+                    equal(ctx.register(node, sysfs_name(d)), 1, f"{path.name}: register of {node}/{sysfs_name(d)}")
+                wait_prepared(ctx, node, uid)
+                claims[uid] = (node, c, devs)
+            for ctr in p["spec"]["containers"]:
+                if (ctr.get("resources") or {}).get("claims"):
+                    env = ctx.env(node, name, ctr["name"])
+                    check("MOCK_ACCEL_UUID" in env, f"{path.name}: container {name}/{ctr['name']} got no MOCK_ACCEL_UUID", env)
+        check(bool(claims), f"{path.name}: its pods use no ResourceClaim")
+        for name in pods:
+            ctx.delete_pod_and_wait(name)
+        for node, c, devs in claims.values():
+            verify_released(ctx, node, c["metadata"]["uid"], devs)
+        return f"{len(pods)} pods ran with {sum(len(d) for _, _, d in claims.values())} devices, all released"
+    finally:
+        for kind, name in cluster_scoped:
+            ctx.k.delete(kind, name)
+
+
+def check_claim(path: Path, c: dict, devs: list[dict], exp: dict) -> None:
+    name = c["metadata"]["name"]
+    counts = {"pf": 0, "vf": 0}
+    for d in devs:
+        t = kube.attr(d, "deviceType")
+        counts[t] = counts.get(t, 0) + 1
+    equal(counts, exp["devices"], f"{path.name}: device types allocated to claim {name}")
+    for a in exp["same"]:
+        values = {json.dumps(kube.attr(d, a)) for d in devs}
+        check(len(values) == 1 and "null" not in values, f"{path.name}: claim {name}'s devices differ in {a}", values)
+    for a in exp["distinct"]:
+        values = [json.dumps(kube.attr(d, a)) for d in devs]
+        check(len(set(values)) == len(values) and "null" not in values,
+              f"{path.name}: claim {name}'s devices share values of {a}", values)
+
+
+@scenario("11", "docs/examples: every example applied, its declared outcome checked")
+def examples(ctx: Context) -> None:
+    files = sorted(EXAMPLES.glob("*.yaml")) + sorted(EXAMPLES.glob("*.yml"))
+    check(bool(files), f"no examples in {EXAMPLES}")
+    failures = []
+    for f in files:
+        # A namespace per example: examples may reuse object names, and claims are immutable.
+        slug = re.sub(r"[^a-z0-9]+", "-", f.stem.lower()).strip("-")
+        ns = f"{ctx.ns[:30]}-{slug}"[:63].rstrip("-")
+        ctx.k.apply(kube.namespace(ns))
+        sub = Context(ctx.cluster, ns, ctx.artifacts / f.stem)
+        try:
+            say(f"{f.name}: {run_example(sub, f)}")
+        except (Failure, KubectlError) as e:
+            failures.append(f"{f.name}: {e}")
+            for name, args in (("objects.yaml", ["get", "pods,resourceclaims", "-n", ns, "-o", "yaml"]),
+                               ("events.txt", ["get", "events", "-n", ns])):
+                sub.save(name, ctx.k.try_run(*args)[1])
+            say(f"{f.name}: FAILED (its objects and events: {sub.artifacts})")
+        code, _, err = ctx.k.try_run("delete", "namespace", ns, "--wait=true", "--timeout=90s", timeout=100)
+        if code != 0:
+            failures.append(f"{f.name}: namespace {ns} not deleted: {err.strip()}")
+    check(not failures, f"{len(failures)} of {len(files)} examples failed:\n" + "\n".join(failures))
+
+
+def yaml_documents() -> list[tuple[str, str]]:
+    """(label, YAML text) for every YAML file under docs/ and config/ (not kustomizations) and
+    every fenced yaml block in docs/ Markdown and README.md that holds a whole object."""
+    out = []
+    for root in (REPO / "docs", REPO / "config"):
+        for f in sorted(list(root.rglob("*.yaml")) + list(root.rglob("*.yml"))):
+            if f.name != "kustomization.yaml":
+                out.append((str(f.relative_to(REPO)), f.read_text()))
+    md = sorted((REPO / "docs").rglob("*.md")) + [REPO / "README.md"]
+    fence = re.compile(r"^```ya?ml[^\n]*\n(.*?)^```", re.S | re.M)
+    for f in md:
+        if not f.is_file():
+            continue
+        text = f.read_text()
+        for i, m in enumerate(fence.finditer(text), start=1):
+            block = m.group(1)
+            if re.search(r"^apiVersion:", block, re.M) and re.search(r"^kind:", block, re.M):
+                line = text[: m.start()].count("\n") + 1
+                out.append((f"{f.relative_to(REPO)}:{line} (yaml block {i})", block))
+    return out
+
+
+@scenario("12", "docs/ and config/: every YAML accepted by the API server (server-side dry run)")
+def dry_run(ctx: Context) -> None:
+    docs = yaml_documents()
+    check(bool(docs), "no YAML found under docs/ and config/")
+    failures, rejected_ok = [], 0
+    for label, text in docs:
+        want_rejected = "rejected" in expectation_lines(text)
+        code, _, err = ctx.k.try_run("apply", "--dry-run=server", "--server-side", "--force-conflicts",
+                                     "--field-manager=e2e-dry-run", "-f", "-", input=text)
+        if want_rejected:
+            if code == 0:
+                failures.append(f"{label}: marked '# expect: rejected' but the API server accepted it")
+            else:
+                rejected_ok += 1
+        elif code != 0:
+            failures.append(f"{label}: {err.strip()}")
+    for kdir in ("config", "kustomize/default", "kustomize/local"):
+        if (REPO / kdir / "kustomization.yaml").is_file():
+            code, _, err = ctx.k.try_run("apply", "--dry-run=server", "--server-side", "--force-conflicts",
+                                         "--field-manager=e2e-dry-run", "-k", str(REPO / kdir), timeout=120)
+            if code != 0:
+                failures.append(f"{kdir} (kustomization): {err.strip()}")
+    say(f"{len(docs)} YAML documents checked ({rejected_ok} deliberately invalid, rejected as marked)")
+    check(not failures, f"{len(failures)} YAML documents were not accepted:\n" + "\n".join(failures))

@@ -1,0 +1,110 @@
+//! Replacing a file so that a reader (or a crash) sees either the old content or the new one,
+//! never a mix: the CDI specs the container runtime reads and the plugin's checkpoint both rely
+//! on it.
+
+use std::{
+    ffi::OsString,
+    fs::{File, OpenOptions},
+    io::{self, Write},
+    path::{Path, PathBuf},
+};
+
+/// Suffix of the temporary file written next to the target. It must not end in `.json` or
+/// `.yaml`, so that a CDI runtime scanning the directory never loads a half-written spec.
+pub const TEMP_SUFFIX: &str = ".tmp";
+
+/// The temporary sibling `write_atomically` uses for `path`: `.<file name>.tmp` in the same
+/// directory (a rename is only atomic within one file system).
+pub fn temp_path(path: &Path) -> PathBuf {
+    let mut name = OsString::from(".");
+    name.push(path.file_name().unwrap_or_default());
+    name.push(TEMP_SUFFIX);
+    path.with_file_name(name)
+}
+
+/// Writes `bytes` to a temporary sibling, flushes it to disk, renames it over `path` and
+/// flushes the directory, so that the rename itself survives a power loss.
+pub fn write_atomically(path: &Path, bytes: &[u8]) -> io::Result<()> {
+    let tmp = temp_path(path);
+    let result = write_and_rename(&tmp, path, bytes);
+    if result.is_err() {
+        // Best effort: a leftover temp file is harmless (never loaded), only untidy.
+        let _ = std::fs::remove_file(&tmp);
+    }
+    result
+}
+
+fn write_and_rename(tmp: &Path, path: &Path, bytes: &[u8]) -> io::Result<()> {
+    let mut file = OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .open(tmp)?;
+    file.write_all(bytes)?;
+    file.sync_all()?;
+    drop(file);
+    std::fs::rename(tmp, path)?;
+    sync_parent(path)
+}
+
+/// Removes `path` if it exists and flushes the directory. `Ok(false)` when there was nothing to
+/// remove.
+pub fn remove(path: &Path) -> io::Result<bool> {
+    match std::fs::remove_file(path) {
+        Ok(()) => {
+            sync_parent(path)?;
+            Ok(true)
+        }
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(false),
+        Err(e) => Err(e),
+    }
+}
+
+fn sync_parent(path: &Path) -> io::Result<()> {
+    match path.parent() {
+        Some(dir) if !dir.as_os_str().is_empty() => File::open(dir)?.sync_all(),
+        _ => File::open(".")?.sync_all(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn replaces_content_and_leaves_no_temp_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("spec.json");
+        write_atomically(&path, b"one").unwrap();
+        write_atomically(&path, b"two").unwrap();
+        assert_eq!(std::fs::read(&path).unwrap(), b"two");
+        let names: Vec<_> = std::fs::read_dir(dir.path())
+            .unwrap()
+            .map(|e| e.unwrap().file_name())
+            .collect();
+        assert_eq!(names, vec![OsString::from("spec.json")]);
+    }
+
+    #[test]
+    fn temp_name_is_hidden_and_not_a_spec_extension() {
+        let tmp = temp_path(Path::new("/run/cdi/a-b_c.json"));
+        assert_eq!(tmp, Path::new("/run/cdi/.a-b_c.json.tmp"));
+    }
+
+    #[test]
+    fn failed_write_keeps_the_old_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("missing-dir/spec.json");
+        assert!(write_atomically(&path, b"x").is_err());
+        assert!(!path.exists());
+    }
+
+    #[test]
+    fn remove_reports_whether_something_was_removed() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("f");
+        std::fs::write(&path, b"x").unwrap();
+        assert!(remove(&path).unwrap());
+        assert!(!remove(&path).unwrap());
+    }
+}

@@ -1,0 +1,1016 @@
+//! Mechanical checks of the documentation and the manifests, so that what a reader copies works:
+//!
+//! - every YAML file under `config/`, `crds/`, `kustomize/` and `docs/`, and every `yaml` code
+//!   block in `README.md` and `docs/*.md`, parses as a stream of Kubernetes objects;
+//! - every CEL expression (DeviceClass and claim selectors in those YAMLs, `cel` code blocks in
+//!   the markdown) compiles, and every device selector evaluates to a bool, without error, for
+//!   every device the driver publishes on the canonical node, a real SR-IOV VF and a device
+//!   without NUMA information;
+//! - every example in `docs/examples/` follows the conventions the end-to-end suite relies on
+//!   (leading comment, `# expect:` line consistent with the YAML, no hard-coded namespace, v1
+//!   claim shape) and can be satisfied by the canonical node's devices;
+//! - the flag tables of `docs/api-reference.md` list exactly the flags, environment variables
+//!   and defaults that `mock-accel-dra <subcommand> --help` prints.
+//!
+//! Whether the API server accepts each object is checked by the end-to-end suite (server-side
+//! dry run on the local cluster), not here.
+
+use std::{
+    collections::{BTreeMap, BTreeSet, HashMap},
+    path::{Path, PathBuf},
+    process::Command,
+};
+
+use kube_cel::{KubeCelExt, cel};
+use serde_json::Value as Json;
+
+const ROOT: &str = env!("CARGO_MANIFEST_DIR");
+const DRIVER: &str = "mock-accel.example.com";
+const STANDARD: &str = "resource.kubernetes.io";
+
+// ---------------------------------------------------------------------------------------------
+// Collecting the material
+// ---------------------------------------------------------------------------------------------
+
+fn rel(path: &Path) -> String {
+    path.strip_prefix(ROOT)
+        .unwrap_or(path)
+        .display()
+        .to_string()
+}
+
+fn files_with_extension(dir: &Path, extensions: &[&str], out: &mut Vec<PathBuf>) {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return;
+    };
+    for entry in entries {
+        let path = entry.unwrap().path();
+        if path.is_dir() {
+            files_with_extension(&path, extensions, out);
+        } else if path
+            .extension()
+            .and_then(|e| e.to_str())
+            .is_some_and(|e| extensions.contains(&e))
+        {
+            out.push(path);
+        }
+    }
+}
+
+fn yaml_files() -> Vec<PathBuf> {
+    let mut files = Vec::new();
+    for dir in ["config", "crds", "kustomize", "docs"] {
+        files_with_extension(&Path::new(ROOT).join(dir), &["yaml", "yml"], &mut files);
+    }
+    files.sort();
+    files
+}
+
+fn markdown_files() -> Vec<PathBuf> {
+    let mut files = vec![Path::new(ROOT).join("README.md")];
+    files_with_extension(&Path::new(ROOT).join("docs"), &["md"], &mut files);
+    files.sort();
+    files
+}
+
+fn example_files() -> Vec<PathBuf> {
+    let mut files = Vec::new();
+    files_with_extension(
+        &Path::new(ROOT).join("docs/examples"),
+        &["yaml"],
+        &mut files,
+    );
+    files.sort();
+    files
+}
+
+fn read(path: &Path) -> String {
+    std::fs::read_to_string(path).unwrap_or_else(|e| panic!("{}: {e}", rel(path)))
+}
+
+/// A fenced code block of a markdown file: its info string (`yaml`, `cel`, ...), its body and
+/// the line it starts on.
+struct CodeBlock {
+    lang: String,
+    body: String,
+    line: usize,
+}
+
+fn code_blocks(markdown: &str) -> Vec<CodeBlock> {
+    let mut blocks = Vec::new();
+    let mut open: Option<CodeBlock> = None;
+    for (i, line) in markdown.lines().enumerate() {
+        let trimmed = line.trim_start();
+        match (&mut open, trimmed.strip_prefix("```")) {
+            (None, Some(info)) => {
+                open = Some(CodeBlock {
+                    lang: info.trim().to_string(),
+                    body: String::new(),
+                    line: i + 1,
+                })
+            }
+            (Some(_), Some(_)) => blocks.extend(open.take()),
+            (Some(block), None) => {
+                block.body.push_str(line);
+                block.body.push('\n');
+            }
+            (None, None) => {}
+        }
+    }
+    assert!(open.is_none(), "unterminated code block");
+    blocks
+}
+
+/// Every YAML source to check: files, then `yaml` blocks of the markdown, with a label.
+fn yaml_sources() -> Vec<(String, String)> {
+    let mut sources: Vec<(String, String)> = yaml_files()
+        .into_iter()
+        .map(|p| (rel(&p), read(&p)))
+        .collect();
+    for md in markdown_files() {
+        for block in code_blocks(&read(&md)) {
+            if block.lang == "yaml" {
+                sources.push((format!("{}:{}", rel(&md), block.line), block.body));
+            }
+        }
+    }
+    sources
+}
+
+/// Parses a multi-document YAML stream; empty documents are dropped.
+fn parse_stream(text: &str) -> Result<Vec<Json>, String> {
+    let docs: Vec<Json> = serde_saphyr::from_multiple(text).map_err(|e| e.to_string())?;
+    Ok(docs.into_iter().filter(|d| !d.is_null()).collect())
+}
+
+fn objects(label: &str, text: &str) -> Vec<Json> {
+    parse_stream(text).unwrap_or_else(|e| panic!("{label}: {e}"))
+}
+
+fn kind(obj: &Json) -> &str {
+    obj["kind"].as_str().unwrap_or_default()
+}
+
+fn name(obj: &Json) -> &str {
+    obj["metadata"]["name"].as_str().unwrap_or_default()
+}
+
+fn items(v: &Json) -> &[Json] {
+    v.as_array().map(Vec::as_slice).unwrap_or_default()
+}
+
+/// `spec.devices` of a ResourceClaim or the claim spec inside a ResourceClaimTemplate.
+fn claim_devices(obj: &Json) -> Option<&Json> {
+    match kind(obj) {
+        "ResourceClaim" => Some(&obj["spec"]["devices"]),
+        "ResourceClaimTemplate" => Some(&obj["spec"]["spec"]["devices"]),
+        _ => None,
+    }
+}
+
+/// One request of a claim, flattened: `exactly` or one `firstAvailable` alternative.
+struct Request {
+    name: String,
+    class: String,
+    count: u64,
+    selectors: Vec<String>,
+}
+
+fn cel_selectors(selectors: &Json) -> Vec<String> {
+    items(selectors)
+        .iter()
+        .filter_map(|s| s["cel"]["expression"].as_str().map(str::to_string))
+        .collect()
+}
+
+fn requests(devices: &Json) -> Vec<Request> {
+    let mut out = Vec::new();
+    for r in items(&devices["requests"]) {
+        let name = r["name"].as_str().unwrap_or_default().to_string();
+        let alternatives: Vec<(String, &Json)> = if r["exactly"].is_object() {
+            vec![(name.clone(), &r["exactly"])]
+        } else {
+            items(&r["firstAvailable"])
+                .iter()
+                .map(|s| {
+                    (
+                        format!("{name}/{}", s["name"].as_str().unwrap_or_default()),
+                        s,
+                    )
+                })
+                .collect()
+        };
+        for (name, spec) in alternatives {
+            out.push(Request {
+                name,
+                class: spec["deviceClassName"]
+                    .as_str()
+                    .unwrap_or_default()
+                    .to_string(),
+                count: spec["count"].as_u64().unwrap_or(1),
+                selectors: cel_selectors(&spec["selectors"]),
+            });
+        }
+    }
+    out
+}
+
+/// A device selector found somewhere, with where it was found.
+struct Selector {
+    source: String,
+    expression: String,
+}
+
+fn device_selectors() -> Vec<Selector> {
+    let mut out = Vec::new();
+    for (label, text) in yaml_sources() {
+        for obj in objects(&label, &text) {
+            let found: Vec<(String, String)> = if kind(&obj) == "DeviceClass" {
+                cel_selectors(&obj["spec"]["selectors"])
+                    .into_iter()
+                    .map(|e| (format!("DeviceClass {}", name(&obj)), e))
+                    .collect()
+            } else if let Some(devices) = claim_devices(&obj) {
+                requests(devices)
+                    .into_iter()
+                    .flat_map(|r| {
+                        let at = format!("{} {} request {}", kind(&obj), name(&obj), r.name);
+                        r.selectors.into_iter().map(move |e| (at.clone(), e))
+                    })
+                    .collect()
+            } else {
+                Vec::new()
+            };
+            out.extend(found.into_iter().map(|(at, expression)| Selector {
+                source: format!("{label}: {at}"),
+                expression,
+            }));
+        }
+    }
+    for md in markdown_files() {
+        for block in code_blocks(&read(&md)) {
+            if block.lang == "cel" {
+                out.push(Selector {
+                    source: format!("{}:{}", rel(&md), block.line),
+                    expression: block.body.trim().to_string(),
+                });
+            }
+        }
+    }
+    out
+}
+
+// ---------------------------------------------------------------------------------------------
+// The devices selectors are evaluated against, in the shape the scheduler gives CEL
+// ---------------------------------------------------------------------------------------------
+
+/// What the driver publishes for one device (design.md, "Names and shapes").
+struct Published {
+    name: &'static str,
+    sysfs_name: &'static str,
+    device_type: &'static str,
+    pci_address: &'static str,
+    pcie_root: &'static str,
+    numa_node: Option<i64>,
+    memory: &'static str,
+    memory_bytes: i64,
+    physfn: Option<&'static str>,
+}
+
+/// A device row: DRA name, sysfs name, type, PCI address, pcieRoot, NUMA node, physfn.
+type Row = (
+    &'static str,
+    &'static str,
+    &'static str,
+    &'static str,
+    &'static str,
+    Option<i64>,
+    Option<&'static str>,
+);
+
+/// Node 1 of the canonical two-node topology (static-function layout): two NUMA nodes, each
+/// with one PF and two VFs.
+#[rustfmt::skip]
+const CANONICAL_NODE: [Row; 6] = [
+    ("mock0", "mock0", "pf", "0000:11:00.0", "pci0000:10", Some(0), None),
+    ("mock1", "mock1", "vf", "0000:11:00.1", "pci0000:10", Some(0), Some("mock0")),
+    ("mock2", "mock2", "vf", "0000:11:00.2", "pci0000:10", Some(0), Some("mock0")),
+    ("mock3", "mock3", "pf", "0000:21:00.0", "pci0000:20", Some(1), None),
+    ("mock4", "mock4", "vf", "0000:21:00.1", "pci0000:20", Some(1), Some("mock3")),
+    ("mock5", "mock5", "vf", "0000:21:00.2", "pci0000:20", Some(1), Some("mock3")),
+];
+
+/// A VF of the real SR-IOV layout, and a PF on a machine without NUMA information (last).
+#[rustfmt::skip]
+const OTHER_LAYOUTS: [Row; 2] = [
+    ("mock0-vf0", "mock0_vf0", "vf", "0000:11:00.1", "pci0000:10", Some(0), Some("mock0")),
+    ("mock9", "mock9", "pf", "0000:31:00.0", "pci0000:30", None, None),
+];
+
+fn published(row: &Row) -> Published {
+    let &(name, sysfs_name, device_type, pci_address, pcie_root, numa_node, physfn) = row;
+    let pf = device_type == "pf";
+    Published {
+        name,
+        sysfs_name,
+        device_type,
+        pci_address,
+        pcie_root,
+        numa_node,
+        memory: if pf { "16Gi" } else { "2Gi" },
+        memory_bytes: if pf { 17179869184 } else { 2147483648 },
+        physfn,
+    }
+}
+
+/// What an example must be satisfiable with.
+fn canonical_node() -> Vec<Published> {
+    CANONICAL_NODE.iter().map(published).collect()
+}
+
+/// Every device selectors are evaluated against.
+fn published_devices() -> Vec<Published> {
+    CANONICAL_NODE
+        .iter()
+        .chain(&OTHER_LAYOUTS)
+        .map(published)
+        .collect()
+}
+
+/// Evaluates a constant expression with the Kubernetes functions, e.g. `quantity("2Gi")`,
+/// to get values of types whose constructors the CEL crates keep private.
+fn constant(expression: &str) -> cel::Value {
+    let program = cel::Program::compile(expression).unwrap();
+    program
+        .execute(&cel::Context::default().with_all())
+        .unwrap_or_else(|e| panic!("{expression}: {e}"))
+}
+
+fn map(entries: Vec<(&str, cel::Value)>) -> cel::Value {
+    let map: HashMap<String, cel::Value> = entries
+        .into_iter()
+        .map(|(k, v)| (k.to_string(), v))
+        .collect();
+    map.into()
+}
+
+fn string(s: &str) -> cel::Value {
+    cel::Value::String(s.to_string().into())
+}
+
+/// The `device` variable as the DRA CEL environment builds it: attributes and capacity grouped
+/// by domain, versions as semver, capacities as quantities.
+fn cel_device(d: &Published) -> cel::Value {
+    let mut ours = vec![
+        ("uuid", string("4e4f4445-312d-4e55-4d41-302d50460000")),
+        ("memory", cel::Value::Int(d.memory_bytes)),
+        ("deviceType", string(d.device_type)),
+        ("pciAddress", string(d.pci_address)),
+        ("capabilities", cel::Value::Int(1)),
+        ("sysfsName", string(d.sysfs_name)),
+        ("fwVersion", constant(r#"semver("1.0.0")"#)),
+    ];
+    let mut standard = vec![
+        ("pciBusID", string(d.pci_address)),
+        ("pcieRoot", string(d.pcie_root)),
+    ];
+    if let Some(n) = d.numa_node {
+        ours.push(("numaNode", cel::Value::Int(n)));
+        standard.push(("numaNode", cel::Value::Int(n)));
+    }
+    if let Some(p) = d.physfn {
+        ours.push(("physfn", string(p)));
+    }
+    map(vec![
+        ("driver", string(DRIVER)),
+        (
+            "attributes",
+            map(vec![(DRIVER, map(ours)), (STANDARD, map(standard))]),
+        ),
+        (
+            "capacity",
+            map(vec![(
+                DRIVER,
+                map(vec![(
+                    "memory",
+                    constant(&format!("quantity({:?})", d.memory)),
+                )]),
+            )]),
+        ),
+        ("allowMultipleAllocations", cel::Value::Bool(false)),
+    ])
+}
+
+fn evaluate(expression: &str, device: &Published) -> Result<bool, String> {
+    let program =
+        cel::Program::compile(expression).map_err(|e| format!("does not compile: {e}"))?;
+    let mut ctx = cel::Context::default().with_all();
+    ctx.add_variable_from_value("device", cel_device(device));
+    match program.execute(&ctx) {
+        Ok(cel::Value::Bool(b)) => Ok(b),
+        Ok(other) => Err(format!("returns {other:?} for {}, not a bool", device.name)),
+        Err(e) => Err(format!("fails on {}: {e}", device.name)),
+    }
+}
+
+/// DeviceClass name → its selectors, from the manifests in `config/`.
+fn shipped_device_classes() -> BTreeMap<String, Vec<String>> {
+    let mut files = Vec::new();
+    files_with_extension(&Path::new(ROOT).join("config"), &["yaml"], &mut files);
+    let mut classes = BTreeMap::new();
+    for path in files {
+        for obj in objects(&rel(&path), &read(&path)) {
+            if kind(&obj) == "DeviceClass" {
+                classes.insert(
+                    name(&obj).to_string(),
+                    cel_selectors(&obj["spec"]["selectors"]),
+                );
+            }
+        }
+    }
+    classes
+}
+
+/// Does `device` pass every selector of the class and of the request?
+fn selects(class: &[String], request: &[String], device: &Published) -> Result<bool, String> {
+    for expression in class.iter().chain(request) {
+        if !evaluate(expression, device)? {
+            return Ok(false);
+        }
+    }
+    Ok(true)
+}
+
+// ---------------------------------------------------------------------------------------------
+// The `# expect:` convention of the examples (documented in docs/testing-guide.md)
+// ---------------------------------------------------------------------------------------------
+
+#[derive(Debug, Default, PartialEq)]
+struct Expectation {
+    pods_running: Option<u64>,
+    devices: BTreeMap<String, u64>,
+    same: Vec<String>,
+    distinct: Vec<String>,
+}
+
+fn parse_expectation(line: &str) -> Result<Expectation, String> {
+    let body = line
+        .strip_prefix("# expect: ")
+        .ok_or_else(|| format!("{line:?} does not start with \"# expect: \""))?;
+    let mut e = Expectation::default();
+    for pair in body.split(", ") {
+        let (key, value) = pair
+            .split_once('=')
+            .ok_or_else(|| format!("{pair:?} is not key=value"))?;
+        match key {
+            "pods-running" => {
+                e.pods_running = Some(value.parse().map_err(|_| format!("pods-running={value}"))?)
+            }
+            "devices" => {
+                for part in value.split(',') {
+                    let (t, n) = part
+                        .split_once(':')
+                        .filter(|(t, _)| *t == "pf" || *t == "vf")
+                        .ok_or_else(|| format!("devices entry {part:?} is not pf:N or vf:N"))?;
+                    let n = n.parse().map_err(|_| format!("devices entry {part:?}"))?;
+                    if e.devices.insert(t.to_string(), n).is_some() {
+                        return Err(format!("devices lists {t} twice"));
+                    }
+                }
+            }
+            "same" | "distinct" => {
+                if !value.contains('/') {
+                    return Err(format!(
+                        "{key}={value}: not a fully qualified attribute name"
+                    ));
+                }
+                let list = if key == "same" {
+                    &mut e.same
+                } else {
+                    &mut e.distinct
+                };
+                list.push(value.to_string());
+            }
+            other => return Err(format!("unknown key {other:?}")),
+        }
+    }
+    if e.pods_running.is_none() || e.devices.is_empty() {
+        return Err("pods-running and devices are required".into());
+    }
+    Ok(e)
+}
+
+// ---------------------------------------------------------------------------------------------
+// Tests
+// ---------------------------------------------------------------------------------------------
+
+fn fail_with(problems: &[String]) {
+    assert!(problems.is_empty(), "\n{}\n", problems.join("\n"));
+}
+
+#[test]
+fn every_yaml_file_and_block_parses_into_kubernetes_objects() {
+    let sources = yaml_sources();
+    assert!(
+        sources.iter().any(|(l, _)| l.starts_with("config/")) && sources.len() > 10,
+        "found too few YAML sources: {:?}",
+        sources.iter().map(|s| &s.0).collect::<Vec<_>>()
+    );
+    let mut problems = Vec::new();
+    for (label, text) in &sources {
+        let docs = match parse_stream(text) {
+            Ok(docs) => docs,
+            Err(e) => {
+                problems.push(format!("{label}: not valid YAML: {e}"));
+                continue;
+            }
+        };
+        if docs.is_empty() {
+            problems.push(format!("{label}: no document"));
+        }
+        for (i, doc) in docs.iter().enumerate() {
+            let api_version = doc["apiVersion"].as_str().unwrap_or_default();
+            if api_version.is_empty() || kind(doc).is_empty() {
+                problems.push(format!("{label}: document {i} has no apiVersion or kind"));
+            } else if kind(doc) != "Kustomization" && name(doc).is_empty() {
+                problems.push(format!(
+                    "{label}: {} (document {i}) has no metadata.name",
+                    kind(doc)
+                ));
+            }
+        }
+    }
+    fail_with(&problems);
+}
+
+#[test]
+fn the_test_devices_look_like_what_the_driver_publishes() {
+    // Guards the fixture the other CEL checks rely on: a wrong fixture would make every
+    // selector check meaningless.
+    let pf = &published_devices()[0];
+    let vf = &published_devices()[1];
+    let numa_none = published_devices().pop().unwrap();
+    let check = |e: &str, d: &Published| evaluate(e, d).unwrap_or_else(|err| panic!("{e}: {err}"));
+    assert!(check(
+        r#"device.attributes["mock-accel.example.com"].deviceType == "pf""#,
+        pf
+    ));
+    assert!(check(
+        r#"device.capacity["mock-accel.example.com"].memory.compareTo(quantity("2Gi")) >= 0"#,
+        vf
+    ));
+    assert!(!check(
+        r#"device.capacity["mock-accel.example.com"].memory.isGreaterThan(quantity("2Gi"))"#,
+        vf
+    ));
+    assert!(check(
+        r#"device.attributes["mock-accel.example.com"].physfn == "mock0""#,
+        vf
+    ));
+    assert!(check(
+        r#"device.attributes["mock-accel.example.com"].fwVersion.isGreaterThan(semver("0.9.0"))"#,
+        vf
+    ));
+    assert!(!check(
+        r#"has(device.attributes["resource.kubernetes.io"].numaNode)"#,
+        &numa_none
+    ));
+    // Reading a missing attribute is an error, as in the scheduler: unguarded selectors fail.
+    assert!(
+        evaluate(
+            r#"device.attributes["resource.kubernetes.io"].numaNode == 0"#,
+            &numa_none
+        )
+        .is_err()
+    );
+}
+
+#[test]
+fn every_device_selector_compiles_and_evaluates_to_a_bool_on_every_published_device() {
+    let selectors = device_selectors();
+    for wanted in ["docs/examples/", "docs/integration-guide.md", "README.md"] {
+        assert!(
+            selectors.iter().any(|s| s.source.starts_with(wanted)),
+            "no CEL selector found in {wanted}"
+        );
+    }
+    let devices = published_devices();
+    let mut problems = Vec::new();
+    for s in &selectors {
+        for d in &devices {
+            if let Err(e) = evaluate(&s.expression, d) {
+                problems.push(format!("{}: `{}` {e}", s.source, s.expression));
+                break;
+            }
+        }
+    }
+    fail_with(&problems);
+}
+
+#[test]
+fn admission_policy_expressions_compile() {
+    let path = Path::new(ROOT).join("config/admission-policy.yaml");
+    let mut count = 0;
+    let mut problems = Vec::new();
+    for obj in objects(&rel(&path), &read(&path)) {
+        if kind(&obj) != "ValidatingAdmissionPolicy" {
+            continue;
+        }
+        let spec = &obj["spec"];
+        let expressions = items(&spec["matchConditions"])
+            .iter()
+            .chain(items(&spec["variables"]))
+            .map(|c| &c["expression"])
+            .chain(
+                items(&spec["validations"])
+                    .iter()
+                    .flat_map(|v| [&v["expression"], &v["messageExpression"]]),
+            );
+        for e in expressions.filter_map(Json::as_str) {
+            count += 1;
+            if let Err(err) = cel::Program::compile(e) {
+                problems.push(format!("`{e}`: {err}"));
+            }
+        }
+    }
+    assert!(
+        count >= 3,
+        "expected the node-agent policy's expressions, found {count}"
+    );
+    fail_with(&problems);
+}
+
+#[test]
+fn examples_follow_the_conventions_and_fit_the_canonical_node() {
+    let examples = example_files();
+    assert!(
+        examples.len() >= 8,
+        "expected at least 8 examples, found {}",
+        examples.len()
+    );
+    let classes = shipped_device_classes();
+    let node = canonical_node();
+    let mut problems = Vec::new();
+    for path in &examples {
+        let label = rel(path);
+        let text = read(path);
+        let mut report = |m: String| problems.push(format!("{label}: {m}"));
+        if !text.starts_with("# ") {
+            report("must start with a comment saying what it shows and what to expect".into());
+        }
+        let expect_lines: Vec<&str> = text
+            .lines()
+            .filter(|l| l.starts_with("# expect:"))
+            .collect();
+        let expectation = match expect_lines.as_slice() {
+            [line] => match parse_expectation(line) {
+                Ok(e) => e,
+                Err(e) => {
+                    report(format!("bad expectation line: {e}"));
+                    continue;
+                }
+            },
+            other => {
+                report(format!(
+                    "needs exactly one `# expect:` line, has {}",
+                    other.len()
+                ));
+                continue;
+            }
+        };
+        let docs = objects(&label, &text);
+        let pods: Vec<&Json> = docs.iter().filter(|d| kind(d) == "Pod").collect();
+        if expectation.pods_running != Some(pods.len() as u64) {
+            report(format!(
+                "pods-running={:?} but the file has {} pods",
+                expectation.pods_running,
+                pods.len()
+            ));
+        }
+        for d in &docs {
+            if d["metadata"].get("namespace").is_some() {
+                report(format!("{} {} hard-codes a namespace", kind(d), name(d)));
+            }
+        }
+        // Every claim a pod names is defined in the same file.
+        for pod in &pods {
+            for c in items(&pod["spec"]["resourceClaims"]) {
+                let (want_kind, want) = match c["resourceClaimName"].as_str() {
+                    Some(n) => ("ResourceClaim", n),
+                    None => (
+                        "ResourceClaimTemplate",
+                        c["resourceClaimTemplateName"].as_str().unwrap_or(""),
+                    ),
+                };
+                if !docs.iter().any(|d| kind(d) == want_kind && name(d) == want) {
+                    report(format!(
+                        "pod {} refers to {want_kind} {want:?}, not in the file",
+                        name(pod)
+                    ));
+                }
+            }
+            for container in items(&pod["spec"]["containers"]) {
+                if container["image"] != "registry.k8s.io/pause:3.10" {
+                    report(format!(
+                        "pod {}: use image registry.k8s.io/pause:3.10",
+                        name(pod)
+                    ));
+                }
+            }
+        }
+        // Each claim's requests: v1 shape, a shipped class, satisfiable on the canonical node,
+        // and the device counts of the expectation.
+        for claim in docs.iter().filter(|d| claim_devices(d).is_some()) {
+            let devices = claim_devices(claim).unwrap_or(&Json::Null);
+            for r in items(&devices["requests"]) {
+                if r.get("deviceClassName").is_some()
+                    || !(r["exactly"].is_object() || r["firstAvailable"].is_array())
+                {
+                    report(format!(
+                        "request {} is not in the v1 shape (requests[].exactly)",
+                        r["name"]
+                    ));
+                }
+            }
+            let mut counted: BTreeMap<String, u64> = BTreeMap::new();
+            for r in requests(devices) {
+                let Some(class) = classes.get(&r.class) else {
+                    report(format!(
+                        "request {} uses DeviceClass {:?}, not shipped in config/",
+                        r.name, r.class
+                    ));
+                    continue;
+                };
+                let mut matching = Vec::new();
+                for d in &node {
+                    match selects(class, &r.selectors, d) {
+                        Ok(true) => matching.push(d),
+                        Ok(false) => {}
+                        Err(e) => report(format!("request {}: {e}", r.name)),
+                    }
+                }
+                if (matching.len() as u64) < r.count {
+                    report(format!(
+                        "request {} wants {} devices, the canonical node has {} that match",
+                        r.name,
+                        r.count,
+                        matching.len()
+                    ));
+                }
+                let types: BTreeSet<&str> = matching.iter().map(|d| d.device_type).collect();
+                match types.into_iter().collect::<Vec<_>>().as_slice() {
+                    [t] => *counted.entry(t.to_string()).or_default() += r.count,
+                    other => report(format!(
+                        "request {} matches device types {other:?}; make it one type",
+                        r.name
+                    )),
+                }
+            }
+            if counted != expectation.devices {
+                report(format!(
+                    "expect devices={:?} but {} {} requests {counted:?}",
+                    expectation.devices,
+                    kind(claim),
+                    name(claim)
+                ));
+            }
+            let constrained: BTreeSet<&str> = items(&devices["constraints"])
+                .iter()
+                .filter_map(|c| c["matchAttribute"].as_str())
+                .collect();
+            for attribute in &expectation.same {
+                if !constrained.contains(attribute.as_str()) {
+                    report(format!(
+                        "expect same={attribute} but no matchAttribute constraint names it"
+                    ));
+                }
+            }
+        }
+    }
+    fail_with(&problems);
+}
+
+#[test]
+fn expectation_lines_parse_strictly() {
+    let e = parse_expectation(
+        "# expect: pods-running=2, devices=pf:1,vf:2, same=resource.kubernetes.io/numaNode",
+    )
+    .unwrap();
+    assert_eq!(e.pods_running, Some(2));
+    assert_eq!(
+        e.devices,
+        BTreeMap::from([("pf".into(), 1), ("vf".into(), 2)])
+    );
+    assert_eq!(e.same, vec!["resource.kubernetes.io/numaNode".to_string()]);
+    for bad in [
+        "# expect: devices=pf:1",
+        "# expect: pods-running=1, devices=gpu:1",
+        "# expect: pods-running=1, devices=pf:1, same=numaNode",
+        "# expect: pods-running=1,devices=pf:1",
+        "# expect: pods-running=1, devices=pf:1, color=blue",
+    ] {
+        assert!(parse_expectation(bad).is_err(), "{bad} was accepted");
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Flags: docs/api-reference.md against --help
+// ---------------------------------------------------------------------------------------------
+
+/// A flag as documented or as printed by `--help`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Flag {
+    env: Option<String>,
+    default: Option<String>,
+}
+
+fn help(path: &[String]) -> String {
+    let output = Command::new(env!("CARGO_BIN_EXE_mock-accel-dra"))
+        .args(path)
+        .arg("--help")
+        .env_clear()
+        .output()
+        .unwrap();
+    assert!(
+        output.status.success(),
+        "mock-accel-dra {path:?} --help failed"
+    );
+    String::from_utf8(output.stdout).unwrap()
+}
+
+/// The lines of a `--help` section (`Options:`, `Commands:`), up to the next blank line.
+fn section<'a>(help: &'a str, title: &str) -> Vec<&'a str> {
+    help.lines()
+        .skip_while(|l| *l != title)
+        .skip(1)
+        .take_while(|l| !l.trim().is_empty())
+        .collect()
+}
+
+fn between<'a>(text: &'a str, start: &str, end: char) -> Option<&'a str> {
+    let rest = &text[text.find(start)? + start.len()..];
+    Some(&rest[..rest.find(end)?])
+}
+
+/// Long flag name → env and default, from clap's help text.
+fn help_flags(help: &str) -> BTreeMap<String, Flag> {
+    let mut entries: Vec<String> = Vec::new();
+    for line in section(help, "Options:") {
+        let indent = line.len() - line.trim_start().len();
+        if indent < 8 && line.trim_start().starts_with('-') {
+            entries.push(line.to_string());
+        } else if let Some(last) = entries.last_mut() {
+            last.push(' ');
+            last.push_str(line.trim());
+        }
+    }
+    entries
+        .iter()
+        .filter_map(|e| {
+            let long = e.split_whitespace().find(|t| t.starts_with("--"))?;
+            let flag = Flag {
+                env: between(e, "[env: ", '=').map(str::to_string),
+                default: between(e, "[default: ", ']').map(str::to_string),
+            };
+            Some((long.trim_end_matches(',').to_string(), flag))
+        })
+        .collect()
+}
+
+fn help_subcommands(help: &str) -> Vec<String> {
+    section(help, "Commands:")
+        .iter()
+        .filter_map(|l| l.split_whitespace().next())
+        .filter(|c| *c != "help")
+        .map(str::to_string)
+        .collect()
+}
+
+/// Every command path of the binary: `[]`, `["controller"]`, `["sim", "create"]`, ...
+fn command_tree() -> BTreeMap<Vec<String>, BTreeMap<String, Flag>> {
+    let mut tree = BTreeMap::new();
+    let mut queue = vec![Vec::new()];
+    while let Some(path) = queue.pop() {
+        let text = help(&path);
+        for sub in help_subcommands(&text) {
+            let mut child = path.clone();
+            child.push(sub);
+            queue.push(child);
+        }
+        let mut flags = help_flags(&text);
+        flags.remove("--help");
+        flags.remove("--version");
+        tree.insert(path, flags);
+    }
+    tree
+}
+
+fn code_spans(cell: &str) -> Vec<&str> {
+    cell.split('`').skip(1).step_by(2).collect()
+}
+
+fn cell_value(cell: &str) -> Option<String> {
+    code_spans(cell).first().map(|s| s.to_string())
+}
+
+/// Command path → documented flags, from the tables under headings that name a command
+/// (`### \`mock-accel-dra node-agent\``).
+fn documented_flags(markdown: &str) -> BTreeMap<Vec<String>, BTreeMap<String, Flag>> {
+    let mut documented: BTreeMap<Vec<String>, BTreeMap<String, Flag>> = BTreeMap::new();
+    let mut current: Option<Vec<String>> = None;
+    let mut in_table = false;
+    for line in markdown.lines() {
+        if line.starts_with('#') {
+            current = code_spans(line)
+                .first()
+                .and_then(|s| s.strip_prefix("mock-accel-dra"))
+                .filter(|rest| rest.is_empty() || rest.starts_with(' '))
+                .map(|rest| rest.split_whitespace().map(str::to_string).collect());
+            in_table = false;
+            continue;
+        }
+        let Some(path) = &current else { continue };
+        if !line.starts_with('|') {
+            if in_table {
+                current = None; // only the first table under the heading
+            }
+            continue;
+        }
+        in_table = true;
+        let cells: Vec<&str> = line.trim_matches('|').split('|').map(str::trim).collect();
+        let Some(long) = code_spans(cells[0])
+            .into_iter()
+            .find(|s| s.starts_with("--"))
+        else {
+            continue; // header or separator row
+        };
+        let flag = Flag {
+            env: cells.get(1).and_then(|c| cell_value(c)),
+            default: cells.get(2).and_then(|c| cell_value(c)),
+        };
+        let previous = documented
+            .entry(path.clone())
+            .or_default()
+            .insert(long.to_string(), flag);
+        assert!(previous.is_none(), "{long} documented twice for {path:?}");
+    }
+    documented
+}
+
+#[test]
+fn api_reference_lists_exactly_the_flags_of_help() {
+    let reference = read(&Path::new(ROOT).join("docs/api-reference.md"));
+    let documented = documented_flags(&reference);
+    let tree = command_tree();
+    let global = tree.get(&Vec::new()).cloned().unwrap_or_default();
+    assert!(
+        global.contains_key("--log-level"),
+        "help parsing found no global flags"
+    );
+    let mut problems = Vec::new();
+    for (path, flags) in &tree {
+        let own: BTreeMap<String, Flag> = if path.is_empty() {
+            flags.clone()
+        } else {
+            flags
+                .iter()
+                .filter(|(k, _)| !global.contains_key(*k))
+                .map(|(k, v)| (k.clone(), v.clone()))
+                .collect()
+        };
+        let shown = format!("mock-accel-dra {}", path.join(" "));
+        let shown = shown.trim();
+        match documented.get(path) {
+            None if own.is_empty() => {}
+            None => problems.push(format!(
+                "`{}` has flags {:?} but no table in docs/api-reference.md",
+                shown,
+                own.keys()
+            )),
+            Some(doc) => {
+                for (flag, want) in &own {
+                    match doc.get(flag) {
+                        None => {
+                            problems.push(format!("`{}`: {flag} is missing from the table", shown))
+                        }
+                        Some(got) if got != want => problems.push(format!(
+                            "`{}`: {flag} documented as {got:?}, --help says {want:?}",
+                            shown
+                        )),
+                        Some(_) => {}
+                    }
+                }
+                for flag in doc.keys().filter(|f| !own.contains_key(*f)) {
+                    problems.push(format!("`{}`: documented {flag} does not exist", shown));
+                }
+            }
+        }
+    }
+    for path in documented.keys().filter(|p| !tree.contains_key(*p)) {
+        problems.push(format!(
+            "docs/api-reference.md documents `mock-accel-dra {}`, which --help does not list",
+            path.join(" ")
+        ));
+    }
+    fail_with(&problems);
+}
