@@ -5,6 +5,7 @@ const PROTOS: &[&str] = &[
     "proto/pluginregistration.proto",
     "proto/dra_v1.proto",
     "proto/dra_v1beta1.proto",
+    "proto/dra_health_v1alpha1.proto",
 ];
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {

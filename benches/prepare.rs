@@ -30,9 +30,12 @@ use mock_accel_dra::{
         prepare::{PrepareMetrics, Preparer, PreparerConfig},
         server::{PluginConfig, serve},
     },
-    proto::dra_v1::{
-        Claim, NodePrepareResourcesRequest, NodeUnprepareResourcesRequest,
-        dra_plugin_client::DraPluginClient,
+    proto::{
+        dra_v1::{
+            Claim, NodePrepareResourcesRequest, NodeUnprepareResourcesRequest,
+            dra_plugin_client::DraPluginClient,
+        },
+        pluginregistration::{InfoRequest, registration_client::RegistrationClient},
     },
     sim::{self, TopologySpec},
     sysfs,
@@ -263,6 +266,15 @@ async fn run(label: &str, dir: &Path, warmup: usize, cycles: usize) -> BenchResu
     }
     let rss_after_cycles = rss_kib();
 
+    // The floor of any call over a socket: a gRPC round trip that does no work.
+    let mut registration = RegistrationClient::new(connect(handle.registration_socket()).await?);
+    let mut empty = Samples::default();
+    for _ in 0..cycles {
+        let start = Instant::now();
+        registration.get_info(InfoRequest {}).await?;
+        empty.0.push(start.elapsed());
+    }
+
     println!("prepare+unprepare of 1-device claims, data on {label}, {cycles} cycles each");
     socket.print("over the Unix socket");
     direct.print("direct Preparer calls");
@@ -276,6 +288,11 @@ async fn run(label: &str, dir: &Path, warmup: usize, cycles: usize) -> BenchResu
             .percentile(0.50)
             .saturating_sub(direct.cycle.percentile(0.50)),
         ratio(0.99),
+    );
+    println!(
+        "  empty gRPC round trip (GetInfo): p50={:.1?} p99={:.1?}",
+        empty.percentile(0.50),
+        empty.percentile(0.99)
     );
     if let (Some(before), Some(after)) = (rss_after_warmup, rss_after_cycles) {
         println!(

@@ -17,6 +17,10 @@ use mock_accel_dra::{
         server::{PluginConfig, PluginError, PluginHandle, serve},
     },
     proto::{
+        dra_health_v1alpha1::{
+            NodeWatchResourcesRequest,
+            dra_resource_health_client::DraResourceHealthClient as HealthClient,
+        },
         dra_v1::{self, dra_plugin_client::DraPluginClient as V1Client},
         dra_v1beta1::{self, dra_plugin_client::DraPluginClient as V1beta1Client},
         pluginregistration::{
@@ -217,6 +221,24 @@ async fn registration_flow_reports_the_kubelets_verdict() -> TestResult {
             error: String::new()
         }
     );
+    plugin.stop().await
+}
+
+#[tokio::test]
+async fn device_health_is_not_served_unless_asked_for() -> TestResult {
+    let root = tempfile::tempdir()?;
+    let plugin = Running::start(root.path(), Arc::new(FakeHandler::default())).await?;
+    let info = plugin_info(plugin.handle.registration_socket()).await?;
+    assert!(
+        !info.supported_versions.iter().any(|v| v.contains("Health")),
+        "{info:?}"
+    );
+    let mut health = HealthClient::new(connect(plugin.handle.dra_socket()).await?);
+    let status = health
+        .node_watch_resources(NodeWatchResourcesRequest {})
+        .await
+        .expect_err("no health service");
+    assert_eq!(status.code(), tonic::Code::Unimplemented);
     plugin.stop().await
 }
 
@@ -1012,5 +1034,82 @@ mod real {
         assert_eq!(errors["uid-old"], "");
         assert!(!node.spec_path("uid-old").exists());
         kubelet.plugin.stop().await
+    }
+
+    #[tokio::test]
+    async fn device_health_streams_over_the_dra_socket() -> TestResult {
+        use mock_accel_dra::plugin::{health::HealthSource, server::serve_with_health};
+        use tokio_stream::StreamExt;
+
+        let node = TestNode::new()?;
+        let shutdown = CancellationToken::new();
+        let source = HealthSource {
+            node_name: NODE.into(),
+            inventory: node.inventory.subscribe(),
+        };
+        let handle = serve_with_health(
+            config(&node.root),
+            Arc::new(FakeHandler::default()),
+            Some(source),
+            shutdown.clone(),
+        )
+        .await?;
+        let info = plugin_info(handle.registration_socket()).await?;
+        assert_eq!(
+            info.supported_versions,
+            [
+                "v1.DRAPlugin",
+                "v1beta1.DRAPlugin",
+                "v1alpha1.DRAResourceHealth"
+            ]
+        );
+
+        let mut health = HealthClient::new(connect(Path::new(&info.endpoint)).await?);
+        let mut stream = health
+            .node_watch_resources(NodeWatchResourcesRequest {})
+            .await?
+            .into_inner();
+        let report = tokio::time::timeout(LIMIT, stream.next())
+            .await?
+            .ok_or("stream ended")??;
+        let mut devices: Vec<(String, String, i32)> = report
+            .devices
+            .iter()
+            .map(|d| {
+                let id = d.device.clone().unwrap_or_default();
+                (id.pool_name, id.device_name, d.health)
+            })
+            .collect();
+        devices.sort();
+        let healthy = mock_accel_dra::proto::dra_health_v1alpha1::HealthStatus::Healthy as i32;
+        let expected: Vec<(String, String, i32)> = (0..6)
+            .map(|i| (format!("{NODE}/numa{}", i / 3), format!("mock{i}"), healthy))
+            .collect();
+        assert_eq!(devices, expected);
+
+        // Hot-removal of a device shows in the next report.
+        let fewer = Inventory::new(node.inventory.borrow().devices[1..].to_vec());
+        node.inventory.send_replace(Arc::new(fewer));
+        let report = tokio::time::timeout(LIMIT, stream.next())
+            .await?
+            .ok_or("stream ended")??;
+        assert_eq!(report.devices.len(), 5);
+        assert!(!report.devices.iter().any(|d| {
+            d.device
+                .as_ref()
+                .is_some_and(|id| id.device_name == "mock0")
+        }));
+
+        // An open health stream does not hold up the shutdown.
+        shutdown.cancel();
+        tokio::time::timeout(LIMIT, handle.join()).await??;
+        assert!(
+            !node
+                .root
+                .join("plugins_registry")
+                .join(format!("{DRIVER}-reg.sock"))
+                .exists()
+        );
+        Ok(())
     }
 }

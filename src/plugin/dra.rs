@@ -71,20 +71,23 @@ where
     Fut: Future<Output = HashMap<String, Result<T, String>>>,
 {
     let checked = check_claims(claims);
+    // The handler logs the outcome of the claims it sees; only refusals made here are logged.
     let mut answers: HashMap<String, Result<T, String>> = checked
         .rejected
         .into_iter()
-        .map(|(uid, error)| (uid, Err(error)))
+        .map(|(uid, error)| {
+            warn!(operation, claim_uid = %uid, %error, "claim refused");
+            (uid, Err(error))
+        })
         .collect();
     if !checked.valid.is_empty() {
+        debug!(
+            operation,
+            claims = checked.valid.len(),
+            "calling the claim handler"
+        );
         let results = call(checked.valid.clone()).await;
         answers.extend(complete_results(operation, &checked.valid, results));
-    }
-    for (uid, answer) in &answers {
-        match answer {
-            Ok(_) => debug!(operation, claim_uid = %uid, "claim done"),
-            Err(error) => warn!(operation, claim_uid = %uid, %error, "claim failed"),
-        }
     }
     answers
 }
@@ -178,10 +181,12 @@ fn complete_results<T>(
     let mut complete = HashMap::with_capacity(requested.len());
     for claim in requested {
         let result = results.remove(&claim.uid).unwrap_or_else(|| {
-            Err(format!(
+            let error = format!(
                 "internal error: the driver returned no {operation} result for claim {claim}; \
                  the kubelet will retry, report this if it persists"
-            ))
+            );
+            warn!(operation, claim_uid = %claim.uid, %error, "claim without a result");
+            Err(error)
         });
         complete.insert(claim.uid.clone(), result);
     }

@@ -14,7 +14,7 @@ use tokio::sync::watch;
 use tonic::{Request, Response, Status};
 use tracing::{debug, error, info};
 
-use crate::proto::{dra_v1, dra_v1beta1, pluginregistration};
+use crate::proto::{dra_health_v1alpha1, dra_v1, dra_v1beta1, pluginregistration};
 
 /// The plugin type the kubelet routes to its DRA manager.
 pub const DRA_PLUGIN_TYPE: &str = "DRAPlugin";
@@ -30,14 +30,18 @@ pub struct RegistrationState {
 }
 
 /// The `supported_versions` we advertise, most preferred first: `v1.DRAPlugin`, then
-/// `v1beta1.DRAPlugin`. Derived from the generated service names so that they cannot drift
-/// from the services actually served.
-pub fn supported_versions() -> Vec<String> {
+/// `v1beta1.DRAPlugin`, then `v1alpha1.DRAResourceHealth` when device health is served.
+/// Derived from the generated service names so that they cannot drift from the services
+/// actually served.
+pub fn supported_versions(health: bool) -> Vec<String> {
+    let health = health.then_some(dra_health_v1alpha1::dra_resource_health_server::SERVICE_NAME);
     [
-        dra_v1::dra_plugin_server::SERVICE_NAME,
-        dra_v1beta1::dra_plugin_server::SERVICE_NAME,
+        Some(dra_v1::dra_plugin_server::SERVICE_NAME),
+        Some(dra_v1beta1::dra_plugin_server::SERVICE_NAME),
+        health,
     ]
     .into_iter()
+    .flatten()
     .map(short_service_name)
     .collect()
 }
@@ -56,19 +60,23 @@ fn short_service_name(full: &str) -> String {
 pub struct RegistrationService {
     driver_name: String,
     endpoint: PathBuf,
+    supported_versions: Vec<String>,
     state: watch::Sender<RegistrationState>,
 }
 
 impl RegistrationService {
-    /// `endpoint` is the absolute path of the DRA socket, as the kubelet will dial it.
+    /// `endpoint` is the absolute path of the DRA socket, as the kubelet will dial it;
+    /// `supported_versions` the services served there (see [`supported_versions`]).
     pub fn new(
         driver_name: impl Into<String>,
         endpoint: PathBuf,
+        supported_versions: Vec<String>,
         state: watch::Sender<RegistrationState>,
     ) -> Self {
         Self {
             driver_name: driver_name.into(),
             endpoint,
+            supported_versions,
             state,
         }
     }
@@ -85,7 +93,7 @@ impl pluginregistration::registration_server::Registration for RegistrationServi
             r#type: DRA_PLUGIN_TYPE.to_string(),
             name: self.driver_name.clone(),
             endpoint: self.endpoint.to_string_lossy().into_owned(),
-            supported_versions: supported_versions(),
+            supported_versions: self.supported_versions.clone(),
         }))
     }
 
@@ -123,8 +131,19 @@ mod tests {
     use pluginregistration::registration_server::Registration;
 
     #[test]
-    fn advertises_v1_then_v1beta1() {
-        assert_eq!(supported_versions(), ["v1.DRAPlugin", "v1beta1.DRAPlugin"]);
+    fn advertises_v1_then_v1beta1_then_health_when_served() {
+        assert_eq!(
+            supported_versions(false),
+            ["v1.DRAPlugin", "v1beta1.DRAPlugin"]
+        );
+        assert_eq!(
+            supported_versions(true),
+            [
+                "v1.DRAPlugin",
+                "v1beta1.DRAPlugin",
+                "v1alpha1.DRAResourceHealth"
+            ]
+        );
     }
 
     #[test]
@@ -140,7 +159,9 @@ mod tests {
     #[tokio::test]
     async fn verdicts_reach_the_watch_channel() {
         let (tx, mut rx) = watch::channel(RegistrationState::default());
-        let service = RegistrationService::new("d.example.com", PathBuf::from("/p/dra.sock"), tx);
+        let versions = supported_versions(false);
+        let service =
+            RegistrationService::new("d.example.com", PathBuf::from("/p/dra.sock"), versions, tx);
 
         let info = service
             .get_info(Request::new(pluginregistration::InfoRequest {}))
@@ -148,6 +169,10 @@ mod tests {
         let info = info.unwrap().into_inner();
         assert_eq!(info.r#type, "DRAPlugin");
         assert_eq!(info.endpoint, "/p/dra.sock");
+        assert_eq!(
+            info.supported_versions,
+            ["v1.DRAPlugin", "v1beta1.DRAPlugin"]
+        );
 
         let refused = service
             .notify_registration_status(Request::new(pluginregistration::RegistrationStatus {

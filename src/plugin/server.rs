@@ -1,6 +1,6 @@
 //! The kubelet plugin's two Unix-socket gRPC servers and their socket files: DRA
-//! (`v1.DRAPlugin` and `v1beta1.DRAPlugin`) on `<plugin dir>/dra.sock`, registration on
-//! `<registry dir>/<driver>-reg.sock`.
+//! (`v1.DRAPlugin`, `v1beta1.DRAPlugin` and, when asked for, `v1alpha1.DRAResourceHealth`) on
+//! `<plugin dir>/dra.sock`, registration on `<registry dir>/<driver>-reg.sock`.
 //!
 //! The registration socket is bound last because the kubelet dials the DRA endpoint as soon as
 //! the registration socket appears. A stale socket left by a killed predecessor is removed
@@ -23,9 +23,13 @@ use tracing::{info, warn};
 use super::{
     ClaimHandler,
     dra::DraService,
-    registration::{RegistrationService, RegistrationState},
+    health::{HealthService, HealthSource, RESEND_INTERVAL},
+    registration::{RegistrationService, RegistrationState, supported_versions},
 };
-use crate::proto::{dra_v1, dra_v1beta1, pluginregistration};
+use crate::proto::{
+    dra_health_v1alpha1::dra_resource_health_server::DraResourceHealthServer, dra_v1, dra_v1beta1,
+    pluginregistration,
+};
 
 /// Longest socket path the kernel accepts: `sun_path` holds 108 bytes including the final NUL.
 pub const MAX_SOCKET_PATH_BYTES: usize = 107;
@@ -137,9 +141,21 @@ fn flatten(
 }
 
 /// Binds both sockets and serves until `shutdown` is cancelled (or one server fails).
+/// Device health is not served nor advertised; see [`serve_with_health`].
 pub async fn serve<H: ClaimHandler>(
     config: PluginConfig,
     handler: Arc<H>,
+    shutdown: CancellationToken,
+) -> Result<PluginHandle, PluginError> {
+    serve_with_health(config, handler, None, shutdown).await
+}
+
+/// [`serve`], plus `v1alpha1.DRAResourceHealth` on the DRA socket (advertised to the kubelet)
+/// when `health` is given.
+pub async fn serve_with_health<H: ClaimHandler>(
+    config: PluginConfig,
+    handler: Arc<H>,
+    health: Option<HealthSource>,
     shutdown: CancellationToken,
 ) -> Result<PluginHandle, PluginError> {
     let dra_path = absolute(&config.dra_socket())?;
@@ -151,18 +167,24 @@ pub async fn serve<H: ClaimHandler>(
     // Either server ending (cancelled or failed) stops the other through this token.
     let stop = shutdown.child_token();
     let (state_tx, state_rx) = watch::channel(RegistrationState::default());
+    let versions = supported_versions(health.is_some());
 
     let dra = DraService::new(handler);
+    let health = health.map(|source| {
+        DraResourceHealthServer::new(HealthService::new(source, RESEND_INTERVAL, stop.clone()))
+    });
     let dra_router = Server::builder()
         .add_service(dra_v1::dra_plugin_server::DraPluginServer::new(dra.clone()))
-        .add_service(dra_v1beta1::dra_plugin_server::DraPluginServer::new(dra));
+        .add_service(dra_v1beta1::dra_plugin_server::DraPluginServer::new(dra))
+        .add_optional_service(health);
     let dra_socket = OwnedSocket::bind(&dra_path)?;
     let dra_task = tokio::spawn(run_server(dra_socket, stop.clone(), |incoming, stopped| {
         dra_router.serve_with_incoming_shutdown(incoming, stopped)
     }));
-    info!(path = %dra_path.display(), "DRA gRPC server listening (v1.DRAPlugin, v1beta1.DRAPlugin)");
+    info!(path = %dra_path.display(), services = ?versions, "DRA gRPC server listening");
 
-    let registration = RegistrationService::new(config.driver_name, dra_path.clone(), state_tx);
+    let registration =
+        RegistrationService::new(config.driver_name, dra_path.clone(), versions, state_tx);
     let registration_router = Server::builder().add_service(
         pluginregistration::registration_server::RegistrationServer::new(registration),
     );
