@@ -30,6 +30,7 @@ use crate::{
     inventory::DeviceType,
     plugin::{
         claims::KubeClaimSource,
+        health::HealthSource,
         prepare::{PrepareError, PrepareMetrics, Preparer, PreparerConfig},
         registration::RegistrationState,
         server::{self, PluginConfig, PluginError},
@@ -182,13 +183,20 @@ pub async fn run(args: NodeAgentArgs) -> Result<(), Error> {
     )
     .await?;
 
-    let plugin = server::serve(
+    // Health (KEP-4680): every present device is reported healthy and refreshed periodically,
+    // so kubelets with ResourceHealthStatus show it in the pod status.
+    let health = HealthSource {
+        node_name: args.node_name.clone(),
+        inventory: inv_tx.subscribe(),
+    };
+    let plugin = server::serve_with_health(
         PluginConfig {
             driver_name: args.driver_name.clone(),
             registry_dir: args.registry_dir.clone(),
             plugin_dir: args.plugin_dir.clone(),
         },
         preparer.clone(),
+        Some(health),
         shutdown.clone(),
     )
     .await?;
