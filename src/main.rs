@@ -10,6 +10,9 @@ use mock_accel_dra::{
 
 fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
+    // Two rustls crypto providers end up linked when test-only dependencies unify features;
+    // pick ring (kube's default) so TLS never panics on an ambiguous choice.
+    let _ = rustls::crypto::ring::default_provider().install_default();
     telemetry::init_logging(cli.log_format, &cli.log_level)?;
     match cli.command {
         Command::Crd => {

@@ -84,8 +84,11 @@ pub async fn run(
                     if *cur == found {
                         false
                     } else {
-                        tracing::info!(devices = found.inventory.devices.len(),
-                            skipped = found.warnings.len(), "inventory changed");
+                        tracing::info!(
+                            devices = found.inventory.devices.len(),
+                            skipped = found.warnings.len(),
+                            "inventory changed"
+                        );
                         inventory_tx.send_replace(found.inventory.clone());
                         *cur = found;
                         true

@@ -571,9 +571,9 @@ impl<S: ClaimSource> Preparer<S> {
 
     /// The host's character device for `sysfs_name`, when it exists.
     fn dev_node(&self, sysfs_name: &str) -> Option<cdi::DevNode> {
-        let host_path = self.config.dev_root.join(sysfs_name);
+        let host_path = sysfs::dev_node_path(&self.config.dev_root, sysfs_name);
         host_path.exists().then(|| cdi::DevNode {
-            numbers: read_dev_numbers(&self.config.sysfs_root, sysfs_name),
+            numbers: sysfs::read_dev_numbers(&self.config.sysfs_root, sysfs_name),
             host_path,
         })
     }
@@ -783,18 +783,6 @@ fn open_lock_file(path: &Path) -> Result<File, PrepareError> {
             path: path.to_path_buf(),
             source,
         })
-}
-
-/// `(major, minor)` from the class device's `dev` attribute (`major:minor`), absent on kernel
-/// module versions without a character device.
-fn read_dev_numbers(sysfs_root: &Path, sysfs_name: &str) -> Option<(u32, u32)> {
-    let path = sysfs_root
-        .join("class/mock-accel")
-        .join(sysfs_name)
-        .join("dev");
-    let text = std::fs::read_to_string(path).ok()?;
-    let (major, minor) = text.trim().split_once(':')?;
-    Some((major.parse().ok()?, minor.parse().ok()?))
 }
 
 fn now_rfc3339() -> String {
