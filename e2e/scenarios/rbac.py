@@ -70,6 +70,8 @@ def rbac(ctx: Context) -> None:
     equal(can(ck, "create", "pods"), "no", "controller: create pods")
 
     # Enough: the agent itself wrote its node's status with these rights.
-    managers = {(m.get("manager"), m.get("subresource")) for m in ctx.mock_node("node1")["metadata"].get("managedFields") or []}
+    # kubectl hides managedFields unless asked.
+    node1 = ctx.k.get("mockaccelnode", "node1", None, "--show-managed-fields")
+    managers = {(m.get("manager"), m.get("subresource")) for m in node1["metadata"].get("managedFields") or []}
     check(("mock-accel-node-agent", "status") in managers,
           "MockAccelNode node1's status was not written by the agent's field manager", sorted(map(str, managers)))
