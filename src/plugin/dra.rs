@@ -226,65 +226,72 @@ impl From<PreparedDevice> for dra_v1::Device {
     }
 }
 
-#[tonic::async_trait]
-impl<H: ClaimHandler> dra_v1::dra_plugin_server::DraPlugin for DraService<H> {
-    async fn node_prepare_resources(
-        &self,
-        request: Request<dra_v1::NodePrepareResourcesRequest>,
-    ) -> Result<Response<dra_v1::NodePrepareResourcesResponse>, Status> {
-        let claims = request
-            .into_inner()
-            .claims
-            .into_iter()
-            .map(ClaimRef::from)
-            .collect();
-        let claims = self
-            .prepare_claims(claims)
-            .await
-            .into_iter()
-            .map(|(uid, result)| {
-                let answer = match result {
-                    Ok(devices) => dra_v1::NodePrepareResourceResponse {
-                        devices: devices.into_iter().map(dra_v1::Device::from).collect(),
-                        error: String::new(),
-                    },
-                    Err(error) => dra_v1::NodePrepareResourceResponse {
-                        devices: Vec::new(),
-                        error,
-                    },
-                };
-                (uid, answer)
-            })
-            .collect();
-        Ok(Response::new(dra_v1::NodePrepareResourcesResponse {
-            claims,
-        }))
-    }
+/// The gRPC trait impl for one API version. Both versions have the same messages apart from
+/// `Device` (whose `From<PreparedDevice>` differs), so the impls differ only in the module path;
+/// generating them keeps the two adapters from drifting apart.
+macro_rules! dra_plugin_adapter {
+    ($api:ident) => {
+        #[tonic::async_trait]
+        impl<H: ClaimHandler> $api::dra_plugin_server::DraPlugin for DraService<H> {
+            async fn node_prepare_resources(
+                &self,
+                request: Request<$api::NodePrepareResourcesRequest>,
+            ) -> Result<Response<$api::NodePrepareResourcesResponse>, Status> {
+                let claims = request
+                    .into_inner()
+                    .claims
+                    .into_iter()
+                    .map(ClaimRef::from)
+                    .collect();
+                let claims = self
+                    .prepare_claims(claims)
+                    .await
+                    .into_iter()
+                    .map(|(uid, result)| {
+                        let answer = match result {
+                            Ok(devices) => $api::NodePrepareResourceResponse {
+                                devices: devices.into_iter().map($api::Device::from).collect(),
+                                error: String::new(),
+                            },
+                            Err(error) => $api::NodePrepareResourceResponse {
+                                devices: Vec::new(),
+                                error,
+                            },
+                        };
+                        (uid, answer)
+                    })
+                    .collect();
+                Ok(Response::new($api::NodePrepareResourcesResponse { claims }))
+            }
 
-    async fn node_unprepare_resources(
-        &self,
-        request: Request<dra_v1::NodeUnprepareResourcesRequest>,
-    ) -> Result<Response<dra_v1::NodeUnprepareResourcesResponse>, Status> {
-        let claims = request
-            .into_inner()
-            .claims
-            .into_iter()
-            .map(ClaimRef::from)
-            .collect();
-        let claims = self
-            .unprepare_claims(claims)
-            .await
-            .into_iter()
-            .map(|(uid, result)| {
-                let error = result.err().unwrap_or_default();
-                (uid, dra_v1::NodeUnprepareResourceResponse { error })
-            })
-            .collect();
-        Ok(Response::new(dra_v1::NodeUnprepareResourcesResponse {
-            claims,
-        }))
-    }
+            async fn node_unprepare_resources(
+                &self,
+                request: Request<$api::NodeUnprepareResourcesRequest>,
+            ) -> Result<Response<$api::NodeUnprepareResourcesResponse>, Status> {
+                let claims = request
+                    .into_inner()
+                    .claims
+                    .into_iter()
+                    .map(ClaimRef::from)
+                    .collect();
+                let claims = self
+                    .unprepare_claims(claims)
+                    .await
+                    .into_iter()
+                    .map(|(uid, result)| {
+                        let error = result.err().unwrap_or_default();
+                        (uid, $api::NodeUnprepareResourceResponse { error })
+                    })
+                    .collect();
+                Ok(Response::new($api::NodeUnprepareResourcesResponse {
+                    claims,
+                }))
+            }
+        }
+    };
 }
+
+dra_plugin_adapter!(dra_v1);
 
 // ---- v1beta1 adapter -------------------------------------------------------------------------
 
@@ -310,65 +317,7 @@ impl From<PreparedDevice> for dra_v1beta1::Device {
     }
 }
 
-#[tonic::async_trait]
-impl<H: ClaimHandler> dra_v1beta1::dra_plugin_server::DraPlugin for DraService<H> {
-    async fn node_prepare_resources(
-        &self,
-        request: Request<dra_v1beta1::NodePrepareResourcesRequest>,
-    ) -> Result<Response<dra_v1beta1::NodePrepareResourcesResponse>, Status> {
-        let claims = request
-            .into_inner()
-            .claims
-            .into_iter()
-            .map(ClaimRef::from)
-            .collect();
-        let claims = self
-            .prepare_claims(claims)
-            .await
-            .into_iter()
-            .map(|(uid, result)| {
-                let answer = match result {
-                    Ok(devices) => dra_v1beta1::NodePrepareResourceResponse {
-                        devices: devices.into_iter().map(dra_v1beta1::Device::from).collect(),
-                        error: String::new(),
-                    },
-                    Err(error) => dra_v1beta1::NodePrepareResourceResponse {
-                        devices: Vec::new(),
-                        error,
-                    },
-                };
-                (uid, answer)
-            })
-            .collect();
-        Ok(Response::new(dra_v1beta1::NodePrepareResourcesResponse {
-            claims,
-        }))
-    }
-
-    async fn node_unprepare_resources(
-        &self,
-        request: Request<dra_v1beta1::NodeUnprepareResourcesRequest>,
-    ) -> Result<Response<dra_v1beta1::NodeUnprepareResourcesResponse>, Status> {
-        let claims = request
-            .into_inner()
-            .claims
-            .into_iter()
-            .map(ClaimRef::from)
-            .collect();
-        let claims = self
-            .unprepare_claims(claims)
-            .await
-            .into_iter()
-            .map(|(uid, result)| {
-                let error = result.err().unwrap_or_default();
-                (uid, dra_v1beta1::NodeUnprepareResourceResponse { error })
-            })
-            .collect();
-        Ok(Response::new(dra_v1beta1::NodeUnprepareResourcesResponse {
-            claims,
-        }))
-    }
-}
+dra_plugin_adapter!(dra_v1beta1);
 
 #[cfg(test)]
 mod tests {
