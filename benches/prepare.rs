@@ -222,7 +222,7 @@ fn rss_kib() -> Option<u64> {
     line.split_whitespace().nth(1)?.parse().ok()
 }
 
-async fn run(label: &str, dir: &Path, warmup: usize, cycles: usize) -> BenchResult<()> {
+async fn run(label: &str, dir: &Path, warmup: usize, cycles: usize, full: bool) -> BenchResult<()> {
     let sysfs_root = dir.join("sys");
     sim::create(&sysfs_root, None, &TopologySpec::canonical(1))?;
     let scan = sysfs::scan(&sysfs_root)?;
@@ -278,6 +278,14 @@ async fn run(label: &str, dir: &Path, warmup: usize, cycles: usize) -> BenchResu
     println!("prepare+unprepare of 1-device claims, data on {label}, {cycles} cycles each");
     socket.print("over the Unix socket");
     direct.print("direct Preparer calls");
+    let aim = Duration::from_millis(2);
+    let p99 = socket.cycle.percentile(0.99);
+    if full {
+        println!(
+            "  aim: prepare+unprepare p99 under {aim:?} in-process (over the socket): {}",
+            if p99 < aim { "met" } else { "MISSED" }
+        );
+    }
     let ratio =
         |q| socket.cycle.percentile(q).as_secs_f64() / direct.cycle.percentile(q).as_secs_f64();
     println!(
@@ -323,7 +331,7 @@ async fn main() -> BenchResult<()> {
     }
     for (label, base) in places {
         let dir = tempfile::tempdir_in(&base)?;
-        run(label, dir.path(), warmup, cycles).await?;
+        run(label, dir.path(), warmup, cycles, full).await?;
     }
     Ok(())
 }
