@@ -279,6 +279,14 @@ impl MockAccelNodeStatus {
     }
 }
 
+/// The current time in the RFC 3339 form (whole seconds, `Z`) used by every time field of the
+/// status: heartbeats, condition transitions, prepare times.
+pub fn now_rfc3339() -> String {
+    jiff::Timestamp::now()
+        .strftime("%Y-%m-%dT%H:%M:%SZ")
+        .to_string()
+}
+
 /// The CRD as YAML, exactly as committed under `crds/`.
 pub fn crd_yaml() -> Result<String, serde_saphyr::ser::Error> {
     serde_saphyr::to_string(&MockAccelNode::crd())

@@ -26,7 +26,9 @@ use tokio_util::sync::CancellationToken;
 
 use crate::{
     cli::NodeAgentArgs,
-    crd::{AGENT_FIELD_MANAGER, MockAccelNode, MockAccelNodeSpec, PreparedClaimStatus},
+    crd::{
+        AGENT_FIELD_MANAGER, MockAccelNode, MockAccelNodeSpec, PreparedClaimStatus, now_rfc3339,
+    },
     inventory::DeviceType,
     plugin::{
         claims::KubeClaimSource,
@@ -130,13 +132,6 @@ impl AgentMetrics {
             }
         }
     }
-}
-
-fn now_rfc3339() -> String {
-    jiff::Timestamp::now()
-        .round(jiff::Unit::Second)
-        .map(|t| t.to_string())
-        .unwrap_or_else(|_| jiff::Timestamp::now().to_string())
 }
 
 /// Runs the node agent until SIGTERM or Ctrl-C.

@@ -52,7 +52,7 @@ use super::{
 use crate::{
     cdi::{self, CdiError},
     checkpoint::{self, Checkpoint, CheckpointError, ClaimEntry, DeviceEntry, PrepareState},
-    crd::PreparedClaimStatus,
+    crd::{PreparedClaimStatus, now_rfc3339},
     inventory::Inventory,
     sysfs::{self, SysfsError},
 };
@@ -783,12 +783,6 @@ fn open_lock_file(path: &Path) -> Result<File, PrepareError> {
             path: path.to_path_buf(),
             source,
         })
-}
-
-fn now_rfc3339() -> String {
-    jiff::Timestamp::now()
-        .strftime("%Y-%m-%dT%H:%M:%SZ")
-        .to_string()
 }
 
 fn entry_claim(entry: &ClaimEntry) -> String {
