@@ -27,7 +27,8 @@ use tokio_util::sync::CancellationToken;
 use crate::{
     cli::NodeAgentArgs,
     crd::{
-        AGENT_FIELD_MANAGER, MockAccelNode, MockAccelNodeSpec, PreparedClaimStatus, now_rfc3339,
+        AGENT_FIELD_MANAGER, Condition, MockAccelNode, MockAccelNodeSpec, PreparedClaimStatus,
+        now_rfc3339,
     },
     inventory::DeviceType,
     plugin::{
@@ -262,6 +263,7 @@ impl StatusWriter {
         shutdown: CancellationToken,
     ) {
         let mut created = false;
+        let mut conditions: Option<Vec<Condition>> = None;
         let mut last: Option<AgentReport> = None;
         let mut last_write = tokio::time::Instant::now();
         let mut backoff = Duration::from_millis(500);
@@ -286,7 +288,7 @@ impl StatusWriter {
                         self.ensure_object().await?;
                         created = true;
                     }
-                    self.apply_status(&report).await
+                    self.apply_status(&report, &mut conditions).await
                 }
                 .await;
                 match result {
@@ -360,9 +362,24 @@ impl StatusWriter {
         Ok(())
     }
 
-    async fn apply_status(&self, report: &AgentReport) -> Result<(), kube::Error> {
-        let current = self.api.get_status(&self.node).await?;
-        let previous = current.status.as_ref().and_then(|s| s.conditions.clone());
+    /// `conditions` caches the conditions the API server returned for the last apply, so a
+    /// heartbeat costs one request; it is read from the server only when unknown (first write,
+    /// or after a failure).
+    async fn apply_status(
+        &self,
+        report: &AgentReport,
+        conditions: &mut Option<Vec<Condition>>,
+    ) -> Result<(), kube::Error> {
+        if conditions.is_none() {
+            let current = self.api.get_status(&self.node).await?;
+            *conditions = Some(
+                current
+                    .status
+                    .and_then(|s| s.conditions)
+                    .unwrap_or_default(),
+            );
+        }
+        let previous = conditions.take();
         let status = agent_status(
             &self.node,
             report,
@@ -375,13 +392,20 @@ impl StatusWriter {
             "kind": MockAccelNode::kind(&()),
             "status": status,
         });
-        self.api
+        let applied = self
+            .api
             .patch_status(
                 &self.node,
                 &PatchParams::apply(AGENT_FIELD_MANAGER).force(),
                 &Patch::Apply(patch),
             )
             .await?;
+        *conditions = Some(
+            applied
+                .status
+                .and_then(|s| s.conditions)
+                .unwrap_or_default(),
+        );
         tracing::debug!(node = %self.node, devices = report.inventory.devices.len(),
             prepared = report.prepared.len(), registered = report.plugin_registered, "status applied");
         Ok(())
