@@ -7,6 +7,7 @@ from scenarios import (  # noqa: F401 - imported for their @scenario registratio
     deviceclasses,
     allocation,
     topology,
+    metadriver,
     sriov,
     resilience,
     rbac,
