@@ -2,7 +2,7 @@
 SHELL := /bin/bash
 CARGO ?= cargo
 IMAGE ?= mock-accel-dra:dev
-K8S_VERSION ?= v1.37.2
+export K8S_VERSION ?= v1.37.2
 export MOCK_ACCEL_CACHE ?= /var/cache/mock-accel
 
 .PHONY: help bin build test lint fmt fmt-check crd bench build-image load-image deploy undeploy \
