@@ -5,6 +5,7 @@
 //! (`plugin::server`) in front of the prepare state machine, and the status writer below,
 //! which applies the agent's share of the status only when it changed or a heartbeat is due.
 
+pub mod claim_status;
 pub mod discovery;
 pub mod status;
 
@@ -199,6 +200,7 @@ pub async fn run(args: NodeAgentArgs) -> Result<(), Error> {
     tracing::info!(registration = %plugin.registration_socket().display(),
         dra = %plugin.dra_socket().display(), "kubelet plugin listening");
 
+    let claim_inventory = inv_tx.subscribe();
     let scan_metrics = metrics.clone();
     let discovery = tokio::spawn(discovery::run(
         args.sysfs_root.clone(),
@@ -213,6 +215,16 @@ pub async fn run(args: NodeAgentArgs) -> Result<(), Error> {
                 })
                 .inc();
         },
+        shutdown.clone(),
+    ));
+
+    // KEP-4817: each prepared claim's status.devices, kept in step with the prepared set.
+    let claim_status = tokio::spawn(claim_status::run(
+        claim_status::KubeClaimStatusApi::new(client.clone()),
+        args.driver_name.clone(),
+        args.node_name.clone(),
+        preparer.subscribe(),
+        claim_inventory,
         shutdown.clone(),
     ));
 
@@ -236,6 +248,7 @@ pub async fn run(args: NodeAgentArgs) -> Result<(), Error> {
     shutdown.cancel();
     let _ = discovery.await;
     let _ = status.await;
+    let _ = claim_status.await;
     if let Ok(Err(e)) = http.await {
         tracing::warn!(error = %e, "HTTP server stopped with an error");
     }
