@@ -6,7 +6,7 @@ use std::{net::SocketAddr, path::PathBuf, time::Duration};
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
-use crate::inventory::DEFAULT_DRIVER_NAME;
+use crate::{inventory::DEFAULT_DRIVER_NAME, telemetry::LogFormat};
 
 #[derive(Parser, Debug)]
 #[command(
@@ -23,12 +23,6 @@ pub struct Cli {
     pub log_level: String,
     #[command(subcommand)]
     pub command: Command,
-}
-
-#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
-pub enum LogFormat {
-    Text,
-    Json,
 }
 
 #[derive(Subcommand, Debug)]

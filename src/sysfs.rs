@@ -19,7 +19,10 @@ use std::{
     str::FromStr,
 };
 
-use crate::inventory::{Device, DeviceType, Inventory, dra_device_name};
+use crate::{
+    inventory::{Device, DeviceType, Inventory},
+    names::dra_device_name,
+};
 
 /// Class directory, relative to the sysfs root.
 pub const CLASS_DIR: &str = "class/mock-accel";

@@ -23,7 +23,7 @@
 //! `<plugin dir>/serialize.lock` across processes (two node-agent pods during a rolling
 //! update). The checkpoint is read from disk at the start of every call, so either pod may be
 //! called. The planning steps are pure functions at the bottom of the module; the `Preparer`
-//! methods perform the I/O.
+//! methods perform the I/O; the metrics live in [`super::metrics`].
 
 use std::{
     collections::{BTreeSet, HashMap},
@@ -34,25 +34,16 @@ use std::{
 };
 
 use k8s_openapi::api::resource::v1::{AllocationResult, ResourceClaim};
-use prometheus_client::{
-    encoding::EncodeLabelSet,
-    metrics::{
-        counter::Counter,
-        family::Family,
-        gauge::Gauge,
-        histogram::{Histogram, exponential_buckets},
-    },
-    registry::{Registry, Unit},
-};
 use tokio::sync::watch;
 
 use super::{
-    ClaimHandler, ClaimRef, ClaimSource, PrepareResults, PreparedDevice, UnprepareResults,
+    ClaimHandler, ClaimRef, ClaimSource, PrepareResults, PreparedClaim, PreparedDevice,
+    UnprepareResults, metrics::PrepareMetrics,
 };
 use crate::{
     cdi::{self, CdiError},
     checkpoint::{self, Checkpoint, CheckpointError, ClaimEntry, DeviceEntry, PrepareState},
-    crd::{PreparedClaimStatus, now_rfc3339},
+    clock::now_rfc3339,
     inventory::Inventory,
     sysfs::{self, SysfsError},
 };
@@ -170,77 +161,6 @@ pub enum PrepareError {
     },
 }
 
-/// Labels of the request counters.
-#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-pub struct OutcomeLabels {
-    /// `ok` or `error`.
-    pub outcome: &'static str,
-}
-
-/// Prepare and unprepare metrics, one observation per claim.
-#[derive(Clone, Debug)]
-pub struct PrepareMetrics {
-    pub prepare_requests: Family<OutcomeLabels, Counter>,
-    pub unprepare_requests: Family<OutcomeLabels, Counter>,
-    pub prepare_duration: Histogram,
-    pub unprepare_duration: Histogram,
-    pub prepared_claims: Gauge,
-}
-
-impl PrepareMetrics {
-    /// Creates the metrics and registers them into `registry` (whose prefix the caller sets).
-    pub fn register(registry: &mut Registry) -> Self {
-        // 100 µs .. ~3.3 s: a prepare is a few file writes, plus an API GET.
-        let buckets = || Histogram::new(exponential_buckets(0.0001, 2.0, 16));
-        let m = PrepareMetrics {
-            prepare_requests: Family::default(),
-            unprepare_requests: Family::default(),
-            prepare_duration: buckets(),
-            unprepare_duration: buckets(),
-            prepared_claims: Gauge::default(),
-        };
-        registry.register(
-            "prepare_requests",
-            "Claims prepared, by outcome",
-            m.prepare_requests.clone(),
-        );
-        registry.register(
-            "unprepare_requests",
-            "Claims unprepared, by outcome",
-            m.unprepare_requests.clone(),
-        );
-        registry.register_with_unit(
-            "prepare_duration",
-            "Time to prepare one claim",
-            Unit::Seconds,
-            m.prepare_duration.clone(),
-        );
-        registry.register_with_unit(
-            "unprepare_duration",
-            "Time to unprepare one claim",
-            Unit::Seconds,
-            m.unprepare_duration.clone(),
-        );
-        registry.register(
-            "prepared_claims",
-            "Claims currently prepared on this node",
-            m.prepared_claims.clone(),
-        );
-        m
-    }
-
-    fn observe(
-        family: &Family<OutcomeLabels, Counter>,
-        histogram: &Histogram,
-        ok: bool,
-        start: Instant,
-    ) {
-        let outcome = if ok { "ok" } else { "error" };
-        family.get_or_create(&OutcomeLabels { outcome }).inc();
-        histogram.observe(start.elapsed().as_secs_f64());
-    }
-}
-
 /// What a rollback or an unprepare writes back into the registers prepare changed.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Release {
@@ -263,7 +183,7 @@ pub struct Preparer<S: ClaimSource> {
     metrics: PrepareMetrics,
     /// Serializes calls within the process (the file lock does it across processes).
     serial: tokio::sync::Mutex<()>,
-    prepared: watch::Sender<Vec<PreparedClaimStatus>>,
+    prepared: watch::Sender<Vec<PreparedClaim>>,
     /// DRA device name → `namespace/name` of the claim holding it.
     allocated: Mutex<HashMap<String, String>>,
 }
@@ -312,7 +232,7 @@ impl<S: ClaimSource> Preparer<S> {
 
     /// Prepared claims, for `MockAccelNode.status.preparedClaims`; changes on every prepare
     /// and unprepare that changes the set.
-    pub fn subscribe(&self) -> watch::Receiver<Vec<PreparedClaimStatus>> {
+    pub fn subscribe(&self) -> watch::Receiver<Vec<PreparedClaim>> {
         self.prepared.subscribe()
     }
 
@@ -693,16 +613,10 @@ impl<S: ClaimSource> ClaimHandler for Preparer<S> {
             Err(message) => {
                 // Fail closed: without the record, a device could be handed out twice.
                 tracing::error!(error = %message, "refusing to prepare");
-                let m = &self.metrics;
                 return claims
                     .into_iter()
                     .map(|c| {
-                        PrepareMetrics::observe(
-                            &m.prepare_requests,
-                            &m.prepare_duration,
-                            false,
-                            Instant::now(),
-                        );
+                        self.metrics.prepared(false, Instant::now());
                         (c.uid, Err(message.clone()))
                     })
                     .collect();
@@ -713,13 +627,7 @@ impl<S: ClaimSource> ClaimHandler for Preparer<S> {
         for claim in claims {
             let start = Instant::now();
             let outcome = self.prepare_claim(&mut cp, &inventory, &claim).await;
-            let m = &self.metrics;
-            PrepareMetrics::observe(
-                &m.prepare_requests,
-                &m.prepare_duration,
-                outcome.is_ok(),
-                start,
-            );
+            self.metrics.prepared(outcome.is_ok(), start);
             match &outcome {
                 Ok(devices) => tracing::info!(claim = %claim, devices = devices.len(), "prepared"),
                 Err(e) => tracing::warn!(claim = %claim, error = %e, "prepare failed"),
@@ -752,13 +660,7 @@ impl<S: ClaimSource> ClaimHandler for Preparer<S> {
                     .map_err(|e| e.to_string()),
                 Ok(Err(e)) => Err(format!("claim {claim}: {e}")),
             };
-            let m = &self.metrics;
-            PrepareMetrics::observe(
-                &m.unprepare_requests,
-                &m.unprepare_duration,
-                outcome.is_ok(),
-                start,
-            );
+            self.metrics.unprepared(outcome.is_ok(), start);
             match &outcome {
                 Ok(()) => tracing::info!(claim = %claim, "unprepared"),
                 Err(e) => tracing::warn!(claim = %claim, error = %e, "unprepare failed"),
@@ -785,6 +687,7 @@ fn open_lock_file(path: &Path) -> Result<File, PrepareError> {
         })
 }
 
+/// `namespace/name (uid …)` of a checkpoint entry, as error messages name claims.
 fn entry_claim(entry: &ClaimEntry) -> String {
     format!("{}/{} (uid {})", entry.namespace, entry.name, entry.uid)
 }
@@ -1039,12 +942,12 @@ fn prepared_devices(driver: &str, entry: &ClaimEntry) -> Vec<PreparedDevice> {
 }
 
 /// Completed claims for `MockAccelNode.status`, sorted by namespace and name.
-fn prepared_status(cp: &Checkpoint) -> Vec<PreparedClaimStatus> {
-    let mut out: Vec<PreparedClaimStatus> = cp
+fn prepared_status(cp: &Checkpoint) -> Vec<PreparedClaim> {
+    let mut out: Vec<PreparedClaim> = cp
         .claims
         .values()
         .filter(|e| e.state == PrepareState::PrepareCompleted)
-        .map(|e| PreparedClaimStatus {
+        .map(|e| PreparedClaim {
             uid: e.uid.clone(),
             namespace: e.namespace.clone(),
             name: e.name.clone(),
@@ -1071,146 +974,35 @@ fn allocated_map(cp: &Checkpoint) -> HashMap<String, String> {
 
 #[cfg(test)]
 mod tests {
-    use std::sync::atomic::{AtomicUsize, Ordering};
-
-    use k8s_openapi::{
-        api::resource::v1::{
-            DeviceAllocationConfiguration, DeviceAllocationResult, DeviceRequestAllocationResult,
-            OpaqueDeviceConfiguration, ResourceClaimStatus,
-        },
-        apimachinery::pkg::{apis::meta::v1::ObjectMeta, runtime::RawExtension},
-    };
+    use k8s_openapi::api::resource::v1::ResourceClaim;
+    use prometheus_client::registry::Registry;
     use tempfile::TempDir;
 
     use super::*;
-    use crate::inventory::{Device, DeviceType};
-
-    const DRIVER: &str = "mock-accel.example.com";
-    const NODE: &str = "node1";
-    const NS: &str = "default";
-
-    // ---- fixtures: claims ----
-
-    /// The API server as a map; counts GETs.
-    #[derive(Default)]
-    struct MapSource {
-        claims: Mutex<HashMap<(String, String), ResourceClaim>>,
-        gets: AtomicUsize,
-    }
-
-    impl MapSource {
-        fn put(&self, claim: ResourceClaim) {
-            let key = (
-                claim.metadata.namespace.clone().unwrap(),
-                claim.metadata.name.clone().unwrap(),
-            );
-            self.claims.lock().unwrap().insert(key, claim);
-        }
-    }
-
-    impl ClaimSource for Arc<MapSource> {
-        async fn get(&self, namespace: &str, name: &str) -> Result<Option<ResourceClaim>, String> {
-            self.gets.fetch_add(1, Ordering::SeqCst);
-            let key = (namespace.to_string(), name.to_string());
-            Ok(self.claims.lock().unwrap().get(&key).cloned())
-        }
-    }
-
-    fn result(request: &str, device: &str, pool: &str) -> DeviceRequestAllocationResult {
-        DeviceRequestAllocationResult {
-            driver: DRIVER.into(),
-            request: request.into(),
-            device: device.into(),
-            pool: pool.into(),
-            ..Default::default()
-        }
-    }
-
-    fn admin(mut r: DeviceRequestAllocationResult) -> DeviceRequestAllocationResult {
-        r.admin_access = Some(true);
-        r
-    }
-
-    fn foreign(mut r: DeviceRequestAllocationResult) -> DeviceRequestAllocationResult {
-        r.driver = "gpu.example.com".into();
-        r
-    }
-
-    fn claim_meta(uid: &str, name: &str) -> ObjectMeta {
-        ObjectMeta {
-            name: Some(name.into()),
-            namespace: Some(NS.into()),
-            uid: Some(uid.into()),
-            ..Default::default()
-        }
-    }
-
-    fn allocated(
-        uid: &str,
-        name: &str,
-        results: Vec<DeviceRequestAllocationResult>,
-    ) -> ResourceClaim {
-        with_config(uid, name, results, Vec::new())
-    }
-
-    fn with_config(
-        uid: &str,
-        name: &str,
-        results: Vec<DeviceRequestAllocationResult>,
-        config: Vec<DeviceAllocationConfiguration>,
-    ) -> ResourceClaim {
-        ResourceClaim {
-            metadata: claim_meta(uid, name),
-            spec: Default::default(),
-            status: Some(ResourceClaimStatus {
-                allocation: Some(AllocationResult {
-                    devices: Some(DeviceAllocationResult {
-                        results: Some(results),
-                        config: (!config.is_empty()).then_some(config),
-                    }),
-                    ..Default::default()
-                }),
-                ..Default::default()
-            }),
-        }
-    }
-
-    fn opaque(driver: &str, parameters: serde_json::Value) -> DeviceAllocationConfiguration {
-        DeviceAllocationConfiguration {
-            source: "FromClaim".into(),
-            requests: None,
-            opaque: Some(OpaqueDeviceConfiguration {
-                driver: driver.into(),
-                parameters: RawExtension(parameters),
-            }),
-        }
-    }
-
-    fn cref(uid: &str, name: &str) -> ClaimRef {
-        ClaimRef {
-            namespace: NS.into(),
-            uid: uid.into(),
-            name: name.into(),
-        }
-    }
+    use crate::{
+        checkpoint::DeviceEntry,
+        inventory::{Device, DeviceType},
+        test_support::{
+            claims::{
+                ClaimMap, DRIVER, NODE, NS, admin, allocated, claim_meta, cref, foreign, opaque,
+                result, with_config,
+            },
+            devices::{self, pf},
+        },
+    };
 
     // ---- fixtures: a node ----
 
+    /// Device `n` of the test node: 2 GiB at `0000:11:00.<n>`, register last read as 1.
     fn device(sysfs: &str, device_type: DeviceType, numa: Option<u32>, n: u8) -> Device {
-        Device {
-            name: crate::inventory::dra_device_name(sysfs).unwrap(),
-            sysfs_name: sysfs.into(),
-            device_type,
-            uuid: format!("4e4f4445-312d-4e55-4d41-30000000000{n}"),
-            memory: 2 << 30,
-            pci_address: format!("0000:11:00.{n}"),
-            pcie_root: Some("pci0000:10".into()),
-            numa_node: numa,
-            physfn: None,
-            capabilities: 1,
-            status: 1,
-            fw_version: None,
-        }
+        devices::pf(sysfs)
+            .device_type(device_type)
+            .uuid(format!("4e4f4445-312d-4e55-4d41-30000000000{n}"))
+            .memory(2 << 30)
+            .pci_address(format!("0000:11:00.{n}"))
+            .numa(numa)
+            .status(1)
+            .build()
     }
 
     /// A temp dir with a sysfs tree (status and dev attributes), a /dev with nodes for some
@@ -1220,7 +1012,7 @@ mod tests {
         _tmp: TempDir,
         config: PreparerConfig,
         inventory: watch::Sender<Arc<Inventory>>,
-        source: Arc<MapSource>,
+        source: ClaimMap,
         registry: Registry,
     }
 
@@ -1258,12 +1050,12 @@ mod tests {
                 _tmp: tmp,
                 config,
                 inventory,
-                source: Arc::default(),
+                source: ClaimMap::default(),
                 registry: Registry::default(),
             }
         }
 
-        fn preparer(&mut self) -> Preparer<Arc<MapSource>> {
+        fn preparer(&mut self) -> Preparer<ClaimMap> {
             let metrics = PrepareMetrics::register(&mut self.registry);
             Preparer::new(
                 self.config.clone(),
@@ -1308,7 +1100,7 @@ mod tests {
     }
 
     async fn prepare_one(
-        p: &Preparer<Arc<MapSource>>,
+        p: &Preparer<ClaimMap>,
         c: ClaimRef,
     ) -> Result<Vec<PreparedDevice>, String> {
         let uid = c.uid.clone();
@@ -1317,7 +1109,7 @@ mod tests {
         results.remove(&uid).unwrap()
     }
 
-    async fn unprepare_one(p: &Preparer<Arc<MapSource>>, c: ClaimRef) -> Result<(), String> {
+    async fn unprepare_one(p: &Preparer<ClaimMap>, c: ClaimRef) -> Result<(), String> {
         let uid = c.uid.clone();
         let mut results = p.unprepare(vec![c]).await;
         assert_eq!(results.len(), 1);
@@ -1485,11 +1277,7 @@ mod tests {
         assert_eq!(node.register("mock0"), 42);
         assert_eq!(node.spec("u1").unwrap(), spec);
         assert_eq!(node.checkpoint(), recorded);
-        assert_eq!(
-            node.source.gets.load(Ordering::SeqCst),
-            2,
-            "the claim is fetched every time"
-        );
+        assert_eq!(node.source.gets(), 2, "the claim is fetched every time");
 
         // The same claim twice in one request: both entries answered, the same devices.
         let results = p.prepare(vec![cref("u1", "c1"), cref("u1", "c1")]).await;
@@ -1528,12 +1316,7 @@ mod tests {
     }
 
     /// A refused claim leaves no trace: register, CDI dir and checkpoint as before.
-    async fn assert_refused(
-        node: &TestNode,
-        p: &Preparer<Arc<MapSource>>,
-        c: ClaimRef,
-        needle: &str,
-    ) {
+    async fn assert_refused(node: &TestNode, p: &Preparer<ClaimMap>, c: ClaimRef, needle: &str) {
         let before = node.checkpoint();
         let err = prepare_one(p, c.clone()).await.unwrap_err();
         assert!(err.contains(needle), "{err}");
@@ -2026,8 +1809,8 @@ mod tests {
     #[test]
     fn plan_records_base_requests_admin_access_and_one_register_write_per_device() {
         let devices = vec![
-            device("mock0", DeviceType::Pf, Some(0), 0),
-            device("mock1", DeviceType::Pf, Some(1), 2),
+            pf("mock0").numa(Some(0)).build(),
+            pf("mock1").numa(Some(1)).build(),
         ];
         let inventory = Inventory::new(devices);
         let claim = allocated(
@@ -2076,7 +1859,7 @@ mod tests {
 
     #[test]
     fn numa_none_devices_live_in_the_numa_none_pool() {
-        let inventory = Inventory::new(vec![device("mock5", DeviceType::Pf, None, 5)]);
+        let inventory = Inventory::new(vec![pf("mock5").numa(None).build()]);
         let c = cref("u", "c");
         let claim = allocated("u", "c", vec![result("r", "mock5", "node1/numa-none")]);
         let plan = plan_devices(
