@@ -28,7 +28,7 @@ use serde_json::{Value, json};
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
-use crate::{crd::PreparedClaimStatus, inventory::Inventory};
+use crate::{inventory::Inventory, plugin::PreparedClaim};
 
 /// Field manager of the claim status writes.
 pub const FIELD_MANAGER: &str = "mock-accel-node-agent";
@@ -49,7 +49,7 @@ pub struct ClaimDevices {
 /// The entries for one prepared claim. A device that left the inventory since it was prepared
 /// gets no entry: its pool can no longer be named, and an entry must name the allocated pool.
 pub fn desired_devices(
-    claim: &PreparedClaimStatus,
+    claim: &PreparedClaim,
     inventory: &Inventory,
     driver: &str,
     node: &str,
@@ -190,7 +190,7 @@ pub async fn run<A: ClaimStatusApi>(
     api: A,
     driver: String,
     node: String,
-    mut prepared: watch::Receiver<Vec<PreparedClaimStatus>>,
+    mut prepared: watch::Receiver<Vec<PreparedClaim>>,
     mut inventory: watch::Receiver<Arc<Inventory>>,
     stop: CancellationToken,
 ) {
@@ -247,41 +247,20 @@ mod tests {
     use std::sync::Mutex;
 
     use super::*;
-    use crate::inventory::{Device, DeviceType};
-
-    fn device(name: &str, numa: Option<u32>, physfn: Option<&str>) -> Device {
-        Device {
-            name: name.into(),
-            sysfs_name: name.replace('-', "_"),
-            device_type: if physfn.is_some() {
-                DeviceType::Vf
-            } else {
-                DeviceType::Pf
-            },
-            uuid: format!("uuid-{name}"),
-            memory: 1 << 30,
-            pci_address: format!("0000:11:00.{}", name.len() % 8),
-            pcie_root: Some("pci0000:10".into()),
-            numa_node: numa,
-            physfn: physfn.map(String::from),
-            capabilities: 0,
-            status: 0,
-            fw_version: None,
-        }
-    }
+    use crate::test_support::devices::{pf, vf};
 
     fn inventory() -> Inventory {
         Inventory {
             devices: vec![
-                device("mock0", Some(0), None),
-                device("mock0-vf0", Some(0), Some("mock0")),
-                device("mock9", None, None),
+                pf("mock0").uuid("uuid-mock0").build(),
+                vf("mock0_vf0", "mock0").pci_address("0000:11:00.1").build(),
+                pf("mock9").numa(None).build(),
             ],
         }
     }
 
-    fn prepared(uid: &str, devices: &[&str]) -> PreparedClaimStatus {
-        PreparedClaimStatus {
+    fn prepared(uid: &str, devices: &[&str]) -> PreparedClaim {
+        PreparedClaim {
             uid: uid.into(),
             namespace: "ns".into(),
             name: format!("claim-{uid}"),
@@ -316,9 +295,11 @@ mod tests {
         );
         assert_eq!(
             pf["data"],
-            json!({"uuid": "uuid-mock0", "pciAddress": "0000:11:00.5", "numaNode": 0})
+            json!({"uuid": "uuid-mock0", "pciAddress": "0000:11:00.0", "numaNode": 0})
         );
+        assert_eq!(got.entries[1]["device"], "mock0-vf0");
         assert_eq!(got.entries[1]["data"]["physfn"], "mock0");
+        assert_eq!(got.entries[1]["data"]["pciAddress"], "0000:11:00.1");
         // No NUMA node: no numaNode in the data, and the numa-none pool.
         assert_eq!(got.entries[2]["pool"], "node1/numa-none");
         assert!(got.entries[2]["data"].get("numaNode").is_none());
