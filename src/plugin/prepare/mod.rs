@@ -22,8 +22,20 @@
 //! Every call is serialized twice: an async mutex within the process and an exclusive lock on
 //! `<plugin dir>/serialize.lock` across processes (two node-agent pods during a rolling
 //! update). The checkpoint is read from disk at the start of every call, so either pod may be
-//! called. The decisions are pure functions in [`plan`]; the `Preparer` methods here perform
-//! the I/O; [`PrepareError`] (in `error`) is the one error type; the metrics live in
+//! called.
+//!
+//! The ResourceClaims of a prepare are fetched before either lock is taken, each within
+//! [`FETCH_TIMEOUT`]: a hung API request fails its own claim and never holds up the calls of
+//! other pods. Everything after the fetch (the file lock, checkpoint, sysfs and CDI I/O, and
+//! publishing the result) runs as one blocking task on tokio's blocking pool, so a slow disk
+//! delays only the call that touches it, never the health stream, heartbeats or
+//! registration. A blocking task runs to its end even when the kubelet's deadline drops the
+//! gRPC call, and it owns the in-process guard: a call cancelled at any point leaves either
+//! nothing done or the whole batch done and published, never a checkpoint that disagrees with
+//! the allocation map and `preparedClaims`.
+//!
+//! The decisions are pure functions in [`plan`]; the `Core` methods here perform the I/O;
+//! [`PrepareError`] (in `error`) is the one error type; the metrics live in
 //! [`super::metrics`].
 
 mod error;
@@ -34,10 +46,11 @@ use std::{
     fs::{File, OpenOptions, TryLockError},
     path::{Path, PathBuf},
     sync::{Arc, Mutex},
-    time::Instant,
+    time::{Duration, Instant},
 };
 
-use tokio::sync::watch;
+use k8s_openapi::api::resource::v1::ResourceClaim;
+use tokio::sync::{OwnedMutexGuard, watch};
 
 use self::plan::{
     allocated_map, entry_claim, new_entry, prepared_devices, prepared_status, unique_devices,
@@ -61,6 +74,11 @@ use crate::{
 /// Lock file in the plugin data directory that serializes prepare and unprepare across
 /// processes.
 pub const LOCK_FILE: &str = "serialize.lock";
+
+/// How long prepare waits for one ResourceClaim GET. The kubelet gives a whole batch about
+/// 45 s; a claim whose GET hangs longer fails alone, with a message that says so, and the
+/// kubelet retries it.
+pub const FETCH_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Register value prepare writes.
 const REGISTER_PREPARED: u32 = 1;
@@ -100,15 +118,28 @@ enum Release {
 /// map in tests); hand it to the gRPC servers as their [`ClaimHandler`], and watch
 /// [`Preparer::subscribe`] to write `status.preparedClaims`.
 pub struct Preparer<S: ClaimSource> {
+    core: Arc<Core>,
+    claims: S,
+    /// Serializes calls within the process (the file lock does it across processes). Owned
+    /// guards move into the blocking task, so a cancelled call keeps it until its I/O ends.
+    serial: Arc<tokio::sync::Mutex<()>>,
+}
+
+/// The part of the preparer that the blocking tasks own: everything but the claim source.
+struct Core {
     config: PreparerConfig,
     inventory: watch::Receiver<Arc<Inventory>>,
-    claims: S,
     metrics: PrepareMetrics,
-    /// Serializes calls within the process (the file lock does it across processes).
-    serial: tokio::sync::Mutex<()>,
     prepared: watch::Sender<Vec<PreparedClaim>>,
     /// DRA device name → `namespace/name` of the claim holding it.
     allocated: Mutex<HashMap<String, String>>,
+}
+
+/// A claim of a prepare call with the outcome of its GET, taken before the locks.
+struct Fetched {
+    claim: ClaimRef,
+    found: Result<ResourceClaim, PrepareError>,
+    start: Instant,
 }
 
 impl<S: ClaimSource> Preparer<S> {
@@ -120,7 +151,8 @@ impl<S: ClaimSource> Preparer<S> {
     /// allocations against it and builds CDI specs from it, so the agent should publish its
     /// first scan before the kubelet can call. A corrupt checkpoint does not fail construction:
     /// prepare then fails closed with a message naming the file, unprepare proceeds. Blocks
-    /// while another process holds the lock file (it does only during a call).
+    /// while another process holds the lock file (it does only during a call): async callers
+    /// use [`Preparer::start`].
     pub fn new(
         config: PreparerConfig,
         inventory: watch::Receiver<Arc<Inventory>>,
@@ -134,40 +166,111 @@ impl<S: ClaimSource> Preparer<S> {
             })?;
         }
         let (prepared, _) = watch::channel(Vec::new());
-        let preparer = Preparer {
+        let core = Core {
             config,
             inventory,
-            claims,
             metrics,
-            serial: tokio::sync::Mutex::new(()),
             prepared,
             allocated: Mutex::new(HashMap::new()),
         };
-        let lock = open_lock_file(&preparer.lock_path())?;
-        lock.lock().map_err(|source| PrepareError::Setup {
-            path: preparer.lock_path(),
-            source,
-        })?;
-        preparer.recover();
+        let lock = core.lock_plugin_dir()?;
+        core.recover();
         drop(lock);
-        Ok(preparer)
+        Ok(Preparer {
+            core: Arc::new(core),
+            claims,
+            serial: Arc::new(tokio::sync::Mutex::new(())),
+        })
+    }
+
+    /// [`Preparer::new`] on tokio's blocking pool: the lock file and the recovery's file I/O
+    /// never stall a runtime thread (another pod may hold the lock during a rolling update).
+    pub async fn start(
+        config: PreparerConfig,
+        inventory: watch::Receiver<Arc<Inventory>>,
+        claims: S,
+        metrics: PrepareMetrics,
+    ) -> Result<Self, PrepareError> {
+        let path = config.plugin_dir.clone();
+        tokio::task::spawn_blocking(move || Self::new(config, inventory, claims, metrics))
+            .await
+            .map_err(|join| PrepareError::Setup {
+                path,
+                source: std::io::Error::other(join),
+            })?
     }
 
     /// Prepared claims, for `MockAccelNode.status.preparedClaims`; changes on every prepare
     /// and unprepare that changes the set.
     pub fn subscribe(&self) -> watch::Receiver<Vec<PreparedClaim>> {
-        self.prepared.subscribe()
+        self.core.prepared.subscribe()
     }
 
     /// DRA device name → `namespace/name` of the claim it is prepared for (admin-access
     /// claims, which share devices, are not listed).
     pub fn allocated_devices(&self) -> HashMap<String, String> {
-        self.allocated
+        self.core
+            .allocated
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner())
             .clone()
     }
 
+    /// GETs one claim within [`FETCH_TIMEOUT`].
+    async fn fetch(&self, claim: ClaimRef) -> Fetched {
+        let start = Instant::now();
+        let found = match tokio::time::timeout(
+            FETCH_TIMEOUT,
+            self.claims.get(&claim.namespace, &claim.name),
+        )
+        .await
+        {
+            Err(_) => Err(PrepareError::Fetch {
+                claim: claim.to_string(),
+                reason: format!(
+                    "no answer from the API server within {} s; the kubelet retries",
+                    FETCH_TIMEOUT.as_secs()
+                ),
+            }),
+            Ok(Err(reason)) => Err(PrepareError::Fetch {
+                claim: claim.to_string(),
+                reason,
+            }),
+            Ok(Ok(None)) => Err(PrepareError::ClaimNotFound {
+                claim: claim.to_string(),
+            }),
+            Ok(Ok(Some(found))) => Ok(found),
+        };
+        Fetched {
+            claim,
+            found,
+            start,
+        }
+    }
+
+    /// Runs `work` on the blocking pool with the in-process guard; the task finishes (and
+    /// publishes) even if the caller is dropped. `fail` builds the answer when the task
+    /// itself panicked.
+    async fn locked<T: Send + 'static>(
+        &self,
+        work: impl FnOnce(&Core) -> T + Send + 'static,
+        fail: impl FnOnce(String) -> T,
+    ) -> T {
+        let guard: OwnedMutexGuard<()> = Arc::clone(&self.serial).lock_owned().await;
+        let core = Arc::clone(&self.core);
+        let task = tokio::task::spawn_blocking(move || {
+            let result = work(&core);
+            drop(guard);
+            result
+        });
+        match task.await {
+            Ok(result) => result,
+            Err(join) => fail(format!("internal error in the node agent: {join}")),
+        }
+    }
+}
+
+impl Core {
     fn checkpoint_path(&self) -> PathBuf {
         checkpoint::checkpoint_path(&self.config.plugin_dir)
     }
@@ -244,9 +347,9 @@ impl<S: ClaimSource> Preparer<S> {
         });
     }
 
-    /// Takes the cross-process lock without blocking a runtime thread when another process
-    /// holds it. Closing the returned file releases the lock.
-    async fn lock_plugin_dir(&self) -> Result<File, PrepareError> {
+    /// Takes the cross-process lock, waiting while another process holds it (runs on the
+    /// blocking pool). Closing the returned file releases the lock.
+    fn lock_plugin_dir(&self) -> Result<File, PrepareError> {
         let path = self.lock_path();
         let file = open_lock_file(&path)?;
         match file.try_lock() {
@@ -255,36 +358,99 @@ impl<S: ClaimSource> Preparer<S> {
             Err(TryLockError::Error(source)) => return Err(PrepareError::Setup { path, source }),
         }
         tracing::info!(path = %path.display(), "waiting for another node agent to finish its call");
-        let joined = tokio::task::spawn_blocking(move || file.lock().map(|()| file)).await;
-        match joined {
-            Ok(Ok(file)) => Ok(file),
-            Ok(Err(source)) => Err(PrepareError::Setup { path, source }),
-            Err(join) => Err(PrepareError::Setup {
-                path,
-                source: std::io::Error::other(join),
-            }),
-        }
+        file.lock()
+            .map(|()| file)
+            .map_err(|source| PrepareError::Setup { path, source })
     }
 
-    async fn prepare_claim(
+    /// A prepare call after its GETs: lock, checkpoint, every claim, publish.
+    fn prepare_batch(&self, fetched: Vec<Fetched>) -> PrepareResults {
+        let loaded = match self.lock_plugin_dir() {
+            Ok(lock) => checkpoint::load(&self.checkpoint_path())
+                .map(|cp| (lock, cp))
+                .map_err(|e| e.to_string()),
+            Err(e) => Err(e.to_string()),
+        };
+        let (_lock, mut cp) = match loaded {
+            Ok(ok) => ok,
+            Err(message) => {
+                // Fail closed: without the record, a device could be handed out twice.
+                tracing::error!(error = %message, "refusing to prepare");
+                return fetched
+                    .into_iter()
+                    .map(|f| {
+                        self.metrics.prepared(false, f.start);
+                        (f.claim.uid, Err(message.clone()))
+                    })
+                    .collect();
+            }
+        };
+        let inventory = self.inventory.borrow().clone();
+        let mut results = PrepareResults::new();
+        for Fetched {
+            claim,
+            found,
+            start,
+        } in fetched
+        {
+            let outcome =
+                found.and_then(|found| self.prepare_claim(&mut cp, &inventory, &claim, &found));
+            self.metrics.prepared(outcome.is_ok(), start);
+            match &outcome {
+                Ok(devices) => tracing::info!(claim = %claim, devices = devices.len(), "prepared"),
+                Err(e) => tracing::warn!(claim = %claim, error = %e, "prepare failed"),
+            }
+            results.insert(claim.uid, outcome.map_err(|e| e.to_string()));
+        }
+        self.publish(&cp);
+        results
+    }
+
+    /// An unprepare call: lock, checkpoint, every claim, publish.
+    fn unprepare_batch(&self, claims: Vec<ClaimRef>) -> UnprepareResults {
+        let lock = self.lock_plugin_dir();
+        let loaded = match &lock {
+            Ok(_) => Ok(checkpoint::load(&self.checkpoint_path())),
+            Err(e) => Err(e.to_string()),
+        };
+        let mut results = UnprepareResults::new();
+        let mut published = None;
+        for claim in claims {
+            let start = Instant::now();
+            let outcome = match &loaded {
+                Err(message) => Err(message.clone()),
+                Ok(Ok(cp)) => {
+                    let cp = published.get_or_insert_with(|| cp.clone());
+                    self.unprepare_claim(cp, &claim).map_err(|e| e.to_string())
+                }
+                Ok(Err(e)) if e.is_unusable_content() => self
+                    .unprepare_without_checkpoint(&claim, e)
+                    .map_err(|e| e.to_string()),
+                Ok(Err(e)) => Err(format!("claim {claim}: {e}")),
+            };
+            self.metrics.unprepared(outcome.is_ok(), start);
+            match &outcome {
+                Ok(()) => tracing::info!(claim = %claim, "unprepared"),
+                Err(e) => tracing::warn!(claim = %claim, error = %e, "unprepare failed"),
+            }
+            results.insert(claim.uid, outcome);
+        }
+        if let Some(cp) = &published {
+            self.publish(cp);
+        }
+        drop(lock);
+        results
+    }
+
+    fn prepare_claim(
         &self,
         cp: &mut Checkpoint,
         inventory: &Inventory,
         claim: &ClaimRef,
+        found: &ResourceClaim,
     ) -> Result<Vec<PreparedDevice>, PrepareError> {
         let driver = &self.config.driver_name;
-        let found = self
-            .claims
-            .get(&claim.namespace, &claim.name)
-            .await
-            .map_err(|reason| PrepareError::Fetch {
-                claim: claim.to_string(),
-                reason,
-            })?
-            .ok_or_else(|| PrepareError::ClaimNotFound {
-                claim: claim.to_string(),
-            })?;
-        let allocation = check_claim(claim, &found)?;
+        let allocation = check_claim(claim, found)?;
 
         match cp.claims.get(&claim.uid) {
             Some(entry) if entry.state == PrepareState::PrepareCompleted => {
@@ -524,77 +690,31 @@ impl<S: ClaimSource> Preparer<S> {
 
 impl<S: ClaimSource> ClaimHandler for Preparer<S> {
     async fn prepare(&self, claims: Vec<ClaimRef>) -> PrepareResults {
-        let _serial = self.serial.lock().await;
-        let loaded = match self.lock_plugin_dir().await {
-            Ok(lock) => checkpoint::load(&self.checkpoint_path())
-                .map(|cp| (lock, cp))
-                .map_err(|e| e.to_string()),
-            Err(e) => Err(e.to_string()),
-        };
-        let (_lock, mut cp) = match loaded {
-            Ok(ok) => ok,
-            Err(message) => {
-                // Fail closed: without the record, a device could be handed out twice.
-                tracing::error!(error = %message, "refusing to prepare");
-                return claims
-                    .into_iter()
-                    .map(|c| {
-                        self.metrics.prepared(false, Instant::now());
-                        (c.uid, Err(message.clone()))
-                    })
-                    .collect();
-            }
-        };
-        let inventory = self.inventory.borrow().clone();
-        let mut results = PrepareResults::new();
-        for claim in claims {
-            let start = Instant::now();
-            let outcome = self.prepare_claim(&mut cp, &inventory, &claim).await;
-            self.metrics.prepared(outcome.is_ok(), start);
-            match &outcome {
-                Ok(devices) => tracing::info!(claim = %claim, devices = devices.len(), "prepared"),
-                Err(e) => tracing::warn!(claim = %claim, error = %e, "prepare failed"),
-            }
-            results.insert(claim.uid, outcome.map_err(|e| e.to_string()));
-        }
-        self.publish(&cp);
-        results
+        // Every GET before the locks: no network call while other calls wait.
+        let fetched = futures::future::join_all(claims.into_iter().map(|c| self.fetch(c))).await;
+        let uids: Vec<String> = fetched.iter().map(|f| f.claim.uid.clone()).collect();
+        self.locked(
+            move |core| core.prepare_batch(fetched),
+            |message| {
+                uids.into_iter()
+                    .map(|u| (u, Err(message.clone())))
+                    .collect()
+            },
+        )
+        .await
     }
 
     async fn unprepare(&self, claims: Vec<ClaimRef>) -> UnprepareResults {
-        let _serial = self.serial.lock().await;
-        let lock = self.lock_plugin_dir().await;
-        let loaded = match &lock {
-            Ok(_) => Ok(checkpoint::load(&self.checkpoint_path())),
-            Err(e) => Err(e.to_string()),
-        };
-        let mut results = UnprepareResults::new();
-        let mut published = None;
-        for claim in claims {
-            let start = Instant::now();
-            let outcome = match &loaded {
-                Err(message) => Err(message.clone()),
-                Ok(Ok(cp)) => {
-                    let cp = published.get_or_insert_with(|| cp.clone());
-                    self.unprepare_claim(cp, &claim).map_err(|e| e.to_string())
-                }
-                Ok(Err(e)) if e.is_unusable_content() => self
-                    .unprepare_without_checkpoint(&claim, e)
-                    .map_err(|e| e.to_string()),
-                Ok(Err(e)) => Err(format!("claim {claim}: {e}")),
-            };
-            self.metrics.unprepared(outcome.is_ok(), start);
-            match &outcome {
-                Ok(()) => tracing::info!(claim = %claim, "unprepared"),
-                Err(e) => tracing::warn!(claim = %claim, error = %e, "unprepare failed"),
-            }
-            results.insert(claim.uid, outcome);
-        }
-        if let Some(cp) = &published {
-            self.publish(cp);
-        }
-        drop(lock);
-        results
+        let uids: Vec<String> = claims.iter().map(|c| c.uid.clone()).collect();
+        self.locked(
+            move |core| core.unprepare_batch(claims),
+            |message| {
+                uids.into_iter()
+                    .map(|u| (u, Err(message.clone())))
+                    .collect()
+            },
+        )
+        .await
     }
 }
 
@@ -694,14 +814,54 @@ mod tests {
         }
 
         fn preparer(&mut self) -> Preparer<ClaimMap> {
+            let source = self.source.clone();
+            self.preparer_with(source)
+        }
+
+        fn preparer_with<S: ClaimSource>(&mut self, source: S) -> Preparer<S> {
             let metrics = PrepareMetrics::register(&mut self.registry);
             Preparer::new(
                 self.config.clone(),
                 self.inventory.subscribe(),
-                self.source.clone(),
+                source,
                 metrics,
             )
             .unwrap()
+        }
+
+        /// Holds the lock file as another node-agent process would.
+        fn hold_lock(&self) -> File {
+            std::fs::create_dir_all(&self.config.plugin_dir).unwrap();
+            let other = open_lock_file(&self.config.plugin_dir.join(LOCK_FILE)).unwrap();
+            other.lock().unwrap();
+            other
+        }
+
+        /// The checkpoint, the published `preparedClaims` and the allocation map agree.
+        fn assert_consistent<S: ClaimSource>(&self, p: &Preparer<S>) {
+            let mut on_disk: Vec<String> = self.checkpoint().claims.into_keys().collect();
+            on_disk.sort();
+            let mut published: Vec<String> = p
+                .subscribe()
+                .borrow()
+                .iter()
+                .map(|c| c.uid.clone())
+                .collect();
+            published.sort();
+            assert_eq!(on_disk, published, "checkpoint vs preparedClaims");
+            let mut holders: Vec<String> = p.allocated_devices().into_values().collect();
+            holders.sort();
+            holders.dedup();
+            let names: Vec<String> = self
+                .checkpoint()
+                .claims
+                .values()
+                .filter(|e| e.devices.iter().any(|d| !d.admin_access))
+                .map(|e| format!("{}/{}", e.namespace, e.name))
+                .collect::<std::collections::BTreeSet<_>>()
+                .into_iter()
+                .collect();
+            assert_eq!(holders, names, "checkpoint vs allocation map");
         }
 
         fn register(&self, sysfs: &str) -> u32 {
@@ -1440,5 +1600,160 @@ mod tests {
             unprepare_one(&b, winner).await.unwrap();
             assert!(node.checkpoint().claims.is_empty());
         }
+    }
+
+    // ---- faults: hung API requests, cancelled calls, a busy lock at start ----
+
+    /// A claim source whose GET of `hang` never answers, as an API server that accepted the
+    /// connection and went silent.
+    #[derive(Clone)]
+    struct Hanging {
+        inner: ClaimMap,
+        hang: &'static str,
+    }
+
+    impl ClaimSource for Hanging {
+        async fn get(&self, namespace: &str, name: &str) -> Result<Option<ResourceClaim>, String> {
+            if name == self.hang {
+                std::future::pending::<()>().await;
+            }
+            self.inner.get(namespace, name).await
+        }
+    }
+
+    fn hanging_node(hang: &'static str) -> (TestNode, Preparer<Hanging>) {
+        let mut node = TestNode::new();
+        for (name, dev, pool) in [("a", "mock0", "node1/numa0"), ("b", "mock1", "node1/numa1")] {
+            node.source
+                .put(allocated(name, name, vec![result("r", dev, pool)]));
+        }
+        let source = Hanging {
+            inner: node.source.clone(),
+            hang,
+        };
+        let p = node.preparer_with(source);
+        (node, p)
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_hung_claim_get_holds_no_lock_and_fails_alone_after_its_deadline() {
+        let t0 = tokio::time::Instant::now();
+        let (node, p) = hanging_node("a");
+        let p = Arc::new(p);
+        let hung = tokio::spawn({
+            let p = p.clone();
+            async move { p.prepare(vec![cref("a", "a")]).await }
+        });
+        tokio::task::yield_now().await;
+
+        // Another pod's claim goes through while the GET of `a` hangs.
+        let other = tokio::time::timeout(Duration::from_secs(1), p.prepare(vec![cref("b", "b")]))
+            .await
+            .expect("a hung GET of another claim blocked this prepare");
+        assert!(other["b"].is_ok(), "{other:?}");
+        let unprepared =
+            tokio::time::timeout(Duration::from_secs(1), p.unprepare(vec![cref("b", "b")]))
+                .await
+                .expect("a hung GET blocked an unprepare");
+        assert!(unprepared["b"].is_ok(), "{unprepared:?}");
+
+        // The hung claim fails on its own deadline, well inside the kubelet's, naming why.
+        let hung = hung.await.unwrap();
+        assert_eq!(t0.elapsed().as_secs(), FETCH_TIMEOUT.as_secs());
+        let err = hung["a"].as_ref().unwrap_err();
+        assert!(
+            err.contains("claim default/a") && err.contains("no answer"),
+            "{err}"
+        );
+        assert!(node.checkpoint().claims.is_empty());
+        node.assert_consistent(&p);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_batch_dropped_by_the_kubelet_leaves_a_consistent_state() {
+        // The kubelet's deadline drops the call while the GET of `b` hangs: the record on
+        // disk, preparedClaims and the allocation map must still agree.
+        let (node, p) = hanging_node("b");
+        let dropped = tokio::time::timeout(
+            Duration::from_secs(5),
+            p.prepare(vec![cref("a", "a"), cref("b", "b")]),
+        )
+        .await;
+        assert!(
+            dropped.is_err(),
+            "the call was expected to hang: {dropped:?}"
+        );
+        node.assert_consistent(&p);
+        assert_eq!(
+            node.register("mock0"),
+            5,
+            "a register changed by a dropped call"
+        );
+
+        // The kubelet's retry of `a` alone works.
+        assert!(p.prepare(vec![cref("a", "a")]).await["a"].is_ok());
+        node.assert_consistent(&p);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_call_dropped_during_its_file_io_finishes_and_publishes() {
+        let mut node = TestNode::new();
+        node.source.put(allocated(
+            "a",
+            "a",
+            vec![result("r", "mock0", "node1/numa0")],
+        ));
+        let p = Arc::new(node.preparer());
+        let mut prepared = p.subscribe();
+        // The file I/O stalls (another pod holds the lock) and the kubelet gives up.
+        let other = node.hold_lock();
+        let call = tokio::spawn({
+            let p = p.clone();
+            async move { p.prepare(vec![cref("a", "a")]).await }
+        });
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        call.abort();
+        assert!(call.await.unwrap_err().is_cancelled());
+        drop(other);
+
+        // The started work ends as a whole and is published; nothing is half-done.
+        tokio::time::timeout(Duration::from_secs(5), prepared.changed())
+            .await
+            .expect("the dropped call never published")
+            .unwrap();
+        assert_eq!(node.register("mock0"), 1);
+        node.assert_consistent(&p);
+        // An unprepare right after waits for it and sees it.
+        assert!(p.unprepare(vec![cref("a", "a")]).await["a"].is_ok());
+        assert_eq!(node.register("mock0"), 0);
+        node.assert_consistent(&p);
+    }
+
+    #[tokio::test(flavor = "current_thread")]
+    async fn start_waits_for_the_lock_without_stalling_the_runtime() {
+        let mut node = TestNode::new();
+        let other = node.hold_lock();
+        let metrics = PrepareMetrics::register(&mut node.registry);
+        let starting = tokio::spawn(Preparer::start(
+            node.config.clone(),
+            node.inventory.subscribe(),
+            node.source.clone(),
+            metrics,
+        ));
+        // The single runtime thread keeps serving timers (heartbeats, health) meanwhile.
+        for _ in 0..5 {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        assert!(
+            !starting.is_finished(),
+            "start ignored the other process's lock"
+        );
+        drop(other);
+        let p = tokio::time::timeout(Duration::from_secs(5), starting)
+            .await
+            .expect("start never took the lock")
+            .unwrap()
+            .unwrap();
+        node.assert_consistent(&p);
     }
 }
