@@ -39,6 +39,7 @@
 //! [`super::metrics`].
 
 mod error;
+mod fail_points;
 mod plan;
 
 use std::{
@@ -506,7 +507,10 @@ impl Core {
                 source,
             });
         }
-        if let Err(cause) = self.apply(&entry, inventory) {
+        let applied = self
+            .fail_point(fail_points::PREPARE_STEPS[0])
+            .and_then(|()| self.apply(&entry, inventory));
+        if let Err(cause) = applied {
             return Err(self.undo(cp, &claim.uid, cause));
         }
         entry.state = PrepareState::PrepareCompleted;
@@ -516,6 +520,9 @@ impl Core {
                 claim: claim.to_string(),
                 source,
             };
+            return Err(self.undo(cp, &claim.uid, cause));
+        }
+        if let Err(cause) = self.fail_point(fail_points::PREPARE_STEPS[3]) {
             return Err(self.undo(cp, &claim.uid, cause));
         }
         Ok(prepared_devices(driver, &entry))
@@ -534,7 +541,17 @@ impl Core {
                     source,
                 })?;
         }
-        self.write_spec(entry, inventory)
+        self.fail_point(fail_points::PREPARE_STEPS[1])?;
+        self.write_spec(entry, inventory)?;
+        self.fail_point(fail_points::PREPARE_STEPS[2])
+    }
+
+    /// Passes a named fail point (armed only in unit tests, see `fail_points`).
+    fn fail_point(&self, name: &'static str) -> Result<(), PrepareError> {
+        fail_points::hit(&self.config.plugin_dir, name).map_err(|source| PrepareError::Setup {
+            path: self.config.plugin_dir.clone(),
+            source,
+        })
     }
 
     fn write_spec(&self, entry: &ClaimEntry, inventory: &Inventory) -> Result<(), PrepareError> {
@@ -608,6 +625,7 @@ impl Core {
             return Ok(());
         };
         self.release(&entry, Release::Restore)?;
+        self.fail_point(fail_points::ROLLBACK_RELEASED)?;
         cp.claims.remove(uid);
         checkpoint::store(&self.checkpoint_path(), cp).map_err(|source| PrepareError::Checkpoint {
             claim: entry_claim(&entry),
@@ -637,7 +655,17 @@ impl Core {
                 Err(e) => errors.push(e.to_string()),
             }
         }
+        if how == Release::Clear
+            && let Err(e) = self.fail_point(fail_points::UNPREPARE_STEPS[0])
+        {
+            errors.push(e.to_string());
+        }
         if let Err(e) = cdi::remove_spec(&self.config.cdi_dir, &self.config.driver_name, &entry.uid)
+        {
+            errors.push(e.to_string());
+        }
+        if how == Release::Clear
+            && let Err(e) = self.fail_point(fail_points::UNPREPARE_STEPS[1])
         {
             errors.push(e.to_string());
         }
@@ -665,10 +693,13 @@ impl Core {
         };
         self.release(&entry, Release::Clear)?;
         cp.claims.remove(&claim.uid);
-        checkpoint::store(&self.checkpoint_path(), cp).map_err(|source| PrepareError::Checkpoint {
-            claim: claim.to_string(),
-            source,
-        })
+        checkpoint::store(&self.checkpoint_path(), cp).map_err(|source| {
+            PrepareError::Checkpoint {
+                claim: claim.to_string(),
+                source,
+            }
+        })?;
+        self.fail_point(fail_points::UNPREPARE_STEPS[2])
     }
 
     /// With an unreadable checkpoint, unprepare still removes what it can find by the claim
@@ -1755,5 +1786,128 @@ mod tests {
             .unwrap()
             .unwrap();
         node.assert_consistent(&p);
+    }
+
+    // ---- a crash at every step: fail points, restart, the kubelet's retry ----
+
+    use super::fail_points::{self, Action};
+
+    /// After a restart and the kubelet's retries: registers, CDI files, checkpoint entries
+    /// and preparedClaims agree with `a` being prepared (or not).
+    fn assert_no_leak<S: ClaimSource>(node: &TestNode, p: &Preparer<S>, prepared: bool) {
+        node.assert_consistent(p);
+        let cp = node.checkpoint();
+        if prepared {
+            assert_eq!(node.register("mock0"), 1);
+            assert_eq!(node.cdi_files().len(), 1, "{:?}", node.cdi_files());
+            assert_eq!(cp.claims.len(), 1);
+            assert_eq!(cp.claims["a"].state, PrepareState::PrepareCompleted);
+        } else {
+            assert_eq!(node.register("mock0"), 0);
+            assert!(node.cdi_files().is_empty(), "{:?}", node.cdi_files());
+            assert!(cp.claims.is_empty(), "{cp:?}");
+        }
+    }
+
+    fn node_with_claim_a() -> TestNode {
+        let node = TestNode::new();
+        node.source.put(allocated(
+            "a",
+            "a",
+            vec![result("r", "mock0", "node1/numa0")],
+        ));
+        node
+    }
+
+    #[tokio::test]
+    async fn a_crash_at_every_prepare_step_is_recovered_by_restart_and_retry() {
+        for step in fail_points::PREPARE_STEPS {
+            let mut node = node_with_claim_a();
+            node.set_register("mock0", 0);
+            let p = node.preparer();
+            fail_points::arm(&node.config.plugin_dir, step, Action::Crash);
+            let err = prepare_one(&p, cref("a", "a")).await.unwrap_err();
+            assert!(err.contains("internal error"), "{step}: {err}");
+            // The process dies: nothing of it survives but the files.
+            drop(p);
+            let p = node.preparer();
+            prepare_one(&p, cref("a", "a"))
+                .await
+                .unwrap_or_else(|e| panic!("{step}: retry failed: {e}"));
+            assert_no_leak(&node, &p, true);
+            unprepare_one(&p, cref("a", "a")).await.unwrap();
+            assert_no_leak(&node, &p, false);
+        }
+    }
+
+    #[tokio::test]
+    async fn a_crash_at_every_unprepare_step_is_recovered_by_restart_and_retry() {
+        for step in fail_points::UNPREPARE_STEPS {
+            let mut node = node_with_claim_a();
+            let p = node.preparer();
+            prepare_one(&p, cref("a", "a")).await.unwrap();
+            fail_points::arm(&node.config.plugin_dir, step, Action::Crash);
+            let err = unprepare_one(&p, cref("a", "a")).await.unwrap_err();
+            assert!(err.contains("internal error"), "{step}: {err}");
+            drop(p);
+            let p = node.preparer();
+            unprepare_one(&p, cref("a", "a"))
+                .await
+                .unwrap_or_else(|e| panic!("{step}: retry failed: {e}"));
+            assert_no_leak(&node, &p, false);
+            // The device is free again.
+            prepare_one(&p, cref("a", "a")).await.unwrap();
+            assert_no_leak(&node, &p, true);
+        }
+    }
+
+    #[tokio::test]
+    async fn a_failed_rollback_is_reported_and_resumed_by_the_next_call() {
+        let mut node = node_with_claim_a();
+        node.set_register("mock0", 0);
+        let p = node.preparer();
+        // The CDI write fails, and so does the rollback after it.
+        fail_points::arm(&node.config.plugin_dir, "prepare/cdi", Action::Fail);
+        fail_points::arm(
+            &node.config.plugin_dir,
+            fail_points::ROLLBACK_RELEASED,
+            Action::Fail,
+        );
+        let err = prepare_one(&p, cref("a", "a")).await.unwrap_err();
+        assert!(
+            err.contains("fail point prepare/cdi") && err.contains("rolling back also failed"),
+            "{err}"
+        );
+        // The unfinished entry stays for the next call; it is not published as prepared.
+        assert_eq!(
+            node.checkpoint().claims["a"].state,
+            PrepareState::PrepareStarted
+        );
+        assert!(p.subscribe().borrow().is_empty());
+        // The kubelet's retry finishes the rollback, then prepares.
+        prepare_one(&p, cref("a", "a")).await.unwrap();
+        assert_no_leak(&node, &p, true);
+    }
+
+    #[tokio::test]
+    async fn a_failed_rollback_is_resumed_at_the_next_start() {
+        let mut node = node_with_claim_a();
+        node.set_register("mock0", 0);
+        let p = node.preparer();
+        fail_points::arm(&node.config.plugin_dir, "prepare/registers", Action::Fail);
+        fail_points::arm(
+            &node.config.plugin_dir,
+            fail_points::ROLLBACK_RELEASED,
+            Action::Fail,
+        );
+        let err = prepare_one(&p, cref("a", "a")).await.unwrap_err();
+        assert!(err.contains("rolling back also failed"), "{err}");
+        drop(p);
+        // The start rolls the interrupted prepare back before any call.
+        let p = node.preparer();
+        assert!(node.checkpoint().claims.is_empty());
+        assert_no_leak(&node, &p, false);
+        prepare_one(&p, cref("a", "a")).await.unwrap();
+        assert_no_leak(&node, &p, true);
     }
 }
