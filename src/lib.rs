@@ -14,6 +14,7 @@ pub mod controller;
 pub mod crd;
 pub mod discover;
 pub mod inventory;
+pub mod kube_client;
 pub mod plugin;
 pub mod proto;
 pub mod sim;

@@ -12,7 +12,7 @@ use std::{sync::Arc, time::Duration};
 
 use k8s_openapi::{api::core::v1::Node, apimachinery::pkg::apis::meta::v1::OwnerReference};
 use kube::{
-    Api, Client, Resource,
+    Api, Resource,
     api::{Patch, PatchParams},
 };
 use prometheus_client::{
@@ -48,8 +48,8 @@ use self::{
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
-    #[error("cannot build a Kubernetes client (set KUBECONFIG or run in a pod): {0}")]
-    Client(#[source] kube::Error),
+    #[error(transparent)]
+    Client(#[from] crate::kube_client::ClientError),
     #[error(
         "cannot read Node {node}: {source} (check --node-name and the agent's RBAC: nodes get)"
     )]
@@ -139,7 +139,10 @@ impl AgentMetrics {
 pub async fn run(args: NodeAgentArgs) -> Result<(), Error> {
     let shutdown = CancellationToken::new();
     telemetry::cancel_on_signal(shutdown.clone());
-    let client = Client::try_default().await.map_err(Error::Client)?;
+    // The agent makes request-response calls only (no watches): every one is bounded.
+    let client = crate::kube_client::clients(args.api.timeouts(), None)
+        .await?
+        .requests;
 
     let first = discovery::scan_once(&args.sysfs_root).map_err(|source| Error::Sysfs {
         root: args.sysfs_root.clone(),

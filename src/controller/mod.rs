@@ -36,6 +36,7 @@ use self::{
 use crate::{
     cli::ControllerArgs,
     crd::MockAccelNode,
+    kube_client::{self, ApiView, ClientError, WATCH_TIMEOUT_SECS},
     telemetry::{self, Readiness, TelemetryError},
 };
 
@@ -44,10 +45,8 @@ const CONCURRENCY: u16 = 8;
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
-    #[error(
-        "cannot build a Kubernetes client from the environment (in-cluster config or KUBECONFIG): {0}"
-    )]
-    Client(#[source] kube::Error),
+    #[error(transparent)]
+    Client(#[from] ClientError),
     #[error(transparent)]
     Http(#[from] TelemetryError),
     #[error(transparent)]
@@ -57,7 +56,11 @@ pub enum Error {
 pub async fn run(args: ControllerArgs) -> Result<(), Error> {
     let shutdown = CancellationToken::new();
     telemetry::cancel_on_signal(shutdown.clone());
-    let client = Client::try_default().await.map_err(Error::Client)?;
+    // One view for the whole process: it must outlive leadership terms, since a replica that
+    // takes the lead right after an outage has to know the outage happened.
+    let api_view = ApiView::new(jiff::Timestamp::now());
+    let clients = kube_client::clients(args.api.timeouts(), Some(&api_view)).await?;
+    let client = clients.requests.clone();
 
     let mut registry = Registry::with_prefix(METRICS_PREFIX);
     let metrics = Metrics::register(&mut registry);
@@ -71,14 +74,17 @@ pub async fn run(args: ControllerArgs) -> Result<(), Error> {
     .await?;
 
     let identity = args.identity.clone().unwrap_or_else(hostname);
-    let ctx = Arc::new(Context::new(
-        client.clone(),
-        args.driver_name.clone(),
-        args.agent_grace_period,
-        system_clock(),
-        metrics.clone(),
-        identity.clone(),
-    ));
+    let ctx = Arc::new(
+        Context::new(
+            client.clone(),
+            args.driver_name.clone(),
+            args.agent_grace_period,
+            system_clock(),
+            metrics.clone(),
+            identity.clone(),
+        )
+        .with_api_view(api_view),
+    );
     tracing::info!(driver = %args.driver_name, grace = ?args.agent_grace_period, leader_elect = args.leader_elect, "starting the controller");
 
     let result = if args.leader_elect {
@@ -94,13 +100,13 @@ pub async fn run(args: ControllerArgs) -> Result<(), Error> {
             ready.clone(),
             metrics,
             shutdown.clone(),
-            |stop| run_controller(ctx.clone(), ready.clone(), stop),
+            |stop| run_controller(ctx.clone(), clients.watch.clone(), ready.clone(), stop),
         )
         .await
         .map_err(Error::from)
     } else {
         metrics.set_leader(true);
-        run_controller(ctx, ready, shutdown.clone()).await;
+        run_controller(ctx, clients.watch, ready, shutdown.clone()).await;
         Ok(())
     };
 
@@ -114,11 +120,19 @@ pub async fn run(args: ControllerArgs) -> Result<(), Error> {
 }
 
 /// Runs the kube-runtime Controller until `stop` is cancelled; in-flight reconciles finish.
-async fn run_controller(ctx: Arc<Context>, ready: Readiness, stop: CancellationToken) {
-    let client = ctx.client.clone();
+/// Watches use `watch_client` (no read timeout; each watch ends after [`WATCH_TIMEOUT_SECS`]),
+/// the reconciler the request client in `ctx`.
+async fn run_controller(
+    ctx: Arc<Context>,
+    watch_client: Client,
+    ready: Readiness,
+    stop: CancellationToken,
+) {
+    let client = watch_client;
+    let watch_config = || watcher::Config::default().timeout(WATCH_TIMEOUT_SECS);
     let controller = Controller::new(
         Api::<MockAccelNode>::all(client.clone()),
-        watcher::Config::default().any_semantic(),
+        watch_config().any_semantic(),
     );
     let store = controller.store();
     let node_store = store.clone();
@@ -150,11 +164,11 @@ async fn run_controller(ctx: Arc<Context>, ready: Readiness, stop: CancellationT
         // wipes them on restart) brings its node back at once.
         .owns(
             Api::<ResourceSlice>::all(client.clone()),
-            watcher::Config::default().labels(&managed_by_selector()),
+            watch_config().labels(&managed_by_selector()),
         )
         // A Node appearing gives the slices their owner UID; only nodes with a MockAccelNode
         // are mapped, so the many Nodes without an agent cost nothing.
-        .watches(Api::<Node>::all(client), watcher::Config::default().any_semantic(), move |n: Node| {
+        .watches(Api::<Node>::all(client), watch_config().any_semantic(), move |n: Node| {
             let r = ObjectRef::<MockAccelNode>::new(&n.name_any());
             node_store.get(&r).map(|_| r)
         })

@@ -31,6 +31,7 @@ use super::{
 };
 use crate::{
     crd::{CONTROLLER_FIELD_MANAGER, MockAccelNode},
+    kube_client::ApiView,
     slices::{self, LABEL_MANAGED_BY, MANAGED_BY},
 };
 
@@ -112,8 +113,11 @@ pub struct Context {
     pub grace: Duration,
     pub clock: Clock,
     pub metrics: Metrics,
+    /// This process's view of the API server; heartbeats are judged only over time it saw.
+    api_view: Option<ApiView>,
     reporter: Reporter,
-    /// Consecutive failures per node, for the error backoff.
+    /// Consecutive failures per node, for the error backoff. An entry goes with the next
+    /// success, or when its MockAccelNode is found deleted.
     failures: Mutex<HashMap<String, u32>>,
 }
 
@@ -132,12 +136,19 @@ impl Context {
             grace,
             clock,
             metrics,
+            api_view: None,
             reporter: Reporter {
                 controller: CONTROLLER_FIELD_MANAGER.to_string(),
                 instance: Some(instance),
             },
             failures: Mutex::default(),
         }
+    }
+
+    /// Judges heartbeats from when `view` last resumed (see [`plan::liveness`]).
+    pub fn with_api_view(mut self, view: ApiView) -> Self {
+        self.api_view = Some(view);
+        self
     }
 
     fn slices(&self) -> Api<ResourceSlice> {
@@ -223,6 +234,7 @@ async fn reconcile_node(node: &MockAccelNode, ctx: &Context) -> Result<Action, R
         existing: &existing,
         now,
         grace: ctx.grace,
+        api_view_since: ctx.api_view.as_ref().map(|v| v.since(now)),
     });
 
     // Write slices: obsolete ones first, so a pool never shows more slices than it counts.

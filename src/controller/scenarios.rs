@@ -111,6 +111,7 @@ fn published(node: &MockAccelNode, now: &str) -> (MockAccelNode, Vec<ResourceSli
         existing: &[],
         now: t(now),
         grace: GRACE,
+        api_view_since: None,
     });
     let status = plan::controller_status(node, &plan, &WriteOutcome::Written, t(now));
     let mut node = node.clone();
