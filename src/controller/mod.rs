@@ -183,7 +183,7 @@ async fn run_controller(
                     // A MockAccelNode that is gone (deleted, or named as owner by a slice that
                     // outlived it): its slices go too.
                     Err(controller::Error::ObjectNotFound(obj)) => {
-                        match reconcile::withdraw_node(&ctx, &obj.name).await {
+                        match reconcile::node_deleted(&ctx, &obj.name).await {
                             Ok(0) => {}
                             Ok(n) => tracing::info!(node = %obj.name, deleted = n, "MockAccelNode deleted: slices removed"),
                             Err(e) => tracing::warn!(node = %obj.name, error = %e, "removing slices of a deleted MockAccelNode failed"),

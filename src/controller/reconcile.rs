@@ -172,6 +172,26 @@ impl Context {
             failures.remove(node);
         }
     }
+
+    /// Drops the backoff entries of nodes `exists` does not know (deleted while another
+    /// replica led, or while the watch was down).
+    fn retain_backoff(&self, exists: impl Fn(&str) -> bool) {
+        if let Ok(mut failures) = self.failures.lock() {
+            failures.retain(|node, _| exists(node));
+        }
+    }
+
+    /// Nodes with a backoff entry, for tests of the bookkeeping.
+    #[cfg(test)]
+    fn backoff_nodes(&self) -> Vec<String> {
+        let mut nodes: Vec<String> = self
+            .failures
+            .lock()
+            .map(|f| f.keys().cloned().collect())
+            .unwrap_or_default();
+        nodes.sort();
+        nodes
+    }
 }
 
 /// Entry point for the kube-runtime Controller: runs the pipeline and records metrics.
@@ -351,6 +371,14 @@ async fn delete_slice(ctx: &Context, node: &str, s: &ResourceSlice) -> Result<()
     }
 }
 
+/// The MockAccelNode `node` is gone: withdraws its slices and forgets its bookkeeping (the
+/// backoff entry would otherwise stay for the life of the process). Returns how many slices
+/// were deleted.
+pub async fn node_deleted(ctx: &Context, node: &str) -> Result<usize, ReconcileError> {
+    ctx.reset_backoff(node);
+    withdraw_node(ctx, node).await
+}
+
 /// Deletes every slice of `node` (its Node or its MockAccelNode is gone). Returns how many
 /// were deleted; listing first keeps a node without slices free of writes.
 pub async fn withdraw_node(ctx: &Context, node: &str) -> Result<usize, ReconcileError> {
@@ -380,9 +408,9 @@ pub async fn sweep_orphans(
             what: "ResourceSlices",
             source,
         })?;
-    let orphans = plan::orphans(&ctx.driver, &list.items, |node| {
-        store.get(&ObjectRef::new(node)).is_some()
-    });
+    let known = |node: &str| store.get(&ObjectRef::new(node)).is_some();
+    ctx.retain_backoff(known);
+    let orphans = plan::orphans(&ctx.driver, &list.items, known);
     for s in &orphans {
         delete_slice(ctx, s.spec.node_name.as_deref().unwrap_or_default(), s).await?;
     }
@@ -412,5 +440,98 @@ async fn publish(ctx: &Context, node: &MockAccelNode, ev: plan::EventPlan) {
         Err(e) => {
             tracing::warn!(node = %node.name_any(), reason = ev.reason, error = %e, "cannot publish Event")
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{controller::metrics::Metrics, crd::MockAccelNodeSpec};
+    use http::{Request, Response};
+    use kube::{
+        client::Body,
+        runtime::{reflector, watcher},
+    };
+    use tower_test::mock;
+
+    fn mock_context() -> (Arc<Context>, mock::Handle<Request<Body>, Response<Body>>) {
+        let (svc, handle) = mock::pair::<Request<Body>, Response<Body>>();
+        let ctx = Context::new(
+            Client::new(svc, "default"),
+            "mock-accel.example.com".into(),
+            Duration::from_secs(40),
+            system_clock(),
+            Metrics::unregistered(),
+            "test".into(),
+        );
+        (Arc::new(ctx), handle)
+    }
+
+    fn mk_node(name: &str) -> MockAccelNode {
+        MockAccelNode::new(
+            name,
+            MockAccelNodeSpec {
+                node_name: name.into(),
+            },
+        )
+    }
+
+    /// Answers one LIST of ResourceSlices with an empty list.
+    async fn no_slices(api: &mut mock::Handle<Request<Body>, Response<Body>>) {
+        let (req, reply) = api.next_request().await.expect("a LIST of slices");
+        assert_eq!(req.uri().path(), "/apis/resource.k8s.io/v1/resourceslices");
+        let body = json!({"apiVersion": "resource.k8s.io/v1", "kind": "ResourceSliceList",
+            "metadata": {"resourceVersion": "1"}, "items": []});
+        reply.send_response(
+            Response::builder()
+                .header("content-type", "application/json")
+                .body(Body::from(serde_json::to_vec(&body).unwrap()))
+                .unwrap(),
+        );
+    }
+
+    fn fail(ctx: &Arc<Context>, node: &str) {
+        error_policy(
+            Arc::new(mk_node(node)),
+            &ReconcileError::Unnamed,
+            ctx.clone(),
+        );
+    }
+
+    #[tokio::test]
+    async fn a_deleted_node_leaves_no_backoff_entry_behind() {
+        let (ctx, mut api) = mock_context();
+        fail(&ctx, "gone");
+        fail(&ctx, "gone");
+        fail(&ctx, "other");
+        assert_eq!(ctx.backoff_nodes(), ["gone", "other"]);
+
+        let deleted = {
+            let ctx = ctx.clone();
+            tokio::spawn(async move { node_deleted(&ctx, "gone").await })
+        };
+        no_slices(&mut api).await;
+        assert_eq!(deleted.await.unwrap().unwrap(), 0);
+        assert_eq!(ctx.backoff_nodes(), ["other"]);
+        // A new node of the same name starts its backoff afresh.
+        assert_eq!(ctx.next_backoff("gone"), BACKOFF_BASE);
+    }
+
+    #[tokio::test]
+    async fn the_sweep_drops_backoff_entries_of_nodes_deleted_unseen() {
+        let (ctx, mut api) = mock_context();
+        let (store, mut writer) = reflector::store::<MockAccelNode>();
+        writer.apply_watcher_event(&watcher::Event::InitApply(mk_node("kept")));
+        writer.apply_watcher_event(&watcher::Event::InitDone);
+        fail(&ctx, "kept");
+        fail(&ctx, "deleted-while-not-leading");
+
+        let sweep = {
+            let ctx = ctx.clone();
+            tokio::spawn(async move { sweep_orphans(&ctx, &store).await })
+        };
+        no_slices(&mut api).await;
+        assert_eq!(sweep.await.unwrap().unwrap(), 0);
+        assert_eq!(ctx.backoff_nodes(), ["kept"]);
     }
 }
