@@ -328,12 +328,14 @@ impl StatusWriter {
             } else {
                 self.heartbeat.saturating_sub(last_write.elapsed())
             };
+            // While backing off, a change must not cut the wait short: the next attempt reads
+            // the latest of everything anyway, and a failing API server gets its pause.
             tokio::select! {
                 _ = shutdown.cancelled() => return,
                 _ = tokio::time::sleep(wait) => {},
-                r = discovered.changed() => if r.is_err() { return },
-                r = prepared.changed() => if r.is_err() { return },
-                r = registration.changed() => if r.is_err() { return },
+                r = discovered.changed(), if !retry => if r.is_err() { return },
+                r = prepared.changed(), if !retry => if r.is_err() { return },
+                r = registration.changed(), if !retry => if r.is_err() { return },
             }
         }
     }
@@ -412,5 +414,88 @@ impl StatusWriter {
         tracing::debug!(node = %self.node, devices = report.inventory.devices.len(),
             prepared = report.prepared.len(), registered = report.plugin_registered, "status applied");
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use http::{Request, Response, StatusCode};
+    use kube::{Client, client::Body};
+    use tokio::time::Instant;
+    use tower_test::mock;
+
+    type Handle = mock::Handle<Request<Body>, Response<Body>>;
+
+    fn server_error() -> Response<Body> {
+        let body = json!({
+            "kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Failure",
+            "message": "etcdserver: request timed out", "reason": "InternalError", "code": 500,
+        });
+        Response::builder()
+            .status(StatusCode::INTERNAL_SERVER_ERROR)
+            .header("content-type", "application/json")
+            .body(Body::from(serde_json::to_vec(&body).unwrap()))
+            .unwrap()
+    }
+
+    /// Answers the next request with a 500 and returns when it arrived.
+    async fn fail_next(api: &mut Handle) -> Instant {
+        let (req, reply) = tokio::time::timeout(Duration::from_secs(60), api.next_request())
+            .await
+            .expect("the status writer sent no request within 60 s (virtual time)")
+            .expect("the status writer stopped");
+        assert_eq!(
+            req.uri().path(),
+            "/api/v1/nodes/n1",
+            "first step: read the Node"
+        );
+        let at = Instant::now();
+        reply.send_response(server_error());
+        at
+    }
+
+    /// A failing API server gets the writer's backoff even while the inventory keeps changing:
+    /// each change used to wake the writer at once, so it retried in a tight loop.
+    #[tokio::test(start_paused = true)]
+    async fn changes_during_a_backoff_do_not_cut_it_short() {
+        let (svc, mut api) = mock::pair::<Request<Body>, Response<Body>>();
+        let client = Client::new(svc, "default");
+        let writer = StatusWriter {
+            api: Api::all(client.clone()),
+            nodes: Api::all(client),
+            node: "n1".into(),
+            heartbeat: Duration::from_secs(10),
+            metrics: Arc::new(AgentMetrics::register(&mut Registry::default())),
+            ready: Readiness::default(),
+        };
+        let (disc_tx, disc_rx) = watch::channel(Discovered::default());
+        let (_prep_tx, prep_rx) = watch::channel(Vec::new());
+        let (_reg_tx, reg_rx) = watch::channel(RegistrationState::default());
+        let shutdown = CancellationToken::new();
+        let task = tokio::spawn(writer.run(disc_rx, prep_rx, reg_rx, shutdown.clone()));
+        let change = |n: usize| {
+            disc_tx.send_modify(|d| d.warnings.push(format!("change {n}")));
+        };
+
+        let first = fail_next(&mut api).await;
+        change(1);
+        let second = fail_next(&mut api).await;
+        assert!(
+            second - first >= Duration::from_millis(500),
+            "retried after {:?} despite a 500 ms backoff",
+            second - first
+        );
+        change(2);
+        change(3);
+        let third = fail_next(&mut api).await;
+        assert!(
+            third - second >= Duration::from_secs(1),
+            "retried after {:?} despite a 1 s backoff",
+            third - second
+        );
+
+        shutdown.cancel();
+        task.await.unwrap();
     }
 }
