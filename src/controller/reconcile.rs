@@ -247,15 +247,42 @@ async fn reconcile_node(node: &MockAccelNode, ctx: &Context) -> Result<Action, R
 
     // Decide.
     let now = (ctx.clock)();
-    let plan = plan::plan_slices(&Observed {
-        driver: &ctx.driver,
-        node,
-        node_uid: &node_uid,
-        existing: &existing,
-        now,
-        grace: ctx.grace,
-        api_view_since: ctx.api_view.as_ref().map(|v| v.since(now)),
-    });
+    let decide = |node: &MockAccelNode| {
+        plan::plan_slices(&Observed {
+            driver: &ctx.driver,
+            node,
+            node_uid: &node_uid,
+            existing: &existing,
+            now,
+            grace: ctx.grace,
+            api_view_since: ctx.api_view.as_ref().map(|v| v.since(now)),
+        })
+    };
+    let mut plan = decide(node);
+    // Withdraw only on what the API server holds now, never on the watch cache alone: while
+    // the watch is down (after an outage it reconnects with a backoff) the cache keeps old
+    // heartbeats of agents that are writing fresh ones.
+    let fresh;
+    let node = if !plan.liveness.is_alive() && !plan.delete.is_empty() {
+        fresh = Api::<MockAccelNode>::all(ctx.client.clone())
+            .get_opt(&name)
+            .await
+            .map_err(|source| ReconcileError::Read {
+                node: name.clone(),
+                what: "MockAccelNode",
+                source,
+            })?;
+        match &fresh {
+            // Gone meanwhile: the withdrawal stands.
+            None => node,
+            Some(fresh) => {
+                plan = decide(fresh);
+                fresh
+            }
+        }
+    } else {
+        node
+    };
 
     // Write slices: obsolete ones first, so a pool never shows more slices than it counts.
     let write_error = match write_slices(ctx, &name, &plan).await {
