@@ -43,6 +43,41 @@ use crate::{
 /// Reconciles running at once; each one is a handful of requests for one node.
 const CONCURRENCY: u16 = 8;
 
+/// Backoff of the controller's watches after an error: 0.5 s doubling up to 2 s.
+///
+/// kube-runtime backs off all of a Controller's watches together (one backoff over the merged
+/// trigger streams). With its default (up to 30 s plus jitter) a request another watch had
+/// already started sits unpolled through the sleep, its connect deadline passes, it fails when
+/// polled, which starts the next sleep: after an API server restart the watches never came back
+/// (seen in the outage scenario; also stackabletech/trino-operator#936). A sleep well below the
+/// connect deadline lets such a request survive it. One controller with three watches retrying
+/// every 2 s during an outage costs the API server nothing.
+#[derive(Clone, Debug, Default)]
+pub struct TriggerBackoff {
+    next: Option<std::time::Duration>,
+}
+
+impl TriggerBackoff {
+    const FIRST: std::time::Duration = std::time::Duration::from_millis(500);
+    const MAX: std::time::Duration = std::time::Duration::from_secs(2);
+}
+
+impl Iterator for TriggerBackoff {
+    type Item = std::time::Duration;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        let delay = self.next.unwrap_or(Self::FIRST);
+        self.next = Some(delay.saturating_mul(2).min(Self::MAX));
+        Some(delay)
+    }
+}
+
+impl kube::runtime::utils::Backoff for TriggerBackoff {
+    fn reset(&mut self) {
+        self.next = None;
+    }
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
     #[error(transparent)]
@@ -172,6 +207,7 @@ async fn run_controller(
             let r = ObjectRef::<MockAccelNode>::new(&n.name_any());
             node_store.get(&r).map(|_| r)
         })
+        .trigger_backoff(TriggerBackoff::default())
         .with_config(Config::default().concurrency(CONCURRENCY))
         .graceful_shutdown_on(stop.clone().cancelled_owned())
         .run(reconcile, error_policy, ctx.clone())
@@ -207,4 +243,23 @@ fn hostname() -> String {
         .map(|h| h.trim().to_string())
         .filter(|h| !h.is_empty())
         .unwrap_or_else(|| "mock-accel-controller".to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use kube::runtime::utils::Backoff;
+    use std::time::Duration;
+
+    #[test]
+    fn watch_backoff_stays_well_below_the_connect_deadline_and_resets() {
+        let mut b = TriggerBackoff::default();
+        let first: Vec<Duration> = b.by_ref().take(5).collect();
+        assert_eq!(
+            first,
+            [500, 1000, 2000, 2000, 2000].map(Duration::from_millis)
+        );
+        b.reset();
+        assert_eq!(b.next(), Some(Duration::from_millis(500)));
+    }
 }
