@@ -11,4 +11,5 @@ from scenarios import (  # noqa: F401 - imported for their @scenario registratio
     resilience,
     rbac,
     examples,
+    outages,
 )
