@@ -314,11 +314,40 @@ class Cluster:
         if info and info.get("kubelet_real", "").startswith("/tmp/mock-accel-"):
             shutil.rmtree(info["kubelet_real"], ignore_errors=True)
 
+    # ---- control-plane faults -----------------------------------------------------------------
+
+    def stop_component(self, name: str, sig: int = signal.SIGTERM) -> None:
+        """Stops one control-plane process (`etcd`, `kube-apiserver`, ...) in place: with `sig`
+        (SIGKILL: no grace at all). `start_component` starts it again with the same command
+        line, so the same ports, flags, certificates and data directory."""
+        proc = self.sup.get(name)
+        self.info.setdefault("stopped_components", {})[name] = proc.argv
+        self.save()
+        if sig == signal.SIGKILL:
+            self.sup.kill(name)
+        else:
+            self.sup.stop(name, sig=sig, timeout=30)
+
+    def start_component(self, name: str, timeout: float = 90) -> None:
+        """Starts a process stopped by `stop_component` and waits until it reports ready."""
+        argv = self.info.get("stopped_components", {}).get(name)
+        if argv is None:
+            raise ClusterError(f"{name} was not stopped by stop_component; nothing to start")
+        self.sup.start(name, argv)
+        del self.info["stopped_components"][name]
+        self.save()
+        controlplane.wait_ready(name, self.info["ports"], self.pki, self.sup, timeout)
+
     def heal(self) -> list[str]:
-        """Restarts every fake kubelet, node agent and controller replica that should run but
-        does not (crashed, or stopped by a test that failed before restarting it)."""
-        running = {p.name for p in self.sup.running()}
+        """Restarts every control-plane process stopped by a fault scenario, and every fake
+        kubelet, node agent and controller replica that should run but does not (crashed, or
+        stopped by a test that failed before restarting it)."""
         restarted = []
+        order = ["etcd", "kube-apiserver", "kube-controller-manager", "kube-scheduler"]
+        for name in sorted(self.info.get("stopped_components", {}), key=lambda n: order.index(n) if n in order else 9):
+            self.start_component(name)
+            restarted.append(name)
+        running = {p.name for p in self.sup.running()}
         for node in self.node_names():
             if f"kernel-{node}" not in running:
                 self.start_kernel(node)
