@@ -282,7 +282,6 @@ class Cluster:
             f"--kubelet-dir={paths.kubelet}",
             f"--cdi-dir={paths.cdi}",
             f"--containers-dir={paths.containers}",
-            f"--driver-name={DRIVER}",
         ])
 
     def start_agent(self, node: str) -> None:
