@@ -29,7 +29,7 @@ const usage = `fakelet: a fake kubelet that runs the kubelet's DRA code against 
 
 Usage:
   fakelet run --kubeconfig K --node-name N --kubelet-dir D --cdi-dir C --containers-dir X
-              [--lease-interval 10s] [--v 2]
+              [--lease-interval 10s] [--v 3]
       Create/update Node N (Ready, pods=110, no not-ready taint), renew Lease kube-node-lease/N,
       and run the kubelet's plugin manager on D/plugins_registry/ and the kubelet's DRA manager
       (checkpoint D/dra_manager_state, health cache D/dra_health_state; it deletes the node's
@@ -91,7 +91,7 @@ func cmdRun(args []string) int {
 	fs.StringVar(&cfg.cdiDir, "cdi-dir", "", "CDI spec directory the plugin writes to (required)")
 	fs.StringVar(&cfg.containersDir, "containers-dir", "", "where each container's CDI edits are recorded (required)")
 	fs.DurationVar(&cfg.leaseInterval, "lease-interval", 10*time.Second, "node Lease renewal interval")
-	fs.IntVar(&cfg.verbosity, "v", 2, "log verbosity of the kubelet code (klog -v)")
+	fs.IntVar(&cfg.verbosity, "v", 3, "log verbosity of the kubelet code (klog -v)")
 	if err := fs.Parse(args); err != nil {
 		return exitUsage
 	}
