@@ -282,15 +282,23 @@ class Cluster:
             f"--kubelet-dir={paths.kubelet}",
             f"--cdi-dir={paths.cdi}",
             f"--containers-dir={paths.containers}",
-            f"--driver-name={DRIVER}",
+            # V(4): the kubelet code logs each NodePrepareResources call (scenario 15 waits
+            # for it) and each health report it handles.
+            "--v=4",
         ])
 
-    def start_agent(self, node: str) -> None:
+    def start_agent(self, node: str, process: str | None = None) -> None:
+        """Starts the node's agent as process `agent-<node>`, or under another process name
+        (a second instance of the same node's agent, as during a rolling update)."""
         paths = self.node_paths(node)
         n = self.info["nodes"][node]
         wl = Workload.from_json(self.info["agent_workload"])
-        progress.step(f"{node}: starting the node agent")
-        self.sup.start(f"agent-{node}", [
+        default = f"agent-{node}"
+        process = process or default
+        # A second instance needs a metrics port of its own.
+        port = n["agent_metrics_port"] if process == default else controlplane.free_port()
+        progress.step(f"{node}: starting the node agent ({process})")
+        self.sup.start(process, [
             str(self.binaries.driver), "node-agent", *wl.args,
             f"--node-name={node}",
             f"--sysfs-root={paths.sys}",
@@ -298,7 +306,7 @@ class Cluster:
             f"--cdi-dir={paths.cdi}",
             f"--registry-dir={paths.registry_dir}",
             f"--plugin-dir={paths.plugin_dir}",
-            f"--metrics-addr=127.0.0.1:{n['agent_metrics_port']}",
+            f"--metrics-addr=127.0.0.1:{port}",
         ], env={**wl.env, "KUBECONFIG": n["kubeconfig"]})
 
     def stop_node(self, node: str) -> None:

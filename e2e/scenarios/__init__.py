@@ -15,4 +15,5 @@ from scenarios import (  # noqa: F401 - imported for their @scenario registratio
     examples,
     registration,
     outages,
+    kubelet,
 )
