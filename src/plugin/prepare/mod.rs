@@ -1910,4 +1910,113 @@ mod tests {
         prepare_one(&p, cref("a", "a")).await.unwrap();
         assert_no_leak(&node, &p, true);
     }
+
+    // ---- a full or read-only file system under the plugin and CDI directories ----
+
+    /// A small tmpfs mounted over `dir` for the life of the value (needs root; the e2e and CI
+    /// machines run tests as root).
+    struct Tmpfs(PathBuf);
+
+    impl Tmpfs {
+        fn mount(dir: &Path) -> Option<Tmpfs> {
+            std::fs::create_dir_all(dir).unwrap();
+            let status = std::process::Command::new("mount")
+                .args(["-t", "tmpfs", "-o", "size=64k", "tmpfs"])
+                .arg(dir)
+                .status();
+            match status {
+                Ok(s) if s.success() => Some(Tmpfs(dir.to_path_buf())),
+                other => {
+                    eprintln!(
+                        "SKIPPED: cannot mount a tmpfs on {} ({other:?}); run as root",
+                        dir.display()
+                    );
+                    None
+                }
+            }
+        }
+
+        fn remount(&self, mode: &str) {
+            let ok = std::process::Command::new("mount")
+                .args(["-o", &format!("remount,{mode}")])
+                .arg(&self.0)
+                .status()
+                .unwrap()
+                .success();
+            assert!(ok, "remount {mode}");
+        }
+
+        /// Fills the file system; returns the filler to delete.
+        fn fill(&self) -> PathBuf {
+            let filler = self.0.join("filler");
+            let _ = std::fs::write(&filler, vec![0u8; 256 << 10]);
+            filler
+        }
+
+        fn names(&self) -> Vec<String> {
+            let mut names: Vec<String> = std::fs::read_dir(&self.0)
+                .unwrap()
+                .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+                .collect();
+            names.sort();
+            names
+        }
+    }
+
+    impl Drop for Tmpfs {
+        fn drop(&mut self) {
+            let _ = std::process::Command::new("umount").arg(&self.0).status();
+        }
+    }
+
+    #[tokio::test]
+    async fn a_full_or_read_only_file_system_fails_clearly_leaves_nothing_and_recovers() {
+        let mut node = node_with_claim_a();
+        node.set_register("mock0", 0);
+        let (Some(plugin_fs), Some(cdi_fs)) = (
+            Tmpfs::mount(&node.config.plugin_dir),
+            Tmpfs::mount(&node.config.cdi_dir),
+        ) else {
+            return;
+        };
+        let p = node.preparer();
+        let before = plugin_fs.names();
+
+        // Full plugin directory: the checkpoint's PrepareStarted record cannot be written.
+        let filler = plugin_fs.fill();
+        let err = prepare_one(&p, cref("a", "a")).await.unwrap_err();
+        assert!(
+            err.contains("claim default/a")
+                && err.contains("checkpoint")
+                && err.contains("file system is full"),
+            "{err}"
+        );
+        assert_no_leak(&node, &p, false);
+        std::fs::remove_file(&filler).unwrap();
+        assert_eq!(plugin_fs.names(), before, "a temp file stayed behind");
+
+        // Full CDI directory: the spec cannot be written; registers and record roll back.
+        let filler = cdi_fs.fill();
+        let err = prepare_one(&p, cref("a", "a")).await.unwrap_err();
+        assert!(
+            err.contains("CDI spec") && err.contains("file system is full"),
+            "{err}"
+        );
+        assert_eq!(cdi_fs.names(), vec!["filler".to_string()]);
+        std::fs::remove_file(&filler).unwrap();
+        assert_no_leak(&node, &p, false);
+
+        // Read-only plugin directory: refused before anything is touched.
+        plugin_fs.remount("ro");
+        let err = prepare_one(&p, cref("a", "a")).await.unwrap_err();
+        assert!(err.contains("mounted read-only"), "{err}");
+        plugin_fs.remount("rw");
+        assert_no_leak(&node, &p, false);
+
+        // Space and write access are back: the kubelet's retry succeeds.
+        prepare_one(&p, cref("a", "a")).await.unwrap();
+        assert_no_leak(&node, &p, true);
+        unprepare_one(&p, cref("a", "a")).await.unwrap();
+        assert_no_leak(&node, &p, false);
+    }
 }
