@@ -24,8 +24,8 @@
 //! update). The checkpoint is read from disk at the start of every call, so either pod may be
 //! called.
 //!
-//! The ResourceClaims of a prepare are fetched before either lock is taken, each within
-//! [`FETCH_TIMEOUT`]: a hung API request fails its own claim and never holds up the calls of
+//! The ResourceClaims of a prepare are fetched before either lock is taken, [`FETCH_CONCURRENCY`]
+//! at a time, each within [`FETCH_TIMEOUT`]: a hung API request fails its own claim and never holds up the calls of
 //! other pods. Everything after the fetch (the file lock, checkpoint, sysfs and CDI I/O, and
 //! publishing the result) runs as one blocking task on tokio's blocking pool, so a slow disk
 //! delays only the call that touches it, never the health stream, heartbeats or
@@ -50,6 +50,7 @@ use std::{
     time::{Duration, Instant},
 };
 
+use futures::StreamExt;
 use k8s_openapi::api::resource::v1::ResourceClaim;
 use tokio::sync::{OwnedMutexGuard, watch};
 
@@ -80,6 +81,10 @@ pub const LOCK_FILE: &str = "serialize.lock";
 /// 45 s; a claim whose GET hangs longer fails alone, with a message that says so, and the
 /// kubelet retries it.
 pub const FETCH_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// How many ResourceClaim GETs of one call run at once: a request naming thousands of claims
+/// must not open thousands of API requests together.
+pub const FETCH_CONCURRENCY: usize = 16;
 
 /// Register value prepare writes.
 const REGISTER_PREPARED: u32 = 1;
@@ -722,7 +727,11 @@ impl Core {
 impl<S: ClaimSource> ClaimHandler for Preparer<S> {
     async fn prepare(&self, claims: Vec<ClaimRef>) -> PrepareResults {
         // Every GET before the locks: no network call while other calls wait.
-        let fetched = futures::future::join_all(claims.into_iter().map(|c| self.fetch(c))).await;
+        let fetched: Vec<Fetched> = futures::stream::iter(claims)
+            .map(|c| self.fetch(c))
+            .buffered(FETCH_CONCURRENCY)
+            .collect()
+            .await;
         let uids: Vec<String> = fetched.iter().map(|f| f.claim.uid.clone()).collect();
         self.locked(
             move |core| core.prepare_batch(fetched),
@@ -2018,5 +2027,49 @@ mod tests {
         assert_no_leak(&node, &p, true);
         unprepare_one(&p, cref("a", "a")).await.unwrap();
         assert_no_leak(&node, &p, false);
+    }
+
+    /// Counts GETs in flight; each takes 10 ms (of the paused clock).
+    #[derive(Clone, Default)]
+    struct Counting {
+        inner: ClaimMap,
+        in_flight: Arc<std::sync::atomic::AtomicUsize>,
+        most: Arc<std::sync::atomic::AtomicUsize>,
+    }
+
+    impl ClaimSource for Counting {
+        async fn get(&self, namespace: &str, name: &str) -> Result<Option<ResourceClaim>, String> {
+            use std::sync::atomic::Ordering::SeqCst;
+            let now = self.in_flight.fetch_add(1, SeqCst) + 1;
+            self.most.fetch_max(now, SeqCst);
+            tokio::time::sleep(Duration::from_millis(10)).await;
+            self.in_flight.fetch_sub(1, SeqCst);
+            self.inner.get(namespace, name).await
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_request_with_thousands_of_claims_gets_an_answer_each_with_bounded_gets() {
+        let mut node = node_with_claim_a();
+        let source = Counting {
+            inner: node.source.clone(),
+            ..Default::default()
+        };
+        let p = node.preparer_with(source.clone());
+        let mut claims: Vec<ClaimRef> = (0..3000)
+            .map(|i| cref(&format!("gone-{i}"), &format!("gone-{i}")))
+            .collect();
+        claims.insert(1500, cref("a", "a"));
+        let results = p.prepare(claims).await;
+        assert_eq!(results.len(), 3001);
+        assert!(results["a"].is_ok(), "{:?}", results["a"]);
+        let err = results["gone-2999"].as_ref().unwrap_err();
+        assert!(
+            err.contains("claim default/gone-2999") && err.contains("does not exist"),
+            "{err}"
+        );
+        let most = source.most.load(std::sync::atomic::Ordering::SeqCst);
+        assert!(most <= FETCH_CONCURRENCY, "{most} GETs at once");
+        node.assert_consistent(&p);
     }
 }
