@@ -3,7 +3,6 @@ SHELL := /bin/bash
 CARGO ?= cargo
 IMAGE ?= mock-accel-dra:dev
 K8S_VERSION ?= v1.37.2
-export MOCK_ACCEL_CACHE ?= /var/cache/mock-accel
 
 .PHONY: help bin build test lint fmt fmt-check crd bench build-image load-image deploy undeploy \
         k8s-bins e2e dev-cluster dev-cluster-env dev-cluster-down demo
