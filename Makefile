@@ -1,7 +1,7 @@
 # mock-accel DRA driver: build, test and run targets. `make help` lists them.
 SHELL := /bin/bash
 CARGO ?= cargo
-K8S_VERSION ?= v1.37.2
+export K8S_VERSION ?= v1.37.2
 
 # The image name and tag are set in one place, the `images:` entry of the kustomization that
 # `make deploy` applies; build-image, save-image and load-image read them from there.
@@ -10,7 +10,7 @@ IMAGE := $(shell sed -n 's/^ *newName: *//p' $(KUSTOMIZATION)):$(shell sed -n 's
 IMAGE_TAR ?= /tmp/mock-accel-dra-image.tar
 
 .PHONY: help bin build test lint fmt fmt-check crd bench image-name build-image save-image load-image \
-        deploy undeploy k8s-bins e2e dev-cluster dev-cluster-env dev-cluster-down demo
+        deploy undeploy k8s-bins e2e fakelet-test dev-cluster dev-cluster-env dev-cluster-down demo
 
 help: ## list the targets
 	@grep -E '^[a-z0-9-]+:.*## ' $(MAKEFILE_LIST) | sed -E 's/:.*## /\t/' | column -t -s $$'\t'
@@ -95,5 +95,8 @@ dev-cluster-down: ## stop the local cluster
 demo: ## allocate a PF to a pod on the local cluster and show what it gets (KEEP=1 keeps the cluster)
 	@$(HARNESS) e2e/demo.py --state $(DEV_CLUSTER) $(if $(KEEP),--keep)
 
-e2e: ## every end-to-end scenario on a fresh local cluster (E2E_ARGS="-k 3" selects)
+e2e: fakelet-test ## every end-to-end scenario on a fresh local cluster (E2E_ARGS="-k 3" selects)
 	@$(HARNESS) e2e/run.py $(E2E_ARGS)
+
+fakelet-test: ## the fake kubelet's own Go tests (registry, claims, CDI)
+	cd e2e/fakelet && GOTOOLCHAIN=local go test ./...

@@ -299,6 +299,13 @@ fn foreign_device() -> CelDevice {
                 "resource.kubernetes.io/pciBusID".to_string(),
                 attr("0000:31:00.0"),
             ),
+            (
+                "resource.kubernetes.io/numaNode".to_string(),
+                DeviceAttribute {
+                    int: Some(0),
+                    ..Default::default()
+                },
+            ),
         ]),
         capacity: BTreeMap::from([(
             format!("{other}/memory"),
@@ -311,6 +318,10 @@ fn foreign_device() -> CelDevice {
 }
 
 const GUARD: &str = "device.driver == \"mock-accel.example.com\" && ";
+/// The class named after the driver is the guard alone.
+const DRIVER_CLASS: &str = "mock-accel.example.com";
+/// The NUMA attribute every NUMA rule reads: the standard one, shared with other drivers.
+const STANDARD_NUMA_HAS: &str = "has(device.attributes[\"resource.kubernetes.io\"].numaNode) && ";
 
 #[test]
 fn the_shipped_classes_are_the_expected_ones_and_guarded() {
@@ -322,10 +333,15 @@ fn the_shipped_classes_are_the_expected_ones_and_guarded() {
             "mock-accel-numa0",
             "mock-accel-pf",
             "mock-accel-vf",
-            "mock-accel-vf-2gb"
+            "mock-accel-vf-2gb",
+            DRIVER_CLASS,
         ]
     );
-    for s in classes.values() {
+    assert_eq!(
+        classes[DRIVER_CLASS].expression,
+        GUARD.trim_end_matches(" && ")
+    );
+    for s in classes.values().filter(|s| s.class != DRIVER_CLASS) {
         assert!(
             s.expression.starts_with(GUARD),
             "class {} does not start with the driver guard: {}",
@@ -347,6 +363,10 @@ fn classes_select_the_intended_devices_of_the_canonical_node() {
         ["mock1", "mock2", "mock4", "mock5"]
     );
     assert_eq!(sel("mock-accel-numa0"), ["mock0", "mock1", "mock2"]);
+    assert_eq!(
+        sel(DRIVER_CLASS),
+        ["mock0", "mock1", "mock2", "mock3", "mock4", "mock5"]
+    );
 }
 
 #[test]
@@ -372,16 +392,20 @@ fn numa0_selects_nothing_on_a_node_without_numa_information() {
     );
     assert_eq!(selected(&classes["mock-accel-pf"], &devices), ["mock0"]);
     assert_eq!(selected(&classes["mock-accel-vf-2gb"], &devices), ["mock1"]);
+    // The driver's class still selects every function; only NUMA rules skip these devices.
+    assert_eq!(
+        selected(&classes[DRIVER_CLASS], &devices).len(),
+        devices.len()
+    );
 }
 
 #[test]
 fn the_numa0_guard_is_what_keeps_numa_none_devices_from_erroring() {
     let classes = classes();
     let devices = published("node3", &numa_none_node());
-    let unguarded = classes["mock-accel-numa0"].expression.replace(
-        "has(device.attributes[\"mock-accel.example.com\"].numaNode) && ",
-        "",
-    );
+    let unguarded = classes["mock-accel-numa0"]
+        .expression
+        .replace(STANDARD_NUMA_HAS, "");
     assert_ne!(unguarded, classes["mock-accel-numa0"].expression);
     let unguarded = Selector::new("numa0-without-has", &unguarded);
     assert!(unguarded.matches(&devices[0]).is_err());
@@ -392,12 +416,15 @@ fn a_device_of_another_driver_is_rejected_by_every_class_without_error() {
     let foreign = foreign_device();
     for s in classes().values() {
         assert_eq!(s.matches(&foreign), Ok(false), "class {}", s.class);
-        // Without the guard, the classes that read our attributes directly error on it: the
-        // guard is load-bearing. (numa0 reads only behind has(), which already yields false.)
+        if s.class == DRIVER_CLASS {
+            continue; // the guard alone: nothing left to check without it
+        }
+        // Without the guard, the classes that read our attributes directly error on it, and
+        // numa0, which reads the standard attribute, would select it: the guard is load-bearing.
         let unguarded = Selector::new(&s.class, s.expression.trim_start_matches(GUARD));
         let verdict = unguarded.matches(&foreign);
         if s.class == "mock-accel-numa0" {
-            assert_eq!(verdict, Ok(false));
+            assert_eq!(verdict, Ok(true));
         } else {
             assert!(
                 verdict.is_err(),

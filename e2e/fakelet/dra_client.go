@@ -7,6 +7,7 @@ package main
 import (
 	"context"
 	"fmt"
+	"net"
 	"time"
 
 	"google.golang.org/grpc"
@@ -181,10 +182,19 @@ type registrationClient struct {
 	conn   *grpc.ClientConn
 }
 
+// newRegistrationClient dials a registration socket as the kubelet's plugin manager does
+// (operation_generator.go): the bare socket path as the target, so grpc-go derives the
+// `:authority` from the path, and a Unix context dialer. Lazy: errors surface on the first call.
 func newRegistrationClient(socket string) (*registrationClient, error) {
-	conn, err := dialUnix(socket)
+	//nolint:staticcheck // DialContext is what the kubelet calls; NewClient would change the target's meaning.
+	conn, err := grpc.DialContext(context.Background(), socket,
+		grpc.WithTransportCredentials(insecure.NewCredentials()),
+		grpc.WithContextDialer(func(ctx context.Context, addr string) (net.Conn, error) {
+			return (&net.Dialer{}).DialContext(ctx, "unix", addr)
+		}),
+	)
 	if err != nil {
-		return nil, err
+		return nil, fmt.Errorf("dial %s: %w", socket, err)
 	}
 	return &registrationClient{socket: socket, conn: conn}, nil
 }

@@ -68,7 +68,9 @@ func failure(api, endpoint string, err error) rpcFailure {
 	return f
 }
 
-// cmdRegister: GetInfo, validate as the kubelet does, NotifyRegistrationStatus.
+// cmdRegister registers the plugin at --socket through the kubelet's own register operation
+// (dial with the bare socket path, GetInfo, validate, NotifyRegistrationStatus) and prints what
+// happened. It is the regression check for plugins that refuse the kubelet's requests.
 func cmdRegister(args []string) int {
 	fs := flag.NewFlagSet("register", flag.ContinueOnError)
 	socket := fs.String("socket", "", "registration socket (required)")
@@ -80,34 +82,24 @@ func cmdRegister(args []string) int {
 		fmt.Fprintln(os.Stderr, "fakelet register: --socket is required, no positional arguments")
 		return exitUsage
 	}
-	ctx := context.Background()
-	rc, err := newRegistrationClient(*socket)
-	if err != nil {
+	reg, err := registerLikeKubelet(context.Background(), *socket, *driver, nil,
+		func(format string, args ...any) { fmt.Fprintf(os.Stderr, format+"\n", args...) })
+	if reg.client != nil {
+		_ = reg.client.Close()
+	}
+	if err != nil && reg.info.Name == "" {
 		printJSON(failure("", *socket, err))
 		return exitFailure
 	}
-	defer func() { _ = rc.Close() }()
-	info, err := rc.GetInfo(ctx, pluginCallTimeout)
-	if err != nil {
-		printJSON(failure("", *socket, err))
-		return exitFailure
-	}
-	service, verr := validatePluginInfo(info, *driver)
 	out := struct {
 		pluginInfo
 		ChosenVersion string `json:"chosen_version"`
 		Registered    bool   `json:"registered"`
 		Error         string `json:"error"`
-	}{pluginInfo: info, ChosenVersion: service, Registered: verr == nil}
-	errText := ""
-	if verr != nil {
-		errText = verr.Error()
+	}{pluginInfo: reg.info, ChosenVersion: reg.service, Registered: err == nil}
+	if err != nil {
+		out.Error = err.Error()
 	}
-	if err := rc.NotifyRegistrationStatus(ctx, verr == nil, errText); err != nil && verr == nil {
-		out.Registered = false
-		errText = err.Error()
-	}
-	out.Error = errText
 	printJSON(out)
 	if !out.Registered {
 		return exitFailure

@@ -1,6 +1,7 @@
 // registry.go owns plugin discovery the way the kubelet's plugin manager does it: watch the
-// registry directory for sockets, GetInfo, validate as the DRA handler does, answer with
-// NotifyRegistrationStatus, keep re-checking registered plugins, and wipe the driver's
+// registry directory for sockets, register each through the kubelet's own register operation
+// (kubelet_registration.go: dial, GetInfo, validate as the DRA handler does,
+// NotifyRegistrationStatus), keep re-checking registered plugins, and wipe the driver's
 // ResourceSlices when no instance has come back within the wipe delay.
 package main
 
@@ -236,86 +237,76 @@ func (r *pluginRegistry) scan(ctx context.Context) {
 	}
 }
 
-// check calls GetInfo on one instance: registers an unregistered one, health-checks a
-// registered one. Returns true when the instance has just registered.
+// check registers an unregistered instance through the kubelet's own register operation, and
+// health-checks a registered one with GetInfo. Returns true when the instance has just
+// registered.
 func (r *pluginRegistry) check(ctx context.Context, in *pluginInstance) bool {
-	rc, err := newRegistrationClient(in.socket)
-	if err != nil {
-		r.logf("registry: %v", err)
-		r.setNext(in, retryInterval)
-		return false
-	}
-	defer func() { _ = rc.Close() }()
-	info, err := rc.GetInfo(ctx, getInfoTimeout)
-
 	r.mu.Lock()
 	registered := in.registered
 	r.mu.Unlock()
-
 	if registered {
-		if err != nil {
-			r.mu.Lock()
-			r.deregisterLocked(in, err.Error())
-			in.nextCheck = time.Now().Add(retryInterval)
-			r.mu.Unlock()
-			return false
-		}
-		if _, verr := validatePluginInfo(info, r.driverName); verr != nil || info.Endpoint != in.endpoint {
-			reason := fmt.Sprintf("GetInfo answer changed: endpoint %s, validation: %v", info.Endpoint, verr)
-			r.mu.Lock()
-			r.deregisterLocked(in, reason)
-			in.nextCheck = time.Now().Add(retryInterval)
-			r.mu.Unlock()
-			return false
-		}
-		r.setNext(in, healthCheckInterval)
+		r.healthCheck(ctx, in)
 		return false
 	}
 
+	reg, err := registerLikeKubelet(ctx, in.socket, r.driverName,
+		func(endpoint string) error { return r.endpointInUse(in, endpoint) }, r.logf)
+	if reg.info.Name != "" {
+		r.logf("registry: GetInfo %s: type=%s name=%s endpoint=%s supported_versions=%q",
+			in.socket, reg.info.Type, reg.info.Name, reg.info.Endpoint, reg.info.SupportedVersions)
+	}
 	if err != nil {
+		if reg.validationErr != nil {
+			// The kubelet's code has told the plugin (NotifyRegistrationStatus false); it would
+			// fail the same way until the plugin changes.
+			r.logf("registry: %v; NotifyRegistrationStatus(plugin_registered=false) sent", err)
+			r.setNext(in, healthCheckInterval)
+			return false
+		}
 		r.logf("registry: %v (retrying in %s)", err, retryInterval)
 		r.setNext(in, retryInterval)
 		return false
 	}
-	r.logf("registry: GetInfo %s: type=%s name=%s endpoint=%s supported_versions=%q",
-		in.socket, info.Type, info.Name, info.Endpoint, info.SupportedVersions)
-	service, verr := validatePluginInfo(info, r.driverName)
-	if verr == nil {
-		verr = r.endpointInUse(in, info.Endpoint)
-	}
-	if verr != nil {
-		r.logf("registry: rejecting plugin at %s: %v", in.socket, verr)
-		if err := rc.NotifyRegistrationStatus(ctx, false, verr.Error()); err != nil {
-			r.logf("registry: %v", err)
-		} else {
-			r.logf("registry: NotifyRegistrationStatus(plugin_registered=false) sent to %s", in.socket)
-		}
-		r.setNext(in, healthCheckInterval)
-		return false
-	}
-	client, err := newDRAClient(info.Endpoint, service)
-	if err != nil {
-		r.logf("registry: %v", err)
-		r.setNext(in, retryInterval)
-		return false
-	}
-	if err := rc.NotifyRegistrationStatus(ctx, true, ""); err != nil {
-		// The kubelet registers the handler before notifying; a failed notification is only
-		// logged there, so it is here too.
-		r.logf("registry: %v", err)
-	} else {
-		r.logf("registry: NotifyRegistrationStatus(plugin_registered=true) sent to %s", in.socket)
-	}
+	r.logf("registry: NotifyRegistrationStatus(plugin_registered=true) sent to %s", in.socket)
 	r.mu.Lock()
 	in.registered = true
-	in.endpoint = info.Endpoint
-	in.service = service
-	in.client = client
+	in.endpoint = reg.info.Endpoint
+	in.service = reg.service
+	in.client = reg.client
 	in.registeredAt = time.Now()
 	in.nextCheck = in.registeredAt.Add(healthCheckInterval)
 	r.mu.Unlock()
-	r.logf("registry: plugin %s registered: endpoint %s, service %s", r.driverName, info.Endpoint, service)
+	r.logf("registry: plugin %s registered: endpoint %s, service %s", r.driverName, reg.info.Endpoint, reg.service)
 	return true
+}
+
+// healthCheck calls GetInfo on a registered instance and de-registers it when the plugin no
+// longer answers, or answers differently.
+func (r *pluginRegistry) healthCheck(ctx context.Context, in *pluginInstance) {
+	rc, err := newRegistrationClient(in.socket)
+	if err != nil {
+		r.logf("registry: %v", err)
+		r.setNext(in, retryInterval)
+		return
+	}
+	defer func() { _ = rc.Close() }()
+	info, err := rc.GetInfo(ctx, getInfoTimeout)
+	if err != nil {
+		r.mu.Lock()
+		r.deregisterLocked(in, err.Error())
+		in.nextCheck = time.Now().Add(retryInterval)
+		r.mu.Unlock()
+		return
+	}
+	if _, verr := validatePluginInfo(info, r.driverName); verr != nil || info.Endpoint != in.endpoint {
+		reason := fmt.Sprintf("GetInfo answer changed: endpoint %s, validation: %v", info.Endpoint, verr)
+		r.mu.Lock()
+		r.deregisterLocked(in, reason)
+		in.nextCheck = time.Now().Add(retryInterval)
+		r.mu.Unlock()
+		return
+	}
+	r.setNext(in, healthCheckInterval)
 }
 
 // endpointInUse refuses a second registration of an endpoint another instance already serves.

@@ -124,6 +124,18 @@ def set_num_vfs(driver: Path, paths: NodePaths, pf_sysfs_name: str, count: int) 
                   "--device", pf_sysfs_name, "--count", str(count)])
 
 
+def add_device(driver: Path, paths: NodePaths, name: str, bdf: str, numa_node: int, kind: str = "pf") -> None:
+    """Hot-adds a function to the node's tree, as the kernel module does when a device appears."""
+    _sim(driver, ["add-device", "--root", str(paths.sys), "--dev-root", str(paths.dev),
+                  "--name", name, "--bdf", bdf, "--numa-node", str(numa_node), "--type", kind])
+
+
+def remove_device(driver: Path, paths: NodePaths, name: str) -> None:
+    """Hot-removes a function (and, for a PF, its VFs) from the node's tree."""
+    _sim(driver, ["remove-device", "--root", str(paths.sys), "--dev-root", str(paths.dev),
+                  "--device", name])
+
+
 def read_register(paths: NodePaths, sysfs_name: str) -> int:
     """The status register as the kernel prints it (`0x%08x`), parsed; decimal also accepted."""
     text = (paths.class_dir(sysfs_name) / "status").read_text().strip()

@@ -40,9 +40,19 @@ if ! mkdir -p "$BIN_DIR"; then
   log "cannot create $BIN_DIR: point MOCK_ACCEL_CACHE at a writable directory"
   exit 1
 fi
-cd "$HERE"
+# The committed wrapper module pins the default release (go.sum reviewed in git); any other
+# release gets a wrapper module of its own beside its binaries, so that building it never
+# rewrites the committed files.
+if grep -qE "k8s.io/kubernetes $K8S_VERSION( |$)" "$HERE/go.mod" 2>/dev/null; then
+  cd "$HERE"
+else
+  mod_dir="$CACHE_ROOT/k8s/$K8S_VERSION-$GOVER/module"
+  mkdir -p "$mod_dir"
+  cd "$mod_dir"
+  log "wrapper module for $K8S_VERSION in $mod_dir"
+fi
 
-if ! grep -q "k8s.io/kubernetes $K8S_VERSION" go.mod 2>/dev/null; then
+if ! grep -qE "k8s.io/kubernetes $K8S_VERSION( |$)" go.mod 2>/dev/null; then
   log "creating the wrapper module for $K8S_VERSION"
   rm -f go.mod go.sum
   go mod init mock-accel.example.com/e2e/k8sbins >/dev/null 2>&1

@@ -7,8 +7,10 @@ from scenarios import (  # noqa: F401 - imported for their @scenario registratio
     deviceclasses,
     allocation,
     topology,
+    metadriver,
     sriov,
     resilience,
     rbac,
     examples,
+    registration,
 )

@@ -10,6 +10,7 @@ use k8s_openapi::api::resource::v1::ResourceClaim;
 
 pub mod claims;
 pub mod dra;
+pub mod h2_authority;
 pub mod health;
 pub mod prepare;
 pub mod registration;

@@ -14,7 +14,11 @@ use std::{
     sync::Arc,
 };
 
-use tokio::{net::UnixListener, sync::watch, task::JoinHandle};
+use tokio::{
+    net::{UnixListener, UnixStream},
+    sync::watch,
+    task::JoinHandle,
+};
 use tokio_stream::wrappers::UnixListenerStream;
 use tokio_util::sync::CancellationToken;
 use tonic::transport::Server;
@@ -23,6 +27,7 @@ use tracing::{info, warn};
 use super::{
     ClaimHandler,
     dra::DraService,
+    h2_authority::AuthorityNormalizer,
     health::{HealthService, HealthSource, RESEND_INTERVAL},
     registration::{RegistrationService, RegistrationState, supported_versions},
 };
@@ -213,6 +218,19 @@ pub async fn serve_with_health<H: ClaimHandler>(
     })
 }
 
+/// Accepted connections, each behind an [`AuthorityNormalizer`]: the kubelet dials the
+/// registration socket with a bare path, and h2 would refuse the `:authority` that gives (see
+/// `h2_authority`). The DRA and health sockets get the same treatment, so a kubelet that one day
+/// dials them that way too still works.
+type Incoming = futures::stream::Map<
+    UnixListenerStream,
+    fn(io::Result<UnixStream>) -> io::Result<AuthorityNormalizer<UnixStream>>,
+>;
+
+fn normalized(conn: io::Result<UnixStream>) -> io::Result<AuthorityNormalizer<UnixStream>> {
+    conn.map(AuthorityNormalizer::new)
+}
+
 /// Serves one socket until `stop` fires, then removes the socket file; a failure stops the
 /// sibling server too.
 async fn run_server<F, Fut>(
@@ -221,7 +239,7 @@ async fn run_server<F, Fut>(
     serve: F,
 ) -> Result<(), PluginError>
 where
-    F: FnOnce(UnixListenerStream, tokio_util::sync::WaitForCancellationFutureOwned) -> Fut,
+    F: FnOnce(Incoming, tokio_util::sync::WaitForCancellationFutureOwned) -> Fut,
     Fut: Future<Output = Result<(), tonic::transport::Error>>,
 {
     let OwnedSocket {
@@ -229,11 +247,9 @@ where
         path,
         identity,
     } = socket;
-    let result = serve(
-        UnixListenerStream::new(listener),
-        stop.clone().cancelled_owned(),
-    )
-    .await;
+    let normalize: fn(_) -> _ = normalized;
+    let incoming = futures::StreamExt::map(UnixListenerStream::new(listener), normalize);
+    let result = serve(incoming, stop.clone().cancelled_owned()).await;
     stop.cancel();
     remove_if_ours(&path, identity);
     info!(path = %path.display(), "gRPC server stopped");
