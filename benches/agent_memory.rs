@@ -38,7 +38,6 @@ use axum::{
     http::{Method, StatusCode, Uri},
     routing::get,
 };
-use hyper_util::rt::TokioIo;
 use k8s_openapi::{
     api::{
         core::v1::Node,
@@ -49,18 +48,21 @@ use k8s_openapi::{
     },
     apimachinery::pkg::apis::meta::v1::ObjectMeta,
 };
-use mock_accel_dra::proto::{
-    dra_v1::{
-        Claim, NodePrepareResourcesRequest, NodeUnprepareResourcesRequest,
-        dra_plugin_client::DraPluginClient,
+use mock_accel_dra::{
+    proto::{
+        dra_v1::{
+            Claim, NodePrepareResourcesRequest, NodeUnprepareResourcesRequest,
+            dra_plugin_client::DraPluginClient,
+        },
+        pluginregistration::{
+            InfoRequest, RegistrationStatus, registration_client::RegistrationClient,
+        },
     },
-    pluginregistration::{
-        InfoRequest, RegistrationStatus, registration_client::RegistrationClient,
-    },
+    test_support::{socket::connect, stats::percentile},
 };
 use serde_json::{Value, json};
-use tokio::{net::UnixStream, process::Command, sync::watch};
-use tonic::transport::{Channel, Endpoint};
+use tokio::{process::Command, sync::watch};
+use tonic::transport::Channel;
 
 type BenchResult<T> = Result<T, Box<dyn std::error::Error>>;
 
@@ -335,18 +337,6 @@ async fn wait_applied(
 // The kubelet side
 // ---------------------------------------------------------------------------------------------
 
-/// Opens a gRPC channel over the Unix socket at `path`, as the kubelet does (the URI is unused).
-async fn connect(path: &Path) -> BenchResult<Channel> {
-    let path = path.to_path_buf();
-    let channel = Endpoint::try_from("http://[::]:50051")?
-        .connect_with_connector(tower::service_fn(move |_| {
-            let path = path.clone();
-            async move { Ok::<_, std::io::Error>(TokioIo::new(UnixStream::connect(path).await?)) }
-        }))
-        .await?;
-    Ok(channel)
-}
-
 fn wire_claim(name: &str) -> Claim {
     Claim {
         namespace: NS.into(),
@@ -381,11 +371,6 @@ async fn cycle(client: &mut DraPluginClient<Channel>, name: &str) -> BenchResult
         other => return Err(format!("unprepare of {name} failed: {other:?}").into()),
     }
     Ok(elapsed)
-}
-
-fn percentile(sorted: &[Duration], q: f64) -> Duration {
-    let rank = ((q * sorted.len() as f64).ceil() as usize).clamp(1, sorted.len());
-    sorted[rank - 1]
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -15,7 +15,6 @@ use std::{
     time::{Duration, Instant},
 };
 
-use hyper_util::rt::TokioIo;
 use k8s_openapi::{
     api::resource::v1::{
         AllocationResult, DeviceAllocationResult, DeviceRequestAllocationResult, ResourceClaim,
@@ -27,7 +26,8 @@ use mock_accel_dra::{
     inventory::Inventory,
     plugin::{
         ClaimHandler, ClaimRef, ClaimSource,
-        prepare::{PrepareMetrics, Preparer, PreparerConfig},
+        metrics::PrepareMetrics,
+        prepare::{Preparer, PreparerConfig},
         server::{PluginConfig, serve},
     },
     proto::{
@@ -39,11 +39,12 @@ use mock_accel_dra::{
     },
     sim::{self, TopologySpec},
     sysfs,
+    test_support::{socket::connect, stats::percentile},
 };
 use prometheus_client::registry::Registry;
-use tokio::{net::UnixStream, sync::watch};
+use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
-use tonic::transport::{Channel, Endpoint};
+use tonic::transport::Channel;
 
 type BenchResult<T> = Result<T, Box<dyn std::error::Error>>;
 
@@ -94,10 +95,7 @@ struct Samples(Vec<Duration>);
 
 impl Samples {
     fn percentile(&self, q: f64) -> Duration {
-        let mut sorted = self.0.clone();
-        sorted.sort();
-        let rank = ((q * sorted.len() as f64).ceil() as usize).clamp(1, sorted.len());
-        sorted[rank - 1]
+        percentile(&self.0, q)
     }
 
     fn total(&self) -> Duration {
@@ -133,17 +131,6 @@ impl Measured {
             self.unprepare.percentile(0.99),
         );
     }
-}
-
-async fn connect(path: &Path) -> BenchResult<Channel> {
-    let path = path.to_path_buf();
-    let channel = Endpoint::try_from("http://[::]:50051")?
-        .connect_with_connector(tower::service_fn(move |_| {
-            let path = path.clone();
-            async move { Ok::<_, std::io::Error>(TokioIo::new(UnixStream::connect(path).await?)) }
-        }))
-        .await?;
-    Ok(channel)
 }
 
 fn claim_ref(name: &str) -> ClaimRef {

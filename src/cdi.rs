@@ -17,7 +17,7 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
-use crate::atomic_file;
+use crate::{atomic_file, names};
 
 /// Class segment of the CDI kind: devices are `<driver>/accel=<name>`.
 pub const CDI_CLASS: &str = "accel";
@@ -271,57 +271,22 @@ pub fn minimum_version(spec: &Spec) -> &'static str {
     "0.3.0"
 }
 
-/// The CDI vendor rule: a letter first, an alphanumeric last, letters, digits, `-`, `_`, `.`
-/// in between.
+/// The driver name as a CDI vendor ([`names::check_cdi_vendor`]).
 fn check_vendor(vendor: &str) -> Result<(), CdiError> {
-    let invalid = |reason| CdiError::InvalidName {
+    names::check_cdi_vendor(vendor).map_err(|reason| CdiError::InvalidName {
         what: "CDI vendor (driver name)",
         name: vendor.to_string(),
         reason,
-    };
-    let first = vendor
-        .chars()
-        .next()
-        .ok_or_else(|| invalid("it is empty"))?;
-    if !first.is_ascii_alphabetic() {
-        return Err(invalid("it must start with a letter"));
-    }
-    if !vendor.ends_with(|c: char| c.is_ascii_alphanumeric()) {
-        return Err(invalid("it must end with a letter or digit"));
-    }
-    if !vendor
-        .chars()
-        .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
-    {
-        return Err(invalid(
-            "only letters, digits, '-', '_' and '.' are allowed",
-        ));
-    }
-    Ok(())
+    })
 }
 
-/// The CDI device name rule: letters, digits, `_`, `.`, `:`, `-`, alphanumeric at both ends.
-/// It also keeps the claim UID from escaping the CDI directory through the file name.
+/// A device name of the spec ([`names::check_cdi_device_name`]).
 fn check_device_name(name: &str) -> Result<(), CdiError> {
-    let invalid = |reason| CdiError::InvalidName {
+    names::check_cdi_device_name(name).map_err(|reason| CdiError::InvalidName {
         what: "CDI device name",
         name: name.to_string(),
         reason,
-    };
-    if !name
-        .chars()
-        .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | ':' | '-'))
-    {
-        return Err(invalid(
-            "only letters, digits, '_', '.', ':' and '-' are allowed",
-        ));
-    }
-    let alnum_ends = name.starts_with(|c: char| c.is_ascii_alphanumeric())
-        && name.ends_with(|c: char| c.is_ascii_alphanumeric());
-    if !alnum_ends {
-        return Err(invalid("it must start and end with a letter or digit"));
-    }
-    Ok(())
+    })
 }
 
 /// Writes `spec` as `<cdi dir>/<driver>-accel_<claim UID>.json`, atomically.

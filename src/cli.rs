@@ -6,7 +6,7 @@ use std::{net::SocketAddr, path::PathBuf, time::Duration};
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
-use crate::inventory::DEFAULT_DRIVER_NAME;
+use crate::{inventory::DEFAULT_DRIVER_NAME, telemetry::LogFormat};
 
 #[derive(Parser, Debug)]
 #[command(
@@ -23,12 +23,6 @@ pub struct Cli {
     pub log_level: String,
     #[command(subcommand)]
     pub command: Command,
-}
-
-#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
-pub enum LogFormat {
-    Text,
-    Json,
 }
 
 #[derive(Subcommand, Debug)]
@@ -144,5 +138,163 @@ pub enum OutputFormat {
 #[derive(Args, Debug, Clone)]
 pub struct SimArgs {
     #[command(subcommand)]
-    pub command: crate::sim::SimCommand,
+    pub command: SimCommand,
+}
+
+#[derive(Subcommand, Debug, Clone)]
+pub enum SimCommand {
+    /// Create a tree under --root (which must not already hold mock-accel devices).
+    Create(CreateArgs),
+    /// Write the class attribute sriov_numvfs of a PF: 0 removes its VFs, N>0 replaces them
+    /// with N real SR-IOV VFs mock<P>_vf<I>.
+    SetNumvfs(SetNumvfsArgs),
+    /// Hot-add a PF or static VF at a PCI address.
+    AddDevice(AddDeviceArgs),
+    /// Hot-remove a device with its PCI function directory and links (a PF's VFs go with it).
+    RemoveDevice(RemoveDeviceArgs),
+    /// Write the status register; the file then reads back as 0x%08x like the kernel's.
+    SetStatus(SetStatusArgs),
+    /// Run until killed, applying the kernel's reaction to writes: sriov_numvfs writes create
+    /// and remove VFs, status writes are normalised to 0x%08x (invalid ones are undone).
+    Watch(WatchArgs),
+}
+
+/// Preset topologies (sysfs contract §9 and §3). The explanations live on `--topology`: doc
+/// comments on the variants would switch clap's `--help` to its spaced long layout.
+#[derive(ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Topology {
+    // One node of the two-node cluster: per NUMA node a PF and two static VFs (mock0..mock5).
+    Canonical,
+    // PFs only (11:00.0 and 21:00.0) with SR-IOV; VFs appear when sriov_numvfs is written.
+    Sriov,
+    // The canonical layout on a machine without NUMA information (numa_node -1).
+    NumaNone,
+    // Sizes from --numa-nodes, --pfs-per-numa and --vfs-per-pf (static VFs, or --sriov).
+    Custom,
+}
+
+#[derive(Args, Debug, Clone)]
+pub struct CreateArgs {
+    /// Root of the simulated sysfs tree (plays the role of /sys).
+    #[arg(long)]
+    pub root: PathBuf,
+    /// Also create `<dev-root>/<name>` stand-ins for the character devices (mode 0600).
+    #[arg(long)]
+    pub dev_root: Option<PathBuf>,
+    /// canonical: PF + 2 static VFs per NUMA node (mock0..mock5); sriov: 2 PFs, VFs via
+    /// sriov_numvfs; numa-none: canonical with numa_node -1; custom: sizes from the flags below.
+    #[arg(long, value_enum, default_value_t = Topology::Canonical)]
+    pub topology: Topology,
+    /// Which cluster node the UUIDs belong to (`NODE<N>-NUMA0-PF` ...).
+    #[arg(long, default_value_t = 1)]
+    pub node_index: u32,
+    /// Custom: NUMA nodes (1-15).
+    #[arg(long)]
+    pub numa_nodes: Option<u32>,
+    /// Custom: PFs per NUMA node.
+    #[arg(long)]
+    pub pfs_per_numa: Option<u32>,
+    /// Custom: VFs per PF (0-7).
+    #[arg(long)]
+    pub vfs_per_pf: Option<u32>,
+    /// Custom: make the VFs real SR-IOV VFs (mock<P>_vf<I> with physfn links) instead of static
+    /// functions.
+    #[arg(long)]
+    pub sriov: bool,
+    /// sriov_totalvfs of each PF (default 4 for sriov, 2 for canonical, else the VFs per PF).
+    #[arg(long)]
+    pub total_vfs: Option<u32>,
+    /// PFs report memory_size 0, as the real kernel does for 16 GiB PFs (contract §2).
+    #[arg(long)]
+    pub pf_memory_zero: bool,
+}
+
+#[derive(Args, Debug, Clone)]
+pub struct SetNumvfsArgs {
+    /// Root of the simulated sysfs tree.
+    #[arg(long)]
+    pub root: PathBuf,
+    /// Directory of the character device stand-ins, kept in step with the tree.
+    #[arg(long)]
+    pub dev_root: Option<PathBuf>,
+    /// Class name of the PF (e.g. mock0).
+    #[arg(long)]
+    pub device: String,
+    /// Number of VFs (0 removes them; at most sriov_totalvfs).
+    #[arg(long)]
+    pub count: u32,
+}
+
+/// PF or static VF, for `sim add-device`.
+#[derive(ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum FunctionKind {
+    Pf,
+    Vf,
+}
+
+#[derive(Args, Debug, Clone)]
+pub struct AddDeviceArgs {
+    /// Root of the simulated sysfs tree.
+    #[arg(long)]
+    pub root: PathBuf,
+    /// Directory of the character device stand-ins, kept in step with the tree.
+    #[arg(long)]
+    pub dev_root: Option<PathBuf>,
+    /// PCI address of the new function, e.g. 0000:31:00.0.
+    #[arg(long)]
+    pub bdf: String,
+    /// NUMA node, or -1 for none.
+    #[arg(long, default_value_t = -1, allow_negative_numbers = true)]
+    pub numa_node: i32,
+    /// PF (PCI device 0x0001) or static VF (0x0002).
+    #[arg(long = "type", value_enum, default_value_t = FunctionKind::Pf)]
+    pub kind: FunctionKind,
+    /// Class name; default mock<lowest free minor>, as the kernel names it.
+    #[arg(long)]
+    pub name: Option<String>,
+    /// The device server's `-u` string (first 16 bytes become the UUID).
+    #[arg(long)]
+    pub uuid_string: Option<String>,
+    /// memory_size in bytes (default 16 GiB for a PF, 2 GiB for a VF).
+    #[arg(long)]
+    pub memory: Option<u64>,
+    /// PF: sriov_totalvfs (0-7).
+    #[arg(long, default_value_t = 4)]
+    pub total_vfs: u32,
+}
+
+#[derive(Args, Debug, Clone)]
+pub struct RemoveDeviceArgs {
+    /// Root of the simulated sysfs tree.
+    #[arg(long)]
+    pub root: PathBuf,
+    /// Directory of the character device stand-ins, kept in step with the tree.
+    #[arg(long)]
+    pub dev_root: Option<PathBuf>,
+    /// Class name of the device (e.g. mock3, mock0_vf1).
+    #[arg(long)]
+    pub device: String,
+}
+
+#[derive(Args, Debug, Clone)]
+pub struct SetStatusArgs {
+    /// Root of the simulated sysfs tree.
+    #[arg(long)]
+    pub root: PathBuf,
+    /// Class name of the device (e.g. mock3, mock0_vf1).
+    #[arg(long)]
+    pub device: String,
+    /// Decimal, 0x hex or 0-prefixed octal, as the kernel's kstrtou32 accepts.
+    #[arg(long)]
+    pub value: String,
+}
+
+#[derive(Args, Debug, Clone)]
+pub struct WatchArgs {
+    /// Root of the simulated sysfs tree.
+    #[arg(long)]
+    pub root: PathBuf,
+    /// Directory of the character device stand-ins, kept in step with the tree.
+    #[arg(long)]
+    pub dev_root: Option<PathBuf>,
 }

@@ -7,11 +7,14 @@
 //! `SlicesPublished` and `Ready`. `conditions` is a list map keyed by `type` so both can apply
 //! their own entries without erasing the other's.
 
+use jiff::Timestamp;
+pub use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use kube::{CustomResource, CustomResourceExt};
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
-use crate::inventory::{Device, DeviceType};
+use crate::inventory::{Device, DeviceType, Health};
 
 /// Field manager of the node agent's server-side applies.
 pub const AGENT_FIELD_MANAGER: &str = "mock-accel-node-agent";
@@ -75,6 +78,7 @@ pub struct MockAccelNodeStatus {
     /// Conditions: DevicesDiscovered and PluginRegistered (node agent), SlicesPublished and
     /// Ready (controller).
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(with = "Option<Vec<ConditionSchema>>")]
     #[schemars(extend("x-kubernetes-list-type" = "map", "x-kubernetes-list-map-keys" = ["type"]))]
     pub conditions: Option<Vec<Condition>>,
     /// Generation of the object the controller last reconciled.
@@ -92,7 +96,8 @@ pub struct DeviceStatus {
     pub sysfs_name: String,
     /// `pf` or `vf`.
     #[serde(rename = "type")]
-    pub device_type: String,
+    #[schemars(with = "String")]
+    pub device_type: Reported<DeviceType>,
     pub uuid: String,
     /// PCI address (BDF).
     pub pci_address: String,
@@ -116,10 +121,35 @@ pub struct DeviceStatus {
     pub pool: String,
     /// `Healthy` for every discovered device (no health signal is read yet); a device that
     /// disappears leaves the list instead.
-    pub health: String,
+    #[schemars(with = "String")]
+    pub health: Reported<Health>,
     /// `namespace/name` of the claim the device is prepared for, if any.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub allocated_claim: Option<String>,
+}
+
+/// A value of an enumerated status field as a node agent wrote it: one this version knows, or
+/// the raw string of one it does not (a newer or a broken agent). Unknown values are kept, not
+/// refused, so that one odd device never makes a whole `MockAccelNode` unreadable; the
+/// controller names them when it leaves the device out. Serializes as the plain string.
+#[derive(Clone, Debug, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(untagged)]
+pub enum Reported<T> {
+    Known(T),
+    Unknown(String),
+}
+
+impl<T> From<T> for Reported<T> {
+    fn from(value: T) -> Self {
+        Reported::Known(value)
+    }
+}
+
+/// An empty unknown value, as an absent string field reads.
+impl<T> Default for Reported<T> {
+    fn default() -> Self {
+        Reported::Unknown(String::new())
+    }
 }
 
 /// Why a `DeviceStatus` cannot be turned back into a device.
@@ -140,7 +170,7 @@ impl DeviceStatus {
         DeviceStatus {
             name: d.name.clone(),
             sysfs_name: d.sysfs_name.clone(),
-            device_type: d.device_type.as_str().to_string(),
+            device_type: d.device_type.into(),
             uuid: d.uuid.clone(),
             pci_address: d.pci_address.clone(),
             pcie_root: d.pcie_root.clone(),
@@ -151,20 +181,19 @@ impl DeviceStatus {
             fw_version: d.fw_version.clone(),
             status_register: i64::from(d.status),
             pool: d.pool(node),
-            health: "Healthy".to_string(),
+            health: Health::Healthy.into(),
             allocated_claim,
         }
     }
 
     /// The device model the slices are computed from.
     pub fn to_device(&self) -> Result<Device, StatusError> {
-        let device_type = match self.device_type.as_str() {
-            "pf" => DeviceType::Pf,
-            "vf" => DeviceType::Vf,
-            other => {
+        let device_type = match &self.device_type {
+            Reported::Known(t) => *t,
+            Reported::Unknown(other) => {
                 return Err(StatusError::UnknownType {
                     device: self.name.clone(),
-                    value: other.to_string(),
+                    value: other.clone(),
                 });
             }
         };
@@ -232,60 +261,72 @@ pub struct PoolStatus {
     pub slices: i64,
 }
 
+// The wire shape of a condition, for the CRD schema only: the status holds k8s-openapi's
+// `Condition`, whose own schema would tighten the published one (`message` required, `format:
+// date-time`, `observedGeneration`); the objects are the same JSON either way.
 /// A condition in the usual Kubernetes shape.
-#[derive(Clone, Debug, Default, PartialEq, Eq, Deserialize, Serialize, JsonSchema)]
+#[derive(JsonSchema)]
 #[serde(rename_all = "camelCase")]
-pub struct Condition {
+#[schemars(rename = "Condition")]
+#[allow(dead_code)] // never built: only its schema is used
+struct ConditionSchema {
     #[serde(rename = "type")]
-    pub type_: String,
+    type_: String,
     /// `True`, `False` or `Unknown`.
-    pub status: String,
-    pub reason: String,
+    status: String,
+    reason: String,
     #[serde(default)]
-    pub message: String,
+    message: String,
     /// RFC 3339 time of the last change of `status`.
-    pub last_transition_time: String,
+    last_transition_time: String,
 }
 
-impl Condition {
-    /// Builds a condition, keeping `last_transition_time` from `previous` when the status did not
-    /// change, so that re-applying an unchanged condition writes nothing new.
-    pub fn new(
-        type_: &str,
-        ok: bool,
-        reason: &str,
-        message: impl Into<String>,
-        previous: Option<&[Condition]>,
-        now: &str,
-    ) -> Self {
-        let status = if ok { "True" } else { "False" };
-        let last_transition_time = previous
-            .and_then(|cs| cs.iter().find(|c| c.type_ == type_))
-            .filter(|c| c.status == status)
-            .map(|c| c.last_transition_time.clone())
-            .unwrap_or_else(|| now.to_string());
-        Condition {
-            type_: type_.to_string(),
-            status: status.to_string(),
-            reason: reason.to_string(),
-            message: message.into(),
-            last_transition_time,
-        }
+/// Builds a condition, keeping `last_transition_time` from `previous` when the status did not
+/// change, so that re-applying an unchanged condition writes nothing new. `now` should be in
+/// whole seconds, as the API server stores it.
+pub fn condition(
+    type_: &str,
+    ok: bool,
+    reason: &str,
+    message: impl Into<String>,
+    previous: Option<&[Condition]>,
+    now: Timestamp,
+) -> Condition {
+    let status = if ok { "True" } else { "False" };
+    let last_transition_time = previous
+        .and_then(|cs| cs.iter().find(|c| c.type_ == type_))
+        .filter(|c| c.status == status)
+        .map_or(Time(now), |c| c.last_transition_time.clone());
+    Condition {
+        type_: type_.to_string(),
+        status: status.to_string(),
+        reason: reason.to_string(),
+        message: message.into(),
+        last_transition_time,
+        observed_generation: None,
     }
+}
+
+/// Longest condition message either writer sets; the API accepts 32 KiB, people read far less.
+pub const MESSAGE_MAX: usize = 1024;
+
+/// `s` cut to at most [`MESSAGE_MAX`] bytes on a character boundary, ending in `...` when cut.
+pub fn truncate_message(mut s: String) -> String {
+    if s.len() > MESSAGE_MAX {
+        let mut end = MESSAGE_MAX - 3;
+        while !s.is_char_boundary(end) {
+            end -= 1;
+        }
+        s.truncate(end);
+        s.push_str("...");
+    }
+    s
 }
 
 impl MockAccelNodeStatus {
     pub fn condition(&self, type_: &str) -> Option<&Condition> {
         self.conditions.as_ref()?.iter().find(|c| c.type_ == type_)
     }
-}
-
-/// The current time in the RFC 3339 form (whole seconds, `Z`) used by every time field of the
-/// status: heartbeats, condition transitions, prepare times.
-pub fn now_rfc3339() -> String {
-    jiff::Timestamp::now()
-        .strftime("%Y-%m-%dT%H:%M:%SZ")
-        .to_string()
 }
 
 /// The CRD as YAML, exactly as committed under `crds/`.
@@ -296,6 +337,7 @@ pub fn crd_yaml() -> Result<String, serde_saphyr::ser::Error> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::test_support::devices;
 
     #[test]
     fn committed_crd_matches_the_rust_types() {
@@ -325,40 +367,86 @@ mod tests {
 
     #[test]
     fn device_status_round_trips() {
-        let d = Device {
-            name: "mock0-vf0".into(),
-            sysfs_name: "mock0_vf0".into(),
-            device_type: DeviceType::Vf,
-            uuid: "4e4f4445-312d-4e55-4d41-302d56463000".into(),
-            memory: 2147483648,
-            pci_address: "0000:11:00.1".into(),
-            pcie_root: Some("pci0000:10".into()),
-            numa_node: Some(0),
-            physfn: Some("mock0".into()),
-            capabilities: 1,
-            status: 1,
-            fw_version: Some("1.0.0".into()),
-        };
+        let d = devices::vf("mock0_vf0", "mock0")
+            .uuid("4e4f4445-312d-4e55-4d41-302d56463000")
+            .memory(2147483648)
+            .pci_address("0000:11:00.1")
+            .numa(Some(0))
+            .status(1)
+            .fw_version(Some("1.0.0"))
+            .build();
         let s = DeviceStatus::from_device(&d, "node1", None);
         assert_eq!(s.pool, "node1/numa0");
         assert_eq!(s.to_device().unwrap(), d);
         let bad = DeviceStatus {
-            device_type: "gpu".into(),
+            device_type: Reported::Unknown("gpu".into()),
             ..s
         };
         assert!(bad.to_device().unwrap_err().to_string().contains("gpu"));
     }
 
     #[test]
+    fn long_messages_are_cut_on_a_char_boundary() {
+        let s = truncate_message("é".repeat(MESSAGE_MAX));
+        assert!(s.len() <= MESSAGE_MAX && s.ends_with("..."));
+        assert_eq!(truncate_message("short".into()), "short");
+    }
+
+    #[test]
+    fn device_status_wire_format_is_unchanged() {
+        let d = devices::vf("mock0_vf0", "mock0").build();
+        let json = serde_json::to_value(DeviceStatus::from_device(&d, "node1", None)).unwrap();
+        assert_eq!(json["type"], "vf");
+        assert_eq!(json["health"], "Healthy");
+        let mut s: DeviceStatus = serde_json::from_value(json.clone()).unwrap();
+        assert_eq!(s.device_type, Reported::Known(DeviceType::Vf));
+        assert_eq!(s.health, Reported::Known(Health::Healthy));
+
+        let mut odd = json;
+        odd["type"] = "gpu".into();
+        odd["health"] = "Unhealthy".into();
+        s = serde_json::from_value(odd.clone()).unwrap();
+        assert_eq!(s.device_type, Reported::Unknown("gpu".into()));
+        assert_eq!(s.health, Reported::Known(Health::Unhealthy));
+        assert_eq!(
+            serde_json::to_value(&s).unwrap(),
+            odd,
+            "unknown values round-trip"
+        );
+    }
+
+    #[test]
     fn condition_keeps_transition_time_when_status_is_unchanged() {
-        let old = vec![Condition::new("Ready", true, "Ok", "", None, "t1")];
+        let t1: Timestamp = "2026-01-01T00:00:01Z".parse().unwrap();
+        let t2: Timestamp = "2026-01-01T00:00:02Z".parse().unwrap();
+        let old = vec![condition("Ready", true, "Ok", "", None, t1)];
         assert_eq!(
-            Condition::new("Ready", true, "Ok", "", Some(&old), "t2").last_transition_time,
-            "t1"
+            condition("Ready", true, "Ok", "", Some(&old), t2).last_transition_time,
+            Time(t1)
         );
         assert_eq!(
-            Condition::new("Ready", false, "No", "", Some(&old), "t2").last_transition_time,
-            "t2"
+            condition("Ready", false, "No", "", Some(&old), t2).last_transition_time,
+            Time(t2)
         );
+    }
+
+    #[test]
+    fn conditions_keep_their_json_shape() {
+        let t1: Timestamp = "2026-01-01T00:00:01Z".parse().unwrap();
+        let json = serde_json::to_value(condition("Ready", true, "Ok", "fine", None, t1)).unwrap();
+        assert_eq!(
+            json,
+            serde_json::json!({
+                "type": "Ready", "status": "True", "reason": "Ok", "message": "fine",
+                "lastTransitionTime": "2026-01-01T00:00:01Z",
+            })
+        );
+        // Objects written before, with no message, still read.
+        let old = serde_json::json!({
+            "type": "Ready", "status": "False", "reason": "No",
+            "lastTransitionTime": "2026-01-01T00:00:01Z",
+        });
+        let c: Condition = serde_json::from_value(old).unwrap();
+        assert_eq!((c.message.as_str(), c.last_transition_time), ("", Time(t1)));
     }
 }

@@ -157,6 +157,7 @@ pub fn render_table(inv: &Inventory) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::test_support::devices;
 
     fn dev(
         name: &str,
@@ -165,24 +166,20 @@ mod tests {
         numa: Option<u32>,
         parent: Option<&str>,
     ) -> Device {
-        Device {
-            name: name.into(),
-            sysfs_name: sysfs.into(),
-            device_type: t,
-            uuid: "4e4f4445-312d-4e55-4d41-302d50460000".into(),
-            memory: if t == DeviceType::Pf {
-                16 << 30
-            } else {
-                2 << 30
-            },
-            pci_address: "0000:11:00.0".into(),
-            pcie_root: Some("pci0000:10".into()),
-            numa_node: numa,
-            physfn: parent.map(str::to_string),
-            capabilities: 1,
-            status: 0x1234,
-            fw_version: Some("1.0.0".into()),
-        }
+        let memory = if t == DeviceType::Pf {
+            16 << 30
+        } else {
+            2 << 30
+        };
+        devices::pf(sysfs)
+            .name(name)
+            .device_type(t)
+            .memory(memory)
+            .numa(numa)
+            .physfn(parent)
+            .status(0x1234)
+            .fw_version(Some("1.0.0"))
+            .build()
     }
 
     #[test]

@@ -1,19 +1,18 @@
 //! The device model every other module speaks: one [`Device`] per mock-accel function, as
 //! discovered from sysfs, recorded in `MockAccelNode.status` and published in ResourceSlices.
 //!
-//! This module knows nothing of files, clients or sockets. It owns the naming rules that must
-//! agree across the node agent and the controller: DRA device names (DNS labels derived from
-//! sysfs names) and pool names (unique cluster-wide, one per node and NUMA node).
+//! This module knows nothing of files, clients or sockets. The naming rules that must agree
+//! across the node agent and the controller (DRA device names derived from sysfs names, pool
+//! names) live in [`crate::names`].
 
 use std::fmt;
 
 use serde::{Deserialize, Serialize};
 
+use crate::names;
+
 /// Default driver name; every use reads the `--driver-name` flag, this is only its default.
 pub const DEFAULT_DRIVER_NAME: &str = "mock-accel.example.com";
-
-/// Longest DNS label Kubernetes accepts (device names, pool path segments).
-pub const DNS_LABEL_MAX: usize = 63;
 
 /// Physical or virtual function. Decided from sysfs facts (a `physfn` link or PCI device id
 /// `0x0002`), never from the name.
@@ -37,6 +36,15 @@ impl fmt::Display for DeviceType {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(self.as_str())
     }
+}
+
+/// Whether a device can be used, as the node agent reports it in `MockAccelNode.status` and to
+/// the kubelet.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub enum Health {
+    #[default]
+    Healthy,
+    Unhealthy,
 }
 
 /// One mock-accel function on one node.
@@ -71,7 +79,7 @@ pub struct Device {
 impl Device {
     /// The pool this device is published in on `node`.
     pub fn pool(&self, node: &str) -> String {
-        pool_name(node, self.numa_node)
+        names::pool_name(node, self.numa_node)
     }
 }
 
@@ -100,122 +108,14 @@ impl Inventory {
     }
 }
 
-/// Why a name cannot be used as a DRA device name.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum NameError {
-    #[error("name {name:?} is empty after mapping to a DNS label")]
-    Empty { name: String },
-    #[error("name {name:?} maps to {label:?}, longer than {DNS_LABEL_MAX} characters")]
-    TooLong { name: String, label: String },
-    #[error(
-        "name {name:?} maps to {label:?}, which is not a DNS label (lowercase letters, digits and '-', alphanumeric at both ends)"
-    )]
-    Invalid { name: String, label: String },
-}
-
-/// Maps a sysfs class name to a DRA device name: lowercase, `_` and `.` become `-`.
-/// Anything else outside `[a-z0-9-]` is rejected rather than silently dropped, so two sysfs
-/// names can never collapse onto one device name by accident.
-pub fn dra_device_name(sysfs_name: &str) -> Result<String, NameError> {
-    let label: String = sysfs_name
-        .chars()
-        .map(|c| match c {
-            '_' | '.' => '-',
-            c => c.to_ascii_lowercase(),
-        })
-        .collect();
-    if label.is_empty() {
-        return Err(NameError::Empty {
-            name: sysfs_name.to_string(),
-        });
-    }
-    if label.len() > DNS_LABEL_MAX {
-        return Err(NameError::TooLong {
-            name: sysfs_name.to_string(),
-            label,
-        });
-    }
-    if !is_dns_label(&label) {
-        return Err(NameError::Invalid {
-            name: sysfs_name.to_string(),
-            label,
-        });
-    }
-    Ok(label)
-}
-
-/// RFC 1123 label: `[a-z0-9]([-a-z0-9]*[a-z0-9])?`, at most 63 characters.
-pub fn is_dns_label(s: &str) -> bool {
-    let b = s.as_bytes();
-    !b.is_empty()
-        && b.len() <= DNS_LABEL_MAX
-        && b.iter()
-            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || *c == b'-')
-        && b[0] != b'-'
-        && b[b.len() - 1] != b'-'
-}
-
-/// Pool name, unique cluster-wide: `<node>/numa<N>`, or `<node>/numa-none` for devices whose
-/// `numa_node` is -1.
-pub fn pool_name(node: &str, numa_node: Option<u32>) -> String {
-    match numa_node {
-        Some(n) => format!("{node}/numa{n}"),
-        None => format!("{node}/numa-none"),
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn vf_names_become_dns_labels() {
-        assert_eq!(dra_device_name("mock0_vf0").unwrap(), "mock0-vf0");
-        assert_eq!(dra_device_name("mock12").unwrap(), "mock12");
-        assert_eq!(dra_device_name("Mock3").unwrap(), "mock3");
-    }
-
-    #[test]
-    fn bad_names_are_rejected_with_the_name() {
-        let err = dra_device_name("../etc").unwrap_err();
-        assert!(err.to_string().contains("../etc"), "{err}");
-        assert!(matches!(dra_device_name(""), Err(NameError::Empty { .. })));
-        assert!(matches!(
-            dra_device_name("_mock"),
-            Err(NameError::Invalid { .. })
-        ));
-        assert!(matches!(
-            dra_device_name(&"a".repeat(64)),
-            Err(NameError::TooLong { .. })
-        ));
-        assert!(matches!(
-            dra_device_name("mock/0"),
-            Err(NameError::Invalid { .. })
-        ));
-    }
-
-    #[test]
-    fn pools_carry_the_node_name() {
-        assert_eq!(pool_name("node1", Some(0)), "node1/numa0");
-        assert_eq!(pool_name("node1", None), "node1/numa-none");
-    }
+    use crate::test_support::devices;
 
     #[test]
     fn inventory_is_sorted_and_searchable() {
-        let mk = |n: &str, t| Device {
-            name: n.into(),
-            sysfs_name: n.into(),
-            device_type: t,
-            uuid: String::new(),
-            memory: 0,
-            pci_address: String::new(),
-            pcie_root: None,
-            numa_node: None,
-            physfn: None,
-            capabilities: 1,
-            status: 1,
-            fw_version: None,
-        };
+        let mk = |n: &str, t| devices::pf(n).device_type(t).build();
         let inv = Inventory::new(vec![
             mk("mock2", DeviceType::Vf),
             mk("mock0", DeviceType::Pf),

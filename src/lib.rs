@@ -7,16 +7,22 @@
 
 pub mod agent;
 pub mod atomic_file;
+pub mod backoff;
 pub mod cdi;
 pub mod checkpoint;
 pub mod cli;
+pub mod clock;
 pub mod controller;
 pub mod crd;
 pub mod discover;
 pub mod inventory;
+pub mod metrics;
+pub mod names;
 pub mod plugin;
 pub mod proto;
 pub mod sim;
 pub mod slices;
 pub mod sysfs;
 pub mod telemetry;
+#[cfg(any(test, feature = "test-support"))]
+pub mod test_support;

@@ -15,7 +15,12 @@ use prometheus_client::{encoding::text::encode, registry::Registry};
 use tokio_util::sync::CancellationToken;
 use tracing_subscriber::{EnvFilter, fmt, prelude::*};
 
-use crate::cli::LogFormat;
+/// Log format: human-readable text or one JSON object per line (`--log-format`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum LogFormat {
+    Text,
+    Json,
+}
 
 #[derive(Debug, thiserror::Error)]
 pub enum TelemetryError {
@@ -120,38 +125,54 @@ async fn metrics(State(s): State<HttpState>) -> impl IntoResponse {
     }
 }
 
-/// Binds `addr` (port 0 picks a free port) and serves until `shutdown` fires. Returns the bound
-/// address and the serving task.
-pub async fn serve_http(
+/// The running `/healthz` `/readyz` `/metrics` server of a role.
+pub struct HttpServer {
     addr: SocketAddr,
-    registry: Arc<Registry>,
-    ready: Readiness,
-    shutdown: CancellationToken,
-) -> Result<
-    (
-        SocketAddr,
-        tokio::task::JoinHandle<Result<(), TelemetryError>>,
-    ),
-    TelemetryError,
-> {
-    let listener = tokio::net::TcpListener::bind(addr)
-        .await
-        .map_err(|source| TelemetryError::Bind { addr, source })?;
-    let local = listener
-        .local_addr()
-        .map_err(|source| TelemetryError::Bind { addr, source })?;
-    tracing::info!(addr = %local, "serving /healthz, /readyz and /metrics");
-    let app = router(registry, ready);
-    let task = tokio::spawn(async move {
-        axum::serve(listener, app)
-            .with_graceful_shutdown(shutdown.cancelled_owned())
+    task: tokio::task::JoinHandle<Result<(), TelemetryError>>,
+}
+
+impl HttpServer {
+    /// Binds `addr` (port 0 picks a free port) and serves until `shutdown` fires.
+    pub async fn start(
+        addr: SocketAddr,
+        registry: Registry,
+        ready: Readiness,
+        shutdown: CancellationToken,
+    ) -> Result<Self, TelemetryError> {
+        let listener = tokio::net::TcpListener::bind(addr)
             .await
-            .map_err(|source| TelemetryError::Serve {
-                addr: local,
-                source,
-            })
-    });
-    Ok((local, task))
+            .map_err(|source| TelemetryError::Bind { addr, source })?;
+        let local = listener
+            .local_addr()
+            .map_err(|source| TelemetryError::Bind { addr, source })?;
+        tracing::info!(addr = %local, "serving /healthz, /readyz and /metrics");
+        let app = router(Arc::new(registry), ready);
+        let task = tokio::spawn(async move {
+            axum::serve(listener, app)
+                .with_graceful_shutdown(shutdown.cancelled_owned())
+                .await
+                .map_err(|source| TelemetryError::Serve {
+                    addr: local,
+                    source,
+                })
+        });
+        Ok(HttpServer { addr: local, task })
+    }
+
+    /// The bound address.
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// Waits for the server to stop (after `shutdown`); a failure is logged, not returned,
+    /// because the role's own result is what the process reports.
+    pub async fn stopped(self) {
+        match self.task.await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => tracing::warn!(error = %e, "HTTP server stopped with an error"),
+            Err(e) => tracing::warn!(error = %e, "HTTP server task failed"),
+        }
+    }
 }
 
 /// Cancels `token` on SIGTERM or Ctrl-C, so every role shuts down the same way.
@@ -194,14 +215,15 @@ mod tests {
         c.inc();
         let ready = Readiness::default();
         let token = CancellationToken::new();
-        let (addr, task) = serve_http(
+        let server = HttpServer::start(
             "127.0.0.1:0".parse().unwrap(),
-            Arc::new(reg),
+            reg,
             ready.clone(),
             token.clone(),
         )
         .await
         .unwrap();
+        let addr = server.addr();
         let get = |path: &'static str| async move {
             let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
             use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -220,6 +242,6 @@ mod tests {
         assert!(get("/readyz").await.starts_with("HTTP/1.1 200"));
         assert!(get("/metrics").await.contains("t_things_total 1"));
         token.cancel();
-        task.await.unwrap().unwrap();
+        server.task.await.unwrap().unwrap();
     }
 }

@@ -30,6 +30,7 @@ use kube_cel::KubeCelExt;
 use kube_cel::cel::{Context, Program, Value};
 use mock_accel_dra::inventory::{Device, DeviceType};
 use mock_accel_dra::slices::{NodeSlicesInput, desired_slices};
+use mock_accel_dra::test_support::devices;
 
 const DRIVER: &str = "mock-accel.example.com";
 const GI: u64 = 1 << 30;
@@ -187,20 +188,13 @@ fn classes() -> BTreeMap<String, Selector> {
 }
 
 fn mk_device(name: &str, numa: Option<u32>, memory: u64) -> Device {
-    Device {
-        name: name.to_string(),
-        sysfs_name: name.to_string(),
-        device_type: DeviceType::Pf,
-        uuid: "4d4f434b-2d30-3030-302d-303030310000".to_string(),
-        memory,
-        pci_address: "0000:11:00.0".to_string(),
-        pcie_root: Some("pci0000:10".to_string()),
-        numa_node: numa,
-        physfn: None,
-        capabilities: 1,
-        status: 1,
-        fw_version: Some("1.0.0".to_string()),
-    }
+    devices::pf(name)
+        .uuid("4d4f434b-2d30-3030-302d-303030310000")
+        .memory(memory)
+        .numa(numa)
+        .status(1)
+        .fw_version(Some("1.0.0"))
+        .build()
 }
 
 fn mk_vf(name: &str, parent: &str, numa: Option<u32>, memory: u64) -> Device {

@@ -430,7 +430,10 @@ fn watch_daemon_applies_numvfs_and_normalises_status_writes() {
     assert!(class.join("mock0_vf1").exists());
 
     fs::write(class.join("mock0/sriov_numvfs"), "0").unwrap();
-    wait_for("VFs removed", || !class.join("mock0_vf0").exists());
+    // The daemon removes the VFs one after the other: wait for the last one, not the first.
+    wait_for("VFs removed", || {
+        !class.join("mock0_vf0").exists() && !class.join("mock0_vf1").exists()
+    });
     let (devs, _) = discover_json(root);
     assert_eq!(devs.len(), 2);
 }

@@ -9,7 +9,7 @@ use std::{
     time::Duration,
 };
 
-use hyper_util::rt::TokioIo;
+use mock_accel_dra::test_support::socket::connect;
 use mock_accel_dra::{
     plugin::{
         ClaimHandler, ClaimRef, PrepareResults, PreparedDevice, UnprepareResults,
@@ -30,24 +30,11 @@ use mock_accel_dra::{
 };
 use tokio::net::UnixStream;
 use tokio_util::sync::CancellationToken;
-use tonic::transport::{Channel, Endpoint};
 
 const DRIVER: &str = "mock-accel.example.com";
 const LIMIT: Duration = Duration::from_secs(10);
 
 type TestResult = Result<(), Box<dyn std::error::Error>>;
-
-/// Opens a gRPC channel over the Unix socket at `path`, as the kubelet does (the URI is unused).
-async fn connect(path: &Path) -> Result<Channel, Box<dyn std::error::Error>> {
-    let path = path.to_path_buf();
-    let channel = Endpoint::try_from("http://[::]:50051")?
-        .connect_with_connector(tower::service_fn(move |_| {
-            let path = path.clone();
-            async move { Ok::<_, std::io::Error>(TokioIo::new(UnixStream::connect(path).await?)) }
-        }))
-        .await?;
-    Ok(channel)
-}
 
 fn config(root: &Path) -> PluginConfig {
     PluginConfig {
@@ -446,23 +433,18 @@ mod real {
 
     use std::collections::BTreeMap;
 
-    use k8s_openapi::{
-        api::resource::v1::{
-            AllocationResult, DeviceAllocationResult, DeviceRequestAllocationResult, ResourceClaim,
-            ResourceClaimStatus,
-        },
-        apimachinery::pkg::apis::meta::v1::ObjectMeta,
-    };
+    use k8s_openapi::api::resource::v1::DeviceRequestAllocationResult;
     use mock_accel_dra::{
         cdi, checkpoint,
         checkpoint::PrepareState,
         inventory::Inventory,
         plugin::{
-            ClaimSource,
-            prepare::{PrepareMetrics, Preparer, PreparerConfig},
+            metrics::PrepareMetrics,
+            prepare::{Preparer, PreparerConfig},
         },
         sim::{self, TopologySpec},
         sysfs,
+        test_support::claims::{self, ClaimMap, allocated},
     };
     use prometheus_client::registry::Registry;
     use tempfile::TempDir;
@@ -471,65 +453,12 @@ mod real {
     use super::*;
 
     const NODE: &str = "node-a";
-    const NS: &str = "default";
+    use claims::NS;
     /// Register value before any prepare, distinct from what prepare (1) and unprepare (0) write.
     const IDLE: u32 = 5;
 
-    /// The API server's ResourceClaims, as a map keyed by namespace and name.
-    #[derive(Clone, Default)]
-    struct ApiClaims(Arc<Mutex<HashMap<(String, String), ResourceClaim>>>);
-
-    impl ApiClaims {
-        fn put(&self, claim: ResourceClaim) {
-            let key = (
-                claim.metadata.namespace.clone().unwrap_or_default(),
-                claim.metadata.name.clone().unwrap_or_default(),
-            );
-            self.0.lock().unwrap().insert(key, claim);
-        }
-    }
-
-    impl ClaimSource for ApiClaims {
-        async fn get(&self, namespace: &str, name: &str) -> Result<Option<ResourceClaim>, String> {
-            let key = (namespace.to_string(), name.to_string());
-            Ok(self.0.lock().unwrap().get(&key).cloned())
-        }
-    }
-
     fn result(request: &str, device: &str, numa: u32) -> DeviceRequestAllocationResult {
-        DeviceRequestAllocationResult {
-            driver: DRIVER.into(),
-            request: request.into(),
-            device: device.into(),
-            pool: format!("{NODE}/numa{numa}"),
-            ..Default::default()
-        }
-    }
-
-    fn allocated(
-        uid: &str,
-        name: &str,
-        results: Vec<DeviceRequestAllocationResult>,
-    ) -> ResourceClaim {
-        ResourceClaim {
-            metadata: ObjectMeta {
-                name: Some(name.into()),
-                namespace: Some(NS.into()),
-                uid: Some(uid.into()),
-                ..Default::default()
-            },
-            spec: Default::default(),
-            status: Some(ResourceClaimStatus {
-                allocation: Some(AllocationResult {
-                    devices: Some(DeviceAllocationResult {
-                        results: Some(results),
-                        config: None,
-                    }),
-                    ..Default::default()
-                }),
-                ..Default::default()
-            }),
-        }
+        claims::result(request, device, &format!("{NODE}/numa{numa}"))
     }
 
     fn claim(uid: &str, name: &str) -> dra_v1::Claim {
@@ -556,13 +485,13 @@ mod real {
         root: PathBuf,
         preparer: PreparerConfig,
         inventory: watch::Sender<Arc<Inventory>>,
-        claims: ApiClaims,
+        claims: ClaimMap,
     }
 
     /// A started plugin and the kubelet's client for the endpoint it advertised.
     struct Kubelet {
         plugin: Running,
-        dra: V1Client<Channel>,
+        dra: V1Client<tonic::transport::Channel>,
     }
 
     impl Kubelet {
@@ -625,7 +554,7 @@ mod real {
                 root,
                 preparer,
                 inventory,
-                claims: ApiClaims::default(),
+                claims: ClaimMap::default(),
             })
         }
 

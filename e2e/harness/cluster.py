@@ -15,6 +15,7 @@ State directory layout: `kubeconfig` (admin), `cluster.json` (ports, binaries, n
 """
 
 import argparse
+import dataclasses
 import hashlib
 import json
 import os
@@ -104,6 +105,14 @@ class Cluster:
         self._clean_stale()
         binaries = builds.all_binaries(need_nodes=with_driver)
         progress.step(f"state directory {self.state}")
+        if binaries.driver:
+            # The cluster runs a copy of the driver for its whole life: a rebuild in the cargo
+            # target directory meanwhile (another checkout sharing it, a `make test`) must not
+            # swap the binary under an agent that a scenario restarts.
+            own = self.state / "bin" / binaries.driver.name
+            own.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(binaries.driver, own)
+            binaries = dataclasses.replace(binaries, driver=own)
         p = pki.create(self.state / "pki")
         ports = controlplane.Ports.allocate()
         etcd_dir = self._etcd_dir()

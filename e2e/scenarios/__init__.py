@@ -6,6 +6,7 @@ from scenarios import (  # noqa: F401 - imported for their @scenario registratio
     discovery,
     deviceclasses,
     allocation,
+    claimstatus,
     topology,
     metadriver,
     sriov,

@@ -126,3 +126,132 @@ fn start_watcher(root: &Path, tx: mpsc::UnboundedSender<()>) -> notify::Result<R
     }
     Ok(watcher)
 }
+
+#[cfg(test)]
+mod tests {
+    //! The loop on a simulated tree. Waits are bounded by a deadline on the channel the loop
+    //! publishes to, never by a sleep: each test fails if the loop does not publish in time.
+
+    use tokio::task::JoinHandle;
+
+    use super::*;
+    use crate::{
+        sim::{self, TopologySpec},
+        sysfs,
+    };
+
+    /// Long enough for a scan on a loaded machine; a passing test takes milliseconds.
+    const DEADLINE: Duration = Duration::from_secs(20);
+
+    struct Running {
+        discovered: watch::Receiver<Discovered>,
+        inventory: watch::Receiver<Arc<Inventory>>,
+        scans: mpsc::UnboundedReceiver<bool>,
+        shutdown: CancellationToken,
+        task: JoinHandle<()>,
+    }
+
+    fn start(root: &Path, resync: Duration) -> Running {
+        let first = scan_once(root).expect("a usable root");
+        let (inventory_tx, inventory) = watch::channel(first.inventory.clone());
+        let (tx, discovered) = watch::channel(first);
+        let (scan_tx, scans) = mpsc::unbounded_channel();
+        let shutdown = CancellationToken::new();
+        let task = tokio::spawn(run(
+            root.to_path_buf(),
+            resync,
+            tx,
+            inventory_tx,
+            move |ok| {
+                let _ = scan_tx.send(ok);
+            },
+            shutdown.clone(),
+        ));
+        Running {
+            discovered,
+            inventory,
+            scans,
+            shutdown,
+            task,
+        }
+    }
+
+    impl Running {
+        async fn next_inventory(&mut self) -> Discovered {
+            tokio::time::timeout(DEADLINE, self.discovered.changed())
+                .await
+                .expect("the loop publishes the change in time")
+                .expect("the loop is running");
+            self.discovered.borrow_and_update().clone()
+        }
+
+        /// The outcome of the next scan the loop reports.
+        async fn next_scan(&mut self) -> bool {
+            tokio::time::timeout(DEADLINE, self.scans.recv())
+                .await
+                .expect("the loop scans in time")
+                .expect("the loop is running")
+        }
+
+        async fn stop(self) {
+            self.shutdown.cancel();
+            tokio::time::timeout(DEADLINE, self.task)
+                .await
+                .expect("the loop stops on shutdown")
+                .expect("the loop ends cleanly");
+        }
+    }
+
+    fn names(d: &Discovered) -> Vec<&str> {
+        d.inventory
+            .devices
+            .iter()
+            .map(|d| d.name.as_str())
+            .collect()
+    }
+
+    #[tokio::test]
+    async fn a_removed_device_is_published_on_the_inotify_event() {
+        let dir = tempfile::tempdir().unwrap();
+        sim::create(dir.path(), None, &TopologySpec::canonical(1)).unwrap();
+        // No periodic rescan within the test: only inotify can bring the change.
+        let mut running = start(dir.path(), Duration::from_secs(3600));
+        assert!(running.next_scan().await, "the first tick scans at once");
+        assert!(
+            !running.discovered.has_changed().unwrap(),
+            "an unchanged scan publishes nothing"
+        );
+
+        sim::remove_device(dir.path(), None, "mock5").unwrap();
+        let found = running.next_inventory().await;
+        assert_eq!(names(&found), ["mock0", "mock1", "mock2", "mock3", "mock4"]);
+        assert_eq!(
+            *running.inventory.borrow(),
+            found.inventory,
+            "the prepare state machine sees the same inventory"
+        );
+        running.stop().await;
+    }
+
+    #[tokio::test]
+    async fn the_periodic_rescan_catches_attribute_changes_and_a_failed_scan_keeps_the_inventory() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path().join("sys");
+        sim::create(&root, None, &TopologySpec::canonical(1)).unwrap();
+        let mut running = start(&root, Duration::from_millis(50));
+        let before = running.discovered.borrow().clone();
+        assert_eq!(before.inventory.get("mock0").unwrap().status, 1);
+
+        // Real sysfs raises no inotify event for an attribute write; the rescan finds it.
+        sysfs::write_status(&root, "mock0", 0).unwrap();
+        let found = running.next_inventory().await;
+        assert_eq!(found.inventory.get("mock0").unwrap().status, 0);
+
+        // The root goes away: scans fail, and the last inventory stays published.
+        std::fs::rename(&root, dir.path().join("gone")).unwrap();
+        while running.next_scan().await {}
+        assert_eq!(*running.discovered.borrow(), found);
+        assert_eq!(*running.inventory.borrow(), found.inventory);
+        running.stop().await;
+    }
+}

@@ -2,48 +2,38 @@
 //! keeps the node's `MockAccelNode.status` current.
 //!
 //! Three loops share one cancellation token: discovery (`discovery`), the plugin servers
-//! (`plugin::server`) in front of the prepare state machine, and the status writer below,
-//! which applies the agent's share of the status only when it changed or a heartbeat is due.
+//! (`plugin::server`) in front of the prepare state machine, and the status writer
+//! (`status_writer`), which applies the agent's share of the status (computed in `status`)
+//! only when it changed or a heartbeat is due. The agent's metrics are in `metrics`; this
+//! module only wires the parts together.
 
+pub mod claim_status;
 pub mod discovery;
+pub mod metrics;
 pub mod status;
+pub mod status_writer;
 
-use std::{sync::Arc, time::Duration};
+use std::sync::Arc;
 
-use k8s_openapi::{api::core::v1::Node, apimachinery::pkg::apis::meta::v1::OwnerReference};
-use kube::{
-    Api, Client, Resource,
-    api::{Patch, PatchParams},
-};
-use prometheus_client::{
-    encoding::EncodeLabelSet,
-    metrics::{counter::Counter, family::Family, gauge::Gauge},
-    registry::Registry,
-};
-use serde_json::json;
+use kube::Client;
+use prometheus_client::registry::Registry;
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
+use self::{
+    metrics::{AgentMetrics, METRICS_PREFIX},
+    status_writer::StatusWriter,
+};
 use crate::{
     cli::NodeAgentArgs,
-    crd::{
-        AGENT_FIELD_MANAGER, Condition, MockAccelNode, MockAccelNodeSpec, PreparedClaimStatus,
-        now_rfc3339,
-    },
-    inventory::DeviceType,
     plugin::{
         claims::KubeClaimSource,
         health::HealthSource,
-        prepare::{PrepareError, PrepareMetrics, Preparer, PreparerConfig},
-        registration::RegistrationState,
+        metrics::PrepareMetrics,
+        prepare::{PrepareError, Preparer, PreparerConfig},
         server::{self, PluginConfig, PluginError},
     },
-    telemetry::{self, Readiness},
-};
-
-use self::{
-    discovery::Discovered,
-    status::{AgentReport, agent_status},
+    telemetry::{self, HttpServer, Readiness},
 };
 
 #[derive(Debug, thiserror::Error)]
@@ -67,74 +57,6 @@ pub enum Error {
     Prepare(#[from] PrepareError),
 }
 
-/// Label set of the device gauge.
-#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-struct DeviceLabels {
-    r#type: String,
-    state: String,
-}
-
-/// The agent's own metrics (the plugin registers its prepare metrics beside them).
-struct AgentMetrics {
-    scans: Family<ScanLabels, Counter>,
-    devices: Family<DeviceLabels, Gauge>,
-    status_writes: Family<ScanLabels, Counter>,
-}
-
-#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-struct ScanLabels {
-    outcome: String,
-}
-
-impl AgentMetrics {
-    fn register(reg: &mut Registry) -> Self {
-        let m = AgentMetrics {
-            scans: Family::default(),
-            devices: Family::default(),
-            status_writes: Family::default(),
-        };
-        reg.register("discovery_scans", "sysfs scans by outcome", m.scans.clone());
-        reg.register(
-            "devices",
-            "Devices on this node by type and state (free or prepared)",
-            m.devices.clone(),
-        );
-        reg.register(
-            "status_writes",
-            "MockAccelNode status applies by outcome",
-            m.status_writes.clone(),
-        );
-        m
-    }
-
-    fn observe_devices(&self, report: &AgentReport) {
-        let held: std::collections::HashSet<&str> = report
-            .prepared
-            .iter()
-            .flat_map(|c| c.devices.iter().map(String::as_str))
-            .collect();
-        for t in [DeviceType::Pf, DeviceType::Vf] {
-            for state in ["free", "prepared"] {
-                let n = report
-                    .inventory
-                    .devices
-                    .iter()
-                    .filter(|d| {
-                        d.device_type == t
-                            && held.contains(d.name.as_str()) == (state == "prepared")
-                    })
-                    .count();
-                self.devices
-                    .get_or_create(&DeviceLabels {
-                        r#type: t.to_string(),
-                        state: state.to_string(),
-                    })
-                    .set(i64::try_from(n).unwrap_or(i64::MAX));
-            }
-        }
-    }
-}
-
 /// Runs the node agent until SIGTERM or Ctrl-C.
 pub async fn run(args: NodeAgentArgs) -> Result<(), Error> {
     let shutdown = CancellationToken::new();
@@ -153,8 +75,8 @@ pub async fn run(args: NodeAgentArgs) -> Result<(), Error> {
     let (inv_tx, inv_rx) = watch::channel(first.inventory.clone());
     let (disc_tx, disc_rx) = watch::channel(first);
 
-    let mut registry = Registry::with_prefix("mock_accel");
-    let metrics = Arc::new(AgentMetrics::register(&mut registry));
+    let mut registry = Registry::with_prefix(METRICS_PREFIX);
+    let metrics = AgentMetrics::register(&mut registry);
     let prepare_metrics = PrepareMetrics::register(&mut registry);
     let preparer = Arc::new(Preparer::new(
         PreparerConfig {
@@ -171,13 +93,8 @@ pub async fn run(args: NodeAgentArgs) -> Result<(), Error> {
     )?);
 
     let ready = Readiness::default();
-    let (_, http) = telemetry::serve_http(
-        args.metrics_addr,
-        Arc::new(registry),
-        ready.clone(),
-        shutdown.clone(),
-    )
-    .await?;
+    let http =
+        HttpServer::start(args.metrics_addr, registry, ready.clone(), shutdown.clone()).await?;
 
     // Health (KEP-4680): every present device is reported healthy and refreshed periodically,
     // so kubelets with ResourceHealthStatus show it in the pod status.
@@ -199,31 +116,34 @@ pub async fn run(args: NodeAgentArgs) -> Result<(), Error> {
     tracing::info!(registration = %plugin.registration_socket().display(),
         dra = %plugin.dra_socket().display(), "kubelet plugin listening");
 
+    let claim_inventory = inv_tx.subscribe();
     let scan_metrics = metrics.clone();
     let discovery = tokio::spawn(discovery::run(
         args.sysfs_root.clone(),
         args.resync_interval,
         disc_tx,
         inv_tx,
-        move |ok| {
-            scan_metrics
-                .scans
-                .get_or_create(&ScanLabels {
-                    outcome: if ok { "ok" } else { "error" }.to_string(),
-                })
-                .inc();
-        },
+        move |ok| scan_metrics.scanned(ok),
         shutdown.clone(),
     ));
 
-    let writer = StatusWriter {
-        api: Api::all(client.clone()),
-        nodes: Api::all(client),
-        node: args.node_name.clone(),
-        heartbeat: args.heartbeat_interval,
+    // KEP-4817: each prepared claim's status.devices, kept in step with the prepared set.
+    let claim_status = tokio::spawn(claim_status::run(
+        claim_status::KubeClaimStatusApi::new(client.clone()),
+        args.driver_name.clone(),
+        args.node_name.clone(),
+        preparer.subscribe(),
+        claim_inventory,
+        shutdown.clone(),
+    ));
+
+    let writer = StatusWriter::new(
+        client,
+        args.node_name.clone(),
+        args.heartbeat_interval,
         metrics,
         ready,
-    };
+    );
     let status = tokio::spawn(writer.run(
         disc_rx,
         preparer.subscribe(),
@@ -236,178 +156,9 @@ pub async fn run(args: NodeAgentArgs) -> Result<(), Error> {
     shutdown.cancel();
     let _ = discovery.await;
     let _ = status.await;
-    if let Ok(Err(e)) = http.await {
-        tracing::warn!(error = %e, "HTTP server stopped with an error");
-    }
+    let _ = claim_status.await;
+    http.stopped().await;
     plugin_result?;
     tracing::info!("node agent stopped; sockets removed");
     Ok(())
-}
-
-/// Applies the agent's share of `MockAccelNode.status`.
-struct StatusWriter {
-    api: Api<MockAccelNode>,
-    nodes: Api<Node>,
-    node: String,
-    heartbeat: Duration,
-    metrics: Arc<AgentMetrics>,
-    ready: Readiness,
-}
-
-impl StatusWriter {
-    async fn run(
-        self,
-        mut discovered: watch::Receiver<Discovered>,
-        mut prepared: watch::Receiver<Vec<PreparedClaimStatus>>,
-        mut registration: watch::Receiver<RegistrationState>,
-        shutdown: CancellationToken,
-    ) {
-        let mut created = false;
-        let mut conditions: Option<Vec<Condition>> = None;
-        let mut last: Option<AgentReport> = None;
-        let mut last_write = tokio::time::Instant::now();
-        let mut backoff = Duration::from_millis(500);
-        loop {
-            let report = {
-                let d = discovered.borrow_and_update().clone();
-                let reg = registration.borrow_and_update().clone();
-                AgentReport {
-                    inventory: (*d.inventory).clone(),
-                    scan_warnings: d.warnings,
-                    prepared: prepared.borrow_and_update().clone(),
-                    plugin_registered: reg.registered,
-                    registration_error: (!reg.error.is_empty()).then_some(reg.error),
-                }
-            };
-            self.metrics.observe_devices(&report);
-            let due = last.as_ref() != Some(&report) || last_write.elapsed() >= self.heartbeat;
-            let mut retry = false;
-            if due {
-                let result = async {
-                    if !created {
-                        self.ensure_object().await?;
-                        created = true;
-                    }
-                    self.apply_status(&report, &mut conditions).await
-                }
-                .await;
-                match result {
-                    Ok(()) => {
-                        self.metrics
-                            .status_writes
-                            .get_or_create(&ScanLabels {
-                                outcome: "ok".into(),
-                            })
-                            .inc();
-                        self.ready.set(report.plugin_registered);
-                        last = Some(report);
-                        last_write = tokio::time::Instant::now();
-                        backoff = Duration::from_millis(500);
-                    }
-                    Err(e) => {
-                        self.metrics
-                            .status_writes
-                            .get_or_create(&ScanLabels {
-                                outcome: "error".into(),
-                            })
-                            .inc();
-                        tracing::warn!(node = %self.node, error = %e, retry_in = ?backoff,
-                            "writing MockAccelNode status failed");
-                        created = false;
-                        retry = true;
-                    }
-                }
-            }
-            let wait = if retry {
-                let w = backoff;
-                backoff = (backoff * 2).min(Duration::from_secs(10));
-                w
-            } else {
-                self.heartbeat.saturating_sub(last_write.elapsed())
-            };
-            tokio::select! {
-                _ = shutdown.cancelled() => return,
-                _ = tokio::time::sleep(wait) => {},
-                r = discovered.changed() => if r.is_err() { return },
-                r = prepared.changed() => if r.is_err() { return },
-                r = registration.changed() => if r.is_err() { return },
-            }
-        }
-    }
-
-    /// Creates the node's object (owned by the Node, so it goes when the Node goes).
-    async fn ensure_object(&self) -> Result<(), kube::Error> {
-        let node = self.nodes.get(&self.node).await?;
-        let owner = OwnerReference {
-            api_version: "v1".into(),
-            kind: "Node".into(),
-            name: self.node.clone(),
-            uid: node.metadata.uid.unwrap_or_default(),
-            controller: Some(true),
-            block_owner_deletion: None,
-        };
-        let obj = json!({
-            "apiVersion": MockAccelNode::api_version(&()),
-            "kind": MockAccelNode::kind(&()),
-            "metadata": { "name": self.node, "ownerReferences": [owner] },
-            "spec": MockAccelNodeSpec { node_name: self.node.clone() },
-        });
-        self.api
-            .patch(
-                &self.node,
-                &PatchParams::apply(AGENT_FIELD_MANAGER).force(),
-                &Patch::Apply(obj),
-            )
-            .await?;
-        Ok(())
-    }
-
-    /// `conditions` caches the conditions the API server returned for the last apply, so a
-    /// heartbeat costs one request; it is read from the server only when unknown (first write,
-    /// or after a failure).
-    async fn apply_status(
-        &self,
-        report: &AgentReport,
-        conditions: &mut Option<Vec<Condition>>,
-    ) -> Result<(), kube::Error> {
-        if conditions.is_none() {
-            let current = self.api.get_status(&self.node).await?;
-            *conditions = Some(
-                current
-                    .status
-                    .and_then(|s| s.conditions)
-                    .unwrap_or_default(),
-            );
-        }
-        let previous = conditions.take();
-        let status = agent_status(
-            &self.node,
-            report,
-            env!("CARGO_PKG_VERSION"),
-            &now_rfc3339(),
-            previous.as_deref(),
-        );
-        let patch = json!({
-            "apiVersion": MockAccelNode::api_version(&()),
-            "kind": MockAccelNode::kind(&()),
-            "status": status,
-        });
-        let applied = self
-            .api
-            .patch_status(
-                &self.node,
-                &PatchParams::apply(AGENT_FIELD_MANAGER).force(),
-                &Patch::Apply(patch),
-            )
-            .await?;
-        *conditions = Some(
-            applied
-                .status
-                .and_then(|s| s.conditions)
-                .unwrap_or_default(),
-        );
-        tracing::debug!(node = %self.node, devices = report.inventory.devices.len(),
-            prepared = report.prepared.len(), registered = report.plugin_registered, "status applied");
-        Ok(())
-    }
 }

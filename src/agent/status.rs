@@ -3,12 +3,16 @@
 
 use std::collections::HashMap;
 
+use jiff::Timestamp;
+
 use crate::{
+    clock::rfc3339,
     crd::{
         AgentStatus, CONDITION_DEVICES_DISCOVERED, CONDITION_PLUGIN_REGISTERED, Condition,
-        DeviceStatus, MockAccelNodeStatus, PreparedClaimStatus,
+        DeviceStatus, MockAccelNodeStatus, PreparedClaimStatus, condition, truncate_message,
     },
     inventory::{DeviceType, Inventory},
+    plugin::PreparedClaim,
 };
 
 /// Everything the agent reports, apart from the heartbeat time.
@@ -17,7 +21,7 @@ pub struct AgentReport {
     pub inventory: Inventory,
     /// Problems of the last scan (files named), shown in the DevicesDiscovered condition.
     pub scan_warnings: Vec<String>,
-    pub prepared: Vec<PreparedClaimStatus>,
+    pub prepared: Vec<PreparedClaim>,
     pub plugin_registered: bool,
     pub registration_error: Option<String>,
 }
@@ -27,7 +31,7 @@ pub fn agent_status(
     node: &str,
     report: &AgentReport,
     version: &str,
-    now: &str,
+    now: Timestamp,
     previous: Option<&[Condition]>,
 ) -> MockAccelNodeStatus {
     let held: HashMap<&str, String> = report
@@ -54,10 +58,10 @@ pub fn agent_status(
             "{} devices found; {} skipped: {}",
             devices.len(),
             report.scan_warnings.len(),
-            truncate(&report.scan_warnings.join("; "), 1024)
+            truncate_message(report.scan_warnings.join("; "))
         )
     };
-    let discovered = Condition::new(
+    let discovered = condition(
         CONDITION_DEVICES_DISCOVERED,
         !devices.is_empty(),
         if devices.is_empty() {
@@ -71,7 +75,7 @@ pub fn agent_status(
         previous,
         now,
     );
-    let registered = Condition::new(
+    let registered = condition(
         CONDITION_PLUGIN_REGISTERED,
         report.plugin_registered,
         if report.plugin_registered {
@@ -99,10 +103,10 @@ pub fn agent_status(
         vf_count: count(report.inventory.count(DeviceType::Vf)),
         devices: Some(devices),
         prepared_claim_count: count(report.prepared.len()),
-        prepared_claims: Some(report.prepared.clone()),
+        prepared_claims: Some(report.prepared.iter().map(prepared_claim_status).collect()),
         agent: Some(AgentStatus {
             version: version.to_string(),
-            heartbeat: now.to_string(),
+            heartbeat: rfc3339(now),
             plugin_registered: report.plugin_registered,
         }),
         conditions: Some(vec![discovered, registered]),
@@ -111,37 +115,32 @@ pub fn agent_status(
     }
 }
 
-fn truncate(s: &str, max: usize) -> String {
-    if s.len() <= max {
-        return s.to_string();
+/// `status.preparedClaims[]` entry of a claim the plugin prepared.
+fn prepared_claim_status(c: &PreparedClaim) -> PreparedClaimStatus {
+    PreparedClaimStatus {
+        uid: c.uid.clone(),
+        namespace: c.namespace.clone(),
+        name: c.name.clone(),
+        devices: c.devices.clone(),
+        cdi_device_ids: c.cdi_device_ids.clone(),
+        prepared_at: c.prepared_at.clone(),
     }
-    let mut end = max;
-    while !s.is_char_boundary(end) {
-        end -= 1;
-    }
-    format!("{}...", &s[..end])
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::inventory::Device;
+    use crate::{inventory::Device, test_support::devices};
+
+    const T1: &str = "2026-01-01T00:00:01Z";
+    const T2: &str = "2026-01-01T00:00:02Z";
+
+    fn ts(s: &str) -> Timestamp {
+        s.parse().unwrap()
+    }
 
     fn dev(name: &str, t: DeviceType, numa: Option<u32>) -> Device {
-        Device {
-            name: name.into(),
-            sysfs_name: name.into(),
-            device_type: t,
-            uuid: "u".into(),
-            memory: 1,
-            pci_address: "0000:11:00.0".into(),
-            pcie_root: None,
-            numa_node: numa,
-            physfn: None,
-            capabilities: 1,
-            status: 1,
-            fw_version: None,
-        }
+        devices::pf(name).device_type(t).numa(numa).build()
     }
 
     fn report() -> AgentReport {
@@ -152,7 +151,7 @@ mod tests {
                 dev("mock2", DeviceType::Vf, None),
             ]),
             scan_warnings: vec![],
-            prepared: vec![PreparedClaimStatus {
+            prepared: vec![PreparedClaim {
                 uid: "u1".into(),
                 namespace: "ns".into(),
                 name: "c".into(),
@@ -167,7 +166,7 @@ mod tests {
 
     #[test]
     fn counts_pools_and_allocations() {
-        let s = agent_status("n1", &report(), "0.1.0", "t1", None);
+        let s = agent_status("n1", &report(), "0.1.0", ts(T1), None);
         assert_eq!(s.device_count, Some(3));
         assert_eq!(s.pf_count, Some(1));
         assert_eq!(s.vf_count, Some(2));
@@ -177,7 +176,7 @@ mod tests {
         assert_eq!(devices[0].allocated_claim, None);
         assert_eq!(devices[2].pool, "n1/numa-none");
         assert!(s.pools.is_none(), "pools belong to the controller");
-        assert_eq!(s.agent.unwrap().heartbeat, "t1");
+        assert_eq!(s.agent.unwrap().heartbeat, T1);
     }
 
     #[test]
@@ -186,7 +185,7 @@ mod tests {
         r.plugin_registered = false;
         r.registration_error = Some("bad version".into());
         r.scan_warnings = vec!["class/mock-accel/mock9/uuid: missing".into()];
-        let s = agent_status("n1", &r, "v", "t1", None);
+        let s = agent_status("n1", &r, "v", ts(T1), None);
         let reg = s.condition(CONDITION_PLUGIN_REGISTERED).unwrap();
         assert_eq!(
             (reg.status.as_str(), reg.reason.as_str()),
@@ -200,8 +199,8 @@ mod tests {
 
     #[test]
     fn unchanged_report_gives_unchanged_status_apart_from_heartbeat() {
-        let a = agent_status("n1", &report(), "v", "t1", None);
-        let b = agent_status("n1", &report(), "v", "t2", a.conditions.as_deref());
+        let a = agent_status("n1", &report(), "v", ts(T1), None);
+        let b = agent_status("n1", &report(), "v", ts(T2), a.conditions.as_deref());
         assert_eq!(a.conditions, b.conditions);
         assert_eq!(a.devices, b.devices);
     }

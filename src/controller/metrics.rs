@@ -1,7 +1,8 @@
 //! The controller's Prometheus metrics, registered under the prefix `mock_accel_controller`.
 //!
 //! Kept in one struct of cheap clonable handles so that the reconcile pipeline, the leader
-//! loop and the HTTP server all record into the same registry.
+//! loop and the HTTP server all record into the same registry; the `outcome` label is the one
+//! every role uses ([`crate::metrics::Outcome`]).
 
 use std::{
     collections::HashMap,
@@ -20,32 +21,10 @@ use prometheus_client::{
     registry::Registry,
 };
 
+use crate::metrics::{Outcome, OutcomeLabels};
+
 /// Prefix of every metric the controller exports.
 pub const METRICS_PREFIX: &str = "mock_accel_controller";
-
-/// How a reconcile ended.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Outcome {
-    Ok,
-    /// The API server answered 409; the object is requeued at once.
-    Conflict,
-    Error,
-}
-
-impl Outcome {
-    fn as_str(self) -> &'static str {
-        match self {
-            Outcome::Ok => "ok",
-            Outcome::Conflict => "conflict",
-            Outcome::Error => "error",
-        }
-    }
-}
-
-#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-struct OutcomeLabels {
-    outcome: &'static str,
-}
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct WriteLabels {
@@ -111,11 +90,7 @@ impl Metrics {
     }
 
     pub fn reconciled(&self, outcome: Outcome, took: Duration) {
-        self.reconciles
-            .get_or_create(&OutcomeLabels {
-                outcome: outcome.as_str(),
-            })
-            .inc();
+        self.reconciles.get_or_create(&outcome.into()).inc();
         self.reconcile_duration.observe(took.as_secs_f64());
     }
 

@@ -36,7 +36,7 @@ use self::{
 use crate::{
     cli::ControllerArgs,
     crd::MockAccelNode,
-    telemetry::{self, Readiness, TelemetryError},
+    telemetry::{self, HttpServer, Readiness, TelemetryError},
 };
 
 /// Reconciles running at once; each one is a handful of requests for one node.
@@ -62,13 +62,8 @@ pub async fn run(args: ControllerArgs) -> Result<(), Error> {
     let mut registry = Registry::with_prefix(METRICS_PREFIX);
     let metrics = Metrics::register(&mut registry);
     let ready = Readiness::default();
-    let (_, http) = telemetry::serve_http(
-        args.metrics_addr,
-        Arc::new(registry),
-        ready.clone(),
-        shutdown.clone(),
-    )
-    .await?;
+    let http =
+        HttpServer::start(args.metrics_addr, registry, ready.clone(), shutdown.clone()).await?;
 
     let identity = args.identity.clone().unwrap_or_else(hostname);
     let ctx = Arc::new(Context::new(
@@ -105,11 +100,7 @@ pub async fn run(args: ControllerArgs) -> Result<(), Error> {
     };
 
     shutdown.cancel();
-    match http.await {
-        Ok(Ok(())) => {}
-        Ok(Err(e)) => tracing::warn!(error = %e, "HTTP server stopped with an error"),
-        Err(e) => tracing::warn!(error = %e, "HTTP server task failed"),
-    }
+    http.stopped().await;
     result
 }
 

@@ -15,8 +15,8 @@ use kube::{Resource, ResourceExt};
 
 use crate::{
     crd::{
-        CONDITION_READY, CONDITION_SLICES_PUBLISHED, Condition, MockAccelNode, MockAccelNodeStatus,
-        PoolStatus,
+        CONDITION_READY, CONDITION_SLICES_PUBLISHED, MockAccelNode, MockAccelNodeStatus,
+        PoolStatus, condition, truncate_message,
     },
     inventory::Device,
     slices::{self, NodeSlicesInput, SliceError},
@@ -27,8 +27,6 @@ use crate::{
 pub const STALE_RESYNC: Duration = Duration::from_secs(300);
 /// Added to the remaining grace time so that the requeue lands after the heartbeat expired.
 const EXPIRY_MARGIN: Duration = Duration::from_secs(1);
-/// Longest condition message; the API accepts 32 KiB, people read far less.
-const MESSAGE_MAX: usize = 1024;
 
 pub const REASON_PUBLISHED: &str = "Published";
 pub const REASON_AGENT_STALE: &str = "AgentStale";
@@ -274,9 +272,8 @@ pub fn controller_status(
     outcome: &WriteOutcome,
     now: Timestamp,
 ) -> MockAccelNodeStatus {
-    let now = Timestamp::from_second(now.as_second())
-        .unwrap_or(now)
-        .to_string();
+    // Whole seconds: the API server stores no more, and a finer time would never compare equal.
+    let now = Timestamp::from_second(now.as_second()).unwrap_or(now);
     let current = node.status.as_ref();
     let previous = current.and_then(|s| s.conditions.as_deref());
     let current_pools = current.and_then(|s| s.pools.clone()).unwrap_or_default();
@@ -327,7 +324,7 @@ pub fn controller_status(
         }
     };
     let condition = |type_: &str, (ok, reason, msg): (bool, &str, String)| {
-        Condition::new(type_, ok, reason, truncate(msg), previous, &now)
+        condition(type_, ok, reason, truncate_message(msg), previous, now)
     };
     MockAccelNodeStatus {
         pools: Some(pools),
@@ -356,18 +353,6 @@ fn rejected_message(summary: &str, rejected: &[Rejected]) -> String {
         rejected.len(),
         list.join("; ")
     )
-}
-
-fn truncate(mut s: String) -> String {
-    if s.len() > MESSAGE_MAX {
-        let mut end = MESSAGE_MAX - 3;
-        while !s.is_char_boundary(end) {
-            end -= 1;
-        }
-        s.truncate(end);
-        s.push_str("...");
-    }
-    s
 }
 
 /// True when `desired` carries anything the stored status does not: the write is skipped
@@ -461,7 +446,10 @@ pub fn events(
                         warning: true,
                         reason: "DeviceRejected",
                         action: "Publish",
-                        note: truncate(format!("device {} not published: {}", r.device, r.reason)),
+                        note: truncate_message(format!(
+                            "device {} not published: {}",
+                            r.device, r.reason
+                        )),
                     });
                 }
             }
@@ -470,7 +458,7 @@ pub fn events(
                     warning: true,
                     reason: "InvalidDevices",
                     action: "Publish",
-                    note: truncate(format!("no slices could be computed: {err}")),
+                    note: truncate_message(format!("no slices could be computed: {err}")),
                 });
             }
         }
@@ -490,8 +478,9 @@ pub fn events(
 mod tests {
     use super::*;
     use crate::{
-        crd::{AgentStatus, DeviceStatus, MockAccelNodeSpec},
+        crd::{AgentStatus, DeviceStatus, MockAccelNodeSpec, Reported},
         inventory::DeviceType,
+        test_support::devices,
     };
 
     const DRIVER: &str = "mock-accel.example.com";
@@ -501,28 +490,19 @@ mod tests {
     }
 
     fn mk_device(name: &str, numa: Option<u32>) -> DeviceStatus {
-        DeviceStatus::from_device(
-            &Device {
-                name: name.into(),
-                sysfs_name: name.replace('-', "_"),
-                device_type: if name.contains("vf") {
-                    DeviceType::Vf
-                } else {
-                    DeviceType::Pf
-                },
-                uuid: format!("uuid-{name}"),
-                memory: 1 << 30,
-                pci_address: "0000:11:00.0".into(),
-                pcie_root: Some("pci0000:10".into()),
-                numa_node: numa,
-                physfn: None,
-                capabilities: 1,
-                status: 0,
-                fw_version: None,
-            },
-            "node1",
-            None,
-        )
+        let device_type = if name.contains("vf") {
+            DeviceType::Vf
+        } else {
+            DeviceType::Pf
+        };
+        let device = devices::pf(&name.replace('-', "_"))
+            .name(name)
+            .device_type(device_type)
+            .uuid(format!("uuid-{name}"))
+            .memory(1 << 30)
+            .numa(numa)
+            .build();
+        DeviceStatus::from_device(&device, "node1", None)
     }
 
     fn mk_node(devices: Vec<DeviceStatus>, heartbeat: &str, registered: bool) -> MockAccelNode {
@@ -658,7 +638,7 @@ mod tests {
             (published.status.as_str(), published.reason.as_str()),
             ("True", REASON_PUBLISHED)
         );
-        assert_eq!(published.last_transition_time, SOON);
+        assert_eq!(published.last_transition_time.0, t(SOON));
         assert_eq!(status.condition(CONDITION_READY).unwrap().status, "True");
         assert_eq!(status.observed_generation, Some(1));
         assert!(status_differs(node.status.as_ref(), &status));
@@ -751,7 +731,7 @@ mod tests {
             (published.status.as_str(), published.reason.as_str()),
             ("False", REASON_AGENT_STALE)
         );
-        assert_eq!(published.last_transition_time, LATE);
+        assert_eq!(published.last_transition_time.0, t(LATE));
         assert!(
             published.message.contains("grace period of 40s"),
             "{}",
@@ -775,7 +755,7 @@ mod tests {
     #[test]
     fn rejected_devices_are_named_once_while_the_rest_publishes() {
         let mut bad = mk_device("mock9", Some(0));
-        bad.device_type = "gpu".into();
+        bad.device_type = Reported::Unknown("gpu".into());
         let mut devices = two_pools();
         devices.push(bad);
         let node = mk_node(devices, HB, true);
@@ -844,11 +824,5 @@ mod tests {
         assert_eq!(found.len(), 1);
         assert_eq!(found[0].spec.node_name.as_deref(), Some("gone"));
         assert_eq!(found[0].spec.driver, DRIVER);
-    }
-
-    #[test]
-    fn long_messages_are_cut_on_a_char_boundary() {
-        let s = truncate("é".repeat(MESSAGE_MAX));
-        assert!(s.len() <= MESSAGE_MAX && s.ends_with("..."));
     }
 }

@@ -26,12 +26,14 @@ use kube::{
 use serde_json::json;
 
 use super::{
-    metrics::{Metrics, Outcome},
+    metrics::Metrics,
     plan::{self, Observed, SlicePlan, WriteOutcome},
 };
 use crate::{
+    backoff::Backoff,
     crd::{CONTROLLER_FIELD_MANAGER, MockAccelNode},
-    slices::{self, LABEL_MANAGED_BY, MANAGED_BY},
+    metrics::Outcome,
+    names::{LABEL_MANAGED_BY, MANAGED_BY, node_label_selector},
 };
 
 /// Selects every slice this controller publishes (the label the slice computation sets).
@@ -41,7 +43,8 @@ pub fn managed_by_selector() -> String {
 
 /// Retry delay after a 409 from the API server: someone else wrote first, read again soon.
 const CONFLICT_RETRY: Duration = Duration::from_secs(1);
-const BACKOFF_BASE: Duration = Duration::from_secs(1);
+/// Error requeue delays per node: 1 s doubling up to 5 min.
+const BACKOFF_FIRST: Duration = Duration::from_secs(1);
 const BACKOFF_MAX: Duration = Duration::from_secs(300);
 
 /// The time source; tests pin it.
@@ -113,8 +116,8 @@ pub struct Context {
     pub clock: Clock,
     pub metrics: Metrics,
     reporter: Reporter,
-    /// Consecutive failures per node, for the error backoff.
-    failures: Mutex<HashMap<String, u32>>,
+    /// The error backoff of each node that failed since its last success.
+    failures: Mutex<HashMap<String, Backoff>>,
 }
 
 impl Context {
@@ -149,11 +152,10 @@ impl Context {
         let Ok(mut failures) = self.failures.lock() else {
             return BACKOFF_MAX;
         };
-        let n = failures.entry(node.to_string()).or_insert(0);
-        *n = n.saturating_add(1);
-        BACKOFF_BASE
-            .saturating_mul(2u32.saturating_pow(n.saturating_sub(1).min(16)))
-            .min(BACKOFF_MAX)
+        failures
+            .entry(node.to_string())
+            .or_insert_with(|| Backoff::new(BACKOFF_FIRST, BACKOFF_MAX))
+            .next_delay()
     }
 
     fn reset_backoff(&self, node: &str) {
@@ -273,7 +275,7 @@ async fn reconcile_node(node: &MockAccelNode, ctx: &Context) -> Result<Action, R
 
 async fn list_node_slices(ctx: &Context, node: &str) -> Result<Vec<ResourceSlice>, ReconcileError> {
     let lp = ListParams::default()
-        .labels(&slices::node_label_selector(node))
+        .labels(&node_label_selector(node))
         .fields(&format!("spec.driver={}", ctx.driver));
     let list = ctx
         .slices()

@@ -1,17 +1,17 @@
-//! Reconcile scenarios against a mocked API server (the tower-test "ApiServerVerifier" style):
+//! Reconcile scenarios against the shared mocked API server ([`crate::test_support::api`]):
 //! each test calls [`reconcile`] directly with a [`Context`] around a mocked client and a pinned
 //! clock, while a verifier task answers every request in turn and asserts its method, path,
 //! query and body. A request the scenario does not expect fails the test; so does a missing
-//! one, and the verifier checks at the end that nothing else was sent.
+//! one, and the verifier checks at the end that nothing else was sent. The steps of a reconcile
+//! (list slices, apply one, write the status, …) are methods on the server below.
 
 use std::{sync::Arc, time::Duration};
 
-use http::{Method, Request, Response, StatusCode};
+use http::Method;
 use jiff::Timestamp;
 use k8s_openapi::api::resource::v1::ResourceSlice;
-use kube::{Client, ResourceExt, client::Body, runtime::controller::Action};
-use serde_json::{Value, json};
-use tower_test::mock::{self, Handle, SendResponse};
+use kube::{Client, ResourceExt, runtime::controller::Action};
+use serde_json::json;
 
 use super::{
     metrics::Metrics,
@@ -21,9 +21,12 @@ use super::{
 use crate::{
     crd::{
         AgentStatus, CONTROLLER_FIELD_MANAGER, DeviceStatus, MockAccelNode, MockAccelNodeSpec,
-        MockAccelNodeStatus,
+        MockAccelNodeStatus, Reported,
     },
-    inventory::{Device, DeviceType},
+    test_support::{
+        api::{ApiServer, Call, mock_client},
+        devices,
+    },
 };
 
 const DRIVER: &str = "mock-accel.example.com";
@@ -42,25 +45,19 @@ const TIMEOUT: Duration = Duration::from_secs(5);
 // Fixtures
 
 fn mk_device(name: &str, numa: Option<u32>) -> DeviceStatus {
-    let vf = name.contains("vf");
-    DeviceStatus::from_device(
-        &Device {
-            name: name.into(),
-            sysfs_name: name.replace('-', "_"),
-            device_type: if vf { DeviceType::Vf } else { DeviceType::Pf },
-            uuid: format!("00000000-0000-0000-0000-{:0>12}", name.len()),
-            memory: if vf { 2 << 30 } else { 16 << 30 },
-            pci_address: "0000:11:00.0".into(),
-            pcie_root: Some("pci0000:10".into()),
-            numa_node: numa,
-            physfn: vf.then(|| "mock0".to_string()),
-            capabilities: 1,
-            status: 0,
-            fw_version: Some("1.0.0".into()),
-        },
-        NODE,
-        None,
-    )
+    let sysfs_name = name.replace('-', "_");
+    let device = if name.contains("vf") {
+        devices::vf(&sysfs_name, "mock0")
+    } else {
+        devices::pf(&sysfs_name)
+    };
+    let device = device
+        .name(name)
+        .uuid(format!("00000000-0000-0000-0000-{:0>12}", name.len()))
+        .numa(numa)
+        .fw_version(Some("1.0.0"))
+        .build();
+    DeviceStatus::from_device(&device, NODE, None)
 }
 
 /// A node whose agent last reported at [`HEARTBEAT`], with one device on NUMA node 0 and one on
@@ -153,126 +150,15 @@ fn context(client: Client, now: &str) -> Arc<Context> {
 }
 
 // ---------------------------------------------------------------------------------------------
-// The verifier
-
-/// One request as the mocked API server received it.
-struct Call {
-    method: Method,
-    path: String,
-    query: String,
-    body: Value,
-    reply: SendResponse<Response<Body>>,
-}
-
-impl Call {
-    fn param(&self, key: &str) -> Option<String> {
-        self.query.split('&').find_map(|kv| {
-            let (k, v) = kv.split_once('=')?;
-            (k == key).then(|| percent_decode(v))
-        })
-    }
-
-    fn respond(self, status: StatusCode, body: &Value) {
-        let bytes = serde_json::to_vec(body).expect("serializable response");
-        self.reply.send_response(
-            Response::builder()
-                .status(status)
-                .header("content-type", "application/json")
-                .body(Body::from(bytes))
-                .expect("valid response"),
-        );
-    }
-
-    fn ok(self, body: &Value) {
-        self.respond(StatusCode::OK, body)
-    }
-
-    fn fail(self, code: u16, reason: &str) {
-        let status = StatusCode::from_u16(code).expect("valid code");
-        let body = json!({
-            "kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Failure",
-            "message": format!("mocked {reason}"), "reason": reason, "code": code,
-        });
-        self.respond(status, &body)
-    }
-}
-
-fn percent_decode(s: &str) -> String {
-    let b = s.as_bytes();
-    let mut out = Vec::with_capacity(b.len());
-    let mut i = 0;
-    while i < b.len() {
-        match b[i] {
-            b'%' if i + 2 < b.len() => {
-                let hex = std::str::from_utf8(&b[i + 1..i + 3]).expect("ascii");
-                out.push(u8::from_str_radix(hex, 16).expect("hex escape"));
-                i += 3;
-            }
-            b'+' => {
-                out.push(b' ');
-                i += 1;
-            }
-            c => {
-                out.push(c);
-                i += 1;
-            }
-        }
-    }
-    String::from_utf8(out).expect("utf-8 query")
-}
-
-struct ApiServer(Handle<Request<Body>, Response<Body>>);
+// The mocked API server, as the reconciler uses it
 
 fn mock_api(now: &str) -> (Arc<Context>, ApiServer) {
-    let (svc, handle) = mock::pair::<Request<Body>, Response<Body>>();
-    (context(Client::new(svc, "default"), now), ApiServer(handle))
+    let (client, api) = mock_client();
+    (context(client, now), api)
 }
 
+/// The requests a reconcile sends, as scenario steps on the shared mocked API server.
 impl ApiServer {
-    async fn next(&mut self) -> Call {
-        let (req, reply) = self
-            .0
-            .next_request()
-            .await
-            .expect("the reconciler stopped sending requests before the scenario ended");
-        let (parts, body) = req.into_parts();
-        let bytes = body.collect_bytes().await.expect("request body");
-        let body = if bytes.is_empty() {
-            Value::Null
-        } else {
-            serde_json::from_slice(&bytes).expect("JSON request body")
-        };
-        Call {
-            method: parts.method,
-            path: parts.uri.path().to_string(),
-            query: parts.uri.query().unwrap_or_default().to_string(),
-            body,
-            reply,
-        }
-    }
-
-    /// The next request must be `method path`.
-    async fn expect(&mut self, method: Method, path: &str) -> Call {
-        let call = self.next().await;
-        assert_eq!(
-            (&call.method, call.path.as_str()),
-            (&method, path),
-            "unexpected request {} {}?{} body {}",
-            call.method,
-            call.path,
-            call.query,
-            call.body
-        );
-        call
-    }
-
-    /// Asserts that nothing else was sent; call after the context (the client) is dropped.
-    async fn done(mut self) {
-        if let Some((req, _)) = self.0.next_request().await {
-            panic!("unexpected extra request {} {}", req.method(), req.uri());
-        }
-    }
-
     async fn get_node(&mut self) {
         let call = self
             .expect(Method::GET, &format!("/api/v1/nodes/{NODE}"))
@@ -666,7 +552,7 @@ async fn stale_agent_withdraws_the_slices_and_says_why() {
         (published.status.as_str(), published.reason.as_str()),
         ("False", "AgentStale")
     );
-    assert_eq!(published.last_transition_time, LATE);
+    assert_eq!(published.last_transition_time.0, t(LATE));
     let ready = status.condition("Ready").expect("Ready");
     assert_eq!(
         (ready.status.as_str(), ready.reason.as_str()),
@@ -794,7 +680,7 @@ async fn failed_apply_is_reported_in_the_status_and_retried_with_backoff() {
 async fn rejected_device_is_named_in_the_condition_and_an_event() {
     let mut node = mk_node();
     let mut bad = mk_device("mock7", Some(0));
-    bad.device_type = "gpu".into();
+    bad.device_type = Reported::Unknown("gpu".into());
     devices_mut(&mut node).push(bad);
     let ran = run(node, FRESH, |mut api| async move {
         api.get_node().await;

@@ -147,23 +147,10 @@ mod tests {
     use tokio_stream::StreamExt;
 
     use super::*;
-    use crate::inventory::{Device, DeviceType};
+    use crate::{inventory::Device, test_support::devices};
 
     fn device(sysfs_name: &str, numa_node: Option<u32>) -> Device {
-        Device {
-            name: sysfs_name.replace('_', "-"),
-            sysfs_name: sysfs_name.into(),
-            device_type: DeviceType::Pf,
-            uuid: "4e4f4445-312d-4e55-4d41-302d50460000".into(),
-            memory: 1 << 30,
-            pci_address: "0000:11:00.0".into(),
-            pcie_root: None,
-            numa_node,
-            physfn: None,
-            capabilities: 0,
-            status: 0,
-            fw_version: None,
-        }
+        devices::pf(sysfs_name).numa(numa_node).build()
     }
 
     fn reported(response: &NodeWatchResourcesResponse) -> Vec<(String, String)> {

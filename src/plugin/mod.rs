@@ -1,5 +1,6 @@
 //! The kubelet plugin: registration and DRA gRPC servers on Unix sockets (`server`,
-//! `registration`, `dra`) in front of the prepare/unprepare state machine (`prepare`).
+//! `registration`, `dra`, `health`) in front of the prepare/unprepare state machine
+//! (`prepare`), its metrics (`metrics`) and the production claim source (`claims`).
 //!
 //! The types here are the seam between the wire and the logic: the gRPC adapters turn v1 and
 //! v1beta1 messages into [`ClaimRef`]s, call a [`ClaimHandler`], and turn its answers back.
@@ -12,6 +13,7 @@ pub mod claims;
 pub mod dra;
 pub mod h2_authority;
 pub mod health;
+pub mod metrics;
 pub mod prepare;
 pub mod registration;
 pub mod server;
@@ -40,6 +42,21 @@ pub struct PreparedDevice {
     /// Fully qualified `vendor/class=name` CDI ids.
     pub cdi_device_ids: Vec<String>,
     pub share_id: Option<String>,
+}
+
+/// A claim prepared on this node, as the prepare state machine publishes it (the node agent
+/// writes these into `MockAccelNode.status.preparedClaims`).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct PreparedClaim {
+    pub uid: String,
+    pub namespace: String,
+    pub name: String,
+    /// DRA device names, each once.
+    pub devices: Vec<String>,
+    /// Fully qualified CDI device ids handed to the kubelet.
+    pub cdi_device_ids: Vec<String>,
+    /// RFC 3339 time of the prepare.
+    pub prepared_at: String,
 }
 
 /// Per-claim outcome, keyed by claim UID. An `Err` carries the message the kubelet shows.

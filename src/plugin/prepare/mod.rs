@@ -22,37 +22,38 @@
 //! Every call is serialized twice: an async mutex within the process and an exclusive lock on
 //! `<plugin dir>/serialize.lock` across processes (two node-agent pods during a rolling
 //! update). The checkpoint is read from disk at the start of every call, so either pod may be
-//! called. The planning steps are pure functions at the bottom of the module; the `Preparer`
-//! methods perform the I/O.
+//! called. The decisions are pure functions in [`plan`]; the `Preparer` methods here perform
+//! the I/O; [`PrepareError`] (in `error`) is the one error type; the metrics live in
+//! [`super::metrics`].
+
+mod error;
+mod plan;
 
 use std::{
-    collections::{BTreeSet, HashMap},
+    collections::HashMap,
     fs::{File, OpenOptions, TryLockError},
     path::{Path, PathBuf},
     sync::{Arc, Mutex},
     time::Instant,
 };
 
-use k8s_openapi::api::resource::v1::{AllocationResult, ResourceClaim};
-use prometheus_client::{
-    encoding::EncodeLabelSet,
-    metrics::{
-        counter::Counter,
-        family::Family,
-        gauge::Gauge,
-        histogram::{Histogram, exponential_buckets},
-    },
-    registry::{Registry, Unit},
-};
 use tokio::sync::watch;
 
+use self::plan::{
+    allocated_map, entry_claim, new_entry, prepared_devices, prepared_status, unique_devices,
+};
+pub use self::{
+    error::PrepareError,
+    plan::{Plan, PlannedDevice, check_claim, plan_devices},
+};
 use super::{
-    ClaimHandler, ClaimRef, ClaimSource, PrepareResults, PreparedDevice, UnprepareResults,
+    ClaimHandler, ClaimRef, ClaimSource, PrepareResults, PreparedClaim, PreparedDevice,
+    UnprepareResults, metrics::PrepareMetrics,
 };
 use crate::{
-    cdi::{self, CdiError},
-    checkpoint::{self, Checkpoint, CheckpointError, ClaimEntry, DeviceEntry, PrepareState},
-    crd::{PreparedClaimStatus, now_rfc3339},
+    cdi,
+    checkpoint::{self, Checkpoint, CheckpointError, ClaimEntry, PrepareState},
+    clock::now_rfc3339,
     inventory::Inventory,
     sysfs::{self, SysfsError},
 };
@@ -83,164 +84,6 @@ pub struct PreparerConfig {
     pub plugin_dir: PathBuf,
 }
 
-/// Why a claim could not be prepared or unprepared. The message is what the kubelet shows in
-/// the pod's events, so it names the claim and says what to do.
-#[derive(Debug, thiserror::Error)]
-pub enum PrepareError {
-    #[error("claim {claim}: reading the ResourceClaim failed: {reason}")]
-    Fetch { claim: String, reason: String },
-    #[error("claim {claim}: the ResourceClaim does not exist (deleted before the pod started)")]
-    ClaimNotFound { claim: String },
-    #[error(
-        "claim {claim}: the ResourceClaim now has uid {found}: the claim got replaced; the kubelet retries with the new claim"
-    )]
-    ClaimReplaced { claim: String, found: String },
-    #[error(
-        "claim {claim}: not allocated (status.allocation is empty); the scheduler has not allocated it yet"
-    )]
-    NotAllocated { claim: String },
-    #[error(
-        "claim {claim}: request {request} was allocated device {device} in pool {pool}, which belongs to another node (this is node {node})"
-    )]
-    OtherNode {
-        claim: String,
-        request: String,
-        device: String,
-        pool: String,
-        node: String,
-    },
-    #[error(
-        "claim {claim}: request {request} was allocated device {device}, which is not present on node {node} (removed since the allocation?); delete the pod so that the claim is allocated again"
-    )]
-    UnknownDevice {
-        claim: String,
-        request: String,
-        device: String,
-        node: String,
-    },
-    #[error(
-        "claim {claim}: device {device} was allocated from pool {pool}, but it is published in pool {actual}; the allocation is stale, delete the pod so that the claim is allocated again"
-    )]
-    PoolMismatch {
-        claim: String,
-        device: String,
-        pool: String,
-        actual: String,
-    },
-    #[error(
-        "claim {claim}: device {device} is already prepared for claim {holder}; refusing to hand it out twice (unprepare the other claim first)"
-    )]
-    AlreadyAllocated {
-        claim: String,
-        device: String,
-        holder: String,
-    },
-    #[error(
-        "claim {claim}: allocation config #{index} has no opaque configuration; this driver understands only opaque parameters"
-    )]
-    UnsupportedConfig { claim: String, index: usize },
-    #[error(
-        "claim {claim}: opaque parameters of config #{index} must be a JSON object, got {found}"
-    )]
-    InvalidConfig {
-        claim: String,
-        index: usize,
-        found: String,
-    },
-    #[error("claim {claim}: {source}")]
-    Checkpoint {
-        claim: String,
-        source: CheckpointError,
-    },
-    #[error("claim {claim}: status register: {source}")]
-    Register { claim: String, source: SysfsError },
-    #[error("claim {claim}: CDI spec: {source}")]
-    Cdi { claim: String, source: CdiError },
-    #[error("claim {claim}: releasing devices failed: {}", errors.join("; "))]
-    Release { claim: String, errors: Vec<String> },
-    #[error("{cause}; rolling back also failed ({rollback}), it is retried on the next call")]
-    RollbackFailed {
-        cause: Box<PrepareError>,
-        rollback: String,
-    },
-    #[error("{path}: {source} (is the plugin data directory writable by the node agent?)")]
-    Setup {
-        path: PathBuf,
-        source: std::io::Error,
-    },
-}
-
-/// Labels of the request counters.
-#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-pub struct OutcomeLabels {
-    /// `ok` or `error`.
-    pub outcome: &'static str,
-}
-
-/// Prepare and unprepare metrics, one observation per claim.
-#[derive(Clone, Debug)]
-pub struct PrepareMetrics {
-    pub prepare_requests: Family<OutcomeLabels, Counter>,
-    pub unprepare_requests: Family<OutcomeLabels, Counter>,
-    pub prepare_duration: Histogram,
-    pub unprepare_duration: Histogram,
-    pub prepared_claims: Gauge,
-}
-
-impl PrepareMetrics {
-    /// Creates the metrics and registers them into `registry` (whose prefix the caller sets).
-    pub fn register(registry: &mut Registry) -> Self {
-        // 100 µs .. ~3.3 s: a prepare is a few file writes, plus an API GET.
-        let buckets = || Histogram::new(exponential_buckets(0.0001, 2.0, 16));
-        let m = PrepareMetrics {
-            prepare_requests: Family::default(),
-            unprepare_requests: Family::default(),
-            prepare_duration: buckets(),
-            unprepare_duration: buckets(),
-            prepared_claims: Gauge::default(),
-        };
-        registry.register(
-            "prepare_requests",
-            "Claims prepared, by outcome",
-            m.prepare_requests.clone(),
-        );
-        registry.register(
-            "unprepare_requests",
-            "Claims unprepared, by outcome",
-            m.unprepare_requests.clone(),
-        );
-        registry.register_with_unit(
-            "prepare_duration",
-            "Time to prepare one claim",
-            Unit::Seconds,
-            m.prepare_duration.clone(),
-        );
-        registry.register_with_unit(
-            "unprepare_duration",
-            "Time to unprepare one claim",
-            Unit::Seconds,
-            m.unprepare_duration.clone(),
-        );
-        registry.register(
-            "prepared_claims",
-            "Claims currently prepared on this node",
-            m.prepared_claims.clone(),
-        );
-        m
-    }
-
-    fn observe(
-        family: &Family<OutcomeLabels, Counter>,
-        histogram: &Histogram,
-        ok: bool,
-        start: Instant,
-    ) {
-        let outcome = if ok { "ok" } else { "error" };
-        family.get_or_create(&OutcomeLabels { outcome }).inc();
-        histogram.observe(start.elapsed().as_secs_f64());
-    }
-}
-
 /// What a rollback or an unprepare writes back into the registers prepare changed.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Release {
@@ -263,7 +106,7 @@ pub struct Preparer<S: ClaimSource> {
     metrics: PrepareMetrics,
     /// Serializes calls within the process (the file lock does it across processes).
     serial: tokio::sync::Mutex<()>,
-    prepared: watch::Sender<Vec<PreparedClaimStatus>>,
+    prepared: watch::Sender<Vec<PreparedClaim>>,
     /// DRA device name → `namespace/name` of the claim holding it.
     allocated: Mutex<HashMap<String, String>>,
 }
@@ -312,7 +155,7 @@ impl<S: ClaimSource> Preparer<S> {
 
     /// Prepared claims, for `MockAccelNode.status.preparedClaims`; changes on every prepare
     /// and unprepare that changes the set.
-    pub fn subscribe(&self) -> watch::Receiver<Vec<PreparedClaimStatus>> {
+    pub fn subscribe(&self) -> watch::Receiver<Vec<PreparedClaim>> {
         self.prepared.subscribe()
     }
 
@@ -693,16 +536,10 @@ impl<S: ClaimSource> ClaimHandler for Preparer<S> {
             Err(message) => {
                 // Fail closed: without the record, a device could be handed out twice.
                 tracing::error!(error = %message, "refusing to prepare");
-                let m = &self.metrics;
                 return claims
                     .into_iter()
                     .map(|c| {
-                        PrepareMetrics::observe(
-                            &m.prepare_requests,
-                            &m.prepare_duration,
-                            false,
-                            Instant::now(),
-                        );
+                        self.metrics.prepared(false, Instant::now());
                         (c.uid, Err(message.clone()))
                     })
                     .collect();
@@ -713,13 +550,7 @@ impl<S: ClaimSource> ClaimHandler for Preparer<S> {
         for claim in claims {
             let start = Instant::now();
             let outcome = self.prepare_claim(&mut cp, &inventory, &claim).await;
-            let m = &self.metrics;
-            PrepareMetrics::observe(
-                &m.prepare_requests,
-                &m.prepare_duration,
-                outcome.is_ok(),
-                start,
-            );
+            self.metrics.prepared(outcome.is_ok(), start);
             match &outcome {
                 Ok(devices) => tracing::info!(claim = %claim, devices = devices.len(), "prepared"),
                 Err(e) => tracing::warn!(claim = %claim, error = %e, "prepare failed"),
@@ -752,13 +583,7 @@ impl<S: ClaimSource> ClaimHandler for Preparer<S> {
                     .map_err(|e| e.to_string()),
                 Ok(Err(e)) => Err(format!("claim {claim}: {e}")),
             };
-            let m = &self.metrics;
-            PrepareMetrics::observe(
-                &m.unprepare_requests,
-                &m.unprepare_duration,
-                outcome.is_ok(),
-                start,
-            );
+            self.metrics.unprepared(outcome.is_ok(), start);
             match &outcome {
                 Ok(()) => tracing::info!(claim = %claim, "unprepared"),
                 Err(e) => tracing::warn!(claim = %claim, error = %e, "unprepare failed"),
@@ -785,432 +610,37 @@ fn open_lock_file(path: &Path) -> Result<File, PrepareError> {
         })
 }
 
-fn entry_claim(entry: &ClaimEntry) -> String {
-    format!("{}/{} (uid {})", entry.namespace, entry.name, entry.uid)
-}
-
-// ---- Pure planning ---------------------------------------------------------------------
-
-/// One allocation result of this driver, checked against this node.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct PlannedDevice {
-    pub device: String,
-    pub sysfs_name: String,
-    pub pool: String,
-    /// Base request name (`main` for `main/sub`).
-    pub request_name: String,
-    pub admin_access: bool,
-    pub share_id: Option<String>,
-}
-
-/// What preparing a claim takes.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub struct Plan {
-    /// One per allocation result of this driver, in allocation order.
-    pub devices: Vec<PlannedDevice>,
-    /// Opaque parameter keys given for this driver, which it does not define.
-    pub ignored_parameters: Vec<String>,
-}
-
-impl Plan {
-    /// Sysfs names of the registers this prepare writes: each non-admin device once.
-    pub fn register_writes(&self) -> Vec<&str> {
-        let mut seen = BTreeSet::new();
-        self.devices
-            .iter()
-            .filter(|d| !d.admin_access && seen.insert(d.sysfs_name.as_str()))
-            .map(|d| d.sysfs_name.as_str())
-            .collect()
-    }
-}
-
-/// The Go helper's checks on a fetched claim: same UID as the kubelet asked for, allocated.
-pub fn check_claim<'a>(
-    claim: &ClaimRef,
-    found: &'a ResourceClaim,
-) -> Result<&'a AllocationResult, PrepareError> {
-    let uid = found.metadata.uid.as_deref().unwrap_or_default();
-    if uid != claim.uid {
-        return Err(PrepareError::ClaimReplaced {
-            claim: claim.to_string(),
-            found: uid.to_string(),
-        });
-    }
-    found
-        .status
-        .as_ref()
-        .and_then(|s| s.allocation.as_ref())
-        .ok_or_else(|| PrepareError::NotAllocated {
-            claim: claim.to_string(),
-        })
-}
-
-/// Checks this driver's allocation results against the node and the claims already prepared.
-pub fn plan_devices(
-    claim: &ClaimRef,
-    allocation: &AllocationResult,
-    driver: &str,
-    node: &str,
-    inventory: &Inventory,
-    prepared: &Checkpoint,
-) -> Result<Plan, PrepareError> {
-    let claim_name = claim.to_string();
-    let devices = allocation.devices.as_ref();
-    let mut plan = Plan::default();
-
-    for (index, config) in devices
-        .and_then(|d| d.config.as_ref())
-        .into_iter()
-        .flatten()
-        .enumerate()
-    {
-        let Some(opaque) = &config.opaque else {
-            return Err(PrepareError::UnsupportedConfig {
-                claim: claim_name,
-                index,
-            });
-        };
-        if opaque.driver != driver {
-            continue;
-        }
-        match &opaque.parameters.0 {
-            serde_json::Value::Object(map) => plan.ignored_parameters.extend(map.keys().cloned()),
-            serde_json::Value::Null => {}
-            other => {
-                return Err(PrepareError::InvalidConfig {
-                    claim: claim_name,
-                    index,
-                    found: json_kind(other).to_string(),
-                });
-            }
-        }
-    }
-
-    let node_prefix = format!("{node}/");
-    let results = devices
-        .and_then(|d| d.results.as_ref())
-        .into_iter()
-        .flatten();
-    for result in results.filter(|r| r.driver == driver) {
-        if !result.pool.starts_with(&node_prefix) {
-            return Err(PrepareError::OtherNode {
-                claim: claim_name,
-                request: result.request.clone(),
-                device: result.device.clone(),
-                pool: result.pool.clone(),
-                node: node.to_string(),
-            });
-        }
-        let Some(device) = inventory.get(&result.device) else {
-            return Err(PrepareError::UnknownDevice {
-                claim: claim_name,
-                request: result.request.clone(),
-                device: result.device.clone(),
-                node: node.to_string(),
-            });
-        };
-        let actual = device.pool(node);
-        if actual != result.pool {
-            return Err(PrepareError::PoolMismatch {
-                claim: claim_name,
-                device: result.device.clone(),
-                pool: result.pool.clone(),
-                actual,
-            });
-        }
-        let admin_access = result.admin_access.unwrap_or(false);
-        if !admin_access && let Some(holder) = holder_of(prepared, &device.name, &claim.uid) {
-            return Err(PrepareError::AlreadyAllocated {
-                claim: claim_name,
-                device: device.name.clone(),
-                holder,
-            });
-        }
-        plan.devices.push(PlannedDevice {
-            device: device.name.clone(),
-            sysfs_name: device.sysfs_name.clone(),
-            pool: result.pool.clone(),
-            request_name: base_request(&result.request).to_string(),
-            admin_access,
-            share_id: result.share_id.clone(),
-        });
-    }
-    Ok(plan)
-}
-
-/// The claim (other than `uid`) holding `device` without admin access, as `ns/name (uid …)`.
-fn holder_of(prepared: &Checkpoint, device: &str, uid: &str) -> Option<String> {
-    prepared
-        .claims
-        .values()
-        .filter(|e| e.uid != uid)
-        .find(|e| {
-            e.devices
-                .iter()
-                .any(|d| d.device == device && !d.admin_access)
-        })
-        .map(entry_claim)
-}
-
-/// `main` for a `main/sub` request reference.
-fn base_request(request: &str) -> &str {
-    request.split_once('/').map_or(request, |(main, _)| main)
-}
-
-fn json_kind(v: &serde_json::Value) -> &'static str {
-    match v {
-        serde_json::Value::Null => "null",
-        serde_json::Value::Bool(_) => "a boolean",
-        serde_json::Value::Number(_) => "a number",
-        serde_json::Value::String(_) => "a string",
-        serde_json::Value::Array(_) => "an array",
-        serde_json::Value::Object(_) => "an object",
-    }
-}
-
-/// The `PrepareStarted` record of `plan`; `previous` holds the register values read for
-/// `plan.register_writes()`.
-fn new_entry(
-    claim: &ClaimRef,
-    plan: &Plan,
-    previous: &HashMap<String, u32>,
-    driver: &str,
-    now: &str,
-) -> ClaimEntry {
-    let mut recorded = BTreeSet::new();
-    let devices: Vec<DeviceEntry> = plan
-        .devices
-        .iter()
-        .map(|d| {
-            // Only the first ordinary result of a device writes its register.
-            let writes = !d.admin_access && recorded.insert(d.sysfs_name.clone());
-            DeviceEntry {
-                device: d.device.clone(),
-                sysfs_name: d.sysfs_name.clone(),
-                pool: d.pool.clone(),
-                request_names: vec![d.request_name.clone()],
-                admin_access: d.admin_access,
-                share_id: d.share_id.clone(),
-                register_previous: if writes {
-                    previous.get(&d.sysfs_name).copied()
-                } else {
-                    None
-                },
-            }
-        })
-        .collect();
-    let mut entry = ClaimEntry {
-        uid: claim.uid.clone(),
-        namespace: claim.namespace.clone(),
-        name: claim.name.clone(),
-        state: PrepareState::PrepareStarted,
-        devices,
-        cdi_device_ids: Vec::new(),
-        prepared_at: now.to_string(),
-    };
-    entry.cdi_device_ids = unique_devices(&entry)
-        .map(|d| cdi::qualified_device_id(driver, &claim.uid, &d.device))
-        .collect();
-    entry
-}
-
-/// The entry's devices, each DRA device once, in allocation order.
-fn unique_devices(entry: &ClaimEntry) -> impl Iterator<Item = &DeviceEntry> {
-    let mut seen = BTreeSet::new();
-    entry
-        .devices
-        .iter()
-        .filter(move |d| seen.insert(d.device.as_str()))
-}
-
-/// The kubelet's answer for a prepared claim: one device per allocation result.
-fn prepared_devices(driver: &str, entry: &ClaimEntry) -> Vec<PreparedDevice> {
-    entry
-        .devices
-        .iter()
-        .map(|d| PreparedDevice {
-            request_names: d.request_names.clone(),
-            pool_name: d.pool.clone(),
-            device_name: d.device.clone(),
-            cdi_device_ids: vec![cdi::qualified_device_id(driver, &entry.uid, &d.device)],
-            share_id: d.share_id.clone(),
-        })
-        .collect()
-}
-
-/// Completed claims for `MockAccelNode.status`, sorted by namespace and name.
-fn prepared_status(cp: &Checkpoint) -> Vec<PreparedClaimStatus> {
-    let mut out: Vec<PreparedClaimStatus> = cp
-        .claims
-        .values()
-        .filter(|e| e.state == PrepareState::PrepareCompleted)
-        .map(|e| PreparedClaimStatus {
-            uid: e.uid.clone(),
-            namespace: e.namespace.clone(),
-            name: e.name.clone(),
-            devices: unique_devices(e).map(|d| d.device.clone()).collect(),
-            cdi_device_ids: e.cdi_device_ids.clone(),
-            prepared_at: e.prepared_at.clone(),
-        })
-        .collect();
-    out.sort_by(|a, b| (&a.namespace, &a.name, &a.uid).cmp(&(&b.namespace, &b.name, &b.uid)));
-    out
-}
-
-fn allocated_map(cp: &Checkpoint) -> HashMap<String, String> {
-    cp.claims
-        .values()
-        .flat_map(|e| {
-            e.devices
-                .iter()
-                .filter(|d| !d.admin_access)
-                .map(move |d| (d.device.clone(), e.claim_key()))
-        })
-        .collect()
-}
-
 #[cfg(test)]
 mod tests {
-    use std::sync::atomic::{AtomicUsize, Ordering};
-
-    use k8s_openapi::{
-        api::resource::v1::{
-            DeviceAllocationConfiguration, DeviceAllocationResult, DeviceRequestAllocationResult,
-            OpaqueDeviceConfiguration, ResourceClaimStatus,
-        },
-        apimachinery::pkg::{apis::meta::v1::ObjectMeta, runtime::RawExtension},
-    };
+    use k8s_openapi::api::resource::v1::ResourceClaim;
+    use prometheus_client::registry::Registry;
     use tempfile::TempDir;
 
     use super::*;
-    use crate::inventory::{Device, DeviceType};
-
-    const DRIVER: &str = "mock-accel.example.com";
-    const NODE: &str = "node1";
-    const NS: &str = "default";
-
-    // ---- fixtures: claims ----
-
-    /// The API server as a map; counts GETs.
-    #[derive(Default)]
-    struct MapSource {
-        claims: Mutex<HashMap<(String, String), ResourceClaim>>,
-        gets: AtomicUsize,
-    }
-
-    impl MapSource {
-        fn put(&self, claim: ResourceClaim) {
-            let key = (
-                claim.metadata.namespace.clone().unwrap(),
-                claim.metadata.name.clone().unwrap(),
-            );
-            self.claims.lock().unwrap().insert(key, claim);
-        }
-    }
-
-    impl ClaimSource for Arc<MapSource> {
-        async fn get(&self, namespace: &str, name: &str) -> Result<Option<ResourceClaim>, String> {
-            self.gets.fetch_add(1, Ordering::SeqCst);
-            let key = (namespace.to_string(), name.to_string());
-            Ok(self.claims.lock().unwrap().get(&key).cloned())
-        }
-    }
-
-    fn result(request: &str, device: &str, pool: &str) -> DeviceRequestAllocationResult {
-        DeviceRequestAllocationResult {
-            driver: DRIVER.into(),
-            request: request.into(),
-            device: device.into(),
-            pool: pool.into(),
-            ..Default::default()
-        }
-    }
-
-    fn admin(mut r: DeviceRequestAllocationResult) -> DeviceRequestAllocationResult {
-        r.admin_access = Some(true);
-        r
-    }
-
-    fn foreign(mut r: DeviceRequestAllocationResult) -> DeviceRequestAllocationResult {
-        r.driver = "gpu.example.com".into();
-        r
-    }
-
-    fn claim_meta(uid: &str, name: &str) -> ObjectMeta {
-        ObjectMeta {
-            name: Some(name.into()),
-            namespace: Some(NS.into()),
-            uid: Some(uid.into()),
-            ..Default::default()
-        }
-    }
-
-    fn allocated(
-        uid: &str,
-        name: &str,
-        results: Vec<DeviceRequestAllocationResult>,
-    ) -> ResourceClaim {
-        with_config(uid, name, results, Vec::new())
-    }
-
-    fn with_config(
-        uid: &str,
-        name: &str,
-        results: Vec<DeviceRequestAllocationResult>,
-        config: Vec<DeviceAllocationConfiguration>,
-    ) -> ResourceClaim {
-        ResourceClaim {
-            metadata: claim_meta(uid, name),
-            spec: Default::default(),
-            status: Some(ResourceClaimStatus {
-                allocation: Some(AllocationResult {
-                    devices: Some(DeviceAllocationResult {
-                        results: Some(results),
-                        config: (!config.is_empty()).then_some(config),
-                    }),
-                    ..Default::default()
-                }),
-                ..Default::default()
-            }),
-        }
-    }
-
-    fn opaque(driver: &str, parameters: serde_json::Value) -> DeviceAllocationConfiguration {
-        DeviceAllocationConfiguration {
-            source: "FromClaim".into(),
-            requests: None,
-            opaque: Some(OpaqueDeviceConfiguration {
-                driver: driver.into(),
-                parameters: RawExtension(parameters),
-            }),
-        }
-    }
-
-    fn cref(uid: &str, name: &str) -> ClaimRef {
-        ClaimRef {
-            namespace: NS.into(),
-            uid: uid.into(),
-            name: name.into(),
-        }
-    }
+    use crate::{
+        checkpoint::DeviceEntry,
+        inventory::{Device, DeviceType},
+        test_support::{
+            claims::{
+                ClaimMap, DRIVER, NODE, NS, admin, allocated, claim_meta, cref, foreign, opaque,
+                result, with_config,
+            },
+            devices,
+        },
+    };
 
     // ---- fixtures: a node ----
 
+    /// Device `n` of the test node: 2 GiB at `0000:11:00.<n>`, register last read as 1.
     fn device(sysfs: &str, device_type: DeviceType, numa: Option<u32>, n: u8) -> Device {
-        Device {
-            name: crate::inventory::dra_device_name(sysfs).unwrap(),
-            sysfs_name: sysfs.into(),
-            device_type,
-            uuid: format!("4e4f4445-312d-4e55-4d41-30000000000{n}"),
-            memory: 2 << 30,
-            pci_address: format!("0000:11:00.{n}"),
-            pcie_root: Some("pci0000:10".into()),
-            numa_node: numa,
-            physfn: None,
-            capabilities: 1,
-            status: 1,
-            fw_version: None,
-        }
+        devices::pf(sysfs)
+            .device_type(device_type)
+            .uuid(format!("4e4f4445-312d-4e55-4d41-30000000000{n}"))
+            .memory(2 << 30)
+            .pci_address(format!("0000:11:00.{n}"))
+            .numa(numa)
+            .status(1)
+            .build()
     }
 
     /// A temp dir with a sysfs tree (status and dev attributes), a /dev with nodes for some
@@ -1220,7 +650,7 @@ mod tests {
         _tmp: TempDir,
         config: PreparerConfig,
         inventory: watch::Sender<Arc<Inventory>>,
-        source: Arc<MapSource>,
+        source: ClaimMap,
         registry: Registry,
     }
 
@@ -1258,12 +688,12 @@ mod tests {
                 _tmp: tmp,
                 config,
                 inventory,
-                source: Arc::default(),
+                source: ClaimMap::default(),
                 registry: Registry::default(),
             }
         }
 
-        fn preparer(&mut self) -> Preparer<Arc<MapSource>> {
+        fn preparer(&mut self) -> Preparer<ClaimMap> {
             let metrics = PrepareMetrics::register(&mut self.registry);
             Preparer::new(
                 self.config.clone(),
@@ -1308,7 +738,7 @@ mod tests {
     }
 
     async fn prepare_one(
-        p: &Preparer<Arc<MapSource>>,
+        p: &Preparer<ClaimMap>,
         c: ClaimRef,
     ) -> Result<Vec<PreparedDevice>, String> {
         let uid = c.uid.clone();
@@ -1317,7 +747,7 @@ mod tests {
         results.remove(&uid).unwrap()
     }
 
-    async fn unprepare_one(p: &Preparer<Arc<MapSource>>, c: ClaimRef) -> Result<(), String> {
+    async fn unprepare_one(p: &Preparer<ClaimMap>, c: ClaimRef) -> Result<(), String> {
         let uid = c.uid.clone();
         let mut results = p.unprepare(vec![c]).await;
         assert_eq!(results.len(), 1);
@@ -1485,11 +915,7 @@ mod tests {
         assert_eq!(node.register("mock0"), 42);
         assert_eq!(node.spec("u1").unwrap(), spec);
         assert_eq!(node.checkpoint(), recorded);
-        assert_eq!(
-            node.source.gets.load(Ordering::SeqCst),
-            2,
-            "the claim is fetched every time"
-        );
+        assert_eq!(node.source.gets(), 2, "the claim is fetched every time");
 
         // The same claim twice in one request: both entries answered, the same devices.
         let results = p.prepare(vec![cref("u1", "c1"), cref("u1", "c1")]).await;
@@ -1528,12 +954,7 @@ mod tests {
     }
 
     /// A refused claim leaves no trace: register, CDI dir and checkpoint as before.
-    async fn assert_refused(
-        node: &TestNode,
-        p: &Preparer<Arc<MapSource>>,
-        c: ClaimRef,
-        needle: &str,
-    ) {
+    async fn assert_refused(node: &TestNode, p: &Preparer<ClaimMap>, c: ClaimRef, needle: &str) {
         let before = node.checkpoint();
         let err = prepare_one(p, c.clone()).await.unwrap_err();
         assert!(err.contains(needle), "{err}");
@@ -2019,75 +1440,5 @@ mod tests {
             unprepare_one(&b, winner).await.unwrap();
             assert!(node.checkpoint().claims.is_empty());
         }
-    }
-
-    // ---- pure planning ----
-
-    #[test]
-    fn plan_records_base_requests_admin_access_and_one_register_write_per_device() {
-        let devices = vec![
-            device("mock0", DeviceType::Pf, Some(0), 0),
-            device("mock1", DeviceType::Pf, Some(1), 2),
-        ];
-        let inventory = Inventory::new(devices);
-        let claim = allocated(
-            "u",
-            "c",
-            vec![
-                result("main/sub", "mock0", "node1/numa0"),
-                result("again", "mock0", "node1/numa0"),
-                admin(result("watch", "mock1", "node1/numa1")),
-            ],
-        );
-        let c = cref("u", "c");
-        let allocation = check_claim(&c, &claim).unwrap();
-        let plan = plan_devices(
-            &c,
-            allocation,
-            DRIVER,
-            NODE,
-            &inventory,
-            &Checkpoint::default(),
-        )
-        .unwrap();
-        let requests: Vec<_> = plan
-            .devices
-            .iter()
-            .map(|d| d.request_name.as_str())
-            .collect();
-        assert_eq!(requests, vec!["main", "again", "watch"]);
-        assert_eq!(plan.register_writes(), vec!["mock0"]);
-
-        let previous = HashMap::from([("mock0".to_string(), 3)]);
-        let entry = new_entry(&c, &plan, &previous, DRIVER, "t");
-        let regs: Vec<_> = entry.devices.iter().map(|d| d.register_previous).collect();
-        assert_eq!(regs, vec![Some(3), None, None]);
-        assert_eq!(
-            entry.cdi_device_ids,
-            vec![
-                "mock-accel.example.com/accel=u-mock0",
-                "mock-accel.example.com/accel=u-mock1"
-            ]
-        );
-        let answer = prepared_devices(DRIVER, &entry);
-        assert_eq!(answer.len(), 3, "one device per allocation result");
-        assert_eq!(answer[1].cdi_device_ids, answer[0].cdi_device_ids);
-    }
-
-    #[test]
-    fn numa_none_devices_live_in_the_numa_none_pool() {
-        let inventory = Inventory::new(vec![device("mock5", DeviceType::Pf, None, 5)]);
-        let c = cref("u", "c");
-        let claim = allocated("u", "c", vec![result("r", "mock5", "node1/numa-none")]);
-        let plan = plan_devices(
-            &c,
-            check_claim(&c, &claim).unwrap(),
-            DRIVER,
-            NODE,
-            &inventory,
-            &Checkpoint::default(),
-        )
-        .unwrap();
-        assert_eq!(plan.devices[0].pool, "node1/numa-none");
     }
 }

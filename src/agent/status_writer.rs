@@ -1,0 +1,520 @@
+//! Applies the node agent's share of `MockAccelNode.status`: creates the node's object
+//! (owned by the Node) on the first write, then server-side applies the status computed by
+//! [`super::status::agent_status`] whenever the inputs change or a heartbeat is due, retrying
+//! failed writes with the shared [`Backoff`].
+
+use std::time::Duration;
+
+use jiff::Timestamp;
+use k8s_openapi::{api::core::v1::Node, apimachinery::pkg::apis::meta::v1::OwnerReference};
+use kube::{
+    Api, Client, Resource,
+    api::{Patch, PatchParams},
+};
+use serde_json::json;
+use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
+
+use super::{
+    discovery::Discovered,
+    metrics::AgentMetrics,
+    status::{AgentReport, agent_status},
+};
+use crate::{
+    backoff::Backoff,
+    crd::{AGENT_FIELD_MANAGER, Condition, MockAccelNode, MockAccelNodeSpec},
+    plugin::{PreparedClaim, registration::RegistrationState},
+    telemetry::Readiness,
+};
+
+/// First retry delay after a failed write; doubles up to [`RETRY_MAX`].
+const RETRY_FIRST: Duration = Duration::from_millis(500);
+const RETRY_MAX: Duration = Duration::from_secs(10);
+
+/// Applies the agent's share of `MockAccelNode.status`.
+pub struct StatusWriter {
+    api: Api<MockAccelNode>,
+    nodes: Api<Node>,
+    node: String,
+    heartbeat: Duration,
+    metrics: AgentMetrics,
+    ready: Readiness,
+}
+
+impl StatusWriter {
+    /// A writer for `node`'s object that re-applies an unchanged status every `heartbeat`, and
+    /// sets `ready` to whether the kubelet confirmed the plugin after each successful apply.
+    pub fn new(
+        client: Client,
+        node: String,
+        heartbeat: Duration,
+        metrics: AgentMetrics,
+        ready: Readiness,
+    ) -> Self {
+        StatusWriter {
+            api: Api::all(client.clone()),
+            nodes: Api::all(client),
+            node,
+            heartbeat,
+            metrics,
+            ready,
+        }
+    }
+
+    /// Runs until `shutdown` or until one of the inputs is closed.
+    pub async fn run(
+        self,
+        mut discovered: watch::Receiver<Discovered>,
+        mut prepared: watch::Receiver<Vec<PreparedClaim>>,
+        mut registration: watch::Receiver<RegistrationState>,
+        shutdown: CancellationToken,
+    ) {
+        let mut created = false;
+        let mut conditions: Option<Vec<Condition>> = None;
+        let mut last: Option<AgentReport> = None;
+        let mut last_write = tokio::time::Instant::now();
+        let mut backoff = Backoff::new(RETRY_FIRST, RETRY_MAX);
+        let mut retry_in = None;
+        loop {
+            let report = {
+                let d = discovered.borrow_and_update().clone();
+                let reg = registration.borrow_and_update().clone();
+                AgentReport {
+                    inventory: (*d.inventory).clone(),
+                    scan_warnings: d.warnings,
+                    prepared: prepared.borrow_and_update().clone(),
+                    plugin_registered: reg.registered,
+                    registration_error: (!reg.error.is_empty()).then_some(reg.error),
+                }
+            };
+            self.metrics.observe_devices(&report);
+            let due = last.as_ref() != Some(&report) || last_write.elapsed() >= self.heartbeat;
+            if due {
+                let result = async {
+                    if !created {
+                        self.ensure_object().await?;
+                        created = true;
+                    }
+                    self.apply_status(&report, &mut conditions).await
+                }
+                .await;
+                match result {
+                    Ok(()) => {
+                        self.metrics.status_written(true);
+                        self.ready.set(report.plugin_registered);
+                        last = Some(report);
+                        last_write = tokio::time::Instant::now();
+                        backoff.reset();
+                        retry_in = None;
+                    }
+                    Err(e) => {
+                        self.metrics.status_written(false);
+                        let delay = backoff.next_delay();
+                        tracing::warn!(node = %self.node, error = %e, retry_in = ?delay,
+                            "writing MockAccelNode status failed");
+                        created = false;
+                        retry_in = Some(delay);
+                    }
+                }
+            }
+            let wait = match retry_in.take() {
+                Some(delay) => delay,
+                None => self.heartbeat.saturating_sub(last_write.elapsed()),
+            };
+            tokio::select! {
+                _ = shutdown.cancelled() => return,
+                _ = tokio::time::sleep(wait) => {},
+                r = discovered.changed() => if r.is_err() { return },
+                r = prepared.changed() => if r.is_err() { return },
+                r = registration.changed() => if r.is_err() { return },
+            }
+        }
+    }
+
+    /// Creates the node's object (owned by the Node, so it goes when the Node goes).
+    async fn ensure_object(&self) -> Result<(), kube::Error> {
+        let node = self.nodes.get(&self.node).await?;
+        let owner = OwnerReference {
+            api_version: "v1".into(),
+            kind: "Node".into(),
+            name: self.node.clone(),
+            uid: node.metadata.uid.unwrap_or_default(),
+            controller: Some(true),
+            block_owner_deletion: None,
+        };
+        let obj = json!({
+            "apiVersion": MockAccelNode::api_version(&()),
+            "kind": MockAccelNode::kind(&()),
+            "metadata": { "name": self.node, "ownerReferences": [owner] },
+            "spec": MockAccelNodeSpec { node_name: self.node.clone() },
+        });
+        self.api
+            .patch(
+                &self.node,
+                &PatchParams::apply(AGENT_FIELD_MANAGER).force(),
+                &Patch::Apply(obj),
+            )
+            .await?;
+        Ok(())
+    }
+
+    /// `conditions` caches the conditions the API server returned for the last apply, so a
+    /// heartbeat costs one request; it is read from the server only when unknown (first write,
+    /// or after a failure).
+    async fn apply_status(
+        &self,
+        report: &AgentReport,
+        conditions: &mut Option<Vec<Condition>>,
+    ) -> Result<(), kube::Error> {
+        if conditions.is_none() {
+            let current = self.api.get_status(&self.node).await?;
+            *conditions = Some(
+                current
+                    .status
+                    .and_then(|s| s.conditions)
+                    .unwrap_or_default(),
+            );
+        }
+        let previous = conditions.take();
+        let status = agent_status(
+            &self.node,
+            report,
+            env!("CARGO_PKG_VERSION"),
+            Timestamp::now(),
+            previous.as_deref(),
+        );
+        let patch = json!({
+            "apiVersion": MockAccelNode::api_version(&()),
+            "kind": MockAccelNode::kind(&()),
+            "status": status,
+        });
+        let applied = self
+            .api
+            .patch_status(
+                &self.node,
+                &PatchParams::apply(AGENT_FIELD_MANAGER).force(),
+                &Patch::Apply(patch),
+            )
+            .await?;
+        *conditions = Some(
+            applied
+                .status
+                .and_then(|s| s.conditions)
+                .unwrap_or_default(),
+        );
+        tracing::debug!(node = %self.node, devices = report.inventory.devices.len(),
+            prepared = report.prepared.len(), registered = report.plugin_registered, "status applied");
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    //! The writer against the shared mocked API server, on tokio's paused clock: every request
+    //! is asserted in order, and the times between them are the writer's own timers.
+
+    use std::sync::Arc;
+
+    use http::Method;
+    use prometheus_client::{encoding::text::encode, registry::Registry};
+    use serde_json::{Value, json};
+    use tokio::{task::JoinHandle, time::Instant};
+
+    use super::*;
+    use crate::{
+        inventory::Inventory,
+        test_support::{
+            api::{ApiServer, Call, mock_client},
+            devices,
+        },
+    };
+
+    const NODE: &str = "node1";
+    const NODE_UID: &str = "node-uid-1";
+    const OBJECT: &str = "/apis/mock-accel.example.com/v1alpha1/mockaccelnodes/node1";
+    const HEARTBEAT: Duration = Duration::from_secs(10);
+
+    /// The writer's inputs and outputs, with the writer running.
+    struct Agent {
+        discovered: watch::Sender<Discovered>,
+        registration: watch::Sender<RegistrationState>,
+        _prepared: watch::Sender<Vec<PreparedClaim>>,
+        ready: Readiness,
+        registry: Registry,
+        shutdown: CancellationToken,
+        task: JoinHandle<()>,
+    }
+
+    fn discovered(n: usize) -> Discovered {
+        let devices = (0..n)
+            .map(|i| devices::pf(&format!("mock{i}")).numa(Some(0)).build())
+            .collect();
+        Discovered {
+            inventory: Arc::new(Inventory::new(devices)),
+            warnings: Vec::new(),
+        }
+    }
+
+    fn start(devices: usize, registered: bool) -> (Agent, ApiServer) {
+        let (client, api) = mock_client();
+        let mut registry = Registry::default();
+        let metrics = AgentMetrics::register(&mut registry);
+        let ready = Readiness::default();
+        let (discovered_tx, discovered_rx) = watch::channel(discovered(devices));
+        let (prepared_tx, prepared_rx) = watch::channel(Vec::new());
+        let (registration_tx, registration_rx) = watch::channel(RegistrationState {
+            registered,
+            error: String::new(),
+        });
+        let shutdown = CancellationToken::new();
+        let writer = StatusWriter::new(client, NODE.into(), HEARTBEAT, metrics, ready.clone());
+        let task = tokio::spawn(writer.run(
+            discovered_rx,
+            prepared_rx,
+            registration_rx,
+            shutdown.clone(),
+        ));
+        let agent = Agent {
+            discovered: discovered_tx,
+            registration: registration_tx,
+            _prepared: prepared_tx,
+            ready,
+            registry,
+            shutdown,
+            task,
+        };
+        (agent, api)
+    }
+
+    impl Agent {
+        async fn stop(self, api: ApiServer) {
+            self.shutdown.cancel();
+            self.task.await.expect("the writer ends cleanly");
+            api.done().await;
+        }
+
+        fn metrics(&self) -> String {
+            let mut text = String::new();
+            encode(&mut text, &self.registry).expect("encodable metrics");
+            text
+        }
+    }
+
+    /// Every apply is a forced server-side apply by the agent's field manager.
+    fn assert_agent_apply(call: &Call) {
+        assert_eq!(
+            call.param("fieldManager").as_deref(),
+            Some(AGENT_FIELD_MANAGER)
+        );
+        assert_eq!(call.param("force").as_deref(), Some("true"));
+        assert_eq!(call.body["kind"], "MockAccelNode");
+    }
+
+    fn object(status: Value) -> Value {
+        json!({
+            "apiVersion": "mock-accel.example.com/v1alpha1", "kind": "MockAccelNode",
+            "metadata": { "name": NODE, "uid": "man-uid-1", "resourceVersion": "5" },
+            "spec": { "nodeName": NODE },
+            "status": status,
+        })
+    }
+
+    async fn get_node(api: &mut ApiServer) {
+        let call = api
+            .expect(Method::GET, &format!("/api/v1/nodes/{NODE}"))
+            .await;
+        call.ok(&json!({
+            "apiVersion": "v1", "kind": "Node",
+            "metadata": { "name": NODE, "uid": NODE_UID },
+        }));
+    }
+
+    /// The object's creation: named after the node, owned (and garbage-collected) by it.
+    async fn apply_object(api: &mut ApiServer) {
+        let call = api.expect(Method::PATCH, OBJECT).await;
+        assert_agent_apply(&call);
+        let owner = &call.body["metadata"]["ownerReferences"][0];
+        assert_eq!(
+            (
+                &owner["kind"],
+                &owner["name"],
+                &owner["uid"],
+                &owner["controller"]
+            ),
+            (&json!("Node"), &json!(NODE), &json!(NODE_UID), &json!(true))
+        );
+        assert_eq!(call.body["spec"]["nodeName"], NODE);
+        call.ok(&object(json!({})));
+    }
+
+    /// The status read that seeds the condition cache; answers `conditions`.
+    async fn get_status(api: &mut ApiServer, conditions: Value) {
+        let call = api.expect(Method::GET, &format!("{OBJECT}/status")).await;
+        call.ok(&object(json!({ "conditions": conditions })));
+    }
+
+    /// A status apply; answers as the API server would and returns the applied status.
+    async fn apply_status(api: &mut ApiServer) -> Value {
+        let call = api.expect(Method::PATCH, &format!("{OBJECT}/status")).await;
+        assert_agent_apply(&call);
+        let status = call.body["status"].clone();
+        assert!(
+            status["pools"].is_null(),
+            "pools belong to the controller: {status}"
+        );
+        call.ok(&object(status.clone()));
+        status
+    }
+
+    fn condition<'a>(status: &'a Value, type_: &str) -> &'a Value {
+        status["conditions"]
+            .as_array()
+            .and_then(|cs| cs.iter().find(|c| c["type"] == type_))
+            .unwrap_or_else(|| panic!("no condition {type_} in {status}"))
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn the_first_write_creates_the_object_then_applies_the_status() {
+        let (agent, mut api) = start(2, true);
+        get_node(&mut api).await;
+        apply_object(&mut api).await;
+        let earlier = json!([{
+            "type": "DevicesDiscovered", "status": "True", "reason": "Discovered",
+            "message": "2 devices found", "lastTransitionTime": "2026-01-01T00:00:00Z",
+        }]);
+        get_status(&mut api, earlier).await;
+        let status = apply_status(&mut api).await;
+        assert_eq!(status["deviceCount"], 2);
+        assert_eq!(status["pfCount"], 2);
+        assert_eq!(status["devices"][0]["name"], "mock0");
+        assert_eq!(status["agent"]["pluginRegistered"], true);
+        let discovered = condition(&status, "DevicesDiscovered");
+        assert_eq!(
+            discovered["lastTransitionTime"], "2026-01-01T00:00:00Z",
+            "an unchanged condition keeps the transition time the server had"
+        );
+        assert_eq!(condition(&status, "PluginRegistered")["status"], "True");
+
+        // The next request is the heartbeat; by then the agent reported itself ready.
+        let heartbeat = api.expect(Method::PATCH, &format!("{OBJECT}/status")).await;
+        assert!(
+            agent.ready.get(),
+            "ready once a status with a registered plugin is written"
+        );
+        let text = agent.metrics();
+        assert!(
+            text.contains(r#"status_writes_total{outcome="ok"} 1"#),
+            "{text}"
+        );
+        let status = heartbeat.body["status"].clone();
+        heartbeat.ok(&object(status));
+        agent.stop(api).await;
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn an_unchanged_status_is_reapplied_once_per_heartbeat_in_one_request() {
+        let (agent, mut api) = start(1, false);
+        get_node(&mut api).await;
+        apply_object(&mut api).await;
+        get_status(&mut api, json!([])).await;
+        apply_status(&mut api).await;
+        let written = Instant::now();
+        assert!(
+            !agent.ready.get(),
+            "not ready while the kubelet has not confirmed the plugin"
+        );
+
+        // No GET of the node or the status: the conditions the last apply returned are reused.
+        let status = apply_status(&mut api).await;
+        assert_eq!(written.elapsed(), HEARTBEAT);
+        assert_eq!(status["deviceCount"], 1);
+        let status = apply_status(&mut api).await;
+        assert_eq!(written.elapsed(), 2 * HEARTBEAT);
+        assert_eq!(
+            condition(&status, "PluginRegistered")["reason"],
+            "WaitingForKubelet"
+        );
+        agent.stop(api).await;
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_change_is_applied_at_once() {
+        let (agent, mut api) = start(1, false);
+        get_node(&mut api).await;
+        apply_object(&mut api).await;
+        get_status(&mut api, json!([])).await;
+        apply_status(&mut api).await;
+        let written = Instant::now();
+
+        agent.discovered.send_replace(discovered(3));
+        let status = apply_status(&mut api).await;
+        assert!(written.elapsed() < HEARTBEAT, "{:?}", written.elapsed());
+        assert_eq!(status["deviceCount"], 3);
+
+        agent.registration.send_replace(RegistrationState {
+            registered: true,
+            error: String::new(),
+        });
+        let status = apply_status(&mut api).await;
+        assert!(written.elapsed() < HEARTBEAT, "{:?}", written.elapsed());
+        assert_eq!(status["agent"]["pluginRegistered"], true);
+        // The heartbeat after it: the writer has handled the answer and reported ready.
+        let heartbeat = api.expect(Method::PATCH, &format!("{OBJECT}/status")).await;
+        assert!(
+            agent.ready.get(),
+            "ready after the kubelet confirmed the plugin"
+        );
+        let status = heartbeat.body["status"].clone();
+        heartbeat.ok(&object(status));
+        agent.stop(api).await;
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn failed_writes_are_retried_with_backoff_from_the_start() {
+        let (agent, mut api) = start(1, true);
+        let began = Instant::now();
+        api.expect(Method::GET, &format!("/api/v1/nodes/{NODE}"))
+            .await
+            .fail(500, "InternalError");
+
+        // First retry after 500 ms: the object is created again, the status read again.
+        get_node(&mut api).await;
+        assert_eq!(began.elapsed(), Duration::from_millis(500));
+        apply_object(&mut api).await;
+        get_status(&mut api, json!([])).await;
+        api.expect(Method::PATCH, &format!("{OBJECT}/status"))
+            .await
+            .fail(503, "ServiceUnavailable");
+
+        // The second failure in a row waits twice as long, then everything is redone.
+        let failed = Instant::now();
+        get_node(&mut api).await;
+        assert_eq!(failed.elapsed(), Duration::from_secs(1));
+        apply_object(&mut api).await;
+        get_status(&mut api, json!([])).await;
+        let status = apply_status(&mut api).await;
+        assert_eq!(status["deviceCount"], 1);
+
+        // After a success the backoff starts over and the heartbeat takes its place.
+        let written = Instant::now();
+        let heartbeat = api.expect(Method::PATCH, &format!("{OBJECT}/status")).await;
+        assert_eq!(written.elapsed(), HEARTBEAT);
+        let text = agent.metrics();
+        assert!(
+            text.contains(r#"status_writes_total{outcome="error"} 2"#),
+            "{text}"
+        );
+        assert!(
+            text.contains(r#"status_writes_total{outcome="ok"} 1"#),
+            "{text}"
+        );
+        heartbeat.fail(500, "InternalError");
+        let failed = Instant::now();
+        get_node(&mut api).await;
+        assert_eq!(failed.elapsed(), Duration::from_millis(500));
+        apply_object(&mut api).await;
+        get_status(&mut api, json!([])).await;
+        apply_status(&mut api).await;
+        agent.stop(api).await;
+    }
+}
