@@ -60,6 +60,20 @@ pub fn remove(path: &Path) -> io::Result<bool> {
     }
 }
 
+/// What to do about a failed write, for the error message: a full or read-only file system
+/// says so, anything else falls back to `otherwise` (usually a permission question).
+pub fn remedy<'a>(e: &io::Error, otherwise: &'a str) -> &'a str {
+    match e.kind() {
+        io::ErrorKind::StorageFull | io::ErrorKind::QuotaExceeded => {
+            "the file system is full: free space on it; nothing was half-written and the next call retries"
+        }
+        io::ErrorKind::ReadOnlyFilesystem => {
+            "the file system is mounted read-only: remount it read-write; nothing was written"
+        }
+        _ => otherwise,
+    }
+}
+
 fn sync_parent(path: &Path) -> io::Result<()> {
     match path.parent() {
         Some(dir) if !dir.as_os_str().is_empty() => File::open(dir)?.sync_all(),

@@ -43,7 +43,10 @@ pub enum CdiError {
         path: PathBuf,
         source: serde_json::Error,
     },
-    #[error("{path}: {source} (is the CDI directory writable by the node agent?)")]
+    #[error(
+        "{path}: {source} ({})",
+        crate::atomic_file::remedy(source, "is the CDI directory writable by the node agent?")
+    )]
     Io {
         path: PathBuf,
         source: std::io::Error,

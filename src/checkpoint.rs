@@ -111,7 +111,11 @@ pub enum CheckpointError {
     )]
     UnsupportedVersion { path: PathBuf, found: u64 },
     #[error(
-        "checkpoint {path}: {source} (is the plugin data directory writable by the node agent?)"
+        "checkpoint {path}: {source} ({})",
+        crate::atomic_file::remedy(
+            source,
+            "is the plugin data directory writable by the node agent?"
+        )
     )]
     Io {
         path: PathBuf,

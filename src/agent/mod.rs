@@ -80,19 +80,22 @@ pub async fn run(args: NodeAgentArgs) -> Result<(), Error> {
     let mut registry = Registry::with_prefix(METRICS_PREFIX);
     let metrics = AgentMetrics::register(&mut registry);
     let prepare_metrics = PrepareMetrics::register(&mut registry);
-    let preparer = Arc::new(Preparer::new(
-        PreparerConfig {
-            driver_name: args.driver_name.clone(),
-            node_name: args.node_name.clone(),
-            sysfs_root: args.sysfs_root.clone(),
-            dev_root: args.dev_root.clone(),
-            cdi_dir: args.cdi_dir.clone(),
-            plugin_dir: args.plugin_dir.clone(),
-        },
-        inv_rx,
-        KubeClaimSource::new(client.clone()),
-        prepare_metrics,
-    )?);
+    let preparer = Arc::new(
+        Preparer::start(
+            PreparerConfig {
+                driver_name: args.driver_name.clone(),
+                node_name: args.node_name.clone(),
+                sysfs_root: args.sysfs_root.clone(),
+                dev_root: args.dev_root.clone(),
+                cdi_dir: args.cdi_dir.clone(),
+                plugin_dir: args.plugin_dir.clone(),
+            },
+            inv_rx,
+            KubeClaimSource::new(client.clone()),
+            prepare_metrics,
+        )
+        .await?,
+    );
 
     let ready = Readiness::default();
     let http =

@@ -85,7 +85,13 @@ pub enum PrepareError {
         cause: Box<PrepareError>,
         rollback: String,
     },
-    #[error("{path}: {source} (is the plugin data directory writable by the node agent?)")]
+    #[error(
+        "{path}: {source} ({})",
+        crate::atomic_file::remedy(
+            source,
+            "is the plugin data directory writable by the node agent?"
+        )
+    )]
     Setup {
         path: PathBuf,
         source: std::io::Error,

@@ -22,11 +22,24 @@
 //! Every call is serialized twice: an async mutex within the process and an exclusive lock on
 //! `<plugin dir>/serialize.lock` across processes (two node-agent pods during a rolling
 //! update). The checkpoint is read from disk at the start of every call, so either pod may be
-//! called. The decisions are pure functions in [`plan`]; the `Preparer` methods here perform
-//! the I/O; [`PrepareError`] (in `error`) is the one error type; the metrics live in
+//! called.
+//!
+//! The ResourceClaims of a prepare are fetched before either lock is taken, [`FETCH_CONCURRENCY`]
+//! at a time, each within [`FETCH_TIMEOUT`]: a hung API request fails its own claim and never holds up the calls of
+//! other pods. Everything after the fetch (the file lock, checkpoint, sysfs and CDI I/O, and
+//! publishing the result) runs as one blocking task on tokio's blocking pool, so a slow disk
+//! delays only the call that touches it, never the health stream, heartbeats or
+//! registration. A blocking task runs to its end even when the kubelet's deadline drops the
+//! gRPC call, and it owns the in-process guard: a call cancelled at any point leaves either
+//! nothing done or the whole batch done and published, never a checkpoint that disagrees with
+//! the allocation map and `preparedClaims`.
+//!
+//! The decisions are pure functions in [`plan`]; the `Core` methods here perform the I/O;
+//! [`PrepareError`] (in `error`) is the one error type; the metrics live in
 //! [`super::metrics`].
 
 mod error;
+mod fail_points;
 mod plan;
 
 use std::{
@@ -34,10 +47,12 @@ use std::{
     fs::{File, OpenOptions, TryLockError},
     path::{Path, PathBuf},
     sync::{Arc, Mutex},
-    time::Instant,
+    time::{Duration, Instant},
 };
 
-use tokio::sync::watch;
+use futures::StreamExt;
+use k8s_openapi::api::resource::v1::ResourceClaim;
+use tokio::sync::{OwnedMutexGuard, watch};
 
 use self::plan::{
     allocated_map, entry_claim, new_entry, prepared_devices, prepared_status, unique_devices,
@@ -61,6 +76,15 @@ use crate::{
 /// Lock file in the plugin data directory that serializes prepare and unprepare across
 /// processes.
 pub const LOCK_FILE: &str = "serialize.lock";
+
+/// How long prepare waits for one ResourceClaim GET. The kubelet gives a whole batch about
+/// 45 s; a claim whose GET hangs longer fails alone, with a message that says so, and the
+/// kubelet retries it.
+pub const FETCH_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// How many ResourceClaim GETs of one call run at once: a request naming thousands of claims
+/// must not open thousands of API requests together.
+pub const FETCH_CONCURRENCY: usize = 16;
 
 /// Register value prepare writes.
 const REGISTER_PREPARED: u32 = 1;
@@ -100,15 +124,28 @@ enum Release {
 /// map in tests); hand it to the gRPC servers as their [`ClaimHandler`], and watch
 /// [`Preparer::subscribe`] to write `status.preparedClaims`.
 pub struct Preparer<S: ClaimSource> {
+    core: Arc<Core>,
+    claims: S,
+    /// Serializes calls within the process (the file lock does it across processes). Owned
+    /// guards move into the blocking task, so a cancelled call keeps it until its I/O ends.
+    serial: Arc<tokio::sync::Mutex<()>>,
+}
+
+/// The part of the preparer that the blocking tasks own: everything but the claim source.
+struct Core {
     config: PreparerConfig,
     inventory: watch::Receiver<Arc<Inventory>>,
-    claims: S,
     metrics: PrepareMetrics,
-    /// Serializes calls within the process (the file lock does it across processes).
-    serial: tokio::sync::Mutex<()>,
     prepared: watch::Sender<Vec<PreparedClaim>>,
     /// DRA device name → `namespace/name` of the claim holding it.
     allocated: Mutex<HashMap<String, String>>,
+}
+
+/// A claim of a prepare call with the outcome of its GET, taken before the locks.
+struct Fetched {
+    claim: ClaimRef,
+    found: Result<ResourceClaim, PrepareError>,
+    start: Instant,
 }
 
 impl<S: ClaimSource> Preparer<S> {
@@ -120,7 +157,8 @@ impl<S: ClaimSource> Preparer<S> {
     /// allocations against it and builds CDI specs from it, so the agent should publish its
     /// first scan before the kubelet can call. A corrupt checkpoint does not fail construction:
     /// prepare then fails closed with a message naming the file, unprepare proceeds. Blocks
-    /// while another process holds the lock file (it does only during a call).
+    /// while another process holds the lock file (it does only during a call): async callers
+    /// use [`Preparer::start`].
     pub fn new(
         config: PreparerConfig,
         inventory: watch::Receiver<Arc<Inventory>>,
@@ -134,40 +172,111 @@ impl<S: ClaimSource> Preparer<S> {
             })?;
         }
         let (prepared, _) = watch::channel(Vec::new());
-        let preparer = Preparer {
+        let core = Core {
             config,
             inventory,
-            claims,
             metrics,
-            serial: tokio::sync::Mutex::new(()),
             prepared,
             allocated: Mutex::new(HashMap::new()),
         };
-        let lock = open_lock_file(&preparer.lock_path())?;
-        lock.lock().map_err(|source| PrepareError::Setup {
-            path: preparer.lock_path(),
-            source,
-        })?;
-        preparer.recover();
+        let lock = core.lock_plugin_dir()?;
+        core.recover();
         drop(lock);
-        Ok(preparer)
+        Ok(Preparer {
+            core: Arc::new(core),
+            claims,
+            serial: Arc::new(tokio::sync::Mutex::new(())),
+        })
+    }
+
+    /// [`Preparer::new`] on tokio's blocking pool: the lock file and the recovery's file I/O
+    /// never stall a runtime thread (another pod may hold the lock during a rolling update).
+    pub async fn start(
+        config: PreparerConfig,
+        inventory: watch::Receiver<Arc<Inventory>>,
+        claims: S,
+        metrics: PrepareMetrics,
+    ) -> Result<Self, PrepareError> {
+        let path = config.plugin_dir.clone();
+        tokio::task::spawn_blocking(move || Self::new(config, inventory, claims, metrics))
+            .await
+            .map_err(|join| PrepareError::Setup {
+                path,
+                source: std::io::Error::other(join),
+            })?
     }
 
     /// Prepared claims, for `MockAccelNode.status.preparedClaims`; changes on every prepare
     /// and unprepare that changes the set.
     pub fn subscribe(&self) -> watch::Receiver<Vec<PreparedClaim>> {
-        self.prepared.subscribe()
+        self.core.prepared.subscribe()
     }
 
     /// DRA device name → `namespace/name` of the claim it is prepared for (admin-access
     /// claims, which share devices, are not listed).
     pub fn allocated_devices(&self) -> HashMap<String, String> {
-        self.allocated
+        self.core
+            .allocated
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner())
             .clone()
     }
 
+    /// GETs one claim within [`FETCH_TIMEOUT`].
+    async fn fetch(&self, claim: ClaimRef) -> Fetched {
+        let start = Instant::now();
+        let found = match tokio::time::timeout(
+            FETCH_TIMEOUT,
+            self.claims.get(&claim.namespace, &claim.name),
+        )
+        .await
+        {
+            Err(_) => Err(PrepareError::Fetch {
+                claim: claim.to_string(),
+                reason: format!(
+                    "no answer from the API server within {} s; the kubelet retries",
+                    FETCH_TIMEOUT.as_secs()
+                ),
+            }),
+            Ok(Err(reason)) => Err(PrepareError::Fetch {
+                claim: claim.to_string(),
+                reason,
+            }),
+            Ok(Ok(None)) => Err(PrepareError::ClaimNotFound {
+                claim: claim.to_string(),
+            }),
+            Ok(Ok(Some(found))) => Ok(found),
+        };
+        Fetched {
+            claim,
+            found,
+            start,
+        }
+    }
+
+    /// Runs `work` on the blocking pool with the in-process guard; the task finishes (and
+    /// publishes) even if the caller is dropped. `fail` builds the answer when the task
+    /// itself panicked.
+    async fn locked<T: Send + 'static>(
+        &self,
+        work: impl FnOnce(&Core) -> T + Send + 'static,
+        fail: impl FnOnce(String) -> T,
+    ) -> T {
+        let guard: OwnedMutexGuard<()> = Arc::clone(&self.serial).lock_owned().await;
+        let core = Arc::clone(&self.core);
+        let task = tokio::task::spawn_blocking(move || {
+            let result = work(&core);
+            drop(guard);
+            result
+        });
+        match task.await {
+            Ok(result) => result,
+            Err(join) => fail(format!("internal error in the node agent: {join}")),
+        }
+    }
+}
+
+impl Core {
     fn checkpoint_path(&self) -> PathBuf {
         checkpoint::checkpoint_path(&self.config.plugin_dir)
     }
@@ -244,9 +353,9 @@ impl<S: ClaimSource> Preparer<S> {
         });
     }
 
-    /// Takes the cross-process lock without blocking a runtime thread when another process
-    /// holds it. Closing the returned file releases the lock.
-    async fn lock_plugin_dir(&self) -> Result<File, PrepareError> {
+    /// Takes the cross-process lock, waiting while another process holds it (runs on the
+    /// blocking pool). Closing the returned file releases the lock.
+    fn lock_plugin_dir(&self) -> Result<File, PrepareError> {
         let path = self.lock_path();
         let file = open_lock_file(&path)?;
         match file.try_lock() {
@@ -255,36 +364,99 @@ impl<S: ClaimSource> Preparer<S> {
             Err(TryLockError::Error(source)) => return Err(PrepareError::Setup { path, source }),
         }
         tracing::info!(path = %path.display(), "waiting for another node agent to finish its call");
-        let joined = tokio::task::spawn_blocking(move || file.lock().map(|()| file)).await;
-        match joined {
-            Ok(Ok(file)) => Ok(file),
-            Ok(Err(source)) => Err(PrepareError::Setup { path, source }),
-            Err(join) => Err(PrepareError::Setup {
-                path,
-                source: std::io::Error::other(join),
-            }),
-        }
+        file.lock()
+            .map(|()| file)
+            .map_err(|source| PrepareError::Setup { path, source })
     }
 
-    async fn prepare_claim(
+    /// A prepare call after its GETs: lock, checkpoint, every claim, publish.
+    fn prepare_batch(&self, fetched: Vec<Fetched>) -> PrepareResults {
+        let loaded = match self.lock_plugin_dir() {
+            Ok(lock) => checkpoint::load(&self.checkpoint_path())
+                .map(|cp| (lock, cp))
+                .map_err(|e| e.to_string()),
+            Err(e) => Err(e.to_string()),
+        };
+        let (_lock, mut cp) = match loaded {
+            Ok(ok) => ok,
+            Err(message) => {
+                // Fail closed: without the record, a device could be handed out twice.
+                tracing::error!(error = %message, "refusing to prepare");
+                return fetched
+                    .into_iter()
+                    .map(|f| {
+                        self.metrics.prepared(false, f.start);
+                        (f.claim.uid, Err(message.clone()))
+                    })
+                    .collect();
+            }
+        };
+        let inventory = self.inventory.borrow().clone();
+        let mut results = PrepareResults::new();
+        for Fetched {
+            claim,
+            found,
+            start,
+        } in fetched
+        {
+            let outcome =
+                found.and_then(|found| self.prepare_claim(&mut cp, &inventory, &claim, &found));
+            self.metrics.prepared(outcome.is_ok(), start);
+            match &outcome {
+                Ok(devices) => tracing::info!(claim = %claim, devices = devices.len(), "prepared"),
+                Err(e) => tracing::warn!(claim = %claim, error = %e, "prepare failed"),
+            }
+            results.insert(claim.uid, outcome.map_err(|e| e.to_string()));
+        }
+        self.publish(&cp);
+        results
+    }
+
+    /// An unprepare call: lock, checkpoint, every claim, publish.
+    fn unprepare_batch(&self, claims: Vec<ClaimRef>) -> UnprepareResults {
+        let lock = self.lock_plugin_dir();
+        let loaded = match &lock {
+            Ok(_) => Ok(checkpoint::load(&self.checkpoint_path())),
+            Err(e) => Err(e.to_string()),
+        };
+        let mut results = UnprepareResults::new();
+        let mut published = None;
+        for claim in claims {
+            let start = Instant::now();
+            let outcome = match &loaded {
+                Err(message) => Err(message.clone()),
+                Ok(Ok(cp)) => {
+                    let cp = published.get_or_insert_with(|| cp.clone());
+                    self.unprepare_claim(cp, &claim).map_err(|e| e.to_string())
+                }
+                Ok(Err(e)) if e.is_unusable_content() => self
+                    .unprepare_without_checkpoint(&claim, e)
+                    .map_err(|e| e.to_string()),
+                Ok(Err(e)) => Err(format!("claim {claim}: {e}")),
+            };
+            self.metrics.unprepared(outcome.is_ok(), start);
+            match &outcome {
+                Ok(()) => tracing::info!(claim = %claim, "unprepared"),
+                Err(e) => tracing::warn!(claim = %claim, error = %e, "unprepare failed"),
+            }
+            results.insert(claim.uid, outcome);
+        }
+        if let Some(cp) = &published {
+            self.publish(cp);
+        }
+        drop(lock);
+        results
+    }
+
+    fn prepare_claim(
         &self,
         cp: &mut Checkpoint,
         inventory: &Inventory,
         claim: &ClaimRef,
+        found: &ResourceClaim,
     ) -> Result<Vec<PreparedDevice>, PrepareError> {
         let driver = &self.config.driver_name;
-        let found = self
-            .claims
-            .get(&claim.namespace, &claim.name)
-            .await
-            .map_err(|reason| PrepareError::Fetch {
-                claim: claim.to_string(),
-                reason,
-            })?
-            .ok_or_else(|| PrepareError::ClaimNotFound {
-                claim: claim.to_string(),
-            })?;
-        let allocation = check_claim(claim, &found)?;
+        let allocation = check_claim(claim, found)?;
 
         match cp.claims.get(&claim.uid) {
             Some(entry) if entry.state == PrepareState::PrepareCompleted => {
@@ -340,7 +512,10 @@ impl<S: ClaimSource> Preparer<S> {
                 source,
             });
         }
-        if let Err(cause) = self.apply(&entry, inventory) {
+        let applied = self
+            .fail_point(fail_points::PREPARE_STEPS[0])
+            .and_then(|()| self.apply(&entry, inventory));
+        if let Err(cause) = applied {
             return Err(self.undo(cp, &claim.uid, cause));
         }
         entry.state = PrepareState::PrepareCompleted;
@@ -350,6 +525,9 @@ impl<S: ClaimSource> Preparer<S> {
                 claim: claim.to_string(),
                 source,
             };
+            return Err(self.undo(cp, &claim.uid, cause));
+        }
+        if let Err(cause) = self.fail_point(fail_points::PREPARE_STEPS[3]) {
             return Err(self.undo(cp, &claim.uid, cause));
         }
         Ok(prepared_devices(driver, &entry))
@@ -368,7 +546,17 @@ impl<S: ClaimSource> Preparer<S> {
                     source,
                 })?;
         }
-        self.write_spec(entry, inventory)
+        self.fail_point(fail_points::PREPARE_STEPS[1])?;
+        self.write_spec(entry, inventory)?;
+        self.fail_point(fail_points::PREPARE_STEPS[2])
+    }
+
+    /// Passes a named fail point (armed only in unit tests, see `fail_points`).
+    fn fail_point(&self, name: &'static str) -> Result<(), PrepareError> {
+        fail_points::hit(&self.config.plugin_dir, name).map_err(|source| PrepareError::Setup {
+            path: self.config.plugin_dir.clone(),
+            source,
+        })
     }
 
     fn write_spec(&self, entry: &ClaimEntry, inventory: &Inventory) -> Result<(), PrepareError> {
@@ -442,6 +630,7 @@ impl<S: ClaimSource> Preparer<S> {
             return Ok(());
         };
         self.release(&entry, Release::Restore)?;
+        self.fail_point(fail_points::ROLLBACK_RELEASED)?;
         cp.claims.remove(uid);
         checkpoint::store(&self.checkpoint_path(), cp).map_err(|source| PrepareError::Checkpoint {
             claim: entry_claim(&entry),
@@ -471,7 +660,17 @@ impl<S: ClaimSource> Preparer<S> {
                 Err(e) => errors.push(e.to_string()),
             }
         }
+        if how == Release::Clear
+            && let Err(e) = self.fail_point(fail_points::UNPREPARE_STEPS[0])
+        {
+            errors.push(e.to_string());
+        }
         if let Err(e) = cdi::remove_spec(&self.config.cdi_dir, &self.config.driver_name, &entry.uid)
+        {
+            errors.push(e.to_string());
+        }
+        if how == Release::Clear
+            && let Err(e) = self.fail_point(fail_points::UNPREPARE_STEPS[1])
         {
             errors.push(e.to_string());
         }
@@ -499,10 +698,13 @@ impl<S: ClaimSource> Preparer<S> {
         };
         self.release(&entry, Release::Clear)?;
         cp.claims.remove(&claim.uid);
-        checkpoint::store(&self.checkpoint_path(), cp).map_err(|source| PrepareError::Checkpoint {
-            claim: claim.to_string(),
-            source,
-        })
+        checkpoint::store(&self.checkpoint_path(), cp).map_err(|source| {
+            PrepareError::Checkpoint {
+                claim: claim.to_string(),
+                source,
+            }
+        })?;
+        self.fail_point(fail_points::UNPREPARE_STEPS[2])
     }
 
     /// With an unreadable checkpoint, unprepare still removes what it can find by the claim
@@ -524,77 +726,35 @@ impl<S: ClaimSource> Preparer<S> {
 
 impl<S: ClaimSource> ClaimHandler for Preparer<S> {
     async fn prepare(&self, claims: Vec<ClaimRef>) -> PrepareResults {
-        let _serial = self.serial.lock().await;
-        let loaded = match self.lock_plugin_dir().await {
-            Ok(lock) => checkpoint::load(&self.checkpoint_path())
-                .map(|cp| (lock, cp))
-                .map_err(|e| e.to_string()),
-            Err(e) => Err(e.to_string()),
-        };
-        let (_lock, mut cp) = match loaded {
-            Ok(ok) => ok,
-            Err(message) => {
-                // Fail closed: without the record, a device could be handed out twice.
-                tracing::error!(error = %message, "refusing to prepare");
-                return claims
-                    .into_iter()
-                    .map(|c| {
-                        self.metrics.prepared(false, Instant::now());
-                        (c.uid, Err(message.clone()))
-                    })
-                    .collect();
-            }
-        };
-        let inventory = self.inventory.borrow().clone();
-        let mut results = PrepareResults::new();
-        for claim in claims {
-            let start = Instant::now();
-            let outcome = self.prepare_claim(&mut cp, &inventory, &claim).await;
-            self.metrics.prepared(outcome.is_ok(), start);
-            match &outcome {
-                Ok(devices) => tracing::info!(claim = %claim, devices = devices.len(), "prepared"),
-                Err(e) => tracing::warn!(claim = %claim, error = %e, "prepare failed"),
-            }
-            results.insert(claim.uid, outcome.map_err(|e| e.to_string()));
-        }
-        self.publish(&cp);
-        results
+        // Every GET before the locks: no network call while other calls wait.
+        let fetched: Vec<Fetched> = futures::stream::iter(claims)
+            .map(|c| self.fetch(c))
+            .buffered(FETCH_CONCURRENCY)
+            .collect()
+            .await;
+        let uids: Vec<String> = fetched.iter().map(|f| f.claim.uid.clone()).collect();
+        self.locked(
+            move |core| core.prepare_batch(fetched),
+            |message| {
+                uids.into_iter()
+                    .map(|u| (u, Err(message.clone())))
+                    .collect()
+            },
+        )
+        .await
     }
 
     async fn unprepare(&self, claims: Vec<ClaimRef>) -> UnprepareResults {
-        let _serial = self.serial.lock().await;
-        let lock = self.lock_plugin_dir().await;
-        let loaded = match &lock {
-            Ok(_) => Ok(checkpoint::load(&self.checkpoint_path())),
-            Err(e) => Err(e.to_string()),
-        };
-        let mut results = UnprepareResults::new();
-        let mut published = None;
-        for claim in claims {
-            let start = Instant::now();
-            let outcome = match &loaded {
-                Err(message) => Err(message.clone()),
-                Ok(Ok(cp)) => {
-                    let cp = published.get_or_insert_with(|| cp.clone());
-                    self.unprepare_claim(cp, &claim).map_err(|e| e.to_string())
-                }
-                Ok(Err(e)) if e.is_unusable_content() => self
-                    .unprepare_without_checkpoint(&claim, e)
-                    .map_err(|e| e.to_string()),
-                Ok(Err(e)) => Err(format!("claim {claim}: {e}")),
-            };
-            self.metrics.unprepared(outcome.is_ok(), start);
-            match &outcome {
-                Ok(()) => tracing::info!(claim = %claim, "unprepared"),
-                Err(e) => tracing::warn!(claim = %claim, error = %e, "unprepare failed"),
-            }
-            results.insert(claim.uid, outcome);
-        }
-        if let Some(cp) = &published {
-            self.publish(cp);
-        }
-        drop(lock);
-        results
+        let uids: Vec<String> = claims.iter().map(|c| c.uid.clone()).collect();
+        self.locked(
+            move |core| core.unprepare_batch(claims),
+            |message| {
+                uids.into_iter()
+                    .map(|u| (u, Err(message.clone())))
+                    .collect()
+            },
+        )
+        .await
     }
 }
 
@@ -694,14 +854,54 @@ mod tests {
         }
 
         fn preparer(&mut self) -> Preparer<ClaimMap> {
+            let source = self.source.clone();
+            self.preparer_with(source)
+        }
+
+        fn preparer_with<S: ClaimSource>(&mut self, source: S) -> Preparer<S> {
             let metrics = PrepareMetrics::register(&mut self.registry);
             Preparer::new(
                 self.config.clone(),
                 self.inventory.subscribe(),
-                self.source.clone(),
+                source,
                 metrics,
             )
             .unwrap()
+        }
+
+        /// Holds the lock file as another node-agent process would.
+        fn hold_lock(&self) -> File {
+            std::fs::create_dir_all(&self.config.plugin_dir).unwrap();
+            let other = open_lock_file(&self.config.plugin_dir.join(LOCK_FILE)).unwrap();
+            other.lock().unwrap();
+            other
+        }
+
+        /// The checkpoint, the published `preparedClaims` and the allocation map agree.
+        fn assert_consistent<S: ClaimSource>(&self, p: &Preparer<S>) {
+            let mut on_disk: Vec<String> = self.checkpoint().claims.into_keys().collect();
+            on_disk.sort();
+            let mut published: Vec<String> = p
+                .subscribe()
+                .borrow()
+                .iter()
+                .map(|c| c.uid.clone())
+                .collect();
+            published.sort();
+            assert_eq!(on_disk, published, "checkpoint vs preparedClaims");
+            let mut holders: Vec<String> = p.allocated_devices().into_values().collect();
+            holders.sort();
+            holders.dedup();
+            let names: Vec<String> = self
+                .checkpoint()
+                .claims
+                .values()
+                .filter(|e| e.devices.iter().any(|d| !d.admin_access))
+                .map(|e| format!("{}/{}", e.namespace, e.name))
+                .collect::<std::collections::BTreeSet<_>>()
+                .into_iter()
+                .collect();
+            assert_eq!(holders, names, "checkpoint vs allocation map");
         }
 
         fn register(&self, sysfs: &str) -> u32 {
@@ -1440,5 +1640,436 @@ mod tests {
             unprepare_one(&b, winner).await.unwrap();
             assert!(node.checkpoint().claims.is_empty());
         }
+    }
+
+    // ---- faults: hung API requests, cancelled calls, a busy lock at start ----
+
+    /// A claim source whose GET of `hang` never answers, as an API server that accepted the
+    /// connection and went silent.
+    #[derive(Clone)]
+    struct Hanging {
+        inner: ClaimMap,
+        hang: &'static str,
+    }
+
+    impl ClaimSource for Hanging {
+        async fn get(&self, namespace: &str, name: &str) -> Result<Option<ResourceClaim>, String> {
+            if name == self.hang {
+                std::future::pending::<()>().await;
+            }
+            self.inner.get(namespace, name).await
+        }
+    }
+
+    fn hanging_node(hang: &'static str) -> (TestNode, Preparer<Hanging>) {
+        let mut node = TestNode::new();
+        for (name, dev, pool) in [("a", "mock0", "node1/numa0"), ("b", "mock1", "node1/numa1")] {
+            node.source
+                .put(allocated(name, name, vec![result("r", dev, pool)]));
+        }
+        let source = Hanging {
+            inner: node.source.clone(),
+            hang,
+        };
+        let p = node.preparer_with(source);
+        (node, p)
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_hung_claim_get_holds_no_lock_and_fails_alone_after_its_deadline() {
+        let t0 = tokio::time::Instant::now();
+        let (node, p) = hanging_node("a");
+        let p = Arc::new(p);
+        let hung = tokio::spawn({
+            let p = p.clone();
+            async move { p.prepare(vec![cref("a", "a")]).await }
+        });
+        tokio::task::yield_now().await;
+
+        // Another pod's claim goes through while the GET of `a` hangs.
+        let other = tokio::time::timeout(Duration::from_secs(1), p.prepare(vec![cref("b", "b")]))
+            .await
+            .expect("a hung GET of another claim blocked this prepare");
+        assert!(other["b"].is_ok(), "{other:?}");
+        let unprepared =
+            tokio::time::timeout(Duration::from_secs(1), p.unprepare(vec![cref("b", "b")]))
+                .await
+                .expect("a hung GET blocked an unprepare");
+        assert!(unprepared["b"].is_ok(), "{unprepared:?}");
+
+        // The hung claim fails on its own deadline, well inside the kubelet's, naming why.
+        let hung = hung.await.unwrap();
+        assert_eq!(t0.elapsed().as_secs(), FETCH_TIMEOUT.as_secs());
+        let err = hung["a"].as_ref().unwrap_err();
+        assert!(
+            err.contains("claim default/a") && err.contains("no answer"),
+            "{err}"
+        );
+        assert!(node.checkpoint().claims.is_empty());
+        node.assert_consistent(&p);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_batch_dropped_by_the_kubelet_leaves_a_consistent_state() {
+        // The kubelet's deadline drops the call while the GET of `b` hangs: the record on
+        // disk, preparedClaims and the allocation map must still agree.
+        let (node, p) = hanging_node("b");
+        let dropped = tokio::time::timeout(
+            Duration::from_secs(5),
+            p.prepare(vec![cref("a", "a"), cref("b", "b")]),
+        )
+        .await;
+        assert!(
+            dropped.is_err(),
+            "the call was expected to hang: {dropped:?}"
+        );
+        node.assert_consistent(&p);
+        assert_eq!(
+            node.register("mock0"),
+            5,
+            "a register changed by a dropped call"
+        );
+
+        // The kubelet's retry of `a` alone works.
+        assert!(p.prepare(vec![cref("a", "a")]).await["a"].is_ok());
+        node.assert_consistent(&p);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_call_dropped_during_its_file_io_finishes_and_publishes() {
+        let mut node = TestNode::new();
+        node.source.put(allocated(
+            "a",
+            "a",
+            vec![result("r", "mock0", "node1/numa0")],
+        ));
+        let p = Arc::new(node.preparer());
+        let mut prepared = p.subscribe();
+        // The file I/O stalls (another pod holds the lock) and the kubelet gives up.
+        let other = node.hold_lock();
+        let call = tokio::spawn({
+            let p = p.clone();
+            async move { p.prepare(vec![cref("a", "a")]).await }
+        });
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        call.abort();
+        assert!(call.await.unwrap_err().is_cancelled());
+        drop(other);
+
+        // The started work ends as a whole and is published; nothing is half-done.
+        tokio::time::timeout(Duration::from_secs(5), prepared.changed())
+            .await
+            .expect("the dropped call never published")
+            .unwrap();
+        assert_eq!(node.register("mock0"), 1);
+        node.assert_consistent(&p);
+        // An unprepare right after waits for it and sees it.
+        assert!(p.unprepare(vec![cref("a", "a")]).await["a"].is_ok());
+        assert_eq!(node.register("mock0"), 0);
+        node.assert_consistent(&p);
+    }
+
+    #[tokio::test(flavor = "current_thread")]
+    async fn start_waits_for_the_lock_without_stalling_the_runtime() {
+        let mut node = TestNode::new();
+        let other = node.hold_lock();
+        let metrics = PrepareMetrics::register(&mut node.registry);
+        let starting = tokio::spawn(Preparer::start(
+            node.config.clone(),
+            node.inventory.subscribe(),
+            node.source.clone(),
+            metrics,
+        ));
+        // The single runtime thread keeps serving timers (heartbeats, health) meanwhile.
+        for _ in 0..5 {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        assert!(
+            !starting.is_finished(),
+            "start ignored the other process's lock"
+        );
+        drop(other);
+        let p = tokio::time::timeout(Duration::from_secs(5), starting)
+            .await
+            .expect("start never took the lock")
+            .unwrap()
+            .unwrap();
+        node.assert_consistent(&p);
+    }
+
+    // ---- a crash at every step: fail points, restart, the kubelet's retry ----
+
+    use super::fail_points::{self, Action};
+
+    /// After a restart and the kubelet's retries: registers, CDI files, checkpoint entries
+    /// and preparedClaims agree with `a` being prepared (or not).
+    fn assert_no_leak<S: ClaimSource>(node: &TestNode, p: &Preparer<S>, prepared: bool) {
+        node.assert_consistent(p);
+        let cp = node.checkpoint();
+        if prepared {
+            assert_eq!(node.register("mock0"), 1);
+            assert_eq!(node.cdi_files().len(), 1, "{:?}", node.cdi_files());
+            assert_eq!(cp.claims.len(), 1);
+            assert_eq!(cp.claims["a"].state, PrepareState::PrepareCompleted);
+        } else {
+            assert_eq!(node.register("mock0"), 0);
+            assert!(node.cdi_files().is_empty(), "{:?}", node.cdi_files());
+            assert!(cp.claims.is_empty(), "{cp:?}");
+        }
+    }
+
+    fn node_with_claim_a() -> TestNode {
+        let node = TestNode::new();
+        node.source.put(allocated(
+            "a",
+            "a",
+            vec![result("r", "mock0", "node1/numa0")],
+        ));
+        node
+    }
+
+    #[tokio::test]
+    async fn a_crash_at_every_prepare_step_is_recovered_by_restart_and_retry() {
+        for step in fail_points::PREPARE_STEPS {
+            let mut node = node_with_claim_a();
+            node.set_register("mock0", 0);
+            let p = node.preparer();
+            fail_points::arm(&node.config.plugin_dir, step, Action::Crash);
+            let err = prepare_one(&p, cref("a", "a")).await.unwrap_err();
+            assert!(err.contains("internal error"), "{step}: {err}");
+            // The process dies: nothing of it survives but the files.
+            drop(p);
+            let p = node.preparer();
+            prepare_one(&p, cref("a", "a"))
+                .await
+                .unwrap_or_else(|e| panic!("{step}: retry failed: {e}"));
+            assert_no_leak(&node, &p, true);
+            unprepare_one(&p, cref("a", "a")).await.unwrap();
+            assert_no_leak(&node, &p, false);
+        }
+    }
+
+    #[tokio::test]
+    async fn a_crash_at_every_unprepare_step_is_recovered_by_restart_and_retry() {
+        for step in fail_points::UNPREPARE_STEPS {
+            let mut node = node_with_claim_a();
+            let p = node.preparer();
+            prepare_one(&p, cref("a", "a")).await.unwrap();
+            fail_points::arm(&node.config.plugin_dir, step, Action::Crash);
+            let err = unprepare_one(&p, cref("a", "a")).await.unwrap_err();
+            assert!(err.contains("internal error"), "{step}: {err}");
+            drop(p);
+            let p = node.preparer();
+            unprepare_one(&p, cref("a", "a"))
+                .await
+                .unwrap_or_else(|e| panic!("{step}: retry failed: {e}"));
+            assert_no_leak(&node, &p, false);
+            // The device is free again.
+            prepare_one(&p, cref("a", "a")).await.unwrap();
+            assert_no_leak(&node, &p, true);
+        }
+    }
+
+    #[tokio::test]
+    async fn a_failed_rollback_is_reported_and_resumed_by_the_next_call() {
+        let mut node = node_with_claim_a();
+        node.set_register("mock0", 0);
+        let p = node.preparer();
+        // The CDI write fails, and so does the rollback after it.
+        fail_points::arm(&node.config.plugin_dir, "prepare/cdi", Action::Fail);
+        fail_points::arm(
+            &node.config.plugin_dir,
+            fail_points::ROLLBACK_RELEASED,
+            Action::Fail,
+        );
+        let err = prepare_one(&p, cref("a", "a")).await.unwrap_err();
+        assert!(
+            err.contains("fail point prepare/cdi") && err.contains("rolling back also failed"),
+            "{err}"
+        );
+        // The unfinished entry stays for the next call; it is not published as prepared.
+        assert_eq!(
+            node.checkpoint().claims["a"].state,
+            PrepareState::PrepareStarted
+        );
+        assert!(p.subscribe().borrow().is_empty());
+        // The kubelet's retry finishes the rollback, then prepares.
+        prepare_one(&p, cref("a", "a")).await.unwrap();
+        assert_no_leak(&node, &p, true);
+    }
+
+    #[tokio::test]
+    async fn a_failed_rollback_is_resumed_at_the_next_start() {
+        let mut node = node_with_claim_a();
+        node.set_register("mock0", 0);
+        let p = node.preparer();
+        fail_points::arm(&node.config.plugin_dir, "prepare/registers", Action::Fail);
+        fail_points::arm(
+            &node.config.plugin_dir,
+            fail_points::ROLLBACK_RELEASED,
+            Action::Fail,
+        );
+        let err = prepare_one(&p, cref("a", "a")).await.unwrap_err();
+        assert!(err.contains("rolling back also failed"), "{err}");
+        drop(p);
+        // The start rolls the interrupted prepare back before any call.
+        let p = node.preparer();
+        assert!(node.checkpoint().claims.is_empty());
+        assert_no_leak(&node, &p, false);
+        prepare_one(&p, cref("a", "a")).await.unwrap();
+        assert_no_leak(&node, &p, true);
+    }
+
+    // ---- a full or read-only file system under the plugin and CDI directories ----
+
+    /// A small tmpfs mounted over `dir` for the life of the value (needs root; the e2e and CI
+    /// machines run tests as root).
+    struct Tmpfs(PathBuf);
+
+    impl Tmpfs {
+        fn mount(dir: &Path) -> Option<Tmpfs> {
+            std::fs::create_dir_all(dir).unwrap();
+            let status = std::process::Command::new("mount")
+                .args(["-t", "tmpfs", "-o", "size=64k", "tmpfs"])
+                .arg(dir)
+                .status();
+            match status {
+                Ok(s) if s.success() => Some(Tmpfs(dir.to_path_buf())),
+                other => {
+                    eprintln!(
+                        "SKIPPED: cannot mount a tmpfs on {} ({other:?}); run as root",
+                        dir.display()
+                    );
+                    None
+                }
+            }
+        }
+
+        fn remount(&self, mode: &str) {
+            let ok = std::process::Command::new("mount")
+                .args(["-o", &format!("remount,{mode}")])
+                .arg(&self.0)
+                .status()
+                .unwrap()
+                .success();
+            assert!(ok, "remount {mode}");
+        }
+
+        /// Fills the file system; returns the filler to delete.
+        fn fill(&self) -> PathBuf {
+            let filler = self.0.join("filler");
+            let _ = std::fs::write(&filler, vec![0u8; 256 << 10]);
+            filler
+        }
+
+        fn names(&self) -> Vec<String> {
+            let mut names: Vec<String> = std::fs::read_dir(&self.0)
+                .unwrap()
+                .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+                .collect();
+            names.sort();
+            names
+        }
+    }
+
+    impl Drop for Tmpfs {
+        fn drop(&mut self) {
+            let _ = std::process::Command::new("umount").arg(&self.0).status();
+        }
+    }
+
+    #[tokio::test]
+    async fn a_full_or_read_only_file_system_fails_clearly_leaves_nothing_and_recovers() {
+        let mut node = node_with_claim_a();
+        node.set_register("mock0", 0);
+        let (Some(plugin_fs), Some(cdi_fs)) = (
+            Tmpfs::mount(&node.config.plugin_dir),
+            Tmpfs::mount(&node.config.cdi_dir),
+        ) else {
+            return;
+        };
+        let p = node.preparer();
+        let before = plugin_fs.names();
+
+        // Full plugin directory: the checkpoint's PrepareStarted record cannot be written.
+        let filler = plugin_fs.fill();
+        let err = prepare_one(&p, cref("a", "a")).await.unwrap_err();
+        assert!(
+            err.contains("claim default/a")
+                && err.contains("checkpoint")
+                && err.contains("file system is full"),
+            "{err}"
+        );
+        assert_no_leak(&node, &p, false);
+        std::fs::remove_file(&filler).unwrap();
+        assert_eq!(plugin_fs.names(), before, "a temp file stayed behind");
+
+        // Full CDI directory: the spec cannot be written; registers and record roll back.
+        let filler = cdi_fs.fill();
+        let err = prepare_one(&p, cref("a", "a")).await.unwrap_err();
+        assert!(
+            err.contains("CDI spec") && err.contains("file system is full"),
+            "{err}"
+        );
+        assert_eq!(cdi_fs.names(), vec!["filler".to_string()]);
+        std::fs::remove_file(&filler).unwrap();
+        assert_no_leak(&node, &p, false);
+
+        // Read-only plugin directory: refused before anything is touched.
+        plugin_fs.remount("ro");
+        let err = prepare_one(&p, cref("a", "a")).await.unwrap_err();
+        assert!(err.contains("mounted read-only"), "{err}");
+        plugin_fs.remount("rw");
+        assert_no_leak(&node, &p, false);
+
+        // Space and write access are back: the kubelet's retry succeeds.
+        prepare_one(&p, cref("a", "a")).await.unwrap();
+        assert_no_leak(&node, &p, true);
+        unprepare_one(&p, cref("a", "a")).await.unwrap();
+        assert_no_leak(&node, &p, false);
+    }
+
+    /// Counts GETs in flight; each takes 10 ms (of the paused clock).
+    #[derive(Clone, Default)]
+    struct Counting {
+        inner: ClaimMap,
+        in_flight: Arc<std::sync::atomic::AtomicUsize>,
+        most: Arc<std::sync::atomic::AtomicUsize>,
+    }
+
+    impl ClaimSource for Counting {
+        async fn get(&self, namespace: &str, name: &str) -> Result<Option<ResourceClaim>, String> {
+            use std::sync::atomic::Ordering::SeqCst;
+            let now = self.in_flight.fetch_add(1, SeqCst) + 1;
+            self.most.fetch_max(now, SeqCst);
+            tokio::time::sleep(Duration::from_millis(10)).await;
+            self.in_flight.fetch_sub(1, SeqCst);
+            self.inner.get(namespace, name).await
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_request_with_thousands_of_claims_gets_an_answer_each_with_bounded_gets() {
+        let mut node = node_with_claim_a();
+        let source = Counting {
+            inner: node.source.clone(),
+            ..Default::default()
+        };
+        let p = node.preparer_with(source.clone());
+        let mut claims: Vec<ClaimRef> = (0..3000)
+            .map(|i| cref(&format!("gone-{i}"), &format!("gone-{i}")))
+            .collect();
+        claims.insert(1500, cref("a", "a"));
+        let results = p.prepare(claims).await;
+        assert_eq!(results.len(), 3001);
+        assert!(results["a"].is_ok(), "{:?}", results["a"]);
+        let err = results["gone-2999"].as_ref().unwrap_err();
+        assert!(
+            err.contains("claim default/gone-2999") && err.contains("does not exist"),
+            "{err}"
+        );
+        let most = source.most.load(std::sync::atomic::Ordering::SeqCst);
+        assert!(most <= FETCH_CONCURRENCY, "{most} GETs at once");
+        node.assert_consistent(&p);
     }
 }
