@@ -173,6 +173,8 @@ def start(state: Path, binaries: Binaries, pki: Pki, ports: Ports, etcd_dir: Pat
         # `kubectl logs` and `exec` on a real kubelet: the apiserver authenticates as admin.
         f"--kubelet-client-certificate={pki.admin_cert}",
         f"--kubelet-client-key={pki.admin_key}",
+        # The real node's name does not resolve; its InternalIP does.
+        "--kubelet-preferred-address-types=InternalIP,Hostname",
         f"--cert-dir={state / 'pki' / 'apiserver'}",
         "--profiling=false",
         *gate_flags,

@@ -240,7 +240,9 @@ class RealNode:
 
     def start(self, driver: Path, kubelet: Path, containerd: Path, pause: Path) -> None:
         d = self.dirs()
+        key = hashlib.sha1(str(self.c.state).encode()).hexdigest()[:8]
         self.info.update({"containerd_bin": str(containerd), "kubelet_bin": str(kubelet),
+                          "cgroup_root": f"/mock-accel-{key}-{self.name}",
                           "kubelet_port": controlplane.free_port(), "healthz_port": controlplane.free_port(),
                           "ip": node_ip()})
         self.c.save()
@@ -391,6 +393,9 @@ disabled_plugins = ["io.containerd.nri.v1.nri", "io.containerd.internal.v1.traci
             "enforceNodeAllocatable": [], "failSwapOn": False, "oomScoreAdj": 0,
             "protectKernelDefaults": True,
             "podLogsDir": str(d["pod-logs"]),
+            # Without per-QoS cgroups the pods' cgroups go below this one parent (created by
+            # runc in every hierarchy), which `stop` removes.
+            "cgroupRoot": self.info["cgroup_root"],
             "resolvConf": "/etc/resolv.conf",
             "registerNode": True,
             "serializeImagePulls": False,
@@ -426,6 +431,23 @@ disabled_plugins = ["io.containerd.nri.v1.nri", "io.containerd.internal.v1.traci
             except (ProcessLookupError, PermissionError):
                 pass
         sup.stop(f"ns-{self.name}")
+        root = self.info.get("cgroup_root")
+        if root:
+            remove_cgroups(root)
+
+
+def remove_cgroups(root: str) -> None:
+    """Removes the cgroup `root` (and everything below it) in every hierarchy, deepest first;
+    a cgroup that still holds a process stays, with a warning."""
+    for hierarchy in Path("/sys/fs/cgroup").iterdir():
+        top = hierarchy / root.lstrip("/")
+        if not top.is_dir():
+            continue
+        for d, _subdirs, _files in sorted(os.walk(top), key=lambda w: -w[0].count("/")):
+            try:
+                os.rmdir(d)
+            except OSError as e:
+                progress.warn(f"cgroup {d} not removed: {e}")
 
 
 def shim_pids(sock: Path) -> list[int]:
