@@ -240,9 +240,7 @@ class RealNode:
 
     def start(self, driver: Path, kubelet: Path, containerd: Path, pause: Path) -> None:
         d = self.dirs()
-        key = hashlib.sha1(str(self.c.state).encode()).hexdigest()[:8]
         self.info.update({"containerd_bin": str(containerd), "kubelet_bin": str(kubelet),
-                          "cgroup_root": f"/mock-accel-{key}-{self.name}",
                           "kubelet_port": controlplane.free_port(), "healthz_port": controlplane.free_port(),
                           "ip": node_ip()})
         self.c.save()
@@ -393,9 +391,6 @@ disabled_plugins = ["io.containerd.nri.v1.nri", "io.containerd.internal.v1.traci
             "enforceNodeAllocatable": [], "failSwapOn": False, "oomScoreAdj": 0,
             "protectKernelDefaults": True,
             "podLogsDir": str(d["pod-logs"]),
-            # Without per-QoS cgroups the pods' cgroups go below this one parent (created by
-            # runc in every hierarchy), which `stop` removes.
-            "cgroupRoot": self.info["cgroup_root"],
             "resolvConf": "/etc/resolv.conf",
             "registerNode": True,
             "serializeImagePulls": False,
@@ -416,8 +411,10 @@ disabled_plugins = ["io.containerd.nri.v1.nri", "io.containerd.internal.v1.traci
         outlived it, and the namespace holder (its mounts go with it)."""
         sup = self.c.sup
         sup.stop(f"kubelet-{self.name}")
+        containers: list[str] = []
         if f"containerd-{self.name}" in sup.procs and sup.get(f"containerd-{self.name}").alive():
             try:
+                containers = self.ctr("containers", "ls", "-q", timeout=30).split()
                 for task in self.ctr("tasks", "ls", "-q", timeout=30).split():
                     subprocess.run(self._nsenter(str(Path(self.info["containerd_bin"]) / "ctr"), f"--address={self.sock}",
                                                  "-n", "k8s.io", "tasks", "kill", "-s", "SIGKILL", task),
@@ -431,9 +428,15 @@ disabled_plugins = ["io.containerd.nri.v1.nri", "io.containerd.internal.v1.traci
             except (ProcessLookupError, PermissionError):
                 pass
         sup.stop(f"ns-{self.name}")
-        root = self.info.get("cgroup_root")
-        if root:
-            remove_cgroups(root)
+        # Without per-QoS cgroups the kubelet names no cgroup parent, and containerd puts each
+        # container at `/k8s.io/<container id>` in every hierarchy: remove this node's.
+        for c in containers:
+            remove_cgroups(f"/k8s.io/{c}")
+        for hierarchy in Path("/sys/fs/cgroup").iterdir():
+            try:
+                (hierarchy / "k8s.io").rmdir()  # only when empty: another containerd may use it
+            except OSError:
+                pass
 
 
 def remove_cgroups(root: str) -> None:
