@@ -152,8 +152,8 @@ class Cluster:
 
     def down(self) -> list[str]:
         # A real node first: its containers run under shims that stopping containerd leaves.
-        realnode.remove_all(self)
-        stopped = self.sup.stop_all()
+        stopped = realnode.remove_all(self)
+        stopped += self.sup.stop_all()
         etcd = self.info.get("etcd_dir")
         if etcd and etcd.startswith("/dev/shm/mock-accel-"):
             shutil.rmtree(Path(etcd).parent, ignore_errors=True)

@@ -562,13 +562,18 @@ def add(cluster, name: str = NODE) -> RealNode:
     return node
 
 
-def remove_all(cluster) -> None:
-    """Stops every real node of the cluster (containers first) and removes its /tmp directory."""
+def remove_all(cluster) -> list[str]:
+    """Stops every real node of the cluster (containers first) and removes its /tmp directory;
+    returns the names of the processes that ran."""
+    stopped = []
     for name in list(cluster.info.get("real_nodes", {})):
         node = RealNode(cluster, name)
+        stopped += [p.name for p in cluster.sup.running()
+                    if p.name in (f"kubelet-{name}", f"containerd-{name}", f"ns-{name}", f"kernel-{name}")]
         if f"ns-{name}" in cluster.sup.procs:
             node.stop()
         cluster.sup.stop(f"kernel-{name}")
         kubelet = cluster.state / "nodes" / name / "kubelet"
         if kubelet.is_symlink() and os.readlink(kubelet).startswith("/tmp/mock-accel-"):
             shutil.rmtree(os.readlink(kubelet), ignore_errors=True)
+    return stopped
