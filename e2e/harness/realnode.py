@@ -32,7 +32,6 @@ from pathlib import Path
 
 from harness import builds, controlplane, nodes, progress
 from harness.builds import REPO, BuildError
-from harness.kube import DRIVER
 
 NODE = "real1"
 CONTAINERD_VERSION = "v2.4.2"
