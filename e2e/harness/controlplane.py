@@ -170,11 +170,10 @@ def start(state: Path, binaries: Binaries, pki: Pki, ports: Ports, etcd_dir: Pat
         "--endpoint-reconciler-type=none",
         "--disable-admission-plugins=" + ("TaintNodesByCondition" if real_node
                                           else "ServiceAccount,TaintNodesByCondition"),
-        # `kubectl logs` and `exec` on a real kubelet: the apiserver authenticates as admin.
-        f"--kubelet-client-certificate={pki.admin_cert}",
-        f"--kubelet-client-key={pki.admin_key}",
-        # The real node's name does not resolve; its InternalIP does.
-        "--kubelet-preferred-address-types=InternalIP,Hostname",
+        # `kubectl logs` and `exec` on a real kubelet: the apiserver authenticates as admin, at
+        # the node's InternalIP (the real node's name does not resolve).
+        *([f"--kubelet-client-certificate={pki.admin_cert}", f"--kubelet-client-key={pki.admin_key}",
+           "--kubelet-preferred-address-types=InternalIP,Hostname"] if real_node else []),
         f"--cert-dir={state / 'pki' / 'apiserver'}",
         "--profiling=false",
         *gate_flags,
