@@ -10,7 +10,7 @@ IMAGE := $(shell sed -n 's/^ *newName: *//p' $(KUSTOMIZATION)):$(shell sed -n 's
 IMAGE_TAR ?= /tmp/mock-accel-dra-image.tar
 
 .PHONY: help bin build test lint fmt fmt-check crd bench image-name build-image save-image load-image \
-        deploy undeploy k8s-bins e2e fakelet-test dev-cluster dev-cluster-env dev-cluster-down demo
+        deploy undeploy k8s-bins e2e e2e-node fakelet-test dev-cluster dev-cluster-env dev-cluster-down demo
 
 help: ## list the targets
 	@grep -E '^[a-z0-9-]+:.*## ' $(MAKEFILE_LIST) | sed -E 's/:.*## /\t/' | column -t -s $$'\t'
@@ -83,8 +83,8 @@ DEV_CLUSTER ?= .dev-cluster
 E2E_ARGS ?=
 HARNESS := PYTHONDONTWRITEBYTECODE=1 python3
 
-dev-cluster: ## start the local two-node cluster (state in .dev-cluster/) and leave it running
-	@$(HARNESS) e2e/harness/cluster.py up --state $(DEV_CLUSTER)
+dev-cluster: ## start the local two-node cluster (state in .dev-cluster/); REAL_NODE=1 adds real1 (real kubelet)
+	@$(HARNESS) e2e/harness/cluster.py up --state $(DEV_CLUSTER) $(if $(filter 1,$(REAL_NODE)),--real-node)
 
 dev-cluster-env: ## shell exports for the local cluster: eval "$(make -s dev-cluster-env)"
 	@$(HARNESS) e2e/harness/cluster.py env --state $(DEV_CLUSTER)
@@ -97,6 +97,11 @@ demo: ## allocate a PF to a pod on the local cluster and show what it gets (KEEP
 
 e2e: fakelet-test ## every end-to-end scenario on a fresh local cluster (E2E_ARGS="-k 3" selects)
 	@$(HARNESS) e2e/run.py $(E2E_ARGS)
+
+# Not part of `make e2e` nor .ci/run: a real kubelet and containerd (built once, cached), see
+# docs/testing-guide.md for how long it takes.
+e2e-node: ## scenarios 20* on node real1: a real kubelet v1.37.2 and containerd v2.4.2 (E2E_ARGS as for e2e)
+	@$(HARNESS) e2e/run.py --real-node $(E2E_ARGS)
 
 fakelet-test: ## the fake kubelet's own Go tests (registration and pods on the kubelet's DRA code, CDI)
 	cd e2e/fakelet && GOTOOLCHAIN=local go test ./...

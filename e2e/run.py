@@ -1,13 +1,17 @@
 #!/usr/bin/env python3
 """`make e2e`: every scenario on a fresh local cluster.
 
-    e2e/run.py [--state DIR] [--keep] [-k PATTERN]... [--control-plane-only] [--list]
+    e2e/run.py [--state DIR] [--keep] [-k PATTERN]... [--control-plane-only] [--real-node] [--list]
 
 Starts a cluster in a new temporary state directory, runs the scenarios in order, each in its
 own namespace, and always tears the cluster down. The last line is `N passed, M failed`; the
 exit code is non-zero when anything failed. The state directory (logs of every process, and
 per failing scenario a dump of the cluster under `failures/<id>/`) is kept when something
 failed, or with --keep, and its path is printed.
+
+`--real-node` (`make e2e-node`): a cluster with only node `real1` (a real kubelet and
+containerd, harness/realnode.py) and the scenarios marked for it (ids 20*); without it those
+are left out.
 """
 
 import argparse
@@ -132,12 +136,15 @@ def main() -> int:
                     help="run only scenarios whose id or title contains this text (repeatable)")
     ap.add_argument("--control-plane-only", action="store_true",
                     help="no nodes and no driver; only the scenarios that need neither")
+    ap.add_argument("--real-node", action="store_true",
+                    help="only node real1 (real kubelet and containerd) and the scenarios for it")
     ap.add_argument("--list", action="store_true", help="list the scenarios and exit")
     args = ap.parse_args()
 
     selected = [s for s in ordered()
                 if (not args.patterns or any(p.lower() in f"{s.id} {s.title}".lower() for p in args.patterns))
-                and (s.needs_driver is False or not args.control_plane_only)]
+                and (s.needs_driver is False or not args.control_plane_only)
+                and s.real_node == args.real_node]
     if args.list:
         for s in ordered():
             print(s.label)
@@ -156,7 +163,10 @@ def main() -> int:
     interrupted = False
     try:
         try:
-            cluster.up(with_driver=not args.control_plane_only)
+            if args.real_node:
+                cluster.up(node_names=(), real_node=True)
+            else:
+                cluster.up(with_driver=not args.control_plane_only)
         except KeyboardInterrupt:
             raise
         except Exception as e:  # noqa: BLE001 - the whole suite fails, with the reason

@@ -28,7 +28,7 @@ from pathlib import Path
 if __package__ in (None, ""):
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from harness import builds, controlplane, manifests, nodes, pki, procs, progress  # noqa: E402
+from harness import builds, controlplane, manifests, nodes, pki, procs, progress, realnode  # noqa: E402
 from harness.builds import Binaries  # noqa: E402
 from harness.kube import DRIVER, Kubectl, KubectlError  # noqa: E402
 from harness.manifests import Workload  # noqa: E402
@@ -98,7 +98,9 @@ class Cluster:
 
     # ---- up and down ------------------------------------------------------------------------
 
-    def up(self, node_names=DEFAULT_NODES, with_driver: bool = True, agent_grace_period: str | None = None) -> None:
+    def up(self, node_names=DEFAULT_NODES, with_driver: bool = True, agent_grace_period: str | None = None,
+           real_node: bool = False) -> None:
+        """`real_node`: also node `real1` with a real kubelet and containerd (harness/realnode.py)."""
         if self.running():
             raise ClusterError(f"a cluster already runs from {self.state} (stop it with `cluster.py down`)")
         started = time.monotonic()
@@ -127,7 +129,7 @@ class Cluster:
         }
         self.save()
         pki.write_admin_kubeconfig(p, self.server, self.kubeconfig)
-        controlplane.start(self.state, binaries, p, ports, etcd_dir, self.kubeconfig, self.sup)
+        controlplane.start(self.state, binaries, p, ports, etcd_dir, self.kubeconfig, self.sup, real_node=real_node)
         if not with_driver:
             progress.step(f"control plane up in {time.monotonic() - started:.0f}s (no nodes, no driver)")
             return
@@ -143,11 +145,15 @@ class Cluster:
             self.start_controller(i)
         for name in node_names:
             self.wait_published(name, nodes.CANONICAL_DEVICES, timeout=120)
-        progress.step(f"cluster up in {time.monotonic() - started:.0f}s: {len(node_names)} nodes, "
-                      f"{CONTROLLER_REPLICAS} controller replicas")
+        if real_node:
+            realnode.add(self)
+        progress.step(f"cluster up in {time.monotonic() - started:.0f}s: {len(node_names)} simulated nodes"
+                      f"{', real node ' + realnode.NODE if real_node else ''}, {CONTROLLER_REPLICAS} controller replicas")
 
     def down(self) -> list[str]:
-        stopped = self.sup.stop_all()
+        # A real node first: its containers run under shims that stopping containerd leaves.
+        stopped = realnode.remove_all(self)
+        stopped += self.sup.stop_all()
         etcd = self.info.get("etcd_dir")
         if etcd and etcd.startswith("/dev/shm/mock-accel-"):
             shutil.rmtree(Path(etcd).parent, ignore_errors=True)
@@ -518,6 +524,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--nodes", default=",".join(DEFAULT_NODES), help="comma-separated node names")
     ap.add_argument("--control-plane-only", action="store_true", help="no nodes, no driver")
     ap.add_argument("--agent-grace-period", default=None, help="override the controller's --agent-grace-period")
+    ap.add_argument("--real-node", action="store_true", default=os.environ.get("REAL_NODE") == "1",
+                    help="also node real1 with a real kubelet and containerd (default: $REAL_NODE=1)")
     args = ap.parse_args(argv)
     state = Path(args.state)
     progress.set_prefix("dev-cluster")
@@ -552,7 +560,7 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     try:
         c.up([n for n in args.nodes.split(",") if n], with_driver=not args.control_plane_only,
-             agent_grace_period=args.agent_grace_period)
+             agent_grace_period=args.agent_grace_period, real_node=args.real_node)
     except KeyboardInterrupt:
         progress.step("interrupted: stopping everything that was started")
         c.down()

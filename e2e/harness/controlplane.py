@@ -42,6 +42,10 @@ KCM_CONTROLLERS = [
     "namespace-controller",
     "pod-garbage-collector-controller",
 ]
+# With a real kubelet (`REAL_NODE=1`): the node agent runs from the DaemonSet with its
+# ServiceAccount's projected token, which needs the namespace's default ServiceAccount and the
+# kube-root-ca.crt ConfigMap.
+REAL_NODE_CONTROLLERS = ["daemonset-controller", "serviceaccount-controller", "root-ca-certificate-publisher-controller"]
 
 
 class ControlPlaneError(RuntimeError):
@@ -118,7 +122,9 @@ def wait_http(what: str, url: str, context: ssl.SSLContext | None, sup: Supervis
 
 
 def start(state: Path, binaries: Binaries, pki: Pki, ports: Ports, etcd_dir: Path, kubeconfig: Path,
-          sup: Supervisor) -> None:
+          sup: Supervisor, real_node: bool = False) -> None:
+    """`real_node`: also what a real kubelet and a DaemonSet need (ServiceAccount admission,
+    the controllers of REAL_NODE_CONTROLLERS, a client certificate for the kubelet's API)."""
     minor = kube_minor(binaries)
     gates = FEATURE_GATES.get(minor)
     if gates is None:
@@ -162,7 +168,12 @@ def start(state: Path, binaries: Binaries, pki: Pki, ports: Ports, etcd_dir: Pat
         "--service-cluster-ip-range=10.0.0.0/24",
         "--allow-privileged=true",
         "--endpoint-reconciler-type=none",
-        "--disable-admission-plugins=ServiceAccount,TaintNodesByCondition",
+        "--disable-admission-plugins=" + ("TaintNodesByCondition" if real_node
+                                          else "ServiceAccount,TaintNodesByCondition"),
+        # `kubectl logs` and `exec` on a real kubelet: the apiserver authenticates as admin, at
+        # the node's InternalIP (the real node's name does not resolve).
+        *([f"--kubelet-client-certificate={pki.admin_cert}", f"--kubelet-client-key={pki.admin_key}",
+           "--kubelet-preferred-address-types=InternalIP,Hostname"] if real_node else []),
         f"--cert-dir={state / 'pki' / 'apiserver'}",
         "--profiling=false",
         *gate_flags,
@@ -180,13 +191,14 @@ def start(state: Path, binaries: Binaries, pki: Pki, ports: Ports, etcd_dir: Pat
         "--bind-address=127.0.0.1",
         *gate_flags,
     ]
-    progress.step(f"starting kube-controller-manager ({', '.join(KCM_CONTROLLERS)})")
+    controllers = KCM_CONTROLLERS + (REAL_NODE_CONTROLLERS if real_node else [])
+    progress.step(f"starting kube-controller-manager ({', '.join(controllers)})")
     sup.start("kube-controller-manager", [
         str(binaries.k("kube-controller-manager")),
         *common,
         f"--secure-port={ports.kcm}",
         f"--cert-dir={state / 'pki' / 'kcm'}",
-        f"--controllers={','.join(KCM_CONTROLLERS)}",
+        f"--controllers={','.join(controllers)}",
         "--kube-api-qps=100",
         "--kube-api-burst=200",
         "-v=2",

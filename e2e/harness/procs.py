@@ -36,10 +36,13 @@ class ProcessError(RuntimeError):
 
 
 class Proc:
-    def __init__(self, name: str, pid: int, argv: list[str], log: Path, seq: int, popen=None):
+    def __init__(self, name: str, pid: int, argv: list[str], log: Path, seq: int, popen=None,
+                 program: str | None = None):
         self.name = name
         self.pid = pid
         self.argv = argv
+        # The program the pid runs once started, when argv[0] execs another (unshare, nsenter).
+        self.program = program
         self.log = log
         self.seq = seq
         self.popen = popen
@@ -47,7 +50,7 @@ class Proc:
     def alive(self) -> bool:
         if self.popen is not None:
             return self.popen.poll() is None
-        return pid_runs(self.pid, self.argv)
+        return pid_runs(self.pid, [self.program] if self.program else self.argv)
 
     def exit_code(self):
         if self.popen is not None:
@@ -98,12 +101,16 @@ class Supervisor:
                 rec = json.loads(f.read_text())
             except (OSError, ValueError):
                 continue
-            self.procs[rec["name"]] = Proc(rec["name"], rec["pid"], rec["argv"], Path(rec["log"]), rec["seq"])
+            self.procs[rec["name"]] = Proc(rec["name"], rec["pid"], rec["argv"], Path(rec["log"]), rec["seq"],
+                                           program=rec.get("program"))
 
     def _next_seq(self) -> int:
         return max((p.seq for p in self.procs.values()), default=0) + 1
 
-    def start(self, name: str, argv: list[str], env: dict | None = None, cwd: Path | None = None) -> Proc:
+    def start(self, name: str, argv: list[str], env: dict | None = None, cwd: Path | None = None,
+              program: str | None = None) -> Proc:
+        """`program`: what the process runs after argv[0] has exec'd it (for a later
+        invocation's pid check), when that differs from argv[0]."""
         old = self.procs.get(name)
         if old is not None and old.alive():
             raise ProcessError(f"process {name} is already running (pid {old.pid})")
@@ -127,10 +134,11 @@ class Supervisor:
                 )
             except OSError as e:
                 raise ProcessError(f"cannot start {name} ({argv[0]}): {e}") from e
-        proc = Proc(name, popen.pid, argv, log, self._next_seq(), popen)
+        proc = Proc(name, popen.pid, argv, log, self._next_seq(), popen, program)
         self.procs[name] = proc
         (self.pids / f"{name}.json").write_text(
-            json.dumps({"name": name, "pid": popen.pid, "argv": argv, "log": str(log), "seq": proc.seq})
+            json.dumps({"name": name, "pid": popen.pid, "argv": argv, "log": str(log), "seq": proc.seq,
+                        "program": program})
         )
         return proc
 

@@ -262,3 +262,63 @@ class CacheChoiceTest(unittest.TestCase):
 
 if __name__ == "__main__":
     unittest.main()
+
+
+class RealNodeTest(unittest.TestCase):
+    """The real node's pure parts: which image the overlay deploys, the OCI archive that
+    containerd imports, and the pid check of processes that exec another program."""
+
+    def test_image_names_are_normalised_as_containerd_stores_them(self):
+        from harness import realnode
+        with tempfile.TemporaryDirectory() as d:
+            k = Path(d) / "kustomization.yaml"
+            for new_name, tag, want in [("mock-accel-dra", "dev", "docker.io/library/mock-accel-dra:dev"),
+                                        ("localhost/mock-accel-dra", "dev", "localhost/mock-accel-dra:dev"),
+                                        ("acme/dra", "1.0", "docker.io/acme/dra:1.0"),
+                                        ("registry.example.com:5000/dra", "1", "registry.example.com:5000/dra:1")]:
+                k.write_text(f"images:\n- name: mock-accel-dra\n  newName: {new_name}\n  newTag: {tag}\n")
+                self.assertEqual(realnode.image_name(k), want)
+            k.write_text("resources: []\n")
+            with self.assertRaises(realnode.RealNodeError):
+                realnode.image_name(k)
+
+    def test_oci_archive_is_a_valid_layout_with_the_ref_and_files(self):
+        import json as _json
+        import tarfile
+        from harness import realnode
+        with tempfile.TemporaryDirectory() as d:
+            exe = Path(d) / "exe"
+            exe.write_bytes(b"\x7fELF-not-really")
+            out = Path(d) / "img.tar"
+            realnode.oci_archive(out, "localhost/x/y:1", {"/usr/local/bin/y": exe}, {"/bin/sh": "busybox"}, ["/y"])
+            with tarfile.open(out) as t:
+                names = set(t.getnames())
+                self.assertIn("oci-layout", names)
+                index = _json.load(t.extractfile("index.json"))
+                desc = index["manifests"][0]
+                self.assertEqual(desc["annotations"]["io.containerd.image.name"], "localhost/x/y:1")
+                blob = lambda dg: t.extractfile("blobs/sha256/" + dg.split(":", 1)[1]).read()  # noqa: E731
+                manifest = _json.loads(blob(desc["digest"]))
+                config = _json.loads(blob(manifest["config"]["digest"]))
+                self.assertEqual(config["config"]["Entrypoint"], ["/y"])
+                layer = blob(manifest["layers"][0]["digest"])
+                self.assertEqual(config["rootfs"]["diff_ids"][0], manifest["layers"][0]["digest"])
+                import hashlib as _h
+                self.assertEqual(manifest["layers"][0]["digest"], "sha256:" + _h.sha256(layer).hexdigest())
+            import io as _io
+            with tarfile.open(fileobj=_io.BytesIO(layer)) as lt:
+                self.assertEqual(lt.extractfile("usr/local/bin/y").read(), b"\x7fELF-not-really")
+                self.assertEqual(lt.getmember("bin/sh").linkname, "busybox")
+                self.assertTrue(lt.getmember("usr/local").isdir())
+
+    def test_a_process_that_execs_another_program_is_tracked_by_that_program(self):
+        with tempfile.TemporaryDirectory() as d:
+            sup = procs.Supervisor(Path(d), die_with_parent=True)
+            try:
+                sup.start("holder", ["/bin/sh", "-c", "exec sleep 30"], program="sleep")
+                time.sleep(0.3)
+                later = procs.Supervisor(Path(d), die_with_parent=True)
+                self.assertTrue(later.get("holder").alive())
+                self.assertEqual(later.stop_all(timeout=2), ["holder"])
+            finally:
+                sup.stop_all(timeout=2)

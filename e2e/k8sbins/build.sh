@@ -7,6 +7,8 @@
 # them at ./staging, which a module download does not contain.
 #
 # Usage: e2e/k8sbins/build.sh            builds if missing, prints the bin directory last
+#        e2e/k8sbins/build.sh kubelet    builds (or reuses) only the named binaries; the
+#                                         real-kubelet node (e2e/realnode) asks for kubelet
 #        K8S_VERSION=v1.37.2 ...          pin another release
 #        MOCK_ACCEL_CACHE=/path ...       cache root (default: /var/cache/mock-accel when writable,
 #                                         else ${XDG_CACHE_HOME:-~/.cache}/mock-accel; see e2e/cache.sh)
@@ -25,7 +27,13 @@ export GOTOOLCHAIN=local CGO_ENABLED=0 GOFLAGS=-mod=mod
 
 log() { printf '[k8sbins %s] %s\n' "$(date +%H:%M:%S)" "$*" >&2; }
 
-want=(etcd kube-apiserver kube-controller-manager kube-scheduler kubectl)
+if [ "$#" -gt 0 ]; then want=("$@"); else want=(etcd kube-apiserver kube-controller-manager kube-scheduler kubectl); fi
+for b in "${want[@]}"; do
+  case "$b" in
+    etcd|kube-apiserver|kube-controller-manager|kube-scheduler|kubectl|kubelet) ;;
+    *) echo "k8sbins: cannot build '$b'; choose from etcd kube-apiserver kube-controller-manager kube-scheduler kubectl kubelet" >&2; exit 2 ;;
+  esac
+done
 complete() { local b; for b in "${want[@]}"; do [ -x "$1/$b" ] || return 1; done; }
 log "cache $CACHE_ROOT ($CACHE_REASON)"
 for dir in ${CACHE_REUSE:+"$CACHE_REUSE/$BIN_SUBDIR"} "$BIN_DIR"; do
@@ -65,7 +73,7 @@ if ! grep -qE "k8s.io/kubernetes $K8S_VERSION( |$)" go.mod 2>/dev/null; then
     go mod edit -replace="$m=$m@$STAGING_VERSION"
   done
   log "resolving modules (first run downloads ~1 GB through the proxy)"
-  for c in kube-apiserver kube-controller-manager kube-scheduler kubectl; do
+  for c in kube-apiserver kube-controller-manager kube-scheduler kubectl kubelet; do
     go get -tool "k8s.io/kubernetes/cmd/$c@$K8S_VERSION"
   done
   etcd_ver=$(go list -m -f '{{.Version}}' go.etcd.io/etcd/server/v3)
@@ -86,19 +94,25 @@ done
 beat=$!
 trap 'kill $beat 2>/dev/null || true' EXIT
 
-for c in kube-apiserver kube-controller-manager kube-scheduler kubectl; do
+for c in kube-apiserver kube-controller-manager kube-scheduler kubectl kubelet; do
+  [[ " ${want[*]} " == *" $c "* ]] || continue
   if [ ! -x "$BIN_DIR/$c" ]; then
     log "building $c $K8S_VERSION"
     go build -trimpath -tags selinux,notest -ldflags "$ldflags" -o "$BIN_DIR/$c.tmp" "k8s.io/kubernetes/cmd/$c"
     mv "$BIN_DIR/$c.tmp" "$BIN_DIR/$c"
   fi
 done
-if [ ! -x "$BIN_DIR/etcd" ]; then
+if [[ " ${want[*]} " == *" etcd "* ]] && [ ! -x "$BIN_DIR/etcd" ]; then
   log "building etcd $(go list -m -f '{{.Version}}' go.etcd.io/etcd/server/v3)"
   go build -trimpath -ldflags "-s -w" -o "$BIN_DIR/etcd.tmp" go.etcd.io/etcd/server/v3
   mv "$BIN_DIR/etcd.tmp" "$BIN_DIR/etcd"
 fi
-"$BIN_DIR/kube-apiserver" --version >&2
-"$BIN_DIR/etcd" --version | head -n 1 >&2
+for b in "${want[@]}"; do
+  case "$b" in
+    etcd) "$BIN_DIR/etcd" --version | head -n 1 >&2 ;;
+    kubectl) ;;
+    *) "$BIN_DIR/$b" --version >&2 ;;
+  esac
+done
 log "done: $BIN_DIR"
 echo "$BIN_DIR"

@@ -16,4 +16,5 @@ from scenarios import (  # noqa: F401 - imported for their @scenario registratio
     registration,
     outages,
     kubelet,
+    realnode,
 )

@@ -30,6 +30,8 @@ class Scenario:
     title: str
     fn: Callable[["Context"], None]
     needs_driver: bool
+    # Runs only on a cluster with the real node (`make e2e-node`), never in `make e2e`.
+    real_node: bool = False
 
     @property
     def label(self) -> str:
@@ -47,9 +49,9 @@ def ordered() -> list[Scenario]:
     return sorted(REGISTRY, key=key)
 
 
-def scenario(id: str, title: str, needs_driver: bool = True):
+def scenario(id: str, title: str, needs_driver: bool = True, real_node: bool = False):
     def register(fn):
-        REGISTRY.append(Scenario(id, title, fn, needs_driver))
+        REGISTRY.append(Scenario(id, title, fn, needs_driver, real_node))
         return fn
     return register
 

@@ -1,0 +1,3 @@
+module mock-accel.example.com/e2e/realnode/pause
+
+go 1.26.0
