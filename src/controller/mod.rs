@@ -5,6 +5,7 @@
 //! also watches the slices it owns and the Nodes. The reconcile pipeline lives in
 //! [`reconcile`], its pure decisions in [`plan`], the metrics in [`metrics`].
 
+pub mod capabilities;
 pub mod leader;
 pub mod metrics;
 pub mod plan;
@@ -66,14 +67,26 @@ pub async fn run(args: ControllerArgs) -> Result<(), Error> {
         HttpServer::start(args.metrics_addr, registry, ready.clone(), shutdown.clone()).await?;
 
     let identity = args.identity.clone().unwrap_or_else(hostname);
-    let ctx = Arc::new(Context::new(
-        client.clone(),
-        args.driver_name.clone(),
-        args.agent_grace_period,
-        system_clock(),
-        metrics.clone(),
-        identity.clone(),
-    ));
+    // Decided once: a change of the API server's features comes with a restart of it, and the
+    // controller's readiness waits for this anyway.
+    let partitionable =
+        capabilities::resolve_partitionable(args.partitionable, &client, &args.driver_name).await;
+    if partitionable.enabled {
+        tracing::info!(reason = %partitionable.reason, "partitionable devices: publishing PF/VF shared counters");
+    } else {
+        tracing::info!(reason = %partitionable.reason, "partitionable devices: skipped, slices carry no shared counters (a PF and its own VFs are not exclusive)");
+    }
+    let ctx = Arc::new(
+        Context::new(
+            client.clone(),
+            args.driver_name.clone(),
+            args.agent_grace_period,
+            system_clock(),
+            metrics.clone(),
+            identity.clone(),
+        )
+        .with_partitionable(partitionable.enabled),
+    );
     tracing::info!(driver = %args.driver_name, grace = ?args.agent_grace_period, leader_elect = args.leader_elect, "starting the controller");
 
     let result = if args.leader_elect {

@@ -94,6 +94,9 @@ pub struct Observed<'a> {
     pub existing: &'a [ResourceSlice],
     pub now: Timestamp,
     pub grace: Duration,
+    /// Publish shared counters that make a PF and its own VFs exclusive (decided once at
+    /// start-up from what the API server accepts, see [`super::capabilities`]).
+    pub partitionable: bool,
 }
 
 /// The slice writes one reconcile must make.
@@ -161,6 +164,7 @@ pub fn plan_slices(obs: &Observed) -> SlicePlan {
             node_uid: Some(obs.node_uid),
             owner: owner.as_ref(),
             devices: &devices,
+            partitionable: obs.partitionable,
         };
         match slices::desired_slices(&input, obs.existing) {
             Ok(d) => {
@@ -538,6 +542,7 @@ mod tests {
             existing,
             now: t(now),
             grace: Duration::from_secs(40),
+            partitionable: false,
         }
     }
 

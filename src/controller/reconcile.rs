@@ -115,6 +115,8 @@ pub struct Context {
     pub grace: Duration,
     pub clock: Clock,
     pub metrics: Metrics,
+    /// Publish PF/VF shared counters ([`crate::slices::counters`]); off until decided.
+    pub partitionable: bool,
     reporter: Reporter,
     /// The error backoff of each node that failed since its last success.
     failures: Mutex<HashMap<String, Backoff>>,
@@ -135,12 +137,19 @@ impl Context {
             grace,
             clock,
             metrics,
+            partitionable: false,
             reporter: Reporter {
                 controller: CONTROLLER_FIELD_MANAGER.to_string(),
                 instance: Some(instance),
             },
             failures: Mutex::default(),
         }
+    }
+
+    /// Sets whether PF/VF shared counters are published (see [`super::capabilities`]).
+    pub fn with_partitionable(mut self, partitionable: bool) -> Self {
+        self.partitionable = partitionable;
+        self
     }
 
     fn slices(&self) -> Api<ResourceSlice> {
@@ -225,6 +234,7 @@ async fn reconcile_node(node: &MockAccelNode, ctx: &Context) -> Result<Action, R
         existing: &existing,
         now,
         grace: ctx.grace,
+        partitionable: ctx.partitionable,
     });
 
     // Write slices: obsolete ones first, so a pool never shows more slices than it counts.
