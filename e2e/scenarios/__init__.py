@@ -15,4 +15,6 @@ from scenarios import (  # noqa: F401 - imported for their @scenario registratio
     examples,
     registration,
     partitionable,
+    outages,
+    kubelet,
 )
