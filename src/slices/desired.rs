@@ -5,7 +5,7 @@
 use std::collections::BTreeMap;
 
 use k8s_openapi::api::resource::v1::{
-    Device as ApiDevice, DeviceAttribute, DeviceCapacity, ResourcePool, ResourceSlice,
+    CounterSet, Device as ApiDevice, DeviceAttribute, DeviceCapacity, ResourcePool, ResourceSlice,
     ResourceSliceSpec,
 };
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
@@ -24,6 +24,12 @@ use crate::{
         is_dns_subdomain, is_pool_name, node_label_value, pool_name, pool_suffix, slice_name,
     },
 };
+
+/// A pool's sort key: NUMA-less last, then NUMA node.
+type PoolKey = (bool, Option<u32>);
+
+/// What one slice of a pool carries: devices or counter sets (never both).
+type SliceContent = (Option<Vec<ApiDevice>>, Option<Vec<CounterSet>>);
 
 /// Everything [`desired_slices`] needs to know about one node.
 #[derive(Clone, Copy, Debug)]
@@ -126,7 +132,7 @@ pub fn desired_slices(
     }
 
     // Pools keyed so that NUMA nodes sort numerically and `numa-none` comes last.
-    let mut pools: BTreeMap<(bool, Option<u32>), Vec<(ApiDevice, &Device)>> = BTreeMap::new();
+    let mut pools: BTreeMap<PoolKey, Vec<(ApiDevice, &Device)>> = BTreeMap::new();
     let mut sorted: Vec<&Device> = input.devices.iter().collect();
     sorted.sort_by(|a, b| a.name.cmp(&b.name));
     for d in sorted {
@@ -183,7 +189,7 @@ pub fn desired_slices(
             MAX_DEVICES_PER_SLICE_WITH_COUNTERS
         };
         // Device slices first, so their names do not depend on the mode; counter slices after.
-        let specs: Vec<(Option<Vec<ApiDevice>>, Option<Vec<_>>)> = devices
+        let specs: Vec<SliceContent> = devices
             .chunks(per_slice)
             .map(|c| (Some(c.to_vec()), None))
             .chain(
