@@ -27,7 +27,9 @@ from harness.procs import Supervisor
 # Feature gates and runtime-config per Kubernetes minor: every DRA feature the scenarios use is
 # on by default from 1.36; an unknown gate name is fatal at start-up, so keep one list per minor.
 FEATURE_GATES = {
-    "1.34": "DRAPartitionableDevices=true,DRADeviceTaints=true,DRAConsumableCapacity=true,"
+    # 1.34 without DRADeviceTaints: with it the scheduler waits for a v1alpha3 DeviceTaintRule
+    # informer that this API server does not serve, and schedules nothing.
+    "1.34": "DRAPartitionableDevices=true,DRAConsumableCapacity=true,"
             "DRADeviceBindingConditions=true",
     "1.35": "DRAPartitionableDevices=true,DRADeviceTaints=true,DRAConsumableCapacity=true,"
             "DRADeviceBindingConditions=true,DRADeviceTaintRules=true",
