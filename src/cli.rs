@@ -99,8 +99,21 @@ pub struct ControllerArgs {
     /// Lease duration; a new leader takes over at most this long after the old one vanished.
     #[arg(long, default_value = "15s", value_parser = parse_duration, env = "LEASE_DURATION")]
     pub lease_duration: Duration,
+    /// Publish each card (a PF and its VFs) as shared counters so that a PF and its own VFs
+    /// exclude each other: `auto` when the API server accepts them (checked at start-up by a
+    /// server-side dry run), `on` always, `off` never.
+    #[arg(long, value_enum, default_value_t = Partitionable::Auto, env = "PARTITIONABLE")]
+    pub partitionable: Partitionable,
     #[command(flatten)]
     pub api: ApiClientArgs,
+}
+
+/// `--partitionable` of the controller.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum Partitionable {
+    Auto,
+    On,
+    Off,
 }
 
 #[derive(Args, Debug, Clone)]

@@ -245,6 +245,7 @@ fn published(node: &str, devices: &[Device]) -> Vec<CelDevice> {
         node_uid: Some("uid"),
         owner: None,
         devices,
+        partitionable: false,
     };
     let out = desired_slices(&input, &[]).unwrap();
     assert!(out.rejected.is_empty(), "{:?}", out.rejected);

@@ -14,6 +14,7 @@ from scenarios import (  # noqa: F401 - imported for their @scenario registratio
     rbac,
     examples,
     registration,
+    partitionable,
     outages,
     kubelet,
     realnode,

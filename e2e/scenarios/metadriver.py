@@ -11,6 +11,7 @@ from harness import kube, nodes
 from harness.kube import DRIVER, claim, distinct, match, pod, request
 from harness.wait import check, equal, until
 
+from scenarios import partitionable
 from scenarios.framework import Context, say, scenario, verify_prepared, verify_released
 from scenarios.topology import NUMA, release, stays_unschedulable
 
@@ -44,17 +45,38 @@ def coordinator_claim(ctx: Context) -> None:
     say(f"{PARTITION_REQUEST}: {[d['name'] for d in devs]} on {node}, NUMA 1; foreign opaque config ignored")
     release(ctx, {"partition": (node, got, devs)})
 
-    ctx.apply(
-        claim("pf-vf-numa", [request("pf", "mock-accel-pf"), request("vf", "mock-accel-vf")],
-              [match(NUMA, ["pf", "vf"])]),
-        pod("pf-vf-numa", claims={"accel": "pf-vf-numa"}),
-    )
-    ctx.wait_running("pf-vf-numa")
-    node, got, devs = verify_prepared(ctx, "pf-vf-numa", "accel")
-    numas = {d["request"]: kube.attr(d, NUMA) for d in devs}
-    equal(numas["pf"], numas["vf"], "standard numaNode of the PF and the VF")
-    say(f"pf-vf-numa: PF and VF both on NUMA {numas['pf']} of {node}")
-    release(ctx, {"pf-vf-numa": (node, got, devs)})
+    # A canonical NUMA node holds one card; with shared counters (partitionable devices) its PF
+    # and its own VFs exclude each other, so a second PF joins NUMA 0 of one node for this part.
+    spare = None
+    if partitionable.counters_published(ctx):
+        spare = (ctx.cluster.node_names()[0], "mock8")
+        nodes.add_device(ctx.cluster.binaries.driver, ctx.node_paths(spare[0]), spare[1], "0000:13:00.0", 0, "pf")
+        until(f"{spare[1]} to be published on {spare[0]}", lambda: (
+            any(kube.attr(d, "sysfsName") == spare[1] for (p, _), d in ctx.slice_devices().items()
+                if p == f"{spare[0]}/numa0"), None), 30)
+    try:
+        ctx.apply(
+            claim("pf-vf-numa", [request("pf", "mock-accel-pf"), request("vf", "mock-accel-vf")],
+                  [match(NUMA, ["pf", "vf"])]),
+            pod("pf-vf-numa", claims={"accel": "pf-vf-numa"}),
+        )
+        ctx.wait_running("pf-vf-numa")
+        node, got, devs = verify_prepared(ctx, "pf-vf-numa", "accel")
+        numas = {d["request"]: kube.attr(d, NUMA) for d in devs}
+        equal(numas["pf"], numas["vf"], "standard numaNode of the PF and the VF")
+        by_req = {d["request"]: d for d in devs}
+        if spare:
+            equal((node, by_req["pf"]["name"]), spare, "node and PF of claim pf-vf-numa (the only PF without own VFs on a NUMA node)")
+            check(kube.attr(by_req["vf"], "physfn") != by_req["pf"]["name"], "the PF came with its own VF")
+        say(f"pf-vf-numa: PF {by_req['pf']['name']} and VF {by_req['vf']['name']} both on NUMA {numas['pf']} of {node}")
+        release(ctx, {"pf-vf-numa": (node, got, devs)})
+    finally:
+        if spare:
+            nodes.remove_device(ctx.cluster.binaries.driver, ctx.node_paths(spare[0]), spare[1])
+    if spare:
+        until(f"{spare[1]} to leave the slices", lambda: (
+            not any(kube.attr(d, "sysfsName") == spare[1] for (p, _), d in ctx.slice_devices().items()
+                    if p.startswith(f"{spare[0]}/")), None), 30)
 
 
 def _cpu_slice(node: str) -> dict:

@@ -5,6 +5,7 @@
 //! also watches the slices it owns and the Nodes. The reconcile pipeline lives in
 //! [`reconcile`], its pure decisions in [`plan`], the metrics in [`metrics`].
 
+pub mod capabilities;
 pub mod leader;
 pub mod metrics;
 pub mod plan;
@@ -104,6 +105,15 @@ pub async fn run(args: ControllerArgs) -> Result<(), Error> {
         HttpServer::start(args.metrics_addr, registry, ready.clone(), shutdown.clone()).await?;
 
     let identity = args.identity.clone().unwrap_or_else(hostname);
+    // Decided once: a change of the API server's features comes with a restart of it, and the
+    // controller's readiness waits for this anyway.
+    let partitionable =
+        capabilities::resolve_partitionable(args.partitionable, &client, &args.driver_name).await;
+    if partitionable.enabled {
+        tracing::info!(reason = %partitionable.reason, "partitionable devices: publishing PF/VF shared counters");
+    } else {
+        tracing::info!(reason = %partitionable.reason, "partitionable devices: skipped, slices carry no shared counters (a PF and its own VFs are not exclusive)");
+    }
     let ctx = Arc::new(
         Context::new(
             client.clone(),
@@ -113,7 +123,8 @@ pub async fn run(args: ControllerArgs) -> Result<(), Error> {
             metrics.clone(),
             identity.clone(),
         )
-        .with_api_view(api_view),
+        .with_api_view(api_view)
+        .with_partitionable(partitionable.enabled),
     );
     tracing::info!(driver = %args.driver_name, grace = ?args.agent_grace_period, leader_elect = args.leader_elect, "starting the controller");
 

@@ -110,6 +110,9 @@ pub struct Observed<'a> {
     pub existing: &'a [ResourceSlice],
     pub now: Timestamp,
     pub grace: Duration,
+    /// Publish shared counters that make a PF and its own VFs exclusive (decided once at
+    /// start-up from what the API server accepts, see [`super::capabilities`]).
+    pub partitionable: bool,
     /// Since when the controller has seen the API server without interruption (`None`: no
     /// such record, heartbeats are judged by their own time alone).
     pub api_view_since: Option<Timestamp>,
@@ -180,6 +183,7 @@ pub fn plan_slices(obs: &Observed) -> SlicePlan {
             node_uid: Some(obs.node_uid),
             owner: owner.as_ref(),
             devices: &devices,
+            partitionable: obs.partitionable,
         };
         match slices::desired_slices(&input, obs.existing) {
             Ok(d) => {
@@ -557,6 +561,7 @@ mod tests {
             existing,
             now: t(now),
             grace: Duration::from_secs(40),
+            partitionable: false,
             api_view_since: None,
         }
     }

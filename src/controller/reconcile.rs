@@ -116,6 +116,8 @@ pub struct Context {
     pub grace: Duration,
     pub clock: Clock,
     pub metrics: Metrics,
+    /// Publish PF/VF shared counters ([`crate::slices::counters`]); off until decided.
+    pub partitionable: bool,
     /// This process's view of the API server; heartbeats are judged only over time it saw.
     api_view: Option<ApiView>,
     reporter: Reporter,
@@ -139,6 +141,7 @@ impl Context {
             grace,
             clock,
             metrics,
+            partitionable: false,
             api_view: None,
             reporter: Reporter {
                 controller: CONTROLLER_FIELD_MANAGER.to_string(),
@@ -151,6 +154,12 @@ impl Context {
     /// Judges heartbeats from when `view` last resumed (see [`plan::liveness`]).
     pub fn with_api_view(mut self, view: ApiView) -> Self {
         self.api_view = Some(view);
+        self
+    }
+
+    /// Sets whether PF/VF shared counters are published (see [`super::capabilities`]).
+    pub fn with_partitionable(mut self, partitionable: bool) -> Self {
+        self.partitionable = partitionable;
         self
     }
 
@@ -258,6 +267,7 @@ async fn reconcile_node(node: &MockAccelNode, ctx: &Context) -> Result<Action, R
             now,
             grace: ctx.grace,
             api_view_since: ctx.api_view.as_ref().map(|v| v.since(now)),
+            partitionable: ctx.partitionable,
         })
     };
     let mut plan = decide(node);

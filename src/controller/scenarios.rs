@@ -108,6 +108,7 @@ fn published(node: &MockAccelNode, now: &str) -> (MockAccelNode, Vec<ResourceSli
         existing: &[],
         now: t(now),
         grace: GRACE,
+        partitionable: false,
         api_view_since: None,
     });
     let status = plan::controller_status(node, &plan, &WriteOutcome::Written, t(now));

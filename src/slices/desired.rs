@@ -5,14 +5,16 @@
 use std::collections::BTreeMap;
 
 use k8s_openapi::api::resource::v1::{
-    Device as ApiDevice, DeviceAttribute, DeviceCapacity, ResourcePool, ResourceSlice,
+    CounterSet, Device as ApiDevice, DeviceAttribute, DeviceCapacity, ResourcePool, ResourceSlice,
     ResourceSliceSpec,
 };
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, OwnerReference};
 
 use super::{
-    MAX_DEVICES_PER_SLICE, STANDARD_DOMAIN, SliceError, diff,
+    MAX_DEVICES_PER_SLICE, STANDARD_DOMAIN, SliceError,
+    counters::{MAX_COUNTER_SETS_PER_SLICE, MAX_DEVICES_PER_SLICE_WITH_COUNTERS, pool_counters},
+    diff,
     validate::{is_semver, validate_device},
 };
 use crate::{
@@ -22,6 +24,12 @@ use crate::{
         is_dns_subdomain, is_pool_name, node_label_value, pool_name, pool_suffix, slice_name,
     },
 };
+
+/// A pool's sort key: NUMA-less last, then NUMA node.
+type PoolKey = (bool, Option<u32>);
+
+/// What one slice of a pool carries: devices or counter sets (never both).
+type SliceContent = (Option<Vec<ApiDevice>>, Option<Vec<CounterSet>>);
 
 /// Everything [`desired_slices`] needs to know about one node.
 #[derive(Clone, Copy, Debug)]
@@ -38,6 +46,11 @@ pub struct NodeSlicesInput<'a> {
     pub owner: Option<&'a OwnerReference>,
     /// The node's devices, in any order.
     pub devices: &'a [Device],
+    /// Publish each card (a PF and its VFs) as a shared counter set that its functions consume
+    /// ([`super::counters`]), so that a PF and its own VFs exclude each other. Only for API
+    /// servers that accept counter sets in slices of their own (Kubernetes 1.35 and later with
+    /// `DRAPartitionableDevices`).
+    pub partitionable: bool,
 }
 
 /// Result of [`desired_slices`].
@@ -119,7 +132,7 @@ pub fn desired_slices(
     }
 
     // Pools keyed so that NUMA nodes sort numerically and `numa-none` comes last.
-    let mut pools: BTreeMap<(bool, Option<u32>), Vec<ApiDevice>> = BTreeMap::new();
+    let mut pools: BTreeMap<PoolKey, Vec<(ApiDevice, &Device)>> = BTreeMap::new();
     let mut sorted: Vec<&Device> = input.devices.iter().collect();
     sorted.sort_by(|a, b| a.name.cmp(&b.name));
     for d in sorted {
@@ -137,7 +150,7 @@ pub fn desired_slices(
             Ok(api) => pools
                 .entry((d.numa_node.is_none(), d.numa_node))
                 .or_default()
-                .push(api),
+                .push((api, d)),
             Err(e) => rejected.push(e),
         }
     }
@@ -149,18 +162,44 @@ pub fn desired_slices(
     let owners = owner_references(input);
 
     let mut slices = Vec::new();
-    for ((_, numa), devices) in pools {
+    for ((_, numa), members) in pools {
         let pool = pool_name(input.node_name, numa);
         if !is_pool_name(&pool) {
             rejected.push(SliceError::InvalidPool {
                 pool,
-                devices: devices.into_iter().map(|d| d.name).collect(),
+                devices: members.into_iter().map(|(d, _)| d.name).collect(),
             });
             continue;
         }
         let suffix = pool_suffix(numa);
-        let chunks: Vec<&[ApiDevice]> = devices.chunks(MAX_DEVICES_PER_SLICE).collect();
-        let count = chunks.len() as i64;
+        let (mut devices, inventory): (Vec<ApiDevice>, Vec<&Device>) = members.into_iter().unzip();
+        let counters = if input.partitionable {
+            pool_counters(&inventory)
+        } else {
+            Default::default()
+        };
+        for d in &mut devices {
+            if let Some(c) = counters.consumption.get(&d.name) {
+                d.consumes_counters = Some(vec![c.clone()]);
+            }
+        }
+        let per_slice = if counters.consumption.is_empty() {
+            MAX_DEVICES_PER_SLICE
+        } else {
+            MAX_DEVICES_PER_SLICE_WITH_COUNTERS
+        };
+        // Device slices first, so their names do not depend on the mode; counter slices after.
+        let specs: Vec<SliceContent> = devices
+            .chunks(per_slice)
+            .map(|c| (Some(c.to_vec()), None))
+            .chain(
+                counters
+                    .sets
+                    .chunks(MAX_COUNTER_SETS_PER_SLICE)
+                    .map(|c| (None, Some(c.to_vec()))),
+            )
+            .collect();
+        let count = specs.len() as i64;
 
         let current: Vec<&ResourceSlice> = existing
             .iter()
@@ -172,10 +211,10 @@ pub fn desired_slices(
             .collect();
         let max_generation = current.iter().map(|s| s.spec.pool.generation).max();
 
-        let mut pool_slices: Vec<ResourceSlice> = chunks
-            .iter()
+        let mut pool_slices: Vec<ResourceSlice> = specs
+            .into_iter()
             .enumerate()
-            .map(|(index, chunk)| {
+            .map(|(index, (devices, shared_counters))| {
                 let mut labels: BTreeMap<String, String> = labels_base.iter().cloned().collect();
                 labels.insert(LABEL_POOL.to_string(), suffix.clone());
                 ResourceSlice {
@@ -193,7 +232,8 @@ pub fn desired_slices(
                             generation: max_generation.unwrap_or(0),
                             resource_slice_count: count,
                         },
-                        devices: Some(chunk.to_vec()),
+                        devices,
+                        shared_counters,
                         ..ResourceSliceSpec::default()
                     },
                 }

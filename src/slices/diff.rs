@@ -3,7 +3,10 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use k8s_openapi::api::resource::v1::{Device as ApiDevice, ResourceSlice, ResourceSliceSpec};
+use k8s_openapi::api::resource::v1::{
+    Counter, CounterSet, Device as ApiDevice, DeviceCounterConsumption, ResourceSlice,
+    ResourceSliceSpec,
+};
 use k8s_openapi::apimachinery::pkg::{api::resource::Quantity, apis::meta::v1::OwnerReference};
 
 /// Whether `existing` must be written to become `desired` (same object name assumed).
@@ -85,7 +88,10 @@ pub(super) fn spec_matches(a: &ResourceSliceSpec, b: &ResourceSliceSpec) -> bool
         && a.node_selector.is_none()
         && a.all_nodes.is_none_or(|x| !x)
         && a.per_device_node_selection.is_none_or(|x| !x)
-        && a.shared_counters.as_ref().is_none_or(Vec::is_empty)
+        && counter_sets_match(
+            a.shared_counters.as_deref().unwrap_or_default(),
+            b.shared_counters.as_deref().unwrap_or_default(),
+        )
         && da.len() == db.len()
         && da.iter().zip(&db).all(|(x, y)| device_matches(x, y))
 }
@@ -104,6 +110,31 @@ fn device_matches(a: &ApiDevice, b: &ApiDevice) -> bool {
                 && va.request_policy == vb.request_policy
                 && quantities_equal(&va.value, &vb.value)
         })
+        && consumption_matches(
+            a.consumes_counters.as_deref().unwrap_or_default(),
+            b.consumes_counters.as_deref().unwrap_or_default(),
+        )
+}
+
+fn counter_sets_match(a: &[CounterSet], b: &[CounterSet]) -> bool {
+    a.len() == b.len()
+        && a.iter()
+            .zip(b)
+            .all(|(x, y)| x.name == y.name && counters_match(&x.counters, &y.counters))
+}
+
+fn consumption_matches(a: &[DeviceCounterConsumption], b: &[DeviceCounterConsumption]) -> bool {
+    a.len() == b.len()
+        && a.iter().zip(b).all(|(x, y)| {
+            x.counter_set == y.counter_set && counters_match(&x.counters, &y.counters)
+        })
+}
+
+fn counters_match(a: &BTreeMap<String, Counter>, b: &BTreeMap<String, Counter>) -> bool {
+    a.len() == b.len()
+        && a.iter()
+            .zip(b)
+            .all(|((ka, va), (kb, vb))| ka == kb && quantities_equal(&va.value, &vb.value))
 }
 
 fn quantities_equal(a: &Quantity, b: &Quantity) -> bool {

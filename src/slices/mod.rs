@@ -9,6 +9,8 @@
 //! - [`diff`]: whether an existing slice already says what a desired one says, and which
 //!   existing slices are obsolete;
 //! - [`validate`]: the API validation rules a device must pass to be published;
+//! - [`counters`]: the shared counter sets that make a PF and its own VFs exclusive
+//!   (partitionable devices), published when the API server accepts them;
 //! - the names and labels of slices and pools come from [`crate::names`].
 //!
 //! Rules it follows (see the design's "Names and shapes" and the DRA contract):
@@ -19,6 +21,7 @@
 //! - an invalid device is left out and reported in [`DesiredSlices::rejected`]; the rest of the
 //!   node is still published.
 
+pub mod counters;
 pub mod desired;
 pub mod diff;
 #[cfg(test)]
@@ -34,7 +37,8 @@ pub use self::{
 };
 use crate::names::{MAX_DRIVER_LEN, MAX_NAME_LEN};
 
-/// API limit on devices per slice without taints, counters or list attributes (we use none).
+/// API limit on devices per slice without taints, counters or list attributes (with counters
+/// see [`counters::MAX_DEVICES_PER_SLICE_WITH_COUNTERS`]).
 pub const MAX_DEVICES_PER_SLICE: usize = 128;
 /// API limit on attributes plus capacities of one device.
 pub const MAX_ATTRIBUTES_AND_CAPACITIES: usize = 32;

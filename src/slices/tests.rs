@@ -100,6 +100,7 @@ fn input<'a>(node: &'a str, devices: &'a [Device]) -> NodeSlicesInput<'a> {
         node_uid: Some("uid-1"),
         owner: None,
         devices,
+        partitionable: false,
     }
 }
 
@@ -148,10 +149,22 @@ fn assert_valid(out: &DesiredSlices) {
         for v in slice.metadata.labels.as_ref().unwrap().values() {
             assert!(is_label_value(v), "invalid label value {v:?}");
         }
+        // A slice carries devices or counter sets, never both (v1 validation).
+        if let Some(sets) = &slice.spec.shared_counters {
+            assert!(slice.spec.devices.is_none());
+            assert!(!sets.is_empty() && sets.len() <= counters::MAX_COUNTER_SETS_PER_SLICE);
+            continue;
+        }
         let devices = slice.spec.devices.as_ref().unwrap();
-        assert!(!devices.is_empty() && devices.len() <= MAX_DEVICES_PER_SLICE);
+        let limit = if devices.iter().any(|d| d.consumes_counters.is_some()) {
+            counters::MAX_DEVICES_PER_SLICE_WITH_COUNTERS
+        } else {
+            MAX_DEVICES_PER_SLICE
+        };
+        assert!(!devices.is_empty() && devices.len() <= limit);
         for d in devices {
             validate_device(d).unwrap();
+            assert!(d.consumes_counters.as_ref().is_none_or(|c| c.len() <= 2));
         }
     }
 }
@@ -859,4 +872,246 @@ fn semver_follows_the_spec() {
     ] {
         assert!(!is_semver(bad), "{bad}");
     }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Partitionable devices: shared counters per card
+
+fn partitioned(node: &str, devices: &[Device], existing: &[ResourceSlice]) -> DesiredSlices {
+    let input = NodeSlicesInput {
+        partitionable: true,
+        ..input(node, devices)
+    };
+    desired_slices(&input, existing).unwrap()
+}
+
+/// The counter sets of `out` by name.
+fn counter_sets(
+    out: &DesiredSlices,
+) -> BTreeMap<String, k8s_openapi::api::resource::v1::CounterSet> {
+    out.slices
+        .iter()
+        .flat_map(|s| s.spec.shared_counters.iter().flatten())
+        .map(|c| (c.name.clone(), c.clone()))
+        .collect()
+}
+
+/// Whether the devices named in `picked` can be allocated together, as the scheduler checks
+/// counters: per set and counter, the sum consumed must not exceed what the set holds.
+fn fits(out: &DesiredSlices, picked: &[&str]) -> bool {
+    let sets = counter_sets(out);
+    let mut used: BTreeMap<(String, String), u128> = BTreeMap::new();
+    for name in picked {
+        for c in find(out, name).consumes_counters.iter().flatten() {
+            for (counter, v) in &c.counters {
+                *used
+                    .entry((c.counter_set.clone(), counter.clone()))
+                    .or_default() += integer_quantity(&v.value.0).unwrap();
+            }
+        }
+    }
+    used.iter().all(|((set, counter), n)| {
+        let have = &sets[set].counters[counter].value.0;
+        *n <= integer_quantity(have).unwrap()
+    })
+}
+
+#[test]
+fn partitionable_pools_get_one_counter_set_per_card_in_a_slice_of_its_own() {
+    let out = partitioned("node1", &canonical_node(), &[]);
+    assert_valid(&out);
+    assert!(out.rejected.is_empty(), "{:?}", out.rejected);
+    let shapes: Vec<(String, String, i64, usize, Vec<String>)> = out
+        .slices
+        .iter()
+        .map(|s| {
+            (
+                s.metadata.name.clone().unwrap(),
+                s.spec.pool.name.clone(),
+                s.spec.pool.resource_slice_count,
+                s.spec.devices.as_ref().map_or(0, Vec::len),
+                s.spec
+                    .shared_counters
+                    .iter()
+                    .flatten()
+                    .map(|c| c.name.clone())
+                    .collect(),
+            )
+        })
+        .collect();
+    let name = |pool: &str, i: usize| slice_name("node1", pool, i, DRIVER);
+    assert_eq!(
+        shapes,
+        vec![
+            (name("numa0", 0), "node1/numa0".into(), 2, 3, vec![]),
+            (
+                name("numa0", 1),
+                "node1/numa0".into(),
+                2,
+                0,
+                vec!["mock0".into()]
+            ),
+            (name("numa1", 0), "node1/numa1".into(), 2, 3, vec![]),
+            (
+                name("numa1", 1),
+                "node1/numa1".into(),
+                2,
+                0,
+                vec!["mock3".into()]
+            ),
+        ]
+    );
+    // The device slices keep the names they have without counters.
+    let plain = compute("node1", &canonical_node(), &[]);
+    assert_eq!(plain.slices[0].metadata.name, out.slices[0].metadata.name);
+
+    let sets = counter_sets(&out);
+    let q = |set: &str, c: &str| sets[set].counters[c].value.0.clone();
+    assert_eq!(
+        (q("mock0", "memory"), q("mock0", "functions")),
+        ("16Gi".into(), "3".into())
+    );
+    let pf = find(&out, "mock0").consumes_counters.clone().unwrap();
+    assert_eq!(pf.len(), 1);
+    assert_eq!(pf[0].counter_set, "mock0");
+    assert_eq!(
+        pf[0].counters, sets["mock0"].counters,
+        "the PF takes its whole card"
+    );
+    let vf = &find(&out, "mock1").consumes_counters.clone().unwrap()[0];
+    assert_eq!(vf.counter_set, "mock0");
+    assert_eq!(vf.counters["memory"].value.0, "2Gi");
+    assert_eq!(vf.counters["functions"].value.0, "1");
+}
+
+#[test]
+fn a_pf_and_its_own_vf_never_fit_together_other_combinations_do() {
+    let out = partitioned("node1", &canonical_node(), &[]);
+    assert!(!fits(&out, &["mock0", "mock1"]), "PF with its own VF");
+    assert!(!fits(&out, &["mock3", "mock5"]), "PF with its own VF");
+    assert!(fits(&out, &["mock1", "mock2"]), "both VFs of one card");
+    assert!(
+        fits(&out, &["mock0", "mock4", "mock5"]),
+        "a PF with another card's VFs"
+    );
+    assert!(fits(&out, &["mock0", "mock3"]), "two PFs");
+    // A PF whose memory reads as 0 bytes (16 GiB register quirk), VFs larger than the PF:
+    // the functions counter still makes them exclusive, and all VFs still fit.
+    let mut devices = canonical_node();
+    devices[0].memory = 0;
+    devices[1].memory = 12 * GI;
+    let out = partitioned("node1", &devices, &[]);
+    assert!(!fits(&out, &["mock0", "mock1"]));
+    assert!(!fits(&out, &["mock0", "mock2"]));
+    assert!(fits(&out, &["mock1", "mock2"]));
+}
+
+#[test]
+fn counters_respect_the_v1_limits_of_slices() {
+    // 20 cards of 3 VFs in one pool: 80 devices, 20 counter sets.
+    let mut devices = Vec::new();
+    for c in 0..20 {
+        let pf = format!("card{c:02}");
+        devices.push(mk_device(&pf, Some(0), 16 * GI));
+        for v in 0..3 {
+            devices.push(mk_vf(&format!("{pf}-vf{v}"), &pf, Some(0), 2 * GI));
+        }
+    }
+    let out = partitioned("node1", &devices, &[]);
+    assert_valid(&out);
+    let sizes: Vec<(usize, usize)> = out
+        .slices
+        .iter()
+        .map(|s| {
+            let devices = s.spec.devices.as_ref().map_or(0, Vec::len);
+            let sets = s.spec.shared_counters.as_ref().map_or(0, Vec::len);
+            assert!(
+                devices == 0 || sets == 0,
+                "a slice carries devices or counters, not both"
+            );
+            (devices, sets)
+        })
+        .collect();
+    assert_eq!(sizes, vec![(64, 0), (16, 0), (0, 8), (0, 8), (0, 4)]);
+    assert!(
+        out.slices
+            .iter()
+            .all(|s| s.spec.pool.resource_slice_count == 5)
+    );
+    for s in &out.slices {
+        for d in s.spec.devices.iter().flatten() {
+            assert_eq!(
+                d.consumes_counters.as_ref().map(Vec::len),
+                Some(1),
+                "{}",
+                d.name
+            );
+        }
+    }
+    // Without counters the 128-device limit applies as before.
+    let plain = compute("node1", &devices, &[]);
+    assert_eq!(plain.slices.len(), 1);
+}
+
+#[test]
+fn a_vf_whose_pf_is_in_another_pool_consumes_nothing() {
+    let devices = vec![
+        mk_device("mock0", Some(0), 16 * GI),
+        mk_vf("mock1", "mock0", Some(1), 2 * GI),
+        mk_vf("mock2", "gone", Some(0), 2 * GI),
+    ];
+    let out = partitioned("node1", &devices, &[]);
+    assert_valid(&out);
+    assert!(find(&out, "mock1").consumes_counters.is_none());
+    assert!(find(&out, "mock2").consumes_counters.is_none());
+    assert_eq!(
+        find(&out, "mock0").consumes_counters.as_ref().unwrap()[0].counters["functions"]
+            .value
+            .0,
+        "1"
+    );
+}
+
+#[test]
+fn counters_take_part_in_diffing_and_generations() {
+    let devices = canonical_node();
+    let first = partitioned("node1", &devices, &[]);
+    let mut stored = first.slices.clone();
+    // The server spells quantities its own way; that is no change.
+    for s in &mut stored {
+        for c in s.spec.shared_counters.iter_mut().flatten() {
+            c.counters.get_mut("memory").unwrap().value = Quantity("17179869184".into());
+        }
+    }
+    let again = partitioned("node1", &devices, &stored);
+    assert_eq!(generations(&again), generations(&first));
+    assert!(
+        again
+            .slices
+            .iter()
+            .zip(&stored)
+            .all(|(d, e)| !slice_differs(d, e))
+    );
+
+    // Turning counters off (or on) rewrites the pools at a new generation.
+    let off = compute("node1", &devices, &stored);
+    assert!(off.slices.iter().all(|s| s.spec.pool.generation == 2));
+    assert!(slice_differs(&off.slices[0], &stored[0]));
+    assert_eq!(
+        obsolete_slices(&off.slices, &stored).len(),
+        2,
+        "the counter slices go"
+    );
+
+    // A changed counter is a change.
+    let mut changed = stored.clone();
+    changed[1].spec.shared_counters.as_mut().unwrap()[0]
+        .counters
+        .get_mut("functions")
+        .unwrap()
+        .value = Quantity("2".into());
+    assert!(slice_differs(&first.slices[1], &changed[1]));
+    let mut consumed = stored.clone();
+    consumed[0].spec.devices.as_mut().unwrap()[0].consumes_counters = None;
+    assert!(slice_differs(&first.slices[0], &consumed[0]));
 }

@@ -1,0 +1,357 @@
+//! What the API server accepts of the optional DRA shapes this controller can publish, decided
+//! once at start-up from the server itself rather than from a version guess.
+//!
+//! Partitionable devices (shared counters, KEP-4815): the API group `resource.k8s.io/v1` must
+//! serve ResourceSlices, and two server-side dry runs must come back intact: a slice holding
+//! only a counter set, and a slice whose device consumes a counter set published in another
+//! slice of the pool. A server without the `DRAPartitionableDevices` gate silently drops the
+//! fields; Kubernetes 1.34 rejects the second slice (it wants counters in the device's own
+//! slice). Either way the controller publishes the slices it always did. The decision is pure
+//! ([`decide`]); [`probe_partitionable`] is the I/O edge.
+
+use std::{collections::BTreeMap, time::Duration};
+
+use k8s_openapi::api::resource::v1::{
+    Counter, CounterSet, Device, DeviceCounterConsumption, ResourcePool, ResourceSlice,
+    ResourceSliceSpec,
+};
+use k8s_openapi::apimachinery::pkg::{api::resource::Quantity, apis::meta::v1::ObjectMeta};
+use kube::{Api, Client, api::PostParams};
+
+use crate::cli::Partitionable;
+
+/// Deadline of each probe request.
+pub const PROBE_TIMEOUT: Duration = Duration::from_secs(10);
+/// Attempts before `auto` gives up on an API server that does not answer and publishes the
+/// slices without counters.
+pub const PROBE_ATTEMPTS: u32 = 5;
+const PROBE_NODE: &str = "mock-accel-capability-probe";
+const PROBE_SET: &str = "probe";
+
+/// What the probe saw.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum ProbeOutcome {
+    /// Both dry runs came back with the counter fields intact.
+    Accepted,
+    /// `resource.k8s.io/v1` does not serve `resourceslices`.
+    NotServed,
+    /// The server accepted the slice but dropped this field (feature gate off).
+    Dropped(&'static str),
+    /// The server refused the shape (for example 1.34, which wants counters in the device's
+    /// own slice); the message is the server's.
+    Rejected(String),
+    /// The server could not be asked (timeouts, errors other than a refusal).
+    Unknown(String),
+}
+
+/// Whether to publish counters, and the one line that says why.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Decision {
+    pub enabled: bool,
+    pub reason: String,
+}
+
+/// Decides `--partitionable` from the flag and (for `auto`) what the probe saw.
+pub fn decide(mode: Partitionable, probe: Option<&ProbeOutcome>) -> Decision {
+    let (enabled, reason) = match (mode, probe) {
+        (Partitionable::On, _) => (true, "--partitionable=on".to_string()),
+        (Partitionable::Off, _) => (false, "--partitionable=off".to_string()),
+        (Partitionable::Auto, Some(ProbeOutcome::Accepted)) => (
+            true,
+            "the API server kept shared counters in a server-side dry run".to_string(),
+        ),
+        (Partitionable::Auto, Some(ProbeOutcome::NotServed)) => (
+            false,
+            "the API server does not serve resourceslices in resource.k8s.io/v1".to_string(),
+        ),
+        (Partitionable::Auto, Some(ProbeOutcome::Dropped(field))) => (
+            false,
+            format!(
+                "the API server dropped {field} in a server-side dry run (turn on the DRAPartitionableDevices feature gate)"
+            ),
+        ),
+        (Partitionable::Auto, Some(ProbeOutcome::Rejected(msg))) => (
+            false,
+            format!(
+                "the API server rejected counter sets in a slice of their own (Kubernetes 1.35 or later needed): {msg}"
+            ),
+        ),
+        (Partitionable::Auto, Some(ProbeOutcome::Unknown(msg))) => (
+            false,
+            format!(
+                "the API server could not be asked after {PROBE_ATTEMPTS} attempts ({msg}); restart the controller to ask again"
+            ),
+        ),
+        (Partitionable::Auto, None) => (false, "not probed".to_string()),
+    };
+    Decision { enabled, reason }
+}
+
+/// Asks the API server (discovery, then two server-side dry runs) whether it accepts the
+/// counter shapes [`crate::slices::counters`] publishes. Every request has [`PROBE_TIMEOUT`].
+pub async fn probe_partitionable(client: &Client, driver: &str) -> ProbeOutcome {
+    let discovery = tokio::time::timeout(
+        PROBE_TIMEOUT,
+        client.list_api_group_resources("resource.k8s.io/v1"),
+    )
+    .await;
+    match discovery {
+        Err(_) => return ProbeOutcome::Unknown("discovery of resource.k8s.io/v1 timed out".into()),
+        Ok(Err(kube::Error::Api(s))) if s.is_not_found() => return ProbeOutcome::NotServed,
+        Ok(Err(e)) => {
+            return ProbeOutcome::Unknown(format!("discovery of resource.k8s.io/v1: {e}"));
+        }
+        Ok(Ok(list)) if !list.resources.iter().any(|r| r.name == "resourceslices") => {
+            return ProbeOutcome::NotServed;
+        }
+        Ok(Ok(_)) => {}
+    }
+    let api = Api::<ResourceSlice>::all(client.clone());
+    let params = PostParams {
+        dry_run: true,
+        field_manager: Some(crate::crd::CONTROLLER_FIELD_MANAGER.to_string()),
+    };
+    let (counters, devices) = probe_slices(driver);
+    for (slice, field) in [(counters, "sharedCounters"), (devices, "consumesCounters")] {
+        let name = slice.metadata.name.clone().unwrap_or_default();
+        match tokio::time::timeout(PROBE_TIMEOUT, api.create(&params, &slice)).await {
+            Err(_) => {
+                return ProbeOutcome::Unknown(format!("dry run of ResourceSlice {name} timed out"));
+            }
+            Ok(Err(kube::Error::Api(s))) if s.code == 422 || s.code == 400 => {
+                return ProbeOutcome::Rejected(s.message);
+            }
+            Ok(Err(e)) => {
+                return ProbeOutcome::Unknown(format!("dry run of ResourceSlice {name}: {e}"));
+            }
+            Ok(Ok(back)) => {
+                if !kept(&back, field) {
+                    return ProbeOutcome::Dropped(field);
+                }
+            }
+        }
+    }
+    ProbeOutcome::Accepted
+}
+
+/// Runs the probe for `auto` (retrying an unanswered one with a doubling delay) and returns
+/// the decision; `on` and `off` ask nothing.
+pub async fn resolve_partitionable(mode: Partitionable, client: &Client, driver: &str) -> Decision {
+    if mode != Partitionable::Auto {
+        return decide(mode, None);
+    }
+    let mut delay = Duration::from_secs(1);
+    let mut outcome = ProbeOutcome::Unknown("not asked".into());
+    for attempt in 1..=PROBE_ATTEMPTS {
+        outcome = probe_partitionable(client, driver).await;
+        let ProbeOutcome::Unknown(msg) = &outcome else {
+            break;
+        };
+        tracing::debug!(attempt, error = %msg, "partitionable-devices probe unanswered, retrying");
+        if attempt < PROBE_ATTEMPTS {
+            tokio::time::sleep(delay).await;
+            delay = delay.saturating_mul(2);
+        }
+    }
+    decide(mode, Some(&outcome))
+}
+
+fn kept(slice: &ResourceSlice, field: &str) -> bool {
+    match field {
+        "sharedCounters" => slice
+            .spec
+            .shared_counters
+            .as_ref()
+            .is_some_and(|s| !s.is_empty()),
+        _ => slice
+            .spec
+            .devices
+            .iter()
+            .flatten()
+            .any(|d| d.consumes_counters.as_ref().is_some_and(|c| !c.is_empty())),
+    }
+}
+
+/// The two probe slices: one counter set alone, and a device consuming it from another slice
+/// of the same pool (the shape Kubernetes 1.35 and later expect).
+pub fn probe_slices(driver: &str) -> (ResourceSlice, ResourceSlice) {
+    let counters = BTreeMap::from([(
+        "functions".to_string(),
+        Counter {
+            value: Quantity("1".into()),
+        },
+    )]);
+    let slice = |suffix: &str, spec: ResourceSliceSpec| ResourceSlice {
+        metadata: ObjectMeta {
+            name: Some(format!("{PROBE_NODE}-{suffix}")),
+            ..ObjectMeta::default()
+        },
+        spec: ResourceSliceSpec {
+            driver: driver.to_string(),
+            node_name: Some(PROBE_NODE.to_string()),
+            pool: ResourcePool {
+                name: PROBE_NODE.to_string(),
+                generation: 1,
+                resource_slice_count: 2,
+            },
+            ..spec
+        },
+    };
+    (
+        slice(
+            "counters",
+            ResourceSliceSpec {
+                shared_counters: Some(vec![CounterSet {
+                    name: PROBE_SET.into(),
+                    counters: counters.clone(),
+                }]),
+                ..ResourceSliceSpec::default()
+            },
+        ),
+        slice(
+            "devices",
+            ResourceSliceSpec {
+                devices: Some(vec![Device {
+                    name: "probe".into(),
+                    consumes_counters: Some(vec![DeviceCounterConsumption {
+                        counter_set: PROBE_SET.into(),
+                        counters,
+                    }]),
+                    ..Device::default()
+                }]),
+                ..ResourceSliceSpec::default()
+            },
+        ),
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use http::Method;
+    use serde_json::{Value, json};
+
+    use super::*;
+    use crate::test_support::api::{ApiServer, mock_client};
+
+    const DRIVER: &str = "mock-accel.example.com";
+
+    async fn discovery(api: &mut ApiServer, resources: &[&str]) {
+        let call = api.expect(Method::GET, "/apis/resource.k8s.io/v1").await;
+        let list: Vec<Value> = resources
+            .iter()
+            .map(|r| json!({"name": r, "namespaced": false, "kind": "ResourceSlice", "verbs": ["create"], "singularName": ""}))
+            .collect();
+        call.ok(&json!({"kind": "APIResourceList", "apiVersion": "v1", "groupVersion": "resource.k8s.io/v1", "resources": list}));
+    }
+
+    /// The next dry-run create; answered with `f(body)`.
+    async fn dry_run(
+        api: &mut ApiServer,
+        f: impl FnOnce(Value) -> Result<Value, (u16, &'static str)>,
+    ) {
+        let call = api
+            .expect(Method::POST, "/apis/resource.k8s.io/v1/resourceslices")
+            .await;
+        assert_eq!(call.param("dryRun").as_deref(), Some("All"));
+        match f(call.body.clone()) {
+            Ok(body) => call.respond(http::StatusCode::CREATED, &body),
+            Err((code, reason)) => call.fail(code, reason),
+        }
+    }
+
+    async fn run(script: impl AsyncFnOnce(&mut ApiServer)) -> ProbeOutcome {
+        let (client, mut api) = mock_client();
+        let probe = tokio::spawn(async move { probe_partitionable(&client, DRIVER).await });
+        script(&mut api).await;
+        let outcome = probe.await.unwrap();
+        api.done().await;
+        outcome
+    }
+
+    #[tokio::test]
+    async fn a_server_that_keeps_both_shapes_gets_counters() {
+        let outcome = run(async |api: &mut ApiServer| {
+            discovery(api, &["resourceslices", "resourceclaims"]).await;
+            dry_run(api, |b| {
+                assert_eq!(b["spec"]["sharedCounters"][0]["name"], "probe");
+                assert!(b["spec"].get("devices").is_none());
+                Ok(b)
+            })
+            .await;
+            dry_run(api, |b| {
+                assert_eq!(
+                    b["spec"]["devices"][0]["consumesCounters"][0]["counterSet"],
+                    "probe"
+                );
+                Ok(b)
+            })
+            .await;
+        })
+        .await;
+        assert_eq!(outcome, ProbeOutcome::Accepted);
+        assert!(decide(Partitionable::Auto, Some(&outcome)).enabled);
+    }
+
+    #[tokio::test]
+    async fn a_server_that_drops_the_fields_gets_none() {
+        let outcome = run(async |api: &mut ApiServer| {
+            discovery(api, &["resourceslices"]).await;
+            dry_run(api, |mut b| {
+                b["spec"].as_object_mut().unwrap().remove("sharedCounters");
+                Ok(b)
+            })
+            .await;
+        })
+        .await;
+        assert_eq!(outcome, ProbeOutcome::Dropped("sharedCounters"));
+        let d = decide(Partitionable::Auto, Some(&outcome));
+        assert!(!d.enabled);
+        assert!(d.reason.contains("DRAPartitionableDevices"), "{}", d.reason);
+    }
+
+    #[tokio::test]
+    async fn a_server_that_wants_counters_beside_the_devices_gets_none() {
+        // Kubernetes 1.34: "must reference a counterSet defined in the ResourceSlice".
+        let outcome = run(async |api: &mut ApiServer| {
+            discovery(api, &["resourceslices"]).await;
+            dry_run(api, Ok).await;
+            dry_run(api, |_| Err((422, "Invalid"))).await;
+        })
+        .await;
+        assert!(matches!(outcome, ProbeOutcome::Rejected(_)), "{outcome:?}");
+        assert!(!decide(Partitionable::Auto, Some(&outcome)).enabled);
+    }
+
+    #[tokio::test]
+    async fn a_server_without_resourceslices_in_v1_gets_none() {
+        let outcome = run(async |api: &mut ApiServer| {
+            discovery(api, &["resourceclaims"]).await;
+        })
+        .await;
+        assert_eq!(outcome, ProbeOutcome::NotServed);
+        let outcome = run(async |api: &mut ApiServer| {
+            api.expect(Method::GET, "/apis/resource.k8s.io/v1")
+                .await
+                .fail(404, "NotFound");
+        })
+        .await;
+        assert_eq!(outcome, ProbeOutcome::NotServed);
+    }
+
+    #[tokio::test]
+    async fn a_forbidden_dry_run_is_unknown_not_a_refusal() {
+        let outcome = run(async |api: &mut ApiServer| {
+            discovery(api, &["resourceslices"]).await;
+            dry_run(api, |_| Err((403, "Forbidden"))).await;
+        })
+        .await;
+        assert!(matches!(outcome, ProbeOutcome::Unknown(_)), "{outcome:?}");
+        assert!(!decide(Partitionable::Auto, Some(&outcome)).enabled);
+    }
+
+    #[test]
+    fn on_and_off_need_no_probe() {
+        assert!(decide(Partitionable::On, None).enabled);
+        assert!(!decide(Partitionable::Off, Some(&ProbeOutcome::Accepted)).enabled);
+    }
+}
