@@ -14,4 +14,6 @@ from scenarios import (  # noqa: F401 - imported for their @scenario registratio
     rbac,
     examples,
     registration,
+    outages,
+    kubelet,
 )

@@ -15,7 +15,6 @@ pub mod status_writer;
 
 use std::sync::Arc;
 
-use kube::Client;
 use prometheus_client::registry::Registry;
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
@@ -38,8 +37,8 @@ use crate::{
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
-    #[error("cannot build a Kubernetes client (set KUBECONFIG or run in a pod): {0}")]
-    Client(#[source] kube::Error),
+    #[error(transparent)]
+    Client(#[from] crate::kube_client::ClientError),
     #[error(
         "cannot read Node {node}: {source} (check --node-name and the agent's RBAC: nodes get)"
     )]
@@ -61,7 +60,10 @@ pub enum Error {
 pub async fn run(args: NodeAgentArgs) -> Result<(), Error> {
     let shutdown = CancellationToken::new();
     telemetry::cancel_on_signal(shutdown.clone());
-    let client = Client::try_default().await.map_err(Error::Client)?;
+    // The agent makes request-response calls only (no watches): every one is bounded.
+    let client = crate::kube_client::clients(args.api.timeouts(), None)
+        .await?
+        .requests;
 
     let first = discovery::scan_once(&args.sysfs_root).map_err(|source| Error::Sysfs {
         root: args.sysfs_root.clone(),
