@@ -6,8 +6,17 @@
 
 use std::{
     collections::{HashMap, hash_map::Entry},
-    io::Read,
-    path::Path,
+    ffi::OsStr,
+    os::{
+        fd::{AsFd, OwnedFd},
+        unix::ffi::OsStrExt,
+    },
+    path::{Path, PathBuf},
+};
+
+use rustix::{
+    fs::{CWD, Mode, OFlags},
+    io::Errno,
 };
 
 use super::{
@@ -57,8 +66,8 @@ pub fn scan(root: &Path) -> Result<Scan, SysfsError> {
     }
     let class_dir = root.join(CLASS_DIR);
     let mut warnings = Vec::new();
-    let entries = match std::fs::read_dir(&class_dir) {
-        Ok(entries) => entries,
+    let class = match open_dir(CWD, &class_dir) {
+        Ok(fd) => fd,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
             warnings.push(SysfsError::ModuleNotLoaded { path: class_dir });
             return Ok(Scan {
@@ -67,6 +76,13 @@ pub fn scan(root: &Path) -> Result<Scan, SysfsError> {
             });
         }
         Err(source) => return Err(SysfsError::io(&class_dir, source)),
+    };
+    let entries =
+        std::fs::read_dir(&class_dir).map_err(|source| SysfsError::io(&class_dir, source))?;
+    let dirs = Dirs {
+        root,
+        class,
+        bus: open_dir(CWD, &root.join(PCI_BUS_DEVICES_DIR)),
     };
 
     let mut names = Vec::new();
@@ -94,7 +110,7 @@ pub fn scan(root: &Path) -> Result<Scan, SysfsError> {
     let mut raws: Vec<RawDevice> = Vec::with_capacity(names.len());
     let mut by_name: HashMap<String, String> = HashMap::with_capacity(names.len());
     let mut by_bdf: HashMap<Bdf, usize> = HashMap::with_capacity(names.len());
-    for outcome in read_all(root, &names) {
+    for outcome in read_all(&dirs, &names) {
         warnings.extend(outcome.soft);
         let raw = match outcome.result {
             Ok(raw) => raw,
@@ -180,25 +196,25 @@ struct Outcome {
     soft: Vec<SysfsError>,
 }
 
-/// Devices per reading thread. Reading is a few dozen system calls per device, so below this
-/// a thread costs more than it saves.
+/// Devices per reading thread. Reading is a couple of dozen system calls per device, so below
+/// this a thread costs more than it saves.
 const DEVICES_PER_THREAD: usize = 256;
 
 /// Reads every named class device, in order. Large trees are split across threads: the work
 /// is all path lookups and small reads, which scale with cores.
-fn read_all(root: &Path, names: &[String]) -> Vec<Outcome> {
+fn read_all(dirs: &Dirs<'_>, names: &[String]) -> Vec<Outcome> {
     let threads = std::thread::available_parallelism()
         .map_or(1, std::num::NonZeroUsize::get)
         .min(names.len().div_ceil(DEVICES_PER_THREAD))
         .max(1);
     if threads == 1 {
-        return read_chunk(root, names);
+        return read_chunk(dirs, names);
     }
     let per_thread = names.len().div_ceil(threads);
     std::thread::scope(|s| {
         let handles: Vec<_> = names
             .chunks(per_thread)
-            .map(|chunk| s.spawn(move || read_chunk(root, chunk)))
+            .map(|chunk| s.spawn(move || read_chunk(dirs, chunk)))
             .collect();
         handles
             .into_iter()
@@ -210,13 +226,13 @@ fn read_all(root: &Path, names: &[String]) -> Vec<Outcome> {
     })
 }
 
-fn read_chunk(root: &Path, names: &[String]) -> Vec<Outcome> {
+fn read_chunk(dirs: &Dirs<'_>, names: &[String]) -> Vec<Outcome> {
     let mut reader = AttrReader::default();
     names
         .iter()
         .map(|name| {
             let mut soft = Vec::new();
-            let result = read_device(root, name, &mut reader, &mut soft);
+            let result = read_device(dirs, name, &mut reader, &mut soft);
             Outcome {
                 sysfs_name: name.clone(),
                 result,
@@ -263,119 +279,230 @@ fn resolve_parent(
     }
 }
 
-/// Reads small attribute files into one reused buffer, with plain `read` calls (no size
-/// probing: sysfs reports every attribute as 4096 bytes long anyway).
-#[derive(Default)]
+/// The directories every per-device lookup starts from, opened once per scan. A lookup relative
+/// to the class directory is one or two components (`mock3/uuid`), where a lookup from the
+/// root would walk every component of the root's path for each of the ~20 files of a device.
+struct Dirs<'a> {
+    root: &'a Path,
+    class: OwnedFd,
+    /// `bus/pci/devices`, or why it could not be opened: then every device's pcieRoot link is
+    /// reported missing, as a lookup of the link itself would report it.
+    bus: Result<OwnedFd, std::io::Error>,
+}
+
+impl Dirs<'_> {
+    /// The path a relative name stands for, for error messages only.
+    fn class_path(&self, rel: &str) -> PathBuf {
+        self.root.join(CLASS_DIR).join(rel)
+    }
+
+    /// `<root>/class/mock-accel/<sysfs name>/<attr>`, for error messages only.
+    fn attr_path(&self, sysfs_name: &str, attr: &str) -> PathBuf {
+        device_dir(self.root, sysfs_name).join(attr)
+    }
+}
+
+/// A directory handle for `*at` lookups: `O_PATH` needs no read permission and reads nothing.
+fn open_dir(dir: impl AsFd, path: &Path) -> std::io::Result<OwnedFd> {
+    rustix::fs::openat(
+        dir,
+        path,
+        OFlags::PATH | OFlags::DIRECTORY | OFlags::CLOEXEC,
+        Mode::empty(),
+    )
+    .map_err(std::io::Error::from)
+}
+
+/// Longest symlink target read; the kernel's `PATH_MAX`.
+const LINK_MAX: usize = 4096;
+
+/// Reads small attribute files and symlinks relative to the scan's directory handles, into
+/// buffers reused for every device: three system calls per file (open, one read, close), one
+/// per link, and no allocation unless something fails.
 struct AttrReader {
-    buf: String,
+    /// `<sysfs name>/<attribute>`, rebuilt for each file.
+    rel: String,
+    buf: Vec<u8>,
+    link: Vec<u8>,
+}
+
+impl Default for AttrReader {
+    fn default() -> Self {
+        AttrReader {
+            rel: String::with_capacity(64),
+            buf: Vec::with_capacity(LINK_MAX),
+            link: vec![0; LINK_MAX],
+        }
+    }
 }
 
 impl AttrReader {
-    /// The file's text, or the I/O error naming the file.
-    fn read(&mut self, path: &Path) -> Result<&str, SysfsError> {
-        let f = std::fs::File::open(path).map_err(|source| SysfsError::io(path, source))?;
-        self.fill(path, f)?;
-        Ok(&self.buf)
+    fn set_rel(&mut self, sysfs_name: &str, attr: &str) {
+        self.rel.clear();
+        self.rel.push_str(sysfs_name);
+        self.rel.push('/');
+        self.rel.push_str(attr);
+    }
+
+    /// The text of `<class>/<sysfs name>/<attr>`, or the I/O error naming the file.
+    fn read(&mut self, dirs: &Dirs<'_>, sysfs_name: &str, attr: &str) -> Result<&str, SysfsError> {
+        self.set_rel(sysfs_name, attr);
+        self.fill(dirs)
+            .map_err(|source| SysfsError::io(&dirs.class_path(&self.rel), source))?;
+        self.text(dirs)
     }
 
     /// Like [`AttrReader::read`], but `None` when the file does not exist.
-    fn read_optional(&mut self, path: &Path) -> Result<Option<&str>, SysfsError> {
-        match std::fs::File::open(path) {
-            Ok(f) => {
-                self.fill(path, f)?;
-                Ok(Some(&self.buf))
-            }
+    fn read_optional(
+        &mut self,
+        dirs: &Dirs<'_>,
+        sysfs_name: &str,
+        attr: &str,
+    ) -> Result<Option<&str>, SysfsError> {
+        self.set_rel(sysfs_name, attr);
+        match self.fill(dirs) {
+            Ok(()) => self.text(dirs).map(Some),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
-            Err(source) => Err(SysfsError::io(path, source)),
+            Err(source) => Err(SysfsError::io(&dirs.class_path(&self.rel), source)),
         }
     }
 
-    fn fill(&mut self, path: &Path, mut f: std::fs::File) -> Result<(), SysfsError> {
+    /// Reads the file `rel` names into `buf`.
+    fn fill(&mut self, dirs: &Dirs<'_>) -> std::io::Result<()> {
+        let fd = rustix::fs::openat(
+            &dirs.class,
+            self.rel.as_str(),
+            OFlags::RDONLY | OFlags::CLOEXEC,
+            Mode::empty(),
+        )?;
         // sysfs hands out a whole attribute (at most a page) in one read, and a local file
         // read that comes back short is at its end, so a short read needs no second call.
         let mut chunk = [0u8; 4096];
-        let mut bytes = std::mem::take(&mut self.buf).into_bytes();
-        bytes.clear();
+        self.buf.clear();
         loop {
-            match f.read(&mut chunk) {
-                Ok(0) => break,
+            match rustix::io::read(&fd, &mut chunk) {
+                Ok(0) => return Ok(()),
                 Ok(n) if n < chunk.len() => {
-                    bytes.extend_from_slice(&chunk[..n]);
-                    break;
+                    self.buf.extend_from_slice(&chunk[..n]);
+                    return Ok(());
                 }
-                Ok(n) => bytes.extend_from_slice(&chunk[..n]),
-                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
-                Err(source) => return Err(SysfsError::io(path, source)),
+                Ok(n) => self.buf.extend_from_slice(&chunk[..n]),
+                Err(Errno::INTR) => {}
+                Err(e) => return Err(e.into()),
             }
         }
-        self.buf = String::from_utf8(bytes).map_err(|e| {
-            SysfsError::parse(
-                path,
-                &String::from_utf8_lossy(e.as_bytes()),
-                "not UTF-8 text",
-            )
-        })?;
-        Ok(())
     }
 
-    fn register(&mut self, path: &Path) -> Result<u32, SysfsError> {
-        let text = self.read(path)?;
-        parse_register(text).map_err(|reason| SysfsError::parse(path, text, reason))
+    fn text(&self, dirs: &Dirs<'_>) -> Result<&str, SysfsError> {
+        std::str::from_utf8(&self.buf).map_err(|_| {
+            SysfsError::parse(
+                &dirs.class_path(&self.rel),
+                &String::from_utf8_lossy(&self.buf),
+                "not UTF-8 text",
+            )
+        })
     }
+
+    fn register(
+        &mut self,
+        dirs: &Dirs<'_>,
+        sysfs_name: &str,
+        attr: &str,
+    ) -> Result<u32, SysfsError> {
+        let text = self.read(dirs, sysfs_name, attr)?;
+        parse_register(text)
+            .map_err(|reason| SysfsError::parse(&dirs.attr_path(sysfs_name, attr), text, reason))
+    }
+
+    /// The target of the symlink `<class>/<sysfs name>/<attr>`, `None` when there is none.
+    fn class_link(
+        &mut self,
+        dirs: &Dirs<'_>,
+        sysfs_name: &str,
+        attr: &str,
+    ) -> Result<Option<&Path>, SysfsError> {
+        self.set_rel(sysfs_name, attr);
+        match read_link_at(&mut self.link, &dirs.class, &self.rel) {
+            Ok(target) => Ok(Some(target)),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+            Err(source) => Err(SysfsError::io(&dirs.class_path(&self.rel), source)),
+        }
+    }
+}
+
+/// The target of the symlink `rel` under `dir`, in one `readlinkat` into `buf`.
+fn read_link_at<'b>(buf: &'b mut [u8], dir: impl AsFd, rel: &str) -> std::io::Result<&'b Path> {
+    let len = rustix::fs::readlinkat_raw(dir, rel, &mut *buf)?;
+    if len >= LINK_MAX {
+        return Err(std::io::Error::other(
+            "link target is PATH_MAX bytes or longer, which no sysfs link is",
+        ));
+    }
+    Ok(Path::new(OsStr::from_bytes(&buf[..len])))
 }
 
 /// Reads one class device. Soft problems (an unreadable `fw_version`, a missing pcieRoot link)
 /// go to `warnings`; the error is the reason to skip the device.
 fn read_device(
-    root: &Path,
+    dirs: &Dirs<'_>,
     sysfs_name: &str,
     r: &mut AttrReader,
     warnings: &mut Vec<SysfsError>,
 ) -> Result<RawDevice, SysfsError> {
+    let root = dirs.root;
     let name = dra_device_name(sysfs_name)
         .map_err(|e| SysfsError::invalid(&root.join(CLASS_DIR).join(sysfs_name), e.to_string()))?;
-    let dir = device_dir(root, sysfs_name);
 
-    let device_link = dir.join("device");
-    let bdf = link_basename(&device_link)?
-        .parse::<Bdf>()
-        .map_err(|reason| SysfsError::invalid(&device_link, format!("link target: {reason}")))?;
+    let bdf = match r.class_link(dirs, sysfs_name, "device")? {
+        Some(target) => link_basename(target),
+        None => Err(std::io::Error::from(Errno::NOENT).to_string()),
+    };
+    let bdf = bdf
+        .and_then(|b| {
+            b.parse::<Bdf>()
+                .map_err(|reason| format!("link target: {reason}"))
+        })
+        .map_err(|problem| SysfsError::invalid(&dirs.class_path(&r.rel), problem))?;
 
-    let uuid_path = dir.join("uuid");
-    let uuid = parse_uuid(r.read(&uuid_path)?)
-        .map_err(|reason| SysfsError::parse(&uuid_path, &r.buf, reason))?;
-
-    let mem_path = dir.join("memory_size");
-    let memory = {
-        let text = r.read(&mem_path)?;
-        text.trim().parse::<u64>().map_err(|e| {
-            SysfsError::parse(&mem_path, text, format!("not a decimal byte count: {e}"))
+    let uuid = {
+        let text = r.read(dirs, sysfs_name, "uuid")?;
+        parse_uuid(text).map_err(|reason| {
+            SysfsError::parse(&dirs.attr_path(sysfs_name, "uuid"), text, reason)
         })?
     };
 
-    let capabilities = r.register(&dir.join("capabilities"))?;
-    let status = r.register(&dir.join("status"))?;
-
-    let class_numa = dir.join("numa_node");
-    let numa_path = match r.read_optional(&class_numa)? {
-        Some(_) => class_numa,
-        None => {
-            let pci_numa = dir.join("device/numa_node");
-            r.read(&pci_numa)?;
-            pci_numa
-        }
+    let memory = {
+        let text = r.read(dirs, sysfs_name, "memory_size")?;
+        text.trim().parse::<u64>().map_err(|e| {
+            SysfsError::parse(
+                &dirs.attr_path(sysfs_name, "memory_size"),
+                text,
+                format!("not a decimal byte count: {e}"),
+            )
+        })?
     };
-    let numa_node =
-        parse_numa(&r.buf).map_err(|reason| SysfsError::parse(&numa_path, &r.buf, reason))?;
 
-    let fw_path = dir.join("fw_version");
-    let fw_version = match r.read_optional(&fw_path) {
+    let capabilities = r.register(dirs, sysfs_name, "capabilities")?;
+    let status = r.register(dirs, sysfs_name, "status")?;
+
+    let numa_node = {
+        let mut attr = "numa_node";
+        if r.read_optional(dirs, sysfs_name, attr)?.is_none() {
+            attr = "device/numa_node";
+            r.read(dirs, sysfs_name, attr)?;
+        }
+        let text = r.text(dirs)?;
+        parse_numa(text)
+            .map_err(|reason| SysfsError::parse(&dirs.attr_path(sysfs_name, attr), text, reason))?
+    };
+
+    let fw_version = match r.read_optional(dirs, sysfs_name, "fw_version") {
         Ok(None) => None,
         Ok(Some(text)) => match parse_fw_version(text) {
             Ok(v) => Some(v),
             Err(reason) => {
                 warnings.push(SysfsError::parse(
-                    &fw_path,
+                    &dirs.attr_path(sysfs_name, "fw_version"),
                     text,
                     format!("{reason}; firmware version left out"),
                 ));
@@ -388,40 +515,38 @@ fn read_device(
         }
     };
 
-    let physfn_link = dir.join("device/physfn");
-    let physfn_bdf = match std::fs::read_link(&physfn_link) {
-        Ok(target) => Some(
-            target
-                .file_name()
-                .and_then(|n| n.to_str())
-                .ok_or_else(|| format!("{} has no last component", target.display()))
-                .and_then(str::parse::<Bdf>)
-                .map_err(|reason| {
-                    SysfsError::invalid(&physfn_link, format!("link target: {reason}"))
-                })?,
+    let physfn_bdf = match r.class_link(dirs, sysfs_name, "device/physfn")? {
+        Some(target) => Some(
+            link_basename(target)
+                .and_then(|b| {
+                    b.parse::<Bdf>()
+                        .map_err(|reason| format!("link target: {reason}"))
+                })
+                .map_err(|problem| SysfsError::invalid(&dirs.class_path(&r.rel), problem))?,
         ),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
-        Err(source) => return Err(SysfsError::io(&physfn_link, source)),
+        None => None,
     };
 
-    let pci_device_path = dir.join("device/device");
-    let pci_device = r.read(&pci_device_path)?.trim();
-    let device_type = match (pci_device, physfn_bdf) {
-        (_, Some(_)) | (PCI_DEVICE_VF, None) => DeviceType::Vf,
-        (PCI_DEVICE_PF, None) => DeviceType::Pf,
-        (other, None) => {
-            return Err(SysfsError::parse(
-                &pci_device_path,
-                other,
-                format!(
-                    "not a mock-accel PCI device id ({PCI_DEVICE_PF} PF or {PCI_DEVICE_VF} VF)"
-                ),
-            ));
-        }
+    // A `physfn` link makes the function a VF whatever its PCI device id says, so the id is
+    // read only for functions without one (PFs and static VFs): three calls fewer per SR-IOV VF.
+    let device_type = match physfn_bdf {
+        Some(_) => DeviceType::Vf,
+        None => match r.read(dirs, sysfs_name, "device/device")?.trim() {
+            PCI_DEVICE_VF => DeviceType::Vf,
+            PCI_DEVICE_PF => DeviceType::Pf,
+            other => {
+                return Err(SysfsError::parse(
+                    &dirs.attr_path(sysfs_name, "device/device"),
+                    other,
+                    format!(
+                        "not a mock-accel PCI device id ({PCI_DEVICE_PF} PF or {PCI_DEVICE_VF} VF)"
+                    ),
+                ));
+            }
+        },
     };
 
-    let bus_link = root.join(PCI_BUS_DEVICES_DIR).join(bdf.to_string());
-    let pcie_root = match pcie_root_of(&bus_link) {
+    let pcie_root = match pcie_root_of(dirs, r, bdf) {
         Ok(root) => Some(root),
         Err(e) => {
             warnings.push(SysfsError::invalid(
@@ -456,36 +581,43 @@ fn error_problem(e: &SysfsError) -> String {
 }
 
 /// The last component of a symlink's target (the BDF for `device` and `physfn` links).
-fn link_basename(link: &Path) -> Result<String, SysfsError> {
-    let target = std::fs::read_link(link).map_err(|source| SysfsError::io(link, source))?;
-    target
-        .file_name()
-        .and_then(|n| n.to_str())
-        .map(str::to_string)
-        .ok_or_else(|| {
-            SysfsError::invalid(
-                link,
-                format!(
-                    "link target {} has no usable last component",
-                    target.display()
-                ),
-            )
-        })
+fn link_basename(target: &Path) -> Result<&str, String> {
+    target.file_name().and_then(|n| n.to_str()).ok_or_else(|| {
+        format!(
+            "link target {} has no usable last component",
+            target.display()
+        )
+    })
 }
 
 /// `pci<domain>:<bus>` from a `bus/pci/devices/<BDF>` link: the first component after
 /// `devices/` in its target (`../../../devices/pci0000:10/0000:10:00.0/0000:11:00.0`).
-fn pcie_root_of(bus_link: &Path) -> Result<String, SysfsError> {
-    let target = std::fs::read_link(bus_link).map_err(|source| SysfsError::io(bus_link, source))?;
-    pcie_root_from_target(&target).ok_or_else(|| {
+fn pcie_root_of(dirs: &Dirs<'_>, r: &mut AttrReader, bdf: Bdf) -> Result<String, SysfsError> {
+    let name = bdf.to_string();
+    let bus_link = || dirs.root.join(PCI_BUS_DEVICES_DIR).join(&name);
+    let bus = match &dirs.bus {
+        Ok(fd) => fd,
+        Err(e) => return Err(SysfsError::io(&bus_link(), clone_error(e))),
+    };
+    let target = read_link_at(&mut r.link, bus, &name)
+        .map_err(|source| SysfsError::io(&bus_link(), source))?;
+    pcie_root_from_target(target).ok_or_else(|| {
         SysfsError::invalid(
-            bus_link,
+            &bus_link(),
             format!(
                 "link target {} has no pci<domain>:<bus> after devices/",
                 target.display()
             ),
         )
     })
+}
+
+/// The same error again, for each device it concerns (`std::io::Error` is not `Clone`).
+fn clone_error(e: &std::io::Error) -> std::io::Error {
+    match e.raw_os_error() {
+        Some(code) => std::io::Error::from_raw_os_error(code),
+        None => std::io::Error::new(e.kind(), e.to_string()),
+    }
 }
 
 #[cfg(test)]
