@@ -14,4 +14,5 @@ from scenarios import (  # noqa: F401 - imported for their @scenario registratio
     rbac,
     examples,
     registration,
+    fixture,
 )
