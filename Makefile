@@ -86,5 +86,5 @@ demo: ## allocate a PF to a pod on the local cluster and show what it gets (KEEP
 e2e: fakelet-test ## every end-to-end scenario on a fresh local cluster (E2E_ARGS="-k 3" selects)
 	@$(HARNESS) e2e/run.py $(E2E_ARGS)
 
-fakelet-test: ## the fake kubelet's own Go tests (registry, claims, CDI)
+fakelet-test: ## the fake kubelet's own Go tests (registration and pods on the kubelet's DRA code, CDI)
 	cd e2e/fakelet && GOTOOLCHAIN=local go test ./...

@@ -45,6 +45,31 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
         .map_err(|e| format!("invalid duration {s:?}: {e} (examples: 500ms, 30s, 2m)"))
 }
 
+/// Deadlines of every request to the API server (both long-running roles).
+#[derive(Args, Debug, Clone)]
+pub struct ApiClientArgs {
+    /// Deadline for connecting to the API server (TCP and TLS handshake).
+    #[arg(long, default_value = "5s", value_parser = parse_duration, env = "API_CONNECT_TIMEOUT")]
+    pub api_connect_timeout: Duration,
+    /// Deadline for the next bytes of an API response (watches excepted: they end on their own
+    /// every minute). At most the heartbeat interval, so a hung write costs about one heartbeat.
+    #[arg(long, default_value = "10s", value_parser = parse_duration, env = "API_READ_TIMEOUT")]
+    pub api_read_timeout: Duration,
+    /// Deadline for writing a request to the API server.
+    #[arg(long, default_value = "10s", value_parser = parse_duration, env = "API_WRITE_TIMEOUT")]
+    pub api_write_timeout: Duration,
+}
+
+impl ApiClientArgs {
+    pub fn timeouts(&self) -> crate::kube_client::Timeouts {
+        crate::kube_client::Timeouts {
+            connect: self.api_connect_timeout,
+            read: self.api_read_timeout,
+            write: self.api_write_timeout,
+        }
+    }
+}
+
 #[derive(Args, Debug, Clone)]
 pub struct ControllerArgs {
     /// DRA driver name used in slices, DeviceClasses and CDI kinds.
@@ -72,6 +97,8 @@ pub struct ControllerArgs {
     /// Lease duration; a new leader takes over at most this long after the old one vanished.
     #[arg(long, default_value = "15s", value_parser = parse_duration, env = "LEASE_DURATION")]
     pub lease_duration: Duration,
+    #[command(flatten)]
+    pub api: ApiClientArgs,
 }
 
 #[derive(Args, Debug, Clone)]
@@ -114,6 +141,8 @@ pub struct NodeAgentArgs {
     /// Interval of the heartbeat written into MockAccelNode.status.agent.
     #[arg(long, default_value = "10s", value_parser = parse_duration, env = "HEARTBEAT_INTERVAL")]
     pub heartbeat_interval: Duration,
+    #[command(flatten)]
+    pub api: ApiClientArgs,
 }
 
 #[derive(Args, Debug, Clone)]

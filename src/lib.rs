@@ -17,6 +17,7 @@ pub mod crd;
 pub mod discover;
 pub mod fixture;
 pub mod inventory;
+pub mod kube_client;
 pub mod metrics;
 pub mod names;
 pub mod plugin;

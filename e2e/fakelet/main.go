@@ -1,8 +1,9 @@
-// Command fakelet is the end-to-end suite's fake kubelet. It drives a DRA kubelet plugin the
-// way the kubelet does (registration through the plugin registry directory, NodePrepareResources
-// and NodeUnprepareResources with the kubelet's generated stubs, CDI resolution with the
-// upstream library), keeps a fake Node alive, and moves the node's pods through their
-// lifecycle. One-shot subcommands perform single steps for targeted tests.
+// Command fakelet is the end-to-end suite's fake kubelet: a node that "runs" pods without
+// containers. Every DRA step is the kubelet's own code at the control plane's version (see
+// kubelet.go): plugin registration through the kubelet's plugin manager, and prepare,
+// unprepare, the CDI devices of each container and device health through the kubelet's DRA
+// manager. What the fakelet adds is the node around that code: the Node and its Lease, a
+// pod worker per pod, the CDI resolution a container runtime would do, and the pod status.
 package main
 
 import (
@@ -13,7 +14,6 @@ import (
 	"log"
 	"os"
 	"os/signal"
-	"path/filepath"
 	"sync"
 	"syscall"
 	"time"
@@ -25,27 +25,25 @@ import (
 
 const defaultDriver = "mock-accel.example.com"
 
-const usage = `fakelet: a fake kubelet that drives a DRA kubelet plugin for end-to-end tests.
+const usage = `fakelet: a fake kubelet that runs the kubelet's DRA code against a DRA kubelet plugin.
 
 Usage:
   fakelet run --kubeconfig K --node-name N --kubelet-dir D --cdi-dir C --containers-dir X
-              [--driver-name mock-accel.example.com] [--lease-interval 10s] [--wipe-delay 30s]
+              [--lease-interval 10s] [--v 3]
       Create/update Node N (Ready, pods=110, no not-ready taint), renew Lease kube-node-lease/N,
-      delete every ResourceSlice of N at start, register the plugin found in D/plugins_registry/,
-      prepare the claims of pods bound to N and mark them Running, unprepare and delete pods
-      being deleted. Container edits go to X/<namespace>_<pod>_<container>.json and to the pod
-      annotation mock-accel.example.com/container-edits. Checkpoint: D/fakelet-state.json.
-      Logs to stderr, one line per step, prefixed fakelet[N]. Stops on SIGTERM/SIGINT.
+      and run the kubelet's plugin manager on D/plugins_registry/ and the kubelet's DRA manager
+      (checkpoint D/dra_manager_state, health cache D/dra_health_state; it deletes the node's
+      ResourceSlices at start and a driver's slices 30s after its plugin went away). Pods bound
+      to N: PrepareResources, the CDI devices of each container resolved with the CDI library
+      and recorded in X/<namespace>_<pod>_<container>.json and in the pod annotation
+      mock-accel.example.com/container-edits, status Running with the devices' health;
+      UnprepareResources and deletion when they go. --v is the kubelet code's log verbosity.
+      Logs to stderr. Stops on SIGTERM/SIGINT.
 
   fakelet register --socket REGSOCK [--driver-name mock-accel.example.com]
-      GetInfo, validate like the kubelet, NotifyRegistrationStatus; prints the PluginInfo plus
-      chosen_version, registered and error.
-
-  fakelet prepare --endpoint DRASOCK --claim ns/name/uid [--claim ...] [--api v1|v1beta1]
-  fakelet unprepare --endpoint DRASOCK --claim ns/name/uid [--claim ...] [--api v1|v1beta1]
-      One NodePrepareResources / NodeUnprepareResources call (default --api v1); prints
-      {"api", "endpoint", "claims": {<uid>: ...}, "problems": [...]}, or {"error", "code"} when
-      the call itself failed.
+      The kubelet's register operation (dial, GetInfo, the DRA handler's validation and
+      version negotiation, NotifyRegistrationStatus) against one registration socket; prints
+      the PluginInfo plus chosen_version, chosen_health_service, registered and error.
 
   fakelet cdi-resolve --cdi-dir C --id vendor/class=name [--id ...]
       Load C strictly with the CDI library and inject the ids into an empty OCI spec; prints
@@ -68,10 +66,6 @@ func dispatch(args []string) int {
 		return cmdRun(args[1:])
 	case "register":
 		return cmdRegister(args[1:])
-	case "prepare":
-		return cmdPrepare(args[1:])
-	case "unprepare":
-		return cmdUnprepare(args[1:])
 	case "cdi-resolve":
 		return cmdCDIResolve(args[1:])
 	case "help", "-h", "-help", "--help":
@@ -83,8 +77,9 @@ func dispatch(args []string) int {
 }
 
 type runConfig struct {
-	kubeconfig, nodeName, kubeletDir, cdiDir, containersDir, driverName string
-	leaseInterval, wipeDelay                                            time.Duration
+	kubeconfig, nodeName, kubeletDir, cdiDir, containersDir string
+	leaseInterval                                           time.Duration
+	verbosity                                               int
 }
 
 func cmdRun(args []string) int {
@@ -92,12 +87,11 @@ func cmdRun(args []string) int {
 	fs := flag.NewFlagSet("run", flag.ContinueOnError)
 	fs.StringVar(&cfg.kubeconfig, "kubeconfig", "", "kubeconfig of the cluster (required)")
 	fs.StringVar(&cfg.nodeName, "node-name", "", "name of the Node to act as (required)")
-	fs.StringVar(&cfg.kubeletDir, "kubelet-dir", "", "kubelet root: plugins_registry/ and plugins/ live here (required)")
+	fs.StringVar(&cfg.kubeletDir, "kubelet-dir", "", "kubelet root: plugins_registry/, plugins/ and the DRA manager's checkpoint live here (required)")
 	fs.StringVar(&cfg.cdiDir, "cdi-dir", "", "CDI spec directory the plugin writes to (required)")
 	fs.StringVar(&cfg.containersDir, "containers-dir", "", "where each container's CDI edits are recorded (required)")
-	fs.StringVar(&cfg.driverName, "driver-name", defaultDriver, "DRA driver to register and drive")
 	fs.DurationVar(&cfg.leaseInterval, "lease-interval", 10*time.Second, "node Lease renewal interval")
-	fs.DurationVar(&cfg.wipeDelay, "wipe-delay", 30*time.Second, "how long a vanished driver may stay away before its slices are deleted")
+	fs.IntVar(&cfg.verbosity, "v", 3, "log verbosity of the kubelet code (klog -v)")
 	if err := fs.Parse(args); err != nil {
 		return exitUsage
 	}
@@ -122,6 +116,7 @@ func run(ctx context.Context, cfg runConfig, logf func(string, ...any)) error {
 		return fmt.Errorf("kubeconfig %s: %w", cfg.kubeconfig, err)
 	}
 	restCfg.QPS, restCfg.Burst = 50, 100
+	restCfg.Timeout = 30 * time.Second
 	restCfg.UserAgent = "fakelet/" + cfg.nodeName
 	cs, err := kubernetes.NewForConfig(restCfg)
 	if err != nil {
@@ -132,10 +127,10 @@ func run(ctx context.Context, cfg runConfig, logf func(string, ...any)) error {
 			return fmt.Errorf("create directory %s: %w", d, err)
 		}
 	}
-	logf("starting: node %s, driver %s, kubelet dir %s, CDI dir %s, containers dir %s, API %s",
-		cfg.nodeName, cfg.driverName, cfg.kubeletDir, cfg.cdiDir, cfg.containersDir, restCfg.Host)
+	logf("starting: node %s, kubelet dir %s, CDI dir %s, containers dir %s, API %s",
+		cfg.nodeName, cfg.kubeletDir, cfg.cdiDir, cfg.containersDir, restCfg.Host)
 
-	node := &nodeAgent{cs: cs, name: cfg.nodeName, driverName: cfg.driverName, logf: logf}
+	node := &nodeAgent{cs: cs, name: cfg.nodeName, logf: logf}
 	nodeUID, err := retryStartup(ctx, logf, "register Node", func() (string, error) {
 		uid, err := node.ensureNode(ctx)
 		return string(uid), err
@@ -143,33 +138,34 @@ func run(ctx context.Context, cfg runConfig, logf func(string, ...any)) error {
 	if err != nil {
 		return err
 	}
-	if _, err := retryStartup(ctx, logf, "start-up slice wipe", func() (string, error) {
-		return "", node.wipeAllSlices(ctx)
-	}); err != nil {
-		return err
-	}
 
-	state, err := loadState(filepath.Join(cfg.kubeletDir, "fakelet-state.json"))
+	kctx, kubeletLogger := kubeletLogging(ctx, cfg.nodeName, cfg.verbosity)
+	recorder, stopEvents := eventRecorder(cs, cfg.nodeName)
+	defer stopEvents()
+
+	pods, err := newPodController(cs, cfg.nodeName, cfg.cdiDir, cfg.containersDir, recorder, kubeletLogger, logf)
 	if err != nil {
 		return err
 	}
-	if n := len(state.Pods); n > 0 {
-		logf("checkpoint: %d pod(s) with prepared claims from a previous run", n)
+	// The DRA manager and the plugin manager start once the pod informer has synced: the
+	// manager's reconcile loop must not take a pod it has not seen yet for a deleted one.
+	if err := pods.startInformer(ctx); err != nil {
+		return err
 	}
-	registry := newPluginRegistry(filepath.Join(cfg.kubeletDir, "plugins_registry"), cfg.driverName, cfg.wipeDelay, logf)
-	registry.wipe = node.wipeDriverSlices
-	pods, err := newPodController(cs, cfg.nodeName, cfg.driverName, cfg.cdiDir, cfg.containersDir, registry, state, logf)
+	manager, err := startKubeletDRA(kctx, kubeletDRAConfig{
+		cs: cs, nodeName: cfg.nodeName, kubeletDir: cfg.kubeletDir,
+		activePods: pods.activePods, sourcesReady: pods.sourcesReady(), recorder: recorder,
+	}, logf)
 	if err != nil {
 		return err
 	}
-	// Pods waiting for the driver retry now; in the background, as a prepare may hold the lock.
-	registry.onRegistered = func() { go pods.enqueueAll() }
+	defer manager.Stop()
+	pods.dra = manager
 
 	var wg sync.WaitGroup
 	for _, f := range []func(){
 		func() { node.heartbeat(ctx, types.UID(nodeUID), cfg.leaseInterval) },
-		func() { registry.run(ctx) },
-		func() { pods.run(ctx) },
+		func() { pods.run(kctx) },
 	} {
 		wg.Add(1)
 		go func() { defer wg.Done(); f() }()

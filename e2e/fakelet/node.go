@@ -1,6 +1,6 @@
 // node.go owns the fake Node's presence in the API: the Node object the scheduler accepts
-// (labels, capacity with pods, Ready, no not-ready taint), its Lease heartbeat, and the
-// ResourceSlice wipes the kubelet performs at start and after a driver disappears.
+// (labels, capacity with pods, Ready, no not-ready taint) and its Lease heartbeat. The
+// ResourceSlice wipes a kubelet performs are the kubelet's DRA code's (kubelet.go).
 package main
 
 import (
@@ -14,7 +14,6 @@ import (
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	"k8s.io/apimachinery/pkg/api/resource"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
-	"k8s.io/apimachinery/pkg/fields"
 	"k8s.io/apimachinery/pkg/types"
 	"k8s.io/client-go/kubernetes"
 	"k8s.io/client-go/util/retry"
@@ -28,10 +27,9 @@ const (
 )
 
 type nodeAgent struct {
-	cs         kubernetes.Interface
-	name       string
-	driverName string
-	logf       func(format string, args ...any)
+	cs   kubernetes.Interface
+	name string
+	logf func(format string, args ...any)
 }
 
 func nodeLabels(name string) map[string]string {
@@ -203,38 +201,4 @@ func (n *nodeAgent) heartbeat(ctx context.Context, nodeUID types.UID, interval t
 		case <-t.C:
 		}
 	}
-}
-
-// deleteSlices deletes the ResourceSlices matching the field selector, one by one with UID
-// preconditions, logging each.
-func (n *nodeAgent) deleteSlices(ctx context.Context, selector fields.Set, why string) error {
-	slices := n.cs.ResourceV1().ResourceSlices()
-	sel := fields.SelectorFromSet(selector).String()
-	list, err := slices.List(ctx, metav1.ListOptions{FieldSelector: sel})
-	if err != nil {
-		return fmt.Errorf("list ResourceSlices %s: %w", sel, err)
-	}
-	n.logf("slices: %s: deleting %d ResourceSlice(s) with %s", why, len(list.Items), sel)
-	for _, s := range list.Items {
-		err := slices.Delete(ctx, s.Name, metav1.DeleteOptions{Preconditions: &metav1.Preconditions{UID: &s.UID}})
-		switch {
-		case err == nil:
-			n.logf("slices: deleted ResourceSlice %s (driver %s, pool %s)", s.Name, s.Spec.Driver, s.Spec.Pool.Name)
-		case apierrors.IsNotFound(err) || apierrors.IsConflict(err):
-			n.logf("slices: ResourceSlice %s already gone", s.Name)
-		default:
-			return fmt.Errorf("delete ResourceSlice %s: %w", s.Name, err)
-		}
-	}
-	return nil
-}
-
-// wipeAllSlices is the kubelet's start-up wipe: every slice of this node, any driver.
-func (n *nodeAgent) wipeAllSlices(ctx context.Context) error {
-	return n.deleteSlices(ctx, fields.Set{"spec.nodeName": n.name}, "start-up wipe")
-}
-
-// wipeDriverSlices is the wipe after the driver stayed away longer than the wipe delay.
-func (n *nodeAgent) wipeDriverSlices(ctx context.Context) error {
-	return n.deleteSlices(ctx, fields.Set{"spec.nodeName": n.name, "spec.driver": n.driverName}, "driver gone")
 }

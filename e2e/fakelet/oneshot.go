@@ -6,12 +6,22 @@ package main
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"flag"
 	"fmt"
 	"os"
 	"strings"
+	"sync"
+	"time"
 
-	"google.golang.org/grpc/status"
+	"github.com/go-logr/logr/funcr"
+	"k8s.io/apimachinery/pkg/types"
+	"k8s.io/client-go/tools/record"
+	"k8s.io/klog/v2"
+	registerapi "k8s.io/kubelet/pkg/apis/pluginregistration/v1"
+	draplugin "k8s.io/kubernetes/pkg/kubelet/cm/dra/plugin"
+	"k8s.io/kubernetes/pkg/kubelet/pluginmanager/cache"
+	"k8s.io/kubernetes/pkg/kubelet/pluginmanager/operationexecutor"
 )
 
 // stringList is a repeatable flag.
@@ -32,45 +42,110 @@ func printJSON(v any) {
 	_ = enc.Encode(v)
 }
 
-// parseClaim parses "namespace/name/uid".
-func parseClaim(s string) (claimRef, error) {
-	parts := strings.Split(s, "/")
-	if len(parts) != 3 || parts[0] == "" || parts[1] == "" || parts[2] == "" {
-		return claimRef{}, fmt.Errorf("--claim %q: want namespace/name/uid", s)
+// registration is what `fakelet register` prints.
+type registration struct {
+	Type              string   `json:"type"`
+	Name              string   `json:"name"`
+	Endpoint          string   `json:"endpoint"`
+	SupportedVersions []string `json:"supported_versions"`
+	// ChosenVersion is the DRA service the kubelet's handler negotiated, as it logs it.
+	ChosenVersion string `json:"chosen_version"`
+	Registered    bool   `json:"registered"`
+	Error         string `json:"error"`
+}
+
+// recordingHandler passes the plugin manager's calls to the kubelet's DRA registration handler
+// and keeps what the plugin announced.
+type recordingHandler struct {
+	cache.PluginHandler
+	mu          sync.Mutex
+	out         *registration
+	validateErr error
+	registerErr error
+}
+
+func (h *recordingHandler) ValidatePlugin(ctx context.Context, name, endpoint string, versions []string) error {
+	err := h.PluginHandler.ValidatePlugin(ctx, name, endpoint, versions)
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	h.out.Type, h.out.Name, h.out.Endpoint = registerapi.DRAPlugin, name, endpoint
+	h.out.SupportedVersions = append([]string{}, versions...)
+	h.validateErr = err
+	return err
+}
+
+func (h *recordingHandler) RegisterPlugin(ctx context.Context, name, endpoint string, versions []string, timeout *time.Duration) error {
+	err := h.PluginHandler.RegisterPlugin(ctx, name, endpoint, versions, timeout)
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	h.registerErr = err
+	return err
+}
+
+// registerOnce runs the kubelet's register operation (pluginmanager/operationexecutor: dial
+// with the bare socket path, GetInfo with its one-second deadline, then the handler) with the
+// kubelet's DRA registration handler (cm/dra/plugin) against one registration socket. The
+// handler's choice of service is read from its own log record.
+func registerOnce(socket, driver string) registration {
+	out := registration{SupportedVersions: []string{}}
+	var mu sync.Mutex
+	logger := funcr.NewJSON(func(obj string) {
+		var rec map[string]any
+		if json.Unmarshal([]byte(obj), &rec) != nil || rec["msg"] != "Registered DRA plugin" {
+			return
+		}
+		if s, ok := rec["chosenService"].(string); ok {
+			mu.Lock()
+			out.ChosenVersion = s
+			mu.Unlock()
+		}
+	}, funcr.Options{Verbosity: 3})
+	ctx, cancel := context.WithCancel(klog.NewContext(context.Background(), logger))
+	defer cancel()
+
+	// Without a kube client the handler wipes no ResourceSlices; without a stream handler it
+	// opens no health stream.
+	pm := draplugin.NewDRAPluginManager(ctx, nil, nil, nil, 30*time.Second)
+	defer pm.Stop()
+	h := &recordingHandler{PluginHandler: pm, out: &out}
+	og := operationexecutor.NewOperationGenerator(record.NewFakeRecorder(16))
+	uid := types.UID(fmt.Sprintf("fakelet-%d", time.Now().UnixNano()))
+	opErr := og.GenerateRegisterPluginFunc(ctx, socket, uid, map[string]cache.PluginHandler{registerapi.DRAPlugin: h},
+		cache.NewActualStateOfWorld())()
+
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	mu.Lock()
+	defer mu.Unlock()
+	var errs []error
+	switch {
+	case h.validateErr != nil:
+		errs = append(errs, fmt.Errorf("the kubelet's DRA handler refused the plugin: %w", h.validateErr))
+	case h.registerErr != nil:
+		errs = append(errs, fmt.Errorf("the kubelet's DRA handler could not register the plugin: %w", h.registerErr))
+	case opErr != nil:
+		errs = append(errs, opErr)
 	}
-	return claimRef{Namespace: parts[0], Name: parts[1], UID: parts[2]}, nil
-}
-
-func apiService(api string) (string, error) {
-	switch api {
-	case "v1":
-		return serviceV1, nil
-	case "v1beta1":
-		return serviceV1beta1, nil
+	if opErr == nil && h.validateErr == nil && h.registerErr == nil {
+		if _, err := pm.GetPlugin(out.Name); err != nil {
+			errs = append(errs, err)
+		} else {
+			out.Registered = true
+		}
 	}
-	return "", fmt.Errorf("--api %q: want v1 or v1beta1", api)
-}
-
-// rpcFailure is the JSON printed when a call failed as a whole.
-type rpcFailure struct {
-	API      string `json:"api,omitempty"`
-	Endpoint string `json:"endpoint"`
-	Code     string `json:"code,omitempty"` // gRPC status code, e.g. Unavailable
-	Error    string `json:"error"`
-}
-
-func failure(api, endpoint string, err error) rpcFailure {
-	f := rpcFailure{API: api, Endpoint: endpoint, Error: err.Error()}
-	// FromError also finds a status wrapped by fmt.Errorf("%w").
-	if s, ok := status.FromError(err); ok {
-		f.Code = s.Code().String()
+	if out.Registered && out.ChosenVersion == "" {
+		errs = append(errs, errors.New("registered, but the kubelet's handler logged no chosenService (did its log message change?)"))
 	}
-	return f
+	if out.Name != "" && out.Name != driver {
+		errs = append(errs, fmt.Errorf("plugin name %q is not the expected driver %q (the kubelet accepts any name)", out.Name, driver))
+	}
+	if len(errs) > 0 {
+		out.Error = errors.Join(errs...).Error()
+	}
+	return out
 }
 
-// cmdRegister registers the plugin at --socket through the kubelet's own register operation
-// (dial with the bare socket path, GetInfo, validate, NotifyRegistrationStatus) and prints what
-// happened. It is the regression check for plugins that refuse the kubelet's requests.
+// cmdRegister is the regression check for plugins that refuse the kubelet's requests.
 func cmdRegister(args []string) int {
 	fs := flag.NewFlagSet("register", flag.ContinueOnError)
 	socket := fs.String("socket", "", "registration socket (required)")
@@ -82,128 +157,9 @@ func cmdRegister(args []string) int {
 		fmt.Fprintln(os.Stderr, "fakelet register: --socket is required, no positional arguments")
 		return exitUsage
 	}
-	reg, err := registerLikeKubelet(context.Background(), *socket, *driver, nil,
-		func(format string, args ...any) { fmt.Fprintf(os.Stderr, format+"\n", args...) })
-	if reg.client != nil {
-		_ = reg.client.Close()
-	}
-	if err != nil && reg.info.Name == "" {
-		printJSON(failure("", *socket, err))
-		return exitFailure
-	}
-	out := struct {
-		pluginInfo
-		ChosenVersion string `json:"chosen_version"`
-		Registered    bool   `json:"registered"`
-		Error         string `json:"error"`
-	}{pluginInfo: reg.info, ChosenVersion: reg.service, Registered: err == nil}
-	if err != nil {
-		out.Error = err.Error()
-	}
+	out := registerOnce(*socket, *driver)
 	printJSON(out)
-	if !out.Registered {
-		return exitFailure
-	}
-	return exitOK
-}
-
-func claimFlags(name string, args []string) (endpoint, service, api string, claims []claimRef, code int) {
-	fs := flag.NewFlagSet(name, flag.ContinueOnError)
-	ep := fs.String("endpoint", "", "DRA socket (required)")
-	apiFlag := fs.String("api", "v1", "DRA service version: v1 or v1beta1")
-	var raw stringList
-	fs.Var(&raw, "claim", "namespace/name/uid (repeatable, at least one)")
-	if err := fs.Parse(args); err != nil {
-		return "", "", "", nil, exitUsage
-	}
-	if *ep == "" || len(raw) == 0 || fs.NArg() > 0 {
-		fmt.Fprintf(os.Stderr, "fakelet %s: --endpoint and at least one --claim are required\n", name)
-		return "", "", "", nil, exitUsage
-	}
-	svc, err := apiService(*apiFlag)
-	if err != nil {
-		fmt.Fprintln(os.Stderr, "fakelet "+name+": "+err.Error())
-		return "", "", "", nil, exitUsage
-	}
-	for _, r := range raw {
-		c, err := parseClaim(r)
-		if err != nil {
-			fmt.Fprintln(os.Stderr, "fakelet "+name+": "+err.Error())
-			return "", "", "", nil, exitUsage
-		}
-		claims = append(claims, c)
-	}
-	return *ep, svc, *apiFlag, claims, exitOK
-}
-
-// cmdPrepare: one NodePrepareResources call; the response map on stdout. Fails when the call
-// fails or a claim has no entry or an error.
-func cmdPrepare(args []string) int {
-	endpoint, service, api, claims, code := claimFlags("prepare", args)
-	if code != exitOK {
-		return code
-	}
-	client, err := newDRAClient(endpoint, service)
-	if err != nil {
-		printJSON(failure(api, endpoint, err))
-		return exitFailure
-	}
-	defer func() { _ = client.Close() }()
-	resp, err := client.Prepare(context.Background(), claims)
-	if err != nil {
-		printJSON(failure(api, endpoint, err))
-		return exitFailure
-	}
-	problems := []string{}
-	for _, c := range claims {
-		r, ok := resp[c.UID]
-		switch {
-		case !ok:
-			problems = append(problems, fmt.Sprintf("claim %s: no entry in the response", c))
-		case r.Error != "":
-			problems = append(problems, fmt.Sprintf("claim %s: %s", c, r.Error))
-		}
-	}
-	printJSON(struct {
-		API      string                   `json:"api"`
-		Endpoint string                   `json:"endpoint"`
-		Claims   map[string]prepareResult `json:"claims"`
-		Problems []string                 `json:"problems"`
-	}{api, endpoint, resp, problems})
-	if len(problems) > 0 {
-		return exitFailure
-	}
-	return exitOK
-}
-
-// cmdUnprepare: one NodeUnprepareResources call, same conventions as cmdPrepare.
-func cmdUnprepare(args []string) int {
-	endpoint, service, api, claims, code := claimFlags("unprepare", args)
-	if code != exitOK {
-		return code
-	}
-	client, err := newDRAClient(endpoint, service)
-	if err != nil {
-		printJSON(failure(api, endpoint, err))
-		return exitFailure
-	}
-	defer func() { _ = client.Close() }()
-	resp, err := client.Unprepare(context.Background(), claims)
-	if err != nil {
-		printJSON(failure(api, endpoint, err))
-		return exitFailure
-	}
-	problems := []string{}
-	if err := checkUnprepareResponse(claims, resp); err != nil {
-		problems = strings.Split(err.Error(), "\n")
-	}
-	printJSON(struct {
-		API      string                     `json:"api"`
-		Endpoint string                     `json:"endpoint"`
-		Claims   map[string]unprepareResult `json:"claims"`
-		Problems []string                   `json:"problems"`
-	}{api, endpoint, resp, problems})
-	if len(problems) > 0 {
+	if !out.Registered || out.Error != "" {
 		return exitFailure
 	}
 	return exitOK

@@ -1,29 +1,45 @@
-// pods.go owns the pod lifecycle the kubelet would drive for pods bound to this node: prepare
-// the pod's claims through the plugin, check the answer, resolve CDI as the runtime would,
-// record each container's edits, and report the pod Running; on deletion, unprepare the claims
-// no other pod uses and finish the deletion. Failures become Events and an annotation, and
-// the pod is retried.
+// pods.go is the fakelet's pod worker: it moves the pods bound to this node through their
+// lifecycle and hands every DRA step to the kubelet's DRA manager (kubelet.go), as the
+// kubelet's pod workers and runtime manager do:
+//
+//   - start: PrepareResources(pod); then, per container, GetResources(pod, container) for its
+//     CDI devices, which the fakelet resolves with the CDI library as a container runtime
+//     would and records (file and pod annotation); then the pod status Running, with the
+//     allocated devices' health from UpdateAllocatedResourcesStatus;
+//   - a health change the manager reports (Updates) or the periodic resync: the status again;
+//   - termination (deletion, terminal phase, or the pod gone from the API):
+//     UnprepareResources(pod), the records removed, and a deleted pod finished with grace
+//     period 0.
+//
+// A failed start is retried after the kubelet's pod-worker backoff; prepare failures become a
+// FailedPrepareDynamicResources Event with the kubelet's wording.
 package main
 
 import (
 	"context"
 	"encoding/json"
-	"errors"
 	"fmt"
 	"os"
 	"path/filepath"
+	"slices"
+	"strings"
 	"sync"
 	"time"
 
 	corev1 "k8s.io/api/core/v1"
-	resourcev1 "k8s.io/api/resource/v1"
+	apiequality "k8s.io/apimachinery/pkg/api/equality"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/types"
+	"k8s.io/apimachinery/pkg/util/wait"
 	"k8s.io/client-go/informers"
 	"k8s.io/client-go/kubernetes"
 	"k8s.io/client-go/tools/cache"
+	"k8s.io/client-go/tools/record"
 	"k8s.io/client-go/util/workqueue"
+	"k8s.io/klog/v2"
+	"k8s.io/kubernetes/pkg/kubelet/cm/dra"
+	"k8s.io/kubernetes/pkg/kubelet/config"
 	"k8s.io/utils/ptr"
 	"tags.cncf.io/container-device-interface/pkg/cdi"
 )
@@ -31,56 +47,45 @@ import (
 const (
 	annotationEdits        = "mock-accel.example.com/container-edits"
 	annotationPrepareError = "mock-accel.example.com/prepare-error"
-	reasonPrepareFailed    = "FailedPrepareDynamicResources"
-	reasonUnprepareFailed  = "FailedUnprepareDynamicResources"
+	// The kubelet's event reasons (pkg/kubelet/events).
+	reasonPrepareFailed = "FailedPrepareDynamicResources"
+	reasonFailed        = "Failed"
 
-	// notYetRetry: how soon a pod waiting for a controller (claim status, reservation) is
-	// looked at again; after notYetGrace the wait is reported like any failure.
-	notYetRetry = 500 * time.Millisecond
-	notYetGrace = 30 * time.Second
-	// Failures are retried after retryStep × attempt, at most retryMax; the kubelet never gives
-	// up on a pod, nor does the fakelet while the pod exists.
-	retryStep = 2 * time.Second
-	retryMax  = 10 * time.Second
-	// sameEventInterval: an identical failure is recorded as an Event at most this often.
-	sameEventInterval = 30 * time.Second
-	podWorkers        = 2
-	uidIndex          = "uid"
+	// The kubelet's pod workers retry a failed sync after backOffPeriod with 50% jitter
+	// (pkg/kubelet/kubelet.go, pod_workers.go) and resync every pod about once a minute.
+	backOffPeriod  = 10 * time.Second
+	backOffJitter  = 0.5
+	resyncInterval = time.Minute
+	podWorkers     = 4
+	uidIndex       = "uid"
 )
-
-// retryInfo is the per-pod failure history used for backoff and Event de-duplication.
-type retryInfo struct {
-	attempts    int
-	notYetSince time.Time
-	lastEvent   string
-	lastEventAt time.Time
-}
 
 type podController struct {
 	cs            kubernetes.Interface
 	node          string
-	driver        string
 	cdiDir        string
 	containersDir string
-	registry      *pluginRegistry
+	recorder      record.EventRecorder
+	logger        klog.Logger
 	logf          func(format string, args ...any)
+	// dra is the kubelet's DRA manager; set before run.
+	dra *dra.Manager
 
 	informer cache.SharedIndexInformer
-	queue    workqueue.TypedDelayingInterface[string]
+	queue    workqueue.TypedDelayingInterface[types.UID]
 
-	// mu serializes prepare/unprepare calls together with the checkpoint that decides which
-	// claims a departing pod may unprepare.
-	mu    sync.Mutex
-	state *fakeletState
-
-	// rmu guards running and retries.
-	rmu     sync.Mutex
-	running map[string]bool // pods this process has reported Running
-	retries map[string]*retryInfo
+	mu sync.Mutex
+	// known is the last object seen of each pod, kept after its deletion from the API until
+	// it is terminated (the kubelet's pod workers keep it the same way).
+	known    map[types.UID]*corev1.Pod
+	running  map[types.UID]bool
+	finished map[types.UID]bool
+	// retryAt: a failed start is not retried before this time, whatever events arrive.
+	retryAt map[types.UID]time.Time
 }
 
-func newPodController(cs kubernetes.Interface, node, driver, cdiDir, containersDir string,
-	registry *pluginRegistry, state *fakeletState, logf func(string, ...any)) (*podController, error) {
+func newPodController(cs kubernetes.Interface, node, cdiDir, containersDir string, recorder record.EventRecorder,
+	logger klog.Logger, logf func(string, ...any)) (*podController, error) {
 	factory := informers.NewSharedInformerFactoryWithOptions(cs, 0,
 		informers.WithTweakListOptions(func(o *metav1.ListOptions) { o.FieldSelector = "spec.nodeName=" + node }))
 	inf := factory.Core().V1().Pods().Informer()
@@ -94,24 +99,27 @@ func newPodController(cs kubernetes.Interface, node, driver, cdiDir, containersD
 		return nil, fmt.Errorf("pod informer index: %w", err)
 	}
 	c := &podController{
-		cs: cs, node: node, driver: driver, cdiDir: cdiDir, containersDir: containersDir,
-		registry: registry, logf: logf, informer: inf,
-		queue:   workqueue.NewTypedDelayingQueue[string](),
-		state:   state,
-		running: map[string]bool{}, retries: map[string]*retryInfo{},
+		cs: cs, node: node, cdiDir: cdiDir, containersDir: containersDir,
+		recorder: recorder, logger: logger, logf: logf, informer: inf,
+		queue: workqueue.NewTypedDelayingQueue[types.UID](),
+		known: map[types.UID]*corev1.Pod{}, running: map[types.UID]bool{},
+		finished: map[types.UID]bool{}, retryAt: map[types.UID]time.Time{},
 	}
-	enqueue := func(obj any) {
+	observe := func(obj any) {
 		if d, ok := obj.(cache.DeletedFinalStateUnknown); ok {
 			obj = d.Obj
 		}
 		if p, ok := obj.(*corev1.Pod); ok {
-			c.queue.Add(string(p.UID))
+			c.mu.Lock()
+			c.known[p.UID] = p
+			c.mu.Unlock()
+			c.queue.Add(p.UID)
 		}
 	}
 	_, err = inf.AddEventHandler(cache.ResourceEventHandlerFuncs{
-		AddFunc:    enqueue,
-		UpdateFunc: func(_, obj any) { enqueue(obj) },
-		DeleteFunc: enqueue,
+		AddFunc:    observe,
+		UpdateFunc: func(_, obj any) { observe(obj) },
+		DeleteFunc: observe,
 	})
 	if err != nil {
 		return nil, fmt.Errorf("pod informer handler: %w", err)
@@ -119,29 +127,42 @@ func newPodController(cs kubernetes.Interface, node, driver, cdiDir, containersD
 	return c, nil
 }
 
-// enqueueAll queues every known pod and every checkpointed pod (e.g. after the driver
-// registered, or at start-up to re-prepare and to finish pods deleted while we were away).
-func (c *podController) enqueueAll() {
-	for _, obj := range c.informer.GetStore().List() {
-		if p, ok := obj.(*corev1.Pod); ok {
-			c.queue.Add(string(p.UID))
-		}
-	}
-	c.mu.Lock()
-	for uid := range c.state.Pods {
-		c.queue.Add(uid)
-	}
-	c.mu.Unlock()
-}
-
-// run starts the informer and the workers and blocks until ctx ends.
-func (c *podController) run(ctx context.Context) {
+// startInformer starts the pod informer and waits for its first list.
+func (c *podController) startInformer(ctx context.Context) error {
 	go c.informer.Run(ctx.Done())
 	if !cache.WaitForCacheSync(ctx.Done(), c.informer.HasSynced) {
-		return
+		return fmt.Errorf("pod informer for node %s did not sync", c.node)
 	}
-	c.logf("pods: informer synced (%d pods on this node, %d in the checkpoint)", len(c.informer.GetStore().List()), len(c.state.Pods))
-	c.enqueueAll()
+	c.logf("pods: informer synced (%d pods on this node)", len(c.informer.GetStore().List()))
+	c.removeOrphanRecords()
+	return nil
+}
+
+// sourcesReady is the kubelet's "all pod sources seen" for the DRA manager.
+func (c *podController) sourcesReady() config.SourcesReady {
+	return sourcesReadyFunc(c.informer.HasSynced)
+}
+
+// activePods is the kubelet's GetActivePods: the pods that may still run containers. Claims
+// checkpointed for any other pod are unprepared by the manager's reconcile loop.
+func (c *podController) activePods() []*corev1.Pod {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	var out []*corev1.Pod
+	for _, obj := range c.informer.GetStore().List() {
+		p := obj.(*corev1.Pod)
+		if !isTerminal(p) && !c.finished[p.UID] {
+			out = append(out, p)
+		}
+	}
+	return out
+}
+
+// run processes pods until ctx ends.
+func (c *podController) run(ctx context.Context) {
+	for _, obj := range c.informer.GetStore().List() {
+		c.queue.Add(obj.(*corev1.Pod).UID)
+	}
 	var wg sync.WaitGroup
 	for range podWorkers {
 		wg.Add(1)
@@ -151,9 +172,35 @@ func (c *podController) run(ctx context.Context) {
 			}
 		}()
 	}
+	wg.Add(1)
+	go func() { defer wg.Done(); c.watchHealth(ctx) }()
 	<-ctx.Done()
 	c.queue.ShutDown()
 	wg.Wait()
+}
+
+// watchHealth queues the pods the DRA manager reports a device-health change for, and every
+// running pod once per resync interval, so that their status shows the current health.
+func (c *podController) watchHealth(ctx context.Context) {
+	t := time.NewTicker(resyncInterval)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case u := <-c.dra.Updates():
+			c.logf("pods: device health changed for pods %v", u.PodUIDs)
+			for _, uid := range u.PodUIDs {
+				c.queue.Add(types.UID(uid))
+			}
+		case <-t.C:
+			c.mu.Lock()
+			for uid := range c.running {
+				c.queue.Add(uid)
+			}
+			c.mu.Unlock()
+		}
+	}
 }
 
 func (c *podController) processNext(ctx context.Context) bool {
@@ -163,352 +210,303 @@ func (c *podController) processNext(ctx context.Context) bool {
 	}
 	defer c.queue.Done(uid)
 	err := c.sync(ctx, uid)
-	if ctx.Err() != nil {
+	if err == nil || ctx.Err() != nil {
 		return true
 	}
-	delay, report := c.afterSync(uid, err)
-	if report != nil {
-		// Synchronous: the workqueue never hands out the same pod twice at once, so a later
-		// success cannot be overtaken by this failure's annotation.
-		c.reportFailure(ctx, report)
-	}
-	if delay > 0 {
-		c.queue.AddAfter(uid, delay)
-	}
+	delay := wait.Jitter(backOffPeriod, backOffJitter)
+	c.mu.Lock()
+	c.retryAt[uid] = time.Now().Add(delay)
+	c.mu.Unlock()
+	c.logf("pods: %s: %v (retrying in %s)", c.podName(uid), err, delay.Round(time.Millisecond))
+	c.queue.AddAfter(uid, delay)
 	return true
 }
 
-// afterSync updates the pod's failure history and decides when to retry and whether to
-// record the failure.
-func (c *podController) afterSync(uid string, err error) (time.Duration, *podFailure) {
-	if err == nil {
-		c.rmu.Lock()
-		delete(c.retries, uid)
-		c.rmu.Unlock()
-		return 0, nil
-	}
-	name := c.podName(uid) // takes c.mu, which a prepare call may hold: not under rmu
-	c.rmu.Lock()
-	defer c.rmu.Unlock()
-	ri := c.retries[uid]
-	if ri == nil {
-		ri = &retryInfo{}
-		c.retries[uid] = ri
-	}
-	if errors.Is(err, errNotYet) {
-		if ri.notYetSince.IsZero() {
-			ri.notYetSince = time.Now()
-			c.logf("pods: %s: waiting: %v", name, err)
-		}
-		if time.Since(ri.notYetSince) < notYetGrace {
-			return notYetRetry, nil
-		}
-	} else {
-		ri.notYetSince = time.Time{}
-	}
-	ri.attempts++
-	delay := min(retryStep*time.Duration(ri.attempts), retryMax)
-	c.logf("pods: %s: attempt %d failed, retrying in %s: %v", name, ri.attempts, delay, err)
-	var fe *podFailure
-	if errors.As(err, &fe) && (fe.Error() != ri.lastEvent || time.Since(ri.lastEventAt) >= sameEventInterval) {
-		ri.lastEvent, ri.lastEventAt = fe.Error(), time.Now()
-		return delay, fe
-	}
-	return delay, nil
-}
-
-// podFailure is a failed prepare or unprepare of one pod, reported as an Event.
-type podFailure struct {
-	pod    corev1.ObjectReference
-	reason string
-	// annotate: also set the prepare-error annotation (not on a pod that is going away).
-	annotate bool
-	err      error
-}
-
-func (f *podFailure) Error() string { return f.err.Error() }
-func (f *podFailure) Unwrap() error { return f.err }
-
-func (c *podController) podName(uid string) string {
-	if objs, _ := c.informer.GetIndexer().ByIndex(uidIndex, uid); len(objs) > 0 {
-		p := objs[0].(*corev1.Pod)
-		return p.Namespace + "/" + p.Name
-	}
+func (c *podController) podName(uid types.UID) string {
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	if rec := c.state.Pods[uid]; rec != nil {
-		return rec.Namespace + "/" + rec.Name
+	if p := c.known[uid]; p != nil {
+		return p.Namespace + "/" + p.Name
 	}
-	return "pod uid " + uid
+	return "pod uid " + string(uid)
 }
 
-// sync brings one pod (by UID) to where the kubelet would take it.
-func (c *podController) sync(ctx context.Context, uid string) error {
-	objs, err := c.informer.GetIndexer().ByIndex(uidIndex, uid)
+func isTerminal(p *corev1.Pod) bool {
+	return p.Status.Phase == corev1.PodSucceeded || p.Status.Phase == corev1.PodFailed
+}
+
+// sync brings one pod to where the kubelet would take it.
+func (c *podController) sync(ctx context.Context, uid types.UID) error {
+	objs, err := c.informer.GetIndexer().ByIndex(uidIndex, string(uid))
 	if err != nil {
 		return err
 	}
+	c.mu.Lock()
+	last := c.known[uid]
+	c.mu.Unlock()
 	if len(objs) == 0 {
-		return c.finish(ctx, uid, nil)
+		if last == nil {
+			return nil
+		}
+		// Gone from the API (deleted by us after termination, or force-deleted): terminate
+		// it like the kubelet's pod worker does with the last object it saw.
+		if err := c.terminate(ctx, last); err != nil {
+			return err
+		}
+		c.mu.Lock()
+		delete(c.known, uid)
+		delete(c.finished, uid)
+		delete(c.retryAt, uid)
+		c.mu.Unlock()
+		return nil
 	}
 	pod := objs[0].(*corev1.Pod)
-	if pod.DeletionTimestamp != nil || pod.Status.Phase == corev1.PodSucceeded || pod.Status.Phase == corev1.PodFailed {
-		return c.finish(ctx, uid, pod)
+	if pod.DeletionTimestamp != nil || isTerminal(pod) {
+		return c.finish(ctx, pod)
 	}
-	c.rmu.Lock()
-	done := c.running[uid]
-	c.rmu.Unlock()
-	if done {
-		return nil
+
+	c.mu.Lock()
+	running, retryAt := c.running[uid], c.retryAt[uid]
+	c.mu.Unlock()
+	switch {
+	case running:
+		return c.updateHealth(ctx, pod)
+	case time.Now().Before(retryAt):
+		return nil // backing off; the delayed retry is queued
+	case c.containersRunning(pod):
+		// The containers outlived a fakelet restart, as they outlive a kubelet restart. The
+		// kubelet prepares resources only before it creates a pod sandbox, so it does not
+		// prepare again: the manager knows the claims from its checkpoint.
+		c.setRunning(uid)
+		c.logf("pods: %s: containers still run from before the restart; not preparing again", pod.Namespace+"/"+pod.Name)
+		return c.updateHealth(ctx, pod)
 	}
 	return c.start(ctx, pod)
 }
 
-func podRef(pod *corev1.Pod) corev1.ObjectReference {
-	return corev1.ObjectReference{Kind: "Pod", APIVersion: "v1", Namespace: pod.Namespace, Name: pod.Name, UID: pod.UID}
+func (c *podController) setRunning(uid types.UID) {
+	c.mu.Lock()
+	c.running[uid] = true
+	delete(c.retryAt, uid)
+	c.mu.Unlock()
 }
 
-// resolvedClaim is one pod claim with its ResourceClaim.
-type resolvedClaim struct {
-	podClaimName string
-	claim        *resourcev1.ResourceClaim
-}
-
-// start prepares the pod's claims and reports the pod Running.
+// start prepares the pod's claims, records what each container receives and reports the pod
+// Running.
 func (c *podController) start(ctx context.Context, pod *corev1.Pod) error {
 	id := pod.Namespace + "/" + pod.Name
-	fail := func(err error) error {
-		return &podFailure{pod: podRef(pod), reason: reasonPrepareFailed, annotate: true, err: err}
+	began := time.Now()
+	if err := c.dra.PrepareResources(ctx, pod); err != nil {
+		// The kubelet's runtime manager records exactly this Event before giving up the sync.
+		c.recorder.Eventf(pod, corev1.EventTypeWarning, reasonPrepareFailed, "Failed to prepare dynamic resources: %v", err)
+		c.annotatePrepareError(ctx, pod, err)
+		return err
 	}
+	c.logf("pods: %s: PrepareResources done in %s", id, time.Since(began).Round(time.Millisecond))
 
-	claims, err := c.resolveClaims(ctx, pod)
+	edits, err := c.recordContainers(pod)
 	if err != nil {
-		return fail(err)
+		// What a runtime reports when CDI injection fails: the container is not created.
+		c.recorder.Eventf(pod, corev1.EventTypeWarning, reasonFailed, "Error: %v", err)
+		c.annotatePrepareError(ctx, pod, err)
+		return err
 	}
-	var ours []*resourcev1.ResourceClaim
-	for _, rc := range claims {
-		for _, d := range claimDrivers(rc.claim) {
-			if d != c.driver {
-				return fail(fmt.Errorf("claim %s/%s is allocated devices of DRA driver %s, which is not registered on this node", rc.claim.Namespace, rc.claim.Name, d))
+	if err := c.patchAnnotations(ctx, pod, map[string]any{annotationEdits: editsAnnotation(edits), annotationPrepareError: nil}); err != nil {
+		return err
+	}
+	if pod.Status.Phase != corev1.PodRunning {
+		if err := c.patchRunning(ctx, pod); err != nil {
+			return err
+		}
+	}
+	c.setRunning(pod.UID)
+	c.logf("pods: %s: Running", id)
+	return nil
+}
+
+// recordContainers asks the DRA manager for each container's CDI devices, resolves them with
+// the CDI library as the runtime would, and writes each container's record.
+func (c *podController) recordContainers(pod *corev1.Pod) (map[string]containerEdits, error) {
+	id := pod.Namespace + "/" + pod.Name
+	edits := map[string]containerEdits{}
+	var cdiCache *cdi.Cache // loaded once, and only when a container has CDI devices
+	for _, ctr := range allContainers(pod) {
+		info, err := c.dra.GetResources(pod, ctr)
+		if err != nil {
+			return nil, fmt.Errorf("container %s: %w", ctr.Name, err)
+		}
+		ids := make([]string, 0, len(info.CDIDevices))
+		for _, d := range info.CDIDevices {
+			if !slices.Contains(ids, d.Name) {
+				ids = append(ids, d.Name)
 			}
 		}
-		ours = append(ours, rc.claim)
-	}
-
-	prepared := map[string][]preparedDevice{} // pod claim name -> devices
-	var cdiCache *cdi.Cache                   // loaded only when there are CDI ids to inject
-	if len(ours) > 0 {
-		client, err := c.registry.client()
+		if len(ids) > 0 && cdiCache == nil {
+			if cdiCache, err = loadCDICache(c.cdiDir); err != nil {
+				return nil, err
+			}
+		}
+		e, err := injectCDI(cdiCache, ids)
 		if err != nil {
-			return fail(err)
-		}
-		refs := make([]claimRef, 0, len(ours))
-		for _, cl := range ours {
-			refs = append(refs, claimRef{Namespace: cl.Namespace, Name: cl.Name, UID: string(cl.UID)})
-		}
-		c.mu.Lock()
-		c.state.addClaims(string(pod.UID), pod.Namespace, pod.Name, refs)
-		err = c.state.save()
-		if err != nil {
-			c.mu.Unlock()
-			return fail(err)
-		}
-		c.logf("pods: %s: NodePrepareResources(%s) via %s for claims %v", id, client.service, client.endpoint, refs)
-		began := time.Now()
-		resp, err := client.Prepare(ctx, refs)
-		c.mu.Unlock()
-		if err != nil {
-			return fail(err)
-		}
-		c.logf("pods: %s: NodePrepareResources answered in %s: %s", id, time.Since(began).Round(time.Millisecond), mustJSON(resp))
-		if err := checkPrepareResponse(c.driver, ours, resp); err != nil {
-			return fail(fmt.Errorf("NodePrepareResources answer rejected: %w", err))
-		}
-		if cdiCache, err = loadCDICache(c.cdiDir); err != nil {
-			return fail(err)
-		}
-		ids := allCDIIDs(resp)
-		if _, err := injectCDI(cdiCache, ids); err != nil {
-			return fail(err)
-		}
-		c.logf("pods: %s: CDI ids %q resolve in %s", id, ids, c.cdiDir)
-		for _, rc := range claims {
-			prepared[rc.podClaimName] = resp[string(rc.claim.UID)].Devices
-		}
-	}
-
-	// What each container receives, as a runtime would inject it.
-	edits := map[string]containerEdits{}
-	var files []string
-	for _, ctr := range allContainers(pod) {
-		e, err := injectCDI(cdiCache, containerCDIIDs(ctr, prepared))
-		if err != nil {
-			return fail(fmt.Errorf("container %s: %w", ctr.Name, err))
+			return nil, fmt.Errorf("container %s: %w", ctr.Name, err)
 		}
 		edits[ctr.Name] = e
 		path := c.containerFile(pod.Namespace, pod.Name, ctr.Name)
 		if err := writeFileAtomic(path, append(mustJSONIndent(e), '\n')); err != nil {
-			return fail(err)
-		}
-		files = append(files, path)
-		c.logf("pods: %s: container %s: %d env, %d mounts, %d device nodes from CDI %q -> %s", id, ctr.Name, len(e.Env), len(e.Mounts), len(e.DeviceNodes), e.CDIDevices, path)
-	}
-	c.mu.Lock()
-	if rec := c.state.Pods[string(pod.UID)]; rec != nil {
-		rec.Files = files
-		err = c.state.save()
-	}
-	c.mu.Unlock()
-	if err != nil {
-		return fail(err)
-	}
-
-	if err := c.patchAnnotations(ctx, pod, map[string]any{annotationEdits: editsAnnotation(pod, edits), annotationPrepareError: nil}); err != nil {
-		return fail(err)
-	}
-	if pod.Status.Phase != corev1.PodRunning {
-		if err := c.patchRunning(ctx, pod); err != nil {
-			return fail(err)
-		}
-	}
-	c.rmu.Lock()
-	c.running[string(pod.UID)] = true
-	c.rmu.Unlock()
-	c.logf("pods: %s: Running (%d claim(s) prepared)", id, len(ours))
-	return nil
-}
-
-// resolveClaims fetches the pod's claims and applies the kubelet's checks to each.
-func (c *podController) resolveClaims(ctx context.Context, pod *corev1.Pod) ([]resolvedClaim, error) {
-	var out []resolvedClaim
-	for i := range pod.Spec.ResourceClaims {
-		pc := &pod.Spec.ResourceClaims[i]
-		name, needed, fromTemplate, err := podClaimName(pod, pc)
-		if err != nil {
 			return nil, err
 		}
-		if !needed {
-			continue
-		}
-		claim, err := c.cs.ResourceV1().ResourceClaims(pod.Namespace).Get(ctx, name, metav1.GetOptions{})
-		if err != nil {
-			return nil, fmt.Errorf("get ResourceClaim %s/%s: %w", pod.Namespace, name, err)
-		}
-		if err := checkClaimForPod(claim, pod, fromTemplate); err != nil {
-			return nil, err
-		}
-		out = append(out, resolvedClaim{podClaimName: pc.Name, claim: claim})
+		c.logf("pods: %s: container %s: CDI devices %q -> %d env, %d mounts, %d device nodes; %s",
+			id, ctr.Name, ids, len(e.Env), len(e.Mounts), len(e.DeviceNodes), path)
 	}
-	return out, nil
+	return edits, nil
 }
 
-// finish unprepares what a departing pod held, removes its container files, and completes a
-// deletion. pod is nil when the pod is already gone from the API.
-func (c *podController) finish(ctx context.Context, uid string, pod *corev1.Pod) error {
+// finish terminates a pod that is being deleted or has reached a terminal phase, and
+// completes a deletion with grace period 0, as the kubelet's status manager does.
+func (c *podController) finish(ctx context.Context, pod *corev1.Pod) error {
 	c.mu.Lock()
-	rec := c.state.Pods[uid]
-	var files []string
-	if rec != nil {
-		files = rec.Files
-	}
-	name := c.podNameLocked(uid, pod, rec)
-	ref := corev1.ObjectReference{Kind: "Pod", APIVersion: "v1", UID: types.UID(uid)}
-	if pod != nil {
-		ref = podRef(pod)
-	} else if rec != nil {
-		ref.Namespace, ref.Name = rec.Namespace, rec.Name
-	}
-	fail := func(err error) error {
-		return &podFailure{pod: ref, reason: reasonUnprepareFailed, err: err}
-	}
-	if rec != nil {
-		toUnprepare := c.state.claimsOnlyUsedBy(uid)
-		if kept := len(rec.Claims) - len(toUnprepare); kept > 0 {
-			c.logf("pods: %s: %d claim(s) stay prepared for other pods", name, kept)
-		}
-		if len(toUnprepare) > 0 {
-			client, err := c.registry.client()
-			if err != nil {
-				c.mu.Unlock()
-				return fail(err)
-			}
-			c.logf("pods: %s: NodeUnprepareResources(%s) via %s for claims %v", name, client.service, client.endpoint, toUnprepare)
-			resp, err := client.Unprepare(ctx, toUnprepare)
-			if err == nil {
-				err = checkUnprepareResponse(toUnprepare, resp)
-			}
-			if err != nil {
-				c.mu.Unlock()
-				return fail(err)
-			}
-			c.logf("pods: %s: NodeUnprepareResources answered: %s", name, mustJSON(resp))
-		}
-		delete(c.state.Pods, uid)
-		if err := c.state.save(); err != nil {
-			c.mu.Unlock()
-			return fail(err)
-		}
-	}
+	done := c.finished[pod.UID]
 	c.mu.Unlock()
-
-	if pod != nil {
-		for _, ctr := range allContainers(pod) {
-			files = append(files, c.containerFile(pod.Namespace, pod.Name, ctr.Name))
+	if !done {
+		if err := c.terminate(ctx, pod); err != nil {
+			return err
 		}
+		c.mu.Lock()
+		c.finished[pod.UID] = true
+		c.mu.Unlock()
 	}
-	for _, f := range files {
-		if err := os.Remove(f); err == nil {
-			c.logf("pods: %s: removed %s", name, f)
-		} else if !os.IsNotExist(err) {
-			return fail(err)
-		}
+	if pod.DeletionTimestamp == nil {
+		return nil // terminal but not deleted: the kubelet leaves the object alone
 	}
-	c.rmu.Lock()
-	delete(c.running, uid)
-	c.rmu.Unlock()
-
-	if pod == nil || pod.DeletionTimestamp == nil {
-		// Gone already, or terminal but not deleted: the kubelet leaves such pods alone.
-		return nil
-	}
+	id := pod.Namespace + "/" + pod.Name
 	err := c.cs.CoreV1().Pods(pod.Namespace).Delete(ctx, pod.Name, metav1.DeleteOptions{
 		GracePeriodSeconds: ptr.To(int64(0)),
 		Preconditions:      &metav1.Preconditions{UID: &pod.UID},
 	})
 	switch {
 	case err == nil:
-		c.logf("pods: %s: deleted (grace period 0)", name)
+		c.logf("pods: %s: deleted (grace period 0)", id)
 	case apierrors.IsNotFound(err) || apierrors.IsConflict(err):
-		c.logf("pods: %s: already deleted", name)
+		c.logf("pods: %s: already deleted", id)
 	default:
-		return fail(fmt.Errorf("delete pod %s: %w", name, err))
+		return fmt.Errorf("delete pod %s: %w", id, err)
 	}
 	return nil
 }
 
-func (c *podController) podNameLocked(uid string, pod *corev1.Pod, rec *podRecord) string {
-	switch {
-	case pod != nil:
-		return pod.Namespace + "/" + pod.Name
-	case rec != nil:
-		return rec.Namespace + "/" + rec.Name
+// terminate unprepares through the DRA manager what the pod holds (the manager keeps claims
+// other pods still use) and removes the pod's container records.
+func (c *podController) terminate(ctx context.Context, pod *corev1.Pod) error {
+	id := pod.Namespace + "/" + pod.Name
+	mightNeed := c.dra.PodMightNeedToUnprepareResources(pod.UID)
+	if err := c.dra.UnprepareResources(ctx, pod); err != nil {
+		return err // the kubelet records no Event here; it logs and retries
 	}
-	return "pod uid " + uid
-}
-
-// checkUnprepareResponse: every claim needs an entry, without error.
-func checkUnprepareResponse(claims []claimRef, resp map[string]unprepareResult) error {
-	var errs []error
-	for _, cl := range claims {
-		r, ok := resp[cl.UID]
-		switch {
-		case !ok:
-			errs = append(errs, fmt.Errorf("claim %s/%s (uid %s): no entry in the unprepare response", cl.Namespace, cl.Name, cl.UID))
-		case r.Error != "":
-			errs = append(errs, fmt.Errorf("claim %s/%s: plugin error: %s", cl.Namespace, cl.Name, r.Error))
+	if mightNeed {
+		c.logf("pods: %s: UnprepareResources done", id)
+	}
+	for _, ctr := range allContainers(pod) {
+		f := c.containerFile(pod.Namespace, pod.Name, ctr.Name)
+		if err := os.Remove(f); err == nil {
+			c.logf("pods: %s: removed %s", id, f)
+		} else if !os.IsNotExist(err) {
+			return err
 		}
 	}
-	return errors.Join(errs...)
+	c.mu.Lock()
+	delete(c.running, pod.UID)
+	c.mu.Unlock()
+	return nil
+}
+
+// containersRunning: the pod is Running and every container's record exists, i.e. its
+// "containers" survived a fakelet restart.
+func (c *podController) containersRunning(pod *corev1.Pod) bool {
+	if pod.Status.Phase != corev1.PodRunning {
+		return false
+	}
+	for _, ctr := range allContainers(pod) {
+		if _, err := os.Stat(c.containerFile(pod.Namespace, pod.Name, ctr.Name)); err != nil {
+			return false
+		}
+	}
+	return true
+}
+
+// removeOrphanRecords removes the records of pods that no longer exist (deleted while the
+// fakelet was down); the DRA manager's reconcile loop unprepares their claims.
+func (c *podController) removeOrphanRecords() {
+	present := map[string]bool{}
+	for _, obj := range c.informer.GetStore().List() {
+		p := obj.(*corev1.Pod)
+		present[p.Namespace+"_"+p.Name] = true
+	}
+	entries, _ := os.ReadDir(c.containersDir)
+	for _, e := range entries {
+		parts := strings.Split(strings.TrimSuffix(e.Name(), ".json"), "_")
+		if len(parts) != 3 || present[parts[0]+"_"+parts[1]] {
+			continue
+		}
+		f := filepath.Join(c.containersDir, e.Name())
+		if err := os.Remove(f); err == nil {
+			c.logf("pods: removed %s: pod %s/%s no longer exists", f, parts[0], parts[1])
+		}
+	}
+}
+
+// updateHealth writes the devices' health as the DRA manager knows it into the container
+// statuses of a running pod, when it changed.
+func (c *podController) updateHealth(ctx context.Context, pod *corev1.Pod) error {
+	want := pod.Status.DeepCopy()
+	c.dra.UpdateAllocatedResourcesStatus(c.logger, pod, want)
+	normalizeResourceStatus(want.ContainerStatuses)
+	have := slices.Clone(pod.Status.ContainerStatuses)
+	for i := range have {
+		have[i] = *have[i].DeepCopy()
+	}
+	normalizeResourceStatus(have)
+	if apiequality.Semantic.DeepEqual(want.ContainerStatuses, have) {
+		return nil
+	}
+	patch := mustJSON(map[string]any{"status": map[string]any{"containerStatuses": want.ContainerStatuses}})
+	_, err := c.cs.CoreV1().Pods(pod.Namespace).Patch(ctx, pod.Name, types.MergePatchType, patch, metav1.PatchOptions{}, "status")
+	if err != nil {
+		return fmt.Errorf("update allocatedResourcesStatus of pod %s/%s: %w", pod.Namespace, pod.Name, err)
+	}
+	c.logf("pods: %s/%s: device health in status: %s", pod.Namespace, pod.Name, healthSummary(want.ContainerStatuses))
+	return nil
+}
+
+// normalizeResourceStatus sorts what UpdateAllocatedResourcesStatus builds from maps, so that
+// an unchanged health compares equal.
+func normalizeResourceStatus(statuses []corev1.ContainerStatus) {
+	for i := range statuses {
+		rs := statuses[i].AllocatedResourcesStatus
+		slices.SortFunc(rs, func(a, b corev1.ResourceStatus) int { return strings.Compare(string(a.Name), string(b.Name)) })
+		for j := range rs {
+			slices.SortFunc(rs[j].Resources, func(a, b corev1.ResourceHealth) int {
+				return strings.Compare(string(a.ResourceID), string(b.ResourceID))
+			})
+		}
+		if len(rs) == 0 {
+			statuses[i].AllocatedResourcesStatus = nil
+		}
+	}
+}
+
+func healthSummary(statuses []corev1.ContainerStatus) string {
+	var parts []string
+	for _, s := range statuses {
+		for _, rs := range s.AllocatedResourcesStatus {
+			for _, r := range rs.Resources {
+				parts = append(parts, fmt.Sprintf("%s %s %s=%s", s.Name, rs.Name, r.ResourceID, r.Health))
+			}
+		}
+	}
+	if len(parts) == 0 {
+		return "none"
+	}
+	return strings.Join(parts, ", ")
 }
 
 func allContainers(pod *corev1.Pod) []*corev1.Container {
@@ -528,7 +526,7 @@ func (c *podController) containerFile(namespace, pod, container string) string {
 
 // editsAnnotation: one container -> its edits object; several -> an object keyed by container
 // name (init containers included).
-func editsAnnotation(pod *corev1.Pod, edits map[string]containerEdits) string {
+func editsAnnotation(edits map[string]containerEdits) string {
 	if len(edits) == 1 {
 		for _, e := range edits {
 			return string(mustJSON(e))
@@ -546,7 +544,20 @@ func (c *podController) patchAnnotations(ctx context.Context, pod *corev1.Pod, a
 	return nil
 }
 
-// patchRunning reports the pod as a kubelet would once all its containers run.
+// annotatePrepareError leaves the failure on the pod for test diagnostics; errors here are
+// only logged, the pod is retried anyway.
+func (c *podController) annotatePrepareError(ctx context.Context, pod *corev1.Pod, cause error) {
+	msg := cause.Error()
+	if len(msg) > 1000 {
+		msg = msg[:997] + "..."
+	}
+	if err := c.patchAnnotations(ctx, pod, map[string]any{annotationPrepareError: msg}); err != nil && !apierrors.IsNotFound(err) {
+		c.logf("pods: %v", err)
+	}
+}
+
+// patchRunning reports the pod as a kubelet would once all its containers run, with the
+// allocated devices' health filled in by the DRA manager.
 func (c *podController) patchRunning(ctx context.Context, pod *corev1.Pod) error {
 	now := metav1.Now()
 	cond := func(t corev1.PodConditionType) corev1.PodCondition {
@@ -584,50 +595,41 @@ func (c *podController) patchRunning(ctx context.Context, pod *corev1.Pod) error
 			State: corev1.ContainerState{Running: &corev1.ContainerStateRunning{StartedAt: now}},
 		})
 	}
+	c.dra.UpdateAllocatedResourcesStatus(c.logger, pod, &st)
+	normalizeResourceStatus(st.ContainerStatuses)
 	patch := mustJSON(map[string]any{"status": st})
 	_, err := c.cs.CoreV1().Pods(pod.Namespace).Patch(ctx, pod.Name, types.StrategicMergePatchType, patch, metav1.PatchOptions{}, "status")
 	if err != nil {
 		return fmt.Errorf("set status of pod %s/%s to Running: %w", pod.Namespace, pod.Name, err)
 	}
+	c.logf("pods: %s/%s: device health in status: %s", pod.Namespace, pod.Name, healthSummary(st.ContainerStatuses))
 	return nil
 }
 
-// reportFailure records a Warning Event on the pod and, for prepare failures, the
-// prepare-error annotation. Errors here are only logged: the pod is retried anyway.
-func (c *podController) reportFailure(ctx context.Context, f *podFailure) {
-	msg := f.Error()
-	if len(msg) > 1000 {
-		msg = msg[:997] + "..."
+func writeFileAtomic(path string, data []byte) error {
+	dir := filepath.Dir(path)
+	if err := os.MkdirAll(dir, 0o755); err != nil {
+		return fmt.Errorf("create directory %s: %w", dir, err)
 	}
-	now := metav1.Now()
-	ev := &corev1.Event{
-		ObjectMeta:          metav1.ObjectMeta{GenerateName: f.pod.Name + ".", Namespace: f.pod.Namespace},
-		InvolvedObject:      f.pod,
-		Reason:              f.reason,
-		Message:             msg,
-		Type:                corev1.EventTypeWarning,
-		Source:              corev1.EventSource{Component: "fakelet", Host: c.node},
-		FirstTimestamp:      now,
-		LastTimestamp:       now,
-		Count:               1,
-		ReportingController: "fakelet",
-		ReportingInstance:   c.node,
+	tmp, err := os.CreateTemp(dir, "."+filepath.Base(path)+".tmp-*")
+	if err != nil {
+		return fmt.Errorf("create temp file in %s: %w", dir, err)
 	}
-	if f.pod.Namespace == "" || f.pod.Name == "" {
-		return
+	defer func() { _ = os.Remove(tmp.Name()) }()
+	if _, err := tmp.Write(data); err != nil {
+		_ = tmp.Close()
+		return fmt.Errorf("write %s: %w", tmp.Name(), err)
 	}
-	if _, err := c.cs.CoreV1().Events(f.pod.Namespace).Create(ctx, ev, metav1.CreateOptions{}); err != nil {
-		c.logf("pods: recording Event %s on %s/%s: %v", f.reason, f.pod.Namespace, f.pod.Name, err)
-	} else {
-		c.logf("pods: Event %s recorded on %s/%s", f.reason, f.pod.Namespace, f.pod.Name)
+	if err := tmp.Close(); err != nil {
+		return fmt.Errorf("close %s: %w", tmp.Name(), err)
 	}
-	if f.annotate {
-		patch := mustJSON(map[string]any{"metadata": map[string]any{"annotations": map[string]any{annotationPrepareError: f.Error()}}})
-		_, err := c.cs.CoreV1().Pods(f.pod.Namespace).Patch(ctx, f.pod.Name, types.MergePatchType, patch, metav1.PatchOptions{})
-		if err != nil && !apierrors.IsNotFound(err) {
-			c.logf("pods: annotating %s/%s with %s: %v", f.pod.Namespace, f.pod.Name, annotationPrepareError, err)
-		}
+	if err := os.Chmod(tmp.Name(), 0o644); err != nil {
+		return fmt.Errorf("chmod %s: %w", tmp.Name(), err)
 	}
+	if err := os.Rename(tmp.Name(), path); err != nil {
+		return fmt.Errorf("rename %s to %s: %w", tmp.Name(), path, err)
+	}
+	return nil
 }
 
 func mustJSON(v any) []byte {

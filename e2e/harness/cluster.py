@@ -282,15 +282,23 @@ class Cluster:
             f"--kubelet-dir={paths.kubelet}",
             f"--cdi-dir={paths.cdi}",
             f"--containers-dir={paths.containers}",
-            f"--driver-name={DRIVER}",
+            # V(4): the kubelet code logs each NodePrepareResources call (scenario 15 waits
+            # for it) and each health report it handles.
+            "--v=4",
         ])
 
-    def start_agent(self, node: str) -> None:
+    def start_agent(self, node: str, process: str | None = None) -> None:
+        """Starts the node's agent as process `agent-<node>`, or under another process name
+        (a second instance of the same node's agent, as during a rolling update)."""
         paths = self.node_paths(node)
         n = self.info["nodes"][node]
         wl = Workload.from_json(self.info["agent_workload"])
-        progress.step(f"{node}: starting the node agent")
-        self.sup.start(f"agent-{node}", [
+        default = f"agent-{node}"
+        process = process or default
+        # A second instance needs a metrics port of its own.
+        port = n["agent_metrics_port"] if process == default else controlplane.free_port()
+        progress.step(f"{node}: starting the node agent ({process})")
+        self.sup.start(process, [
             str(self.binaries.driver), "node-agent", *wl.args,
             f"--node-name={node}",
             f"--sysfs-root={paths.sys}",
@@ -298,7 +306,7 @@ class Cluster:
             f"--cdi-dir={paths.cdi}",
             f"--registry-dir={paths.registry_dir}",
             f"--plugin-dir={paths.plugin_dir}",
-            f"--metrics-addr=127.0.0.1:{n['agent_metrics_port']}",
+            f"--metrics-addr=127.0.0.1:{port}",
         ], env={**wl.env, "KUBECONFIG": n["kubeconfig"]})
 
     def stop_node(self, node: str) -> None:
@@ -314,11 +322,40 @@ class Cluster:
         if info and info.get("kubelet_real", "").startswith("/tmp/mock-accel-"):
             shutil.rmtree(info["kubelet_real"], ignore_errors=True)
 
+    # ---- control-plane faults -----------------------------------------------------------------
+
+    def stop_component(self, name: str, sig: int = signal.SIGTERM) -> None:
+        """Stops one control-plane process (`etcd`, `kube-apiserver`, ...) in place: with `sig`
+        (SIGKILL: no grace at all). `start_component` starts it again with the same command
+        line, so the same ports, flags, certificates and data directory."""
+        proc = self.sup.get(name)
+        self.info.setdefault("stopped_components", {})[name] = proc.argv
+        self.save()
+        if sig == signal.SIGKILL:
+            self.sup.kill(name)
+        else:
+            self.sup.stop(name, sig=sig, timeout=30)
+
+    def start_component(self, name: str, timeout: float = 90) -> None:
+        """Starts a process stopped by `stop_component` and waits until it reports ready."""
+        argv = self.info.get("stopped_components", {}).get(name)
+        if argv is None:
+            raise ClusterError(f"{name} was not stopped by stop_component; nothing to start")
+        self.sup.start(name, argv)
+        del self.info["stopped_components"][name]
+        self.save()
+        controlplane.wait_ready(name, self.info["ports"], self.pki, self.sup, timeout)
+
     def heal(self) -> list[str]:
-        """Restarts every fake kubelet, node agent and controller replica that should run but
-        does not (crashed, or stopped by a test that failed before restarting it)."""
-        running = {p.name for p in self.sup.running()}
+        """Restarts every control-plane process stopped by a fault scenario, and every fake
+        kubelet, node agent and controller replica that should run but does not (crashed, or
+        stopped by a test that failed before restarting it)."""
         restarted = []
+        order = ["etcd", "kube-apiserver", "kube-controller-manager", "kube-scheduler"]
+        for name in sorted(self.info.get("stopped_components", {}), key=lambda n: order.index(n) if n in order else 9):
+            self.start_component(name)
+            restarted.append(name)
+        running = {p.name for p in self.sup.running()}
         for node in self.node_names():
             if f"kernel-{node}" not in running:
                 self.start_kernel(node)

@@ -8,6 +8,8 @@ apiserver would otherwise advertise). Traps handled here rather than in tests:
 - `--endpoint-reconciler-type=none`, so the loopback advertise address breaks nothing.
 """
 
+import base64
+import json
 import socket
 import ssl
 import subprocess
@@ -202,3 +204,45 @@ def start(state: Path, binaries: Binaries, pki: Pki, ports: Ports, etcd_dir: Pat
     wait_http("kube-scheduler", f"https://127.0.0.1:{ports.scheduler}/healthz", insecure, sup,
               "kube-scheduler", 60)
     progress.step("control plane ready")
+
+
+def ready_url(name: str, ports: dict) -> tuple[str, bool] | None:
+    """The readiness endpoint of a control-plane process and whether it is HTTPS with the
+    serving CA (True) or plain HTTP (False); None for processes restarted without a check."""
+    if name == "etcd":
+        return f"http://127.0.0.1:{ports['etcd_client']}/health", False
+    if name == "kube-apiserver":
+        return f"https://127.0.0.1:{ports['apiserver']}/readyz", True
+    return None
+
+
+def wait_ready(name: str, ports: dict, pki: Pki, sup: Supervisor, timeout: float) -> None:
+    """Waits for a (re)started control-plane process to report ready."""
+    target = ready_url(name, ports)
+    if target is None:
+        return
+    url, tls = target
+    context = ssl.create_default_context(cafile=str(pki.serving_ca)) if tls else None
+    wait_http(name, url, context, sup, name, timeout)
+
+
+def etcd_count(port: int, prefix: str, timeout: float = 2) -> int:
+    """Number of keys under `prefix`, read from etcd's JSON gateway (works while the API
+    server is down)."""
+    key, end = prefix_range(prefix)
+    body = json.dumps({
+        "key": base64.b64encode(key).decode(),
+        "range_end": base64.b64encode(end).decode(),
+        "count_only": True,
+    }).encode()
+    req = urllib.request.Request(f"http://127.0.0.1:{port}/v3/kv/range", data=body,
+                                 headers={"Content-Type": "application/json"})
+    with urllib.request.urlopen(req, timeout=timeout) as r:
+        return int(json.loads(r.read()).get("count", 0))
+
+
+def prefix_range(prefix: str) -> tuple[bytes, bytes]:
+    """etcd's [key, range_end) for every key starting with `prefix`: the end is the prefix with
+    its last byte incremented."""
+    key = prefix.encode()
+    return key, key[:-1] + bytes([key[-1] + 1])

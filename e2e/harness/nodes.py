@@ -4,11 +4,13 @@ Layout under `<state>/nodes/<node>/`:
     sys/         the simulated sysfs root (`class/mock-accel/<name>/status` is the register)
     dev/         device nodes (`/dev/<sysfs name>` stand-ins)
     cdi/         the node's CDI spec directory
-    kubelet/     plugins_registry/ (registration socket), plugins/<driver>/ (dra.sock, checkpoint)
+    kubelet/     plugins_registry/ (registration socket), plugins/<driver>/ (dra.sock, checkpoint),
+                 dra_manager_state and dra_health_state (the kubelet DRA manager's checkpoints)
     containers/  what each container would receive: <namespace>_<pod>_<container>.json
 
-The simulator's command line is built in exactly three functions, `create_sysfs`,
-`kernel_argv` and `set_num_vfs`: if `mock-accel-dra sim` changes, only they change.
+The simulator's command line is built in exactly five functions, `create_sysfs`,
+`kernel_argv`, `set_num_vfs`, `add_device` and `remove_device`: if `mock-accel-dra sim`
+changes, only they change.
 """
 
 import hashlib
@@ -134,6 +136,18 @@ def remove_device(driver: Path, paths: NodePaths, name: str) -> None:
     """Hot-removes a function (and, for a PF, its VFs) from the node's tree."""
     _sim(driver, ["remove-device", "--root", str(paths.sys), "--dev-root", str(paths.dev),
                   "--device", name])
+
+
+def dra_checkpoint(paths: NodePaths) -> dict[str, dict]:
+    """The kubelet DRA manager's checkpoint (`<kubelet dir>/dra_manager_state`, written by the
+    kubelet's own code in the fake kubelet), by claim UID: {ClaimName, Namespace, PodUIDs,
+    DriverState: {driver: {Devices: [{PoolName, DeviceName, RequestNames, CDIDeviceIDs}]}}}."""
+    f = paths.kubelet / "dra_manager_state"
+    if not f.is_file():
+        return {}
+    outer = json.loads(f.read_text())
+    data = json.loads(outer["Data"])
+    return {e["ClaimUID"]: e for e in data.get("ClaimInfoStateList") or []}
 
 
 def read_register(paths: NodePaths, sysfs_name: str) -> int:

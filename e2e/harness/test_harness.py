@@ -3,6 +3,7 @@
 
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
@@ -15,6 +16,41 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from harness import kube, manifests, nodes, pki, procs, wait  # noqa: E402
 from scenarios import examples  # noqa: E402
 from scenarios.discovery import uuid_of  # noqa: E402
+
+
+class ControlPlaneFaultTest(unittest.TestCase):
+    """stop_component / start_component (and heal after a failed fault scenario) restart a
+    process in place, with its recorded command line."""
+
+    def setUp(self):
+        self.tmp = tempfile.TemporaryDirectory()
+        self.state = Path(self.tmp.name)
+
+    def tearDown(self):
+        procs.Supervisor(self.state, die_with_parent=True).stop_all(timeout=2)
+        self.tmp.cleanup()
+
+    def test_a_killed_component_comes_back_with_the_same_command_line(self):
+        from harness.cluster import Cluster
+        c = Cluster(self.state, die_with_parent=True)
+        c.info = {"ports": {}, "nodes": {}, "controllers": []}
+        argv = ["sleep", "61"]
+        first = c.sup.start("kube-scheduler", argv)
+        c.stop_component("kube-scheduler", signal.SIGKILL)
+        first.popen.wait(timeout=5)
+        self.assertEqual(c.sup.running(), [])
+        self.assertEqual(c.crashed(), [], "a stopped component is not a crash")
+        self.assertEqual(Cluster(self.state).info["stopped_components"], {"kube-scheduler": argv})
+        self.assertEqual(c.heal(), ["kube-scheduler"])
+        again = c.sup.get("kube-scheduler")
+        self.assertTrue(again.alive())
+        self.assertEqual(again.argv, argv)
+        self.assertNotEqual(again.pid, first.pid)
+        self.assertEqual(c.info["stopped_components"], {})
+
+    def test_the_etcd_key_range_covers_exactly_the_prefix(self):
+        from harness import controlplane
+        self.assertEqual(controlplane.prefix_range("/registry/a/"), (b"/registry/a/", b"/registry/a0"))
 
 
 class SupervisorTest(unittest.TestCase):

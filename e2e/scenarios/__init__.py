@@ -14,5 +14,7 @@ from scenarios import (  # noqa: F401 - imported for their @scenario registratio
     rbac,
     examples,
     registration,
+    outages,
+    kubelet,
     fixture,
 )

@@ -43,7 +43,7 @@ def spec_validation(ctx: Context) -> None:
         took = time.monotonic() - start
         for want in ['spec.health[0].device: no device "mock9-vf9" on this node (devices: mock0,',
                      'spec.faults[0].delay: "soon" is not a duration',
-                     "spec.simulation: impossible topology: --numa-nodes 16 must be 1-15",
+                     "spec.simulation.numaNodes: 16 is out of range, at most 15",
                      'spec.simulation.pfMemory: "16GB" is not a quantity of bytes']:
             check(want in c["message"], f"SpecValid message lacks {want!r}", c["message"])
         equal(c["reason"], "Invalid", "SpecValid reason")

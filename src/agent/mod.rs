@@ -17,7 +17,6 @@ pub mod status_writer;
 
 use std::sync::Arc;
 
-use kube::Client;
 use prometheus_client::registry::Registry;
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
@@ -40,8 +39,8 @@ use crate::{
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
-    #[error("cannot build a Kubernetes client (set KUBECONFIG or run in a pod): {0}")]
-    Client(#[source] kube::Error),
+    #[error(transparent)]
+    Client(#[from] crate::kube_client::ClientError),
     #[error(
         "cannot read Node {node}: {source} (check --node-name and the agent's RBAC: nodes get)"
     )]
@@ -63,7 +62,10 @@ pub enum Error {
 pub async fn run(args: NodeAgentArgs) -> Result<(), Error> {
     let shutdown = CancellationToken::new();
     telemetry::cancel_on_signal(shutdown.clone());
-    let client = Client::try_default().await.map_err(Error::Client)?;
+    // Request-response calls are bounded by every timeout; the one watch (the node's own
+    // MockAccelNode spec) uses the watch client, whose reads are not cut by the read timeout.
+    let clients = crate::kube_client::clients(args.api.timeouts(), None).await?;
+    let client = clients.requests;
 
     let first = discovery::scan_once(&args.sysfs_root).map_err(|source| Error::Sysfs {
         root: args.sysfs_root.clone(),
@@ -141,7 +143,7 @@ pub async fn run(args: NodeAgentArgs) -> Result<(), Error> {
 
     let (spec_tx, spec_rx) = watch::channel(None);
     let spec = tokio::spawn(spec_watch::run(
-        client.clone(),
+        clients.watch,
         args.node_name.clone(),
         spec_tx,
         shutdown.clone(),

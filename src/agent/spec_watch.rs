@@ -12,9 +12,13 @@ use kube::{
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
-use crate::crd::{MockAccelNode, MockAccelNodeSpec};
+use crate::{
+    crd::{MockAccelNode, MockAccelNodeSpec},
+    kube_client::WATCH_TIMEOUT_SECS,
+};
 
-/// Publishes the spec of `node`'s object into `tx` until `shutdown`. Watch errors are logged
+/// Publishes the spec of `node`'s object into `tx` until `shutdown`; `client` must be a watch
+/// client (no read timeout, see [`crate::kube_client::ClientSet::watch`]). Watch errors are logged
 /// and retried with kube's default backoff; the last known spec stays in the channel meanwhile.
 pub async fn run(
     client: Client,
@@ -23,7 +27,11 @@ pub async fn run(
     shutdown: CancellationToken,
 ) {
     let api: Api<MockAccelNode> = Api::all(client);
-    let config = watcher::Config::default().fields(&format!("metadata.name={node}"));
+    // Each watch request ends after WATCH_TIMEOUT_SECS, as the controller's do, so a watch the
+    // API server silently dropped is noticed.
+    let config = watcher::Config::default()
+        .fields(&format!("metadata.name={node}"))
+        .timeout(WATCH_TIMEOUT_SECS);
     let mut events = watcher(api, config).default_backoff().boxed();
     loop {
         let event = tokio::select! {

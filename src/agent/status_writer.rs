@@ -119,17 +119,20 @@ impl StatusWriter {
                     }
                 }
             }
+            let retrying = retry_in.is_some();
             let wait = match retry_in.take() {
                 Some(delay) => delay,
                 None => self.heartbeat.saturating_sub(last_write.elapsed()),
             };
+            // While backing off, a change must not cut the wait short: the next attempt reads
+            // the latest of everything anyway, and a failing API server gets its pause.
             tokio::select! {
                 _ = shutdown.cancelled() => return,
                 _ = tokio::time::sleep(wait) => {},
-                r = discovered.changed() => if r.is_err() { return },
-                r = prepared.changed() => if r.is_err() { return },
-                r = registration.changed() => if r.is_err() { return },
-                r = spec.changed() => if r.is_err() { return },
+                r = discovered.changed(), if !retrying => if r.is_err() { return },
+                r = prepared.changed(), if !retrying => if r.is_err() { return },
+                r = registration.changed(), if !retrying => if r.is_err() { return },
+                r = spec.changed(), if !retrying => if r.is_err() { return },
             }
         }
     }
@@ -523,5 +526,41 @@ mod tests {
         get_status(&mut api, json!([])).await;
         apply_status(&mut api).await;
         agent.stop(api).await;
+    }
+
+    /// A failing API server gets the writer's backoff even while the inventory keeps changing:
+    /// each change used to wake the writer at once, so it retried in a tight loop.
+    #[tokio::test(start_paused = true)]
+    async fn changes_during_a_backoff_do_not_cut_it_short() {
+        let (agent, mut api) = start(1, true);
+        let change = |n: usize| agent.discovered.send_replace(discovered(n));
+        api.expect(Method::GET, &format!("/api/v1/nodes/{NODE}"))
+            .await
+            .fail(500, "InternalError");
+        let first = Instant::now();
+        change(2);
+        let second = api
+            .expect(Method::GET, &format!("/api/v1/nodes/{NODE}"))
+            .await;
+        assert!(
+            first.elapsed() >= Duration::from_millis(500),
+            "retried after {:?} despite a 500 ms backoff",
+            first.elapsed()
+        );
+        second.fail(500, "InternalError");
+        let failed = Instant::now();
+        change(3);
+        change(4);
+        let third = api
+            .expect(Method::GET, &format!("/api/v1/nodes/{NODE}"))
+            .await;
+        assert!(
+            failed.elapsed() >= Duration::from_secs(1),
+            "retried after {:?} despite a 1 s backoff",
+            failed.elapsed()
+        );
+        third.fail(500, "InternalError");
+        agent.shutdown.cancel();
+        agent.task.await.expect("the writer ends cleanly");
     }
 }

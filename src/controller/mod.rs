@@ -36,18 +36,52 @@ use self::{
 use crate::{
     cli::ControllerArgs,
     crd::MockAccelNode,
+    kube_client::{self, ApiView, ClientError, WATCH_TIMEOUT_SECS},
     telemetry::{self, HttpServer, Readiness, TelemetryError},
 };
 
 /// Reconciles running at once; each one is a handful of requests for one node.
 const CONCURRENCY: u16 = 8;
 
+/// Backoff of the controller's watches after an error: 0.5 s doubling up to 2 s.
+///
+/// kube-runtime backs off all of a Controller's watches together (one backoff over the merged
+/// trigger streams). With its default (up to 30 s plus jitter) a request another watch had
+/// already started sits unpolled through the sleep, its connect deadline passes, it fails when
+/// polled, which starts the next sleep: after an API server restart the watches never came back
+/// (seen in the outage scenario; also stackabletech/trino-operator#936). A sleep well below the
+/// connect deadline lets such a request survive it. One controller with three watches retrying
+/// every 2 s during an outage costs the API server nothing.
+#[derive(Clone, Debug, Default)]
+pub struct TriggerBackoff {
+    next: Option<std::time::Duration>,
+}
+
+impl TriggerBackoff {
+    const FIRST: std::time::Duration = std::time::Duration::from_millis(500);
+    const MAX: std::time::Duration = std::time::Duration::from_secs(2);
+}
+
+impl Iterator for TriggerBackoff {
+    type Item = std::time::Duration;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        let delay = self.next.unwrap_or(Self::FIRST);
+        self.next = Some(delay.saturating_mul(2).min(Self::MAX));
+        Some(delay)
+    }
+}
+
+impl kube::runtime::utils::Backoff for TriggerBackoff {
+    fn reset(&mut self) {
+        self.next = None;
+    }
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
-    #[error(
-        "cannot build a Kubernetes client from the environment (in-cluster config or KUBECONFIG): {0}"
-    )]
-    Client(#[source] kube::Error),
+    #[error(transparent)]
+    Client(#[from] ClientError),
     #[error(transparent)]
     Http(#[from] TelemetryError),
     #[error(transparent)]
@@ -57,7 +91,11 @@ pub enum Error {
 pub async fn run(args: ControllerArgs) -> Result<(), Error> {
     let shutdown = CancellationToken::new();
     telemetry::cancel_on_signal(shutdown.clone());
-    let client = Client::try_default().await.map_err(Error::Client)?;
+    // One view for the whole process: it must outlive leadership terms, since a replica that
+    // takes the lead right after an outage has to know the outage happened.
+    let api_view = ApiView::new(jiff::Timestamp::now());
+    let clients = kube_client::clients(args.api.timeouts(), Some(&api_view)).await?;
+    let client = clients.requests.clone();
 
     let mut registry = Registry::with_prefix(METRICS_PREFIX);
     let metrics = Metrics::register(&mut registry);
@@ -66,14 +104,17 @@ pub async fn run(args: ControllerArgs) -> Result<(), Error> {
         HttpServer::start(args.metrics_addr, registry, ready.clone(), shutdown.clone()).await?;
 
     let identity = args.identity.clone().unwrap_or_else(hostname);
-    let ctx = Arc::new(Context::new(
-        client.clone(),
-        args.driver_name.clone(),
-        args.agent_grace_period,
-        system_clock(),
-        metrics.clone(),
-        identity.clone(),
-    ));
+    let ctx = Arc::new(
+        Context::new(
+            client.clone(),
+            args.driver_name.clone(),
+            args.agent_grace_period,
+            system_clock(),
+            metrics.clone(),
+            identity.clone(),
+        )
+        .with_api_view(api_view),
+    );
     tracing::info!(driver = %args.driver_name, grace = ?args.agent_grace_period, leader_elect = args.leader_elect, "starting the controller");
 
     let result = if args.leader_elect {
@@ -89,13 +130,13 @@ pub async fn run(args: ControllerArgs) -> Result<(), Error> {
             ready.clone(),
             metrics,
             shutdown.clone(),
-            |stop| run_controller(ctx.clone(), ready.clone(), stop),
+            |stop| run_controller(ctx.clone(), clients.watch.clone(), ready.clone(), stop),
         )
         .await
         .map_err(Error::from)
     } else {
         metrics.set_leader(true);
-        run_controller(ctx, ready, shutdown.clone()).await;
+        run_controller(ctx, clients.watch, ready, shutdown.clone()).await;
         Ok(())
     };
 
@@ -105,11 +146,19 @@ pub async fn run(args: ControllerArgs) -> Result<(), Error> {
 }
 
 /// Runs the kube-runtime Controller until `stop` is cancelled; in-flight reconciles finish.
-async fn run_controller(ctx: Arc<Context>, ready: Readiness, stop: CancellationToken) {
-    let client = ctx.client.clone();
+/// Watches use `watch_client` (no read timeout; each watch ends after [`WATCH_TIMEOUT_SECS`]),
+/// the reconciler the request client in `ctx`.
+async fn run_controller(
+    ctx: Arc<Context>,
+    watch_client: Client,
+    ready: Readiness,
+    stop: CancellationToken,
+) {
+    let client = watch_client;
+    let watch_config = || watcher::Config::default().timeout(WATCH_TIMEOUT_SECS);
     let controller = Controller::new(
         Api::<MockAccelNode>::all(client.clone()),
-        watcher::Config::default().any_semantic(),
+        watch_config().any_semantic(),
     );
     let store = controller.store();
     let node_store = store.clone();
@@ -141,14 +190,15 @@ async fn run_controller(ctx: Arc<Context>, ready: Readiness, stop: CancellationT
         // wipes them on restart) brings its node back at once.
         .owns(
             Api::<ResourceSlice>::all(client.clone()),
-            watcher::Config::default().labels(&managed_by_selector()),
+            watch_config().labels(&managed_by_selector()),
         )
         // A Node appearing gives the slices their owner UID; only nodes with a MockAccelNode
         // are mapped, so the many Nodes without an agent cost nothing.
-        .watches(Api::<Node>::all(client), watcher::Config::default().any_semantic(), move |n: Node| {
+        .watches(Api::<Node>::all(client), watch_config().any_semantic(), move |n: Node| {
             let r = ObjectRef::<MockAccelNode>::new(&n.name_any());
             node_store.get(&r).map(|_| r)
         })
+        .trigger_backoff(TriggerBackoff::default())
         .with_config(Config::default().concurrency(CONCURRENCY))
         .graceful_shutdown_on(stop.clone().cancelled_owned())
         .run(reconcile, error_policy, ctx.clone())
@@ -160,7 +210,7 @@ async fn run_controller(ctx: Arc<Context>, ready: Readiness, stop: CancellationT
                     // A MockAccelNode that is gone (deleted, or named as owner by a slice that
                     // outlived it): its slices go too.
                     Err(controller::Error::ObjectNotFound(obj)) => {
-                        match reconcile::withdraw_node(&ctx, &obj.name).await {
+                        match reconcile::node_deleted(&ctx, &obj.name).await {
                             Ok(0) => {}
                             Ok(n) => tracing::info!(node = %obj.name, deleted = n, "MockAccelNode deleted: slices removed"),
                             Err(e) => tracing::warn!(node = %obj.name, error = %e, "removing slices of a deleted MockAccelNode failed"),
@@ -184,4 +234,23 @@ fn hostname() -> String {
         .map(|h| h.trim().to_string())
         .filter(|h| !h.is_empty())
         .unwrap_or_else(|| "mock-accel-controller".to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use kube::runtime::utils::Backoff;
+    use std::time::Duration;
+
+    #[test]
+    fn watch_backoff_stays_well_below_the_connect_deadline_and_resets() {
+        let mut b = TriggerBackoff::default();
+        let first: Vec<Duration> = b.by_ref().take(5).collect();
+        assert_eq!(
+            first,
+            [500, 1000, 2000, 2000, 2000].map(Duration::from_millis)
+        );
+        b.reset();
+        assert_eq!(b.next(), Some(Duration::from_millis(500)));
+    }
 }

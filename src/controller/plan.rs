@@ -49,8 +49,16 @@ impl Liveness {
 }
 
 /// The agent is alive iff it registered its kubelet plugin and its last heartbeat is newer than
-/// `now - grace`.
-pub fn liveness(status: Option<&MockAccelNodeStatus>, now: Timestamp, grace: Duration) -> Liveness {
+/// `now - grace`, where the heartbeat's age counts from no earlier than `view_since`: the time
+/// from which this controller could see the API server without interruption (see
+/// [`crate::kube_client::ApiView`]). A heartbeat missed while nobody could reach the API server
+/// says nothing about the agent, so an outage longer than the grace period withdraws nothing.
+pub fn liveness(
+    status: Option<&MockAccelNodeStatus>,
+    now: Timestamp,
+    grace: Duration,
+    view_since: Option<Timestamp>,
+) -> Liveness {
     let Some(agent) = status.and_then(|s| s.agent.as_ref()) else {
         return Liveness::Stale {
             why: "no node agent has reported yet".to_string(),
@@ -72,11 +80,19 @@ pub fn liveness(status: Option<&MockAccelNodeStatus>, now: Timestamp, grace: Dur
             why: "the node agent's kubelet plugin is not registered".to_string(),
         };
     }
-    let until = heartbeat.checked_add(grace).unwrap_or(Timestamp::MAX);
+    let counted_from = view_since.map_or(heartbeat, |v| v.max(heartbeat));
+    let until = counted_from.checked_add(grace).unwrap_or(Timestamp::MAX);
     if until <= now {
+        let since = if counted_from > heartbeat {
+            format!(
+                " (counted from {counted_from}, when this controller's view of the API server began)"
+            )
+        } else {
+            String::new()
+        };
         return Liveness::Stale {
             why: format!(
-                "last agent heartbeat at {heartbeat} is older than the grace period of {}",
+                "last agent heartbeat at {heartbeat} is older than the grace period of {}{since}",
                 humantime::format_duration(grace)
             ),
         };
@@ -94,6 +110,9 @@ pub struct Observed<'a> {
     pub existing: &'a [ResourceSlice],
     pub now: Timestamp,
     pub grace: Duration,
+    /// Since when the controller has seen the API server without interruption (`None`: no
+    /// such record, heartbeats are judged by their own time alone).
+    pub api_view_since: Option<Timestamp>,
 }
 
 /// The slice writes one reconcile must make.
@@ -128,7 +147,7 @@ pub struct Rejected {
 pub fn plan_slices(obs: &Observed) -> SlicePlan {
     let node_name = obs.node.name_any();
     let status = obs.node.status.as_ref();
-    let liveness = liveness(status, obs.now, obs.grace);
+    let liveness = liveness(status, obs.now, obs.grace, obs.api_view_since);
     let requeue_after = match &liveness {
         Liveness::Alive { until } => until
             .duration_since(obs.now)
@@ -539,6 +558,7 @@ mod tests {
             existing,
             now: t(now),
             grace: Duration::from_secs(40),
+            api_view_since: None,
         }
     }
 
@@ -584,23 +604,82 @@ mod tests {
         let grace = Duration::from_secs(40);
         let alive = mk_node(vec![], HB, true);
         assert_eq!(
-            liveness(alive.status.as_ref(), t(SOON), grace),
+            liveness(alive.status.as_ref(), t(SOON), grace, None),
             Liveness::Alive {
                 until: t("2026-01-01T00:00:40Z")
             }
         );
-        assert!(!liveness(alive.status.as_ref(), t(LATE), grace).is_alive());
+        assert!(!liveness(alive.status.as_ref(), t(LATE), grace, None).is_alive());
         let unregistered = mk_node(vec![], HB, false);
-        let Liveness::Stale { why } = liveness(unregistered.status.as_ref(), t(SOON), grace) else {
+        let Liveness::Stale { why } = liveness(unregistered.status.as_ref(), t(SOON), grace, None)
+        else {
             panic!("an unregistered plugin must count as stale");
         };
         assert!(why.contains("not registered"), "{why}");
         let garbage = mk_node(vec![], "yesterday", true);
-        let Liveness::Stale { why } = liveness(garbage.status.as_ref(), t(SOON), grace) else {
+        let Liveness::Stale { why } = liveness(garbage.status.as_ref(), t(SOON), grace, None)
+        else {
             panic!("an unreadable heartbeat must count as stale");
         };
         assert!(why.contains("yesterday"), "{why}");
-        assert!(!liveness(None, t(SOON), grace).is_alive());
+        assert!(!liveness(None, t(SOON), grace, None).is_alive());
+    }
+
+    /// An API server outage of 60 s (longer than the 40 s grace period) that ended 1 s ago:
+    /// the agent could not write a heartbeat, so its old one must not withdraw its devices.
+    #[test]
+    fn heartbeats_are_judged_from_when_the_controllers_view_of_the_api_resumed() {
+        let grace = Duration::from_secs(40);
+        let node = mk_node(two_pools(), HB, true);
+        let resumed = t("2026-01-01T00:01:00Z");
+        let now = t("2026-01-01T00:01:01Z");
+        assert!(
+            !liveness(node.status.as_ref(), now, grace, None).is_alive(),
+            "by its own time alone the heartbeat is stale"
+        );
+        assert_eq!(
+            liveness(node.status.as_ref(), now, grace, Some(resumed)),
+            Liveness::Alive {
+                until: t("2026-01-01T00:01:40Z")
+            }
+        );
+        // The agent gets one grace period from the resumption, not more.
+        let Liveness::Stale { why } = liveness(
+            node.status.as_ref(),
+            t("2026-01-01T00:01:41Z"),
+            grace,
+            Some(resumed),
+        ) else {
+            panic!("an agent silent for a whole grace period after the outage is stale");
+        };
+        assert!(why.contains("view of the API server began"), "{why}");
+        // A view older than the heartbeat changes nothing.
+        assert_eq!(
+            liveness(
+                node.status.as_ref(),
+                t(SOON),
+                grace,
+                Some(t("2025-12-31T00:00:00Z"))
+            ),
+            liveness(node.status.as_ref(), t(SOON), grace, None)
+        );
+        // Still no slices for an agent whose plugin is not registered.
+        let unregistered = mk_node(two_pools(), HB, false);
+        assert!(!liveness(unregistered.status.as_ref(), now, grace, Some(resumed)).is_alive());
+    }
+
+    #[test]
+    fn no_slice_is_withdrawn_right_after_an_outage_and_the_requeue_follows_the_view() {
+        let node = mk_node(two_pools(), HB, true);
+        let (node, existing) = written(&node, &plan_slices(&observe(&node, &[], SOON)), SOON);
+        let mut obs = observe(&node, &existing, "2026-01-01T00:01:01Z");
+        obs.api_view_since = Some(t("2026-01-01T00:01:00Z"));
+        let plan = plan_slices(&obs);
+        assert!(plan.liveness.is_alive());
+        assert!(plan.delete.is_empty(), "{:?}", plan.delete);
+        assert!(plan.apply.is_empty(), "steady state writes nothing");
+        // Alive until 00:01:40; look again just after.
+        assert_eq!(plan.requeue_after, Duration::from_secs(40));
     }
 
     #[test]

@@ -32,6 +32,7 @@ use super::{
 use crate::{
     backoff::Backoff,
     crd::{CONTROLLER_FIELD_MANAGER, MockAccelNode},
+    kube_client::ApiView,
     metrics::Outcome,
     names::{LABEL_MANAGED_BY, MANAGED_BY, node_label_selector},
 };
@@ -115,8 +116,11 @@ pub struct Context {
     pub grace: Duration,
     pub clock: Clock,
     pub metrics: Metrics,
+    /// This process's view of the API server; heartbeats are judged only over time it saw.
+    api_view: Option<ApiView>,
     reporter: Reporter,
-    /// The error backoff of each node that failed since its last success.
+    /// The error backoff of each node that failed since its last success. An entry goes with
+    /// the next success, or when its MockAccelNode is found deleted.
     failures: Mutex<HashMap<String, Backoff>>,
 }
 
@@ -135,12 +139,19 @@ impl Context {
             grace,
             clock,
             metrics,
+            api_view: None,
             reporter: Reporter {
                 controller: CONTROLLER_FIELD_MANAGER.to_string(),
                 instance: Some(instance),
             },
             failures: Mutex::default(),
         }
+    }
+
+    /// Judges heartbeats from when `view` last resumed (see [`plan::liveness`]).
+    pub fn with_api_view(mut self, view: ApiView) -> Self {
+        self.api_view = Some(view);
+        self
     }
 
     fn slices(&self) -> Api<ResourceSlice> {
@@ -162,6 +173,26 @@ impl Context {
         if let Ok(mut failures) = self.failures.lock() {
             failures.remove(node);
         }
+    }
+
+    /// Drops the backoff entries of nodes `exists` does not know (deleted while another
+    /// replica led, or while the watch was down).
+    fn retain_backoff(&self, exists: impl Fn(&str) -> bool) {
+        if let Ok(mut failures) = self.failures.lock() {
+            failures.retain(|node, _| exists(node));
+        }
+    }
+
+    /// Nodes with a backoff entry, for tests of the bookkeeping.
+    #[cfg(test)]
+    fn backoff_nodes(&self) -> Vec<String> {
+        let mut nodes: Vec<String> = self
+            .failures
+            .lock()
+            .map(|f| f.keys().cloned().collect())
+            .unwrap_or_default();
+        nodes.sort();
+        nodes
     }
 }
 
@@ -218,14 +249,42 @@ async fn reconcile_node(node: &MockAccelNode, ctx: &Context) -> Result<Action, R
 
     // Decide.
     let now = (ctx.clock)();
-    let plan = plan::plan_slices(&Observed {
-        driver: &ctx.driver,
-        node,
-        node_uid: &node_uid,
-        existing: &existing,
-        now,
-        grace: ctx.grace,
-    });
+    let decide = |node: &MockAccelNode| {
+        plan::plan_slices(&Observed {
+            driver: &ctx.driver,
+            node,
+            node_uid: &node_uid,
+            existing: &existing,
+            now,
+            grace: ctx.grace,
+            api_view_since: ctx.api_view.as_ref().map(|v| v.since(now)),
+        })
+    };
+    let mut plan = decide(node);
+    // Withdraw only on what the API server holds now, never on the watch cache alone: while
+    // the watch is down (after an outage it reconnects with a backoff) the cache keeps old
+    // heartbeats of agents that are writing fresh ones.
+    let fresh;
+    let node = if !plan.liveness.is_alive() && !plan.delete.is_empty() {
+        fresh = Api::<MockAccelNode>::all(ctx.client.clone())
+            .get_opt(&name)
+            .await
+            .map_err(|source| ReconcileError::Read {
+                node: name.clone(),
+                what: "MockAccelNode",
+                source,
+            })?;
+        match &fresh {
+            // Gone meanwhile: the withdrawal stands.
+            None => node,
+            Some(fresh) => {
+                plan = decide(fresh);
+                fresh
+            }
+        }
+    } else {
+        node
+    };
 
     // Write slices: obsolete ones first, so a pool never shows more slices than it counts.
     let write_error = match write_slices(ctx, &name, &plan).await {
@@ -341,6 +400,14 @@ async fn delete_slice(ctx: &Context, node: &str, s: &ResourceSlice) -> Result<()
     }
 }
 
+/// The MockAccelNode `node` is gone: withdraws its slices and forgets its bookkeeping (the
+/// backoff entry would otherwise stay for the life of the process). Returns how many slices
+/// were deleted.
+pub async fn node_deleted(ctx: &Context, node: &str) -> Result<usize, ReconcileError> {
+    ctx.reset_backoff(node);
+    withdraw_node(ctx, node).await
+}
+
 /// Deletes every slice of `node` (its Node or its MockAccelNode is gone). Returns how many
 /// were deleted; listing first keeps a node without slices free of writes.
 pub async fn withdraw_node(ctx: &Context, node: &str) -> Result<usize, ReconcileError> {
@@ -370,9 +437,9 @@ pub async fn sweep_orphans(
             what: "ResourceSlices",
             source,
         })?;
-    let orphans = plan::orphans(&ctx.driver, &list.items, |node| {
-        store.get(&ObjectRef::new(node)).is_some()
-    });
+    let known = |node: &str| store.get(&ObjectRef::new(node)).is_some();
+    ctx.retain_backoff(known);
+    let orphans = plan::orphans(&ctx.driver, &list.items, known);
     for s in &orphans {
         delete_slice(ctx, s.spec.node_name.as_deref().unwrap_or_default(), s).await?;
     }
@@ -402,5 +469,99 @@ async fn publish(ctx: &Context, node: &MockAccelNode, ev: plan::EventPlan) {
         Err(e) => {
             tracing::warn!(node = %node.name_any(), reason = ev.reason, error = %e, "cannot publish Event")
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{controller::metrics::Metrics, crd::MockAccelNodeSpec};
+    use http::{Request, Response};
+    use kube::{
+        client::Body,
+        runtime::{reflector, watcher},
+    };
+    use tower_test::mock;
+
+    fn mock_context() -> (Arc<Context>, mock::Handle<Request<Body>, Response<Body>>) {
+        let (svc, handle) = mock::pair::<Request<Body>, Response<Body>>();
+        let ctx = Context::new(
+            Client::new(svc, "default"),
+            "mock-accel.example.com".into(),
+            Duration::from_secs(40),
+            system_clock(),
+            Metrics::unregistered(),
+            "test".into(),
+        );
+        (Arc::new(ctx), handle)
+    }
+
+    fn mk_node(name: &str) -> MockAccelNode {
+        MockAccelNode::new(
+            name,
+            MockAccelNodeSpec {
+                node_name: name.into(),
+                ..Default::default()
+            },
+        )
+    }
+
+    /// Answers one LIST of ResourceSlices with an empty list.
+    async fn no_slices(api: &mut mock::Handle<Request<Body>, Response<Body>>) {
+        let (req, reply) = api.next_request().await.expect("a LIST of slices");
+        assert_eq!(req.uri().path(), "/apis/resource.k8s.io/v1/resourceslices");
+        let body = json!({"apiVersion": "resource.k8s.io/v1", "kind": "ResourceSliceList",
+            "metadata": {"resourceVersion": "1"}, "items": []});
+        reply.send_response(
+            Response::builder()
+                .header("content-type", "application/json")
+                .body(Body::from(serde_json::to_vec(&body).unwrap()))
+                .unwrap(),
+        );
+    }
+
+    fn fail(ctx: &Arc<Context>, node: &str) {
+        error_policy(
+            Arc::new(mk_node(node)),
+            &ReconcileError::Unnamed,
+            ctx.clone(),
+        );
+    }
+
+    #[tokio::test]
+    async fn a_deleted_node_leaves_no_backoff_entry_behind() {
+        let (ctx, mut api) = mock_context();
+        fail(&ctx, "gone");
+        fail(&ctx, "gone");
+        fail(&ctx, "other");
+        assert_eq!(ctx.backoff_nodes(), ["gone", "other"]);
+
+        let deleted = {
+            let ctx = ctx.clone();
+            tokio::spawn(async move { node_deleted(&ctx, "gone").await })
+        };
+        no_slices(&mut api).await;
+        assert_eq!(deleted.await.unwrap().unwrap(), 0);
+        assert_eq!(ctx.backoff_nodes(), ["other"]);
+        // A new node of the same name starts its backoff afresh.
+        assert_eq!(ctx.next_backoff("gone"), BACKOFF_FIRST);
+    }
+
+    #[tokio::test]
+    async fn the_sweep_drops_backoff_entries_of_nodes_deleted_unseen() {
+        let (ctx, mut api) = mock_context();
+        let (store, mut writer) = reflector::store::<MockAccelNode>();
+        writer.apply_watcher_event(&watcher::Event::InitApply(mk_node("kept")));
+        writer.apply_watcher_event(&watcher::Event::InitDone);
+        fail(&ctx, "kept");
+        fail(&ctx, "deleted-while-not-leading");
+
+        let sweep = {
+            let ctx = ctx.clone();
+            tokio::spawn(async move { sweep_orphans(&ctx, &store).await })
+        };
+        no_slices(&mut api).await;
+        assert_eq!(sweep.await.unwrap().unwrap(), 0);
+        assert_eq!(ctx.backoff_nodes(), ["kept"]);
     }
 }

@@ -109,6 +109,7 @@ fn published(node: &MockAccelNode, now: &str) -> (MockAccelNode, Vec<ResourceSli
         existing: &[],
         now: t(now),
         grace: GRACE,
+        api_view_since: None,
     });
     let status = plan::controller_status(node, &plan, &WriteOutcome::Written, t(now));
     let mut node = node.clone();
@@ -168,6 +169,17 @@ impl ApiServer {
             "apiVersion": "v1", "kind": "Node",
             "metadata": { "name": NODE, "uid": NODE_UID, "resourceVersion": "1" },
         }));
+    }
+
+    /// The fresh read of the MockAccelNode that precedes a withdrawal; answers `node`.
+    async fn get_mock_node(&mut self, node: &MockAccelNode) {
+        let call = self
+            .expect(
+                Method::GET,
+                &format!("/apis/mock-accel.example.com/v1alpha1/mockaccelnodes/{NODE}"),
+            )
+            .await;
+        call.ok(&serde_json::to_value(node).expect("serializable"));
     }
 
     async fn get_node_missing(&mut self) {
@@ -530,9 +542,11 @@ async fn slice_deleted_by_someone_else_is_applied_again_quietly() {
 #[tokio::test]
 async fn stale_agent_withdraws_the_slices_and_says_why() {
     let (node, existing) = published(&mk_node(), FRESH);
+    let stored = node.clone();
     let ran = run(node, LATE, |mut api| async move {
         api.get_node().await;
         api.list_slices(&existing).await;
+        api.get_mock_node(&stored).await;
         for s in &existing {
             api.deleted(s).await;
         }
@@ -567,15 +581,40 @@ async fn stale_agent_withdraws_the_slices_and_says_why() {
     );
 }
 
+/// The watch cache holds a heartbeat past the grace period (the watch was down after an API
+/// server outage), the API server a fresh one: nothing is withdrawn and nothing written.
+#[tokio::test]
+async fn a_stale_watch_cache_withdraws_nothing_the_api_server_shows_alive() {
+    let (cached, existing) = published(&mk_node(), FRESH);
+    let mut current = cached.clone();
+    if let Some(agent) = current.status.as_mut().and_then(|s| s.agent.as_mut()) {
+        agent.heartbeat = "2026-01-01T00:00:50Z".into();
+    }
+    let ran = run(cached, LATE, |mut api| async move {
+        api.get_node().await;
+        api.list_slices(&existing).await;
+        api.get_mock_node(&current).await;
+        api.done().await;
+    })
+    .await;
+    // Alive until 00:01:30 by the fresh heartbeat: look again just after.
+    assert_eq!(
+        ran.result.expect("reconcile succeeds"),
+        Action::requeue(Duration::from_secs(31))
+    );
+}
+
 #[tokio::test]
 async fn unregistered_plugin_counts_as_stale() {
     let (mut node, existing) = published(&mk_node(), FRESH);
     if let Some(agent) = node.status.as_mut().and_then(|s| s.agent.as_mut()) {
         agent.plugin_registered = false;
     }
+    let stored = node.clone();
     let ran = run(node, FRESH, |mut api| async move {
         api.get_node().await;
         api.list_slices(&existing).await;
+        api.get_mock_node(&stored).await;
         for s in &existing {
             api.deleted(s).await;
         }

@@ -9,7 +9,7 @@
 
 use std::{
     io,
-    os::unix::fs::{FileTypeExt, MetadataExt},
+    os::unix::fs::{FileTypeExt, MetadataExt, PermissionsExt},
     path::{Path, PathBuf},
     sync::Arc,
 };
@@ -88,6 +88,12 @@ pub enum PluginError {
     Inspect { path: PathBuf, source: io::Error },
     #[error("cannot listen on Unix socket {path}: {source}")]
     Bind { path: PathBuf, source: io::Error },
+    #[error("cannot restrict the permissions of {path} to mode {mode:o}: {source}")]
+    Permissions {
+        path: PathBuf,
+        mode: u32,
+        source: io::Error,
+    },
     #[error("gRPC server on {path} failed: {source}")]
     Serve {
         path: PathBuf,
@@ -182,6 +188,9 @@ pub async fn serve_with_health<H: ClaimHandler>(
         .add_service(dra_v1::dra_plugin_server::DraPluginServer::new(dra.clone()))
         .add_service(dra_v1beta1::dra_plugin_server::DraPluginServer::new(dra))
         .add_optional_service(health);
+    if let Some(dir) = dra_path.parent() {
+        make_private_dir(dir)?;
+    }
     let dra_socket = OwnedSocket::bind(&dra_path)?;
     let dra_task = tokio::spawn(run_server(dra_socket, stop.clone(), |incoming, stopped| {
         dra_router.serve_with_incoming_shutdown(incoming, stopped)
@@ -292,6 +301,10 @@ impl OwnedSocket {
             path: path.to_path_buf(),
             source,
         })?;
+        if let Err(e) = set_mode(path, SOCKET_MODE) {
+            let _ = std::fs::remove_file(path);
+            return Err(e);
+        }
         let metadata = std::fs::symlink_metadata(path).map_err(|source| PluginError::Inspect {
             path: path.to_path_buf(),
             source,
@@ -302,6 +315,33 @@ impl OwnedSocket {
             identity: FileIdentity::of(&metadata),
         })
     }
+}
+
+/// Socket files: the kubelet (root) and the agent only. Whoever can connect to the DRA socket
+/// can prepare claims, i.e. write device registers and CDI specs.
+const SOCKET_MODE: u32 = 0o600;
+/// The plugin directory holds the DRA socket and the checkpoint: owner only. The registry
+/// directory belongs to the kubelet and is shared with other plugins, so it is left alone.
+const PLUGIN_DIR_MODE: u32 = 0o700;
+
+/// Creates the plugin directory if needed and makes it owner-only.
+fn make_private_dir(dir: &Path) -> Result<(), PluginError> {
+    std::fs::create_dir_all(dir).map_err(|source| PluginError::CreateDir {
+        path: dir.to_path_buf(),
+        source,
+    })?;
+    set_mode(dir, PLUGIN_DIR_MODE)
+}
+
+/// Sets `mode` on `path`; bind creates a socket with whatever the umask leaves.
+fn set_mode(path: &Path, mode: u32) -> Result<(), PluginError> {
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode)).map_err(|source| {
+        PluginError::Permissions {
+            path: path.to_path_buf(),
+            mode,
+            source,
+        }
+    })
 }
 
 fn absolute(path: &Path) -> Result<PathBuf, PluginError> {
@@ -416,6 +456,20 @@ mod tests {
             Err(PluginError::NotASocket { .. })
         ));
         assert_eq!(std::fs::read_to_string(&file).unwrap(), "keep me");
+    }
+
+    #[tokio::test]
+    async fn sockets_and_the_plugin_directory_are_not_world_accessible() {
+        let dir = tempfile::tempdir().unwrap();
+        let plugin_dir = dir.path().join("plugins/mock-accel.example.com");
+        std::fs::create_dir_all(&plugin_dir).unwrap();
+        // As a kubelet's DirectoryOrCreate or a generous umask would leave it.
+        std::fs::set_permissions(&plugin_dir, std::fs::Permissions::from_mode(0o777)).unwrap();
+        make_private_dir(&plugin_dir).unwrap();
+        let socket = OwnedSocket::bind(&plugin_dir.join(DRA_SOCKET_NAME)).unwrap();
+        let mode = |p: &Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode(&plugin_dir), 0o700);
+        assert_eq!(mode(&socket.path), 0o600);
     }
 
     #[tokio::test]
