@@ -1,12 +1,16 @@
 # mock-accel DRA driver: build, test and run targets. `make help` lists them.
 SHELL := /bin/bash
 CARGO ?= cargo
-IMAGE ?= mock-accel-dra:dev
 export K8S_VERSION ?= v1.37.2
-export MOCK_ACCEL_CACHE ?= /var/cache/mock-accel
 
-.PHONY: help bin build test lint fmt fmt-check crd bench build-image load-image deploy undeploy \
-        k8s-bins e2e fakelet-test dev-cluster dev-cluster-env dev-cluster-down demo
+# The image name and tag are set in one place, the `images:` entry of the kustomization that
+# `make deploy` applies; build-image, save-image and load-image read them from there.
+KUSTOMIZATION := kustomize/default/kustomization.yaml
+IMAGE := $(shell sed -n 's/^ *newName: *//p' $(KUSTOMIZATION)):$(shell sed -n 's/^ *newTag: *//p' $(KUSTOMIZATION))
+IMAGE_TAR ?= /tmp/mock-accel-dra-image.tar
+
+.PHONY: help bin build test lint fmt fmt-check crd bench image-name build-image save-image load-image \
+        deploy undeploy k8s-bins e2e fakelet-test dev-cluster dev-cluster-env dev-cluster-down demo
 
 help: ## list the targets
 	@grep -E '^[a-z0-9-]+:.*## ' $(MAKEFILE_LIST) | sed -E 's/:.*## /\t/' | column -t -s $$'\t'
@@ -23,7 +27,7 @@ lint: ## clippy with warnings as errors
 fmt: ## format the code
 	$(CARGO) fmt --all
 
-fmt-check:
+fmt-check: ## check the formatting without changing files (part of `make test`)
 	$(CARGO) fmt --all -- --check
 
 # Tests, e2e and tools use the binary of the `--all-targets` build: a plain `cargo build` resolves
@@ -43,17 +47,25 @@ crd: bin ## regenerate crds/ from the Rust types
 bench: ## benchmarks, optimised build: discovery, prepare/unprepare latency, agent memory
 	$(CARGO) bench --locked --bench '*'
 
+image-name: ## print the image name and tag (from kustomize/default/kustomization.yaml)
+	@echo $(IMAGE)
+
+# docker only when its daemon answers; podman and buildah need none.
 build-image: ## build the container image with docker, podman or buildah
-	@if command -v docker >/dev/null 2>&1 && docker info >/dev/null 2>&1; then docker build -t $(IMAGE) .; \
-	elif command -v podman >/dev/null 2>&1; then podman build -t $(IMAGE) .; \
-	elif command -v buildah >/dev/null 2>&1; then buildah bud -t $(IMAGE) .; \
+	@if command -v docker >/dev/null 2>&1 && docker info >/dev/null 2>&1; then set -x; docker build -t $(IMAGE) .; \
+	elif command -v podman >/dev/null 2>&1; then set -x; podman build -t $(IMAGE) .; \
+	elif command -v buildah >/dev/null 2>&1; then set -x; buildah bud -t $(IMAGE) .; \
 	else echo "build-image: no working docker, podman or buildah found; install one of them (e.g. apt-get install podman)" >&2; exit 1; fi
 
-load-image: ## import the image into a k3s node's containerd
-	@if command -v docker >/dev/null 2>&1 && docker info >/dev/null 2>&1; then docker save $(IMAGE) -o /tmp/mock-accel-dra.tar; \
-	elif command -v podman >/dev/null 2>&1; then podman save $(IMAGE) -o /tmp/mock-accel-dra.tar; \
-	else echo "load-image: needs docker or podman to export $(IMAGE)" >&2; exit 1; fi
-	sudo k3s ctr images import /tmp/mock-accel-dra.tar
+save-image: ## write the built image to a tar file (IMAGE_TAR, default /tmp/mock-accel-dra-image.tar)
+	@if command -v docker >/dev/null 2>&1 && docker info >/dev/null 2>&1; then set -x; docker save -o $(IMAGE_TAR) $(IMAGE); \
+	elif command -v podman >/dev/null 2>&1; then set -x; podman save --format docker-archive -o $(IMAGE_TAR) $(IMAGE); \
+	elif command -v buildah >/dev/null 2>&1; then set -x; buildah push $(IMAGE) docker-archive:$(IMAGE_TAR):$(IMAGE); \
+	else echo "save-image: no working docker, podman or buildah found to export $(IMAGE); build it first (make build-image)" >&2; exit 1; fi
+
+load-image: save-image ## import the image into this k3s node's containerd (other nodes: see README)
+	@command -v k3s >/dev/null 2>&1 || { echo "load-image: k3s not found on this machine; copy $(IMAGE_TAR) to each node and import it there (README, \"Install into a cluster\")" >&2; exit 1; }
+	sudo k3s ctr images import $(IMAGE_TAR)
 
 deploy: ## install the driver into the current kubectl context
 	kubectl apply -k kustomize/default

@@ -72,7 +72,9 @@ impl ApiClientArgs {
 
 #[derive(Args, Debug, Clone)]
 pub struct ControllerArgs {
-    /// DRA driver name used in slices, DeviceClasses and CDI kinds.
+    /// DRA driver name: `spec.driver` of the slices and the domain of their attributes and
+    /// capacity. The shipped DeviceClasses, examples and claims select `mock-accel.example.com`
+    /// by name: change them with it.
     #[arg(long, default_value = DEFAULT_DRIVER_NAME, env = "DRIVER_NAME")]
     pub driver_name: String,
     /// Address of the HTTP server for /healthz, /readyz and /metrics.
@@ -103,7 +105,8 @@ pub struct ControllerArgs {
 
 #[derive(Args, Debug, Clone)]
 pub struct NodeAgentArgs {
-    /// DRA driver name used in slices, DeviceClasses and CDI kinds.
+    /// DRA driver name: registered with the kubelet; names the sockets and the CDI kind; selects
+    /// this driver's allocation results. Must equal the controller's `--driver-name`.
     #[arg(long, default_value = DEFAULT_DRIVER_NAME, env = "DRIVER_NAME")]
     pub driver_name: String,
     /// Name of the Node this agent runs on.

@@ -146,7 +146,8 @@ pub struct DeviceStatus {
     pub status_register: i64,
     /// Pool the device is published in.
     pub pool: String,
-    /// `Healthy` or `Unhealthy`.
+    /// `Healthy` for every discovered device (no health signal is read yet); a device that
+    /// disappears leaves the list instead.
     #[schemars(with = "String")]
     pub health: Reported<Health>,
     /// `namespace/name` of the claim the device is prepared for, if any.

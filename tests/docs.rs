@@ -10,7 +10,11 @@
 //!   (leading comment, `# expect:` line consistent with the YAML, no hard-coded namespace, v1
 //!   claim shape) and can be satisfied by the canonical node's devices;
 //! - the flag tables of `docs/api-reference.md` list exactly the flags, environment variables
-//!   and defaults that `mock-accel-dra <subcommand> --help` prints.
+//!   and defaults that `mock-accel-dra <subcommand> --help` prints;
+//! - what the prose points at exists: relative links and their anchors, repository files named
+//!   in code, the flags of every `mock-accel-dra ...` command shown, the make targets used (and
+//!   `make help` lists every target), the original example file names, the one image name
+//!   (kustomization = `make image-name` = README), a LICENSE matching the README.
 //!
 //! Whether the API server accepts each object is checked by the end-to-end suite (server-side
 //! dry run on the local cluster), not here.
@@ -1013,4 +1017,416 @@ fn api_reference_lists_exactly_the_flags_of_help() {
         ));
     }
     fail_with(&problems);
+}
+
+// ---------------------------------------------------------------------------------------------
+// What the prose points at: links, file names, flags, make targets, example names, the image
+// ---------------------------------------------------------------------------------------------
+
+/// Every markdown file a reader may open: the docs, plus the READMEs of `e2e/`.
+fn all_markdown() -> Vec<PathBuf> {
+    let mut files = markdown_files();
+    for extra in ["e2e/README.md", "e2e/fakelet/README.md"] {
+        let path = Path::new(ROOT).join(extra);
+        if path.is_file() {
+            files.push(path);
+        }
+    }
+    files
+}
+
+/// A markdown file split into what the checks below look at: prose lines (outside fenced
+/// blocks) and the fenced blocks.
+struct Markdown {
+    label: String,
+    prose: Vec<(usize, String)>,
+    blocks: Vec<CodeBlock>,
+}
+
+fn markdown(path: &Path) -> Markdown {
+    let text = read(path);
+    let mut prose = Vec::new();
+    let mut fenced = false;
+    for (i, line) in text.lines().enumerate() {
+        if line.trim_start().starts_with("```") {
+            fenced = !fenced;
+        } else if !fenced {
+            prose.push((i + 1, line.to_string()));
+        }
+    }
+    Markdown {
+        label: rel(path),
+        prose,
+        blocks: code_blocks(&text),
+    }
+}
+
+/// The anchor GitHub gives a heading: lowercase, spaces to `-`, other punctuation dropped.
+fn slug(heading: &str) -> String {
+    heading
+        .trim()
+        .to_lowercase()
+        .chars()
+        .filter_map(|c| match c {
+            ' ' => Some('-'),
+            c if c.is_alphanumeric() || c == '-' || c == '_' => Some(c),
+            _ => None,
+        })
+        .collect()
+}
+
+fn anchors(path: &Path) -> BTreeSet<String> {
+    markdown(path)
+        .prose
+        .iter()
+        .filter_map(|(_, l)| l.strip_prefix('#'))
+        .map(|h| slug(h.trim_start_matches('#')))
+        .collect()
+}
+
+/// `(line, target)` of every inline link `[text](target)` in the prose.
+fn links(md: &Markdown) -> Vec<(usize, String)> {
+    let mut out = Vec::new();
+    for (n, line) in &md.prose {
+        let mut rest = line.as_str();
+        while let Some(i) = rest.find("](") {
+            rest = &rest[i + 2..];
+            if let Some(end) = rest.find(')') {
+                out.push((*n, rest[..end].to_string()));
+                rest = &rest[end..];
+            }
+        }
+    }
+    out
+}
+
+#[test]
+fn relative_links_and_anchors_resolve() {
+    let mut problems = Vec::new();
+    let mut checked = 0;
+    for path in all_markdown() {
+        let md = markdown(&path);
+        for (n, target) in links(&md) {
+            if target.contains("://") || target.starts_with("mailto:") {
+                continue;
+            }
+            checked += 1;
+            let (file, anchor) = target.split_once('#').unwrap_or((&target, ""));
+            let resolved = if file.is_empty() {
+                path.clone()
+            } else {
+                path.parent().unwrap().join(file)
+            };
+            if !resolved.exists() {
+                problems.push(format!("{}:{n}: link to {target}: no such file", md.label));
+                continue;
+            }
+            if !anchor.is_empty() && !anchors(&resolved).contains(anchor) {
+                problems.push(format!(
+                    "{}:{n}: link to {target}: {} has no heading with anchor #{anchor}",
+                    md.label,
+                    rel(&resolved)
+                ));
+            }
+        }
+    }
+    assert!(checked > 30, "found only {checked} relative links");
+    fail_with(&problems);
+}
+
+/// Inline code spans of the prose, and the words of `sh` blocks, with their line numbers.
+fn code_words(md: &Markdown) -> Vec<(usize, String)> {
+    let mut out = Vec::new();
+    for (n, line) in &md.prose {
+        out.extend(code_spans(line).into_iter().map(|s| (*n, s.to_string())));
+    }
+    for block in md.blocks.iter().filter(|b| b.lang == "sh") {
+        for (i, line) in block.body.lines().enumerate() {
+            out.push((block.line + 1 + i, line.to_string()));
+        }
+    }
+    out
+}
+
+const REPO_DIRS: [&str; 10] = [
+    "src/",
+    "config/",
+    "crds/",
+    "docs/",
+    "e2e/",
+    "tests/",
+    "kustomize/",
+    "benches/",
+    "proto/",
+    ".ci/",
+];
+const REPO_FILES: [&str; 7] = [
+    "Makefile",
+    "Dockerfile",
+    "LICENSE",
+    "Cargo.toml",
+    "Cargo.lock",
+    "build.rs",
+    "README.md",
+];
+
+/// Repository paths (from the root) named in code spans and shell blocks; placeholders such as
+/// `<node>` and globs are left out.
+fn mentioned_paths(md: &Markdown) -> Vec<(usize, String)> {
+    let mut out = Vec::new();
+    for (n, text) in code_words(md) {
+        for word in text.split_whitespace() {
+            let word = word.trim_matches(|c: char| "\"'`(),;".contains(c));
+            let word = word.split(':').next().unwrap_or_default();
+            let word = word.trim_matches(|c: char| "\"'`(),;".contains(c));
+            if word.contains(['<', '>', '*', '{', '}', '$', '…'])
+                || word.contains("...")
+                || word.contains('=')
+            {
+                continue;
+            }
+            if REPO_DIRS.iter().any(|d| word.starts_with(d)) || REPO_FILES.contains(&word) {
+                out.push((n, word.to_string()));
+            }
+        }
+    }
+    out
+}
+
+#[test]
+fn files_the_docs_name_exist() {
+    let mut problems = Vec::new();
+    let mut checked = 0;
+    for path in all_markdown() {
+        let md = markdown(&path);
+        for (n, p) in mentioned_paths(&md) {
+            checked += 1;
+            if !Path::new(ROOT).join(&p).exists() {
+                problems.push(format!("{}:{n}: `{p}` does not exist", md.label));
+            }
+        }
+    }
+    assert!(checked > 40, "found only {checked} file names in the docs");
+    fail_with(&problems);
+}
+
+/// `(command path, flag)` for every `mock-accel-dra [subcommand...] --flag` the docs show.
+fn documented_invocations(
+    text: &str,
+    tree: &BTreeMap<Vec<String>, BTreeMap<String, Flag>>,
+) -> Vec<(Vec<String>, String)> {
+    let mut out = Vec::new();
+    let mut rest = text;
+    while let Some(i) = rest.find("mock-accel-dra") {
+        let before = rest[..i].chars().last();
+        rest = &rest[i + "mock-accel-dra".len()..];
+        let after = rest.chars().next();
+        // The binary, not the image (`mock-accel-dra:dev`), a label or a file name.
+        if before.is_some_and(|c| !(c.is_whitespace() || c == '/' || c == '`' || c == '('))
+            || after.is_some_and(|c| !c.is_whitespace())
+        {
+            continue;
+        }
+        let words: Vec<&str> = rest
+            .split_whitespace()
+            .take_while(|w| !["|", ";", "&&", "#", "\\"].contains(w) && !w.starts_with('`'))
+            .collect();
+        let mut path: Vec<String> = Vec::new();
+        for w in &words {
+            let mut next = path.clone();
+            next.push(w.to_string());
+            if tree.contains_key(&next) {
+                path = next;
+            } else {
+                break;
+            }
+        }
+        for w in words.iter().filter(|w| w.starts_with("--")) {
+            let flag = w.split('=').next().unwrap_or_default();
+            let flag = flag.trim_end_matches(|c: char| !c.is_alphanumeric());
+            out.push((path.clone(), flag.to_string()));
+        }
+    }
+    out
+}
+
+#[test]
+fn flags_the_docs_pass_exist() {
+    let tree = command_tree();
+    let global = tree.get(&Vec::new()).cloned().unwrap_or_default();
+    let mut problems = Vec::new();
+    let mut checked = 0;
+    for path in all_markdown() {
+        let md = markdown(&path);
+        for (n, text) in code_words(&md) {
+            for (command, flag) in documented_invocations(&text, &tree) {
+                checked += 1;
+                let known = tree.get(&command).is_some_and(|f| f.contains_key(&flag))
+                    || global.contains_key(&flag)
+                    || flag == "--help"
+                    || flag == "--version";
+                if !known {
+                    problems.push(format!(
+                        "{}:{n}: `mock-accel-dra {}` has no flag {flag}",
+                        md.label,
+                        command.join(" ")
+                    ));
+                }
+            }
+        }
+    }
+    assert!(checked > 10, "found only {checked} documented flags");
+    // A flag named alone in the prose (`--agent-grace-period`) must exist on some subcommand,
+    // unless the line names another program's command.
+    let all_flags: BTreeSet<&String> = tree.values().flat_map(BTreeMap::keys).collect();
+    for path in [
+        "README.md",
+        "docs/api-reference.md",
+        "docs/integration-guide.md",
+        "docs/extension-guide.md",
+    ] {
+        let md = markdown(&Path::new(ROOT).join(path));
+        for (n, line) in &md.prose {
+            for span in code_spans(line) {
+                let flag = span.split('=').next().unwrap_or_default();
+                let standard = flag == "--help" || flag == "--version";
+                if span.starts_with("--")
+                    && !span.contains(' ')
+                    && !standard
+                    && !all_flags.contains(&flag.to_string())
+                {
+                    problems.push(format!("{path}:{n}: `{span}` is no flag of mock-accel-dra"));
+                }
+            }
+        }
+    }
+    fail_with(&problems);
+}
+
+/// Targets of the Makefile, with whether they have a `## ` help text.
+fn make_targets() -> BTreeMap<String, bool> {
+    read(&Path::new(ROOT).join("Makefile"))
+        .lines()
+        .filter(|l| !l.starts_with(['.', '\t', '#', ' ']))
+        .filter_map(|l| {
+            let (name, rest) = l.split_once(':')?;
+            let valid = !name.is_empty()
+                && name
+                    .chars()
+                    .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-')
+                && !rest.starts_with('=');
+            valid.then(|| (name.to_string(), rest.contains("## ")))
+        })
+        .collect()
+}
+
+#[test]
+fn make_targets_the_docs_use_exist_and_make_help_lists_every_target() {
+    let targets = make_targets();
+    assert!(targets.contains_key("demo") && targets.contains_key("test"));
+    let mut problems: Vec<String> = targets
+        .iter()
+        .filter(|(_, helped)| !**helped)
+        .map(|(t, _)| {
+            format!("Makefile: target {t} has no `## ` help text, so `make help` omits it")
+        })
+        .collect();
+    for path in all_markdown() {
+        let md = markdown(&path);
+        for (n, text) in code_words(&md) {
+            let words: Vec<&str> = text.split_whitespace().collect();
+            for pair in words.windows(2) {
+                if pair[0] != "make" {
+                    continue;
+                }
+                let target = pair[1].trim_matches(|c: char| "`\"'();".contains(c));
+                if target.starts_with(['-', '<']) || target.contains('=') || target.is_empty() {
+                    continue;
+                }
+                if !targets.contains_key(target) {
+                    problems.push(format!("{}:{n}: `make {target}`: no such target", md.label));
+                }
+            }
+        }
+    }
+    fail_with(&problems);
+}
+
+/// The example file names the original mock-device README promises.
+const ORIGINAL_EXAMPLES: [&str; 5] = [
+    "basic-allocation.yaml",
+    "numa-locality.yaml",
+    "pcie-locality.yaml",
+    "sriov-vf-allocation.yaml",
+    "mixed-pf-vf.yaml",
+];
+
+#[test]
+fn examples_keep_the_original_names_and_are_all_listed() {
+    let names: BTreeSet<String> = example_files()
+        .iter()
+        .filter_map(|p| p.file_name()?.to_str().map(str::to_string))
+        .collect();
+    let index = read(&Path::new(ROOT).join("docs/examples/README.md"));
+    let readme = read(&Path::new(ROOT).join("README.md"));
+    let mut problems = Vec::new();
+    for original in ORIGINAL_EXAMPLES {
+        if !names.contains(original) {
+            problems.push(format!(
+                "docs/examples/{original} (an original example name) is missing"
+            ));
+        }
+        if !readme.contains(&format!("docs/examples/{original}")) {
+            problems.push(format!(
+                "README.md does not point at docs/examples/{original}"
+            ));
+        }
+    }
+    for name in &names {
+        if !index.contains(&format!("]({name})")) {
+            problems.push(format!("docs/examples/README.md does not list {name}"));
+        }
+    }
+    fail_with(&problems);
+}
+
+#[test]
+fn the_image_is_named_in_the_kustomization_only() {
+    let kustomization = objects(
+        "kustomize/default/kustomization.yaml",
+        &read(&Path::new(ROOT).join("kustomize/default/kustomization.yaml")),
+    );
+    let image = &kustomization[0]["images"][0];
+    let expected = format!(
+        "{}:{}",
+        image["newName"].as_str().unwrap_or_default(),
+        image["newTag"].as_str().unwrap_or_default()
+    );
+    let output = Command::new("make")
+        .args(["-s", "--no-print-directory", "image-name"])
+        .current_dir(ROOT)
+        .output()
+        .expect("make is needed to check the Makefile's image name");
+    assert!(output.status.success(), "make image-name failed");
+    assert_eq!(String::from_utf8_lossy(&output.stdout).trim(), expected);
+    let makefile = read(&Path::new(ROOT).join("Makefile"));
+    assert!(
+        !makefile.contains("mock-accel-dra:"),
+        "the Makefile names an image itself; it must read it from the kustomization"
+    );
+    assert!(
+        read(&Path::new(ROOT).join("README.md")).contains(&format!("`{expected}`")),
+        "README.md does not name the image {expected}"
+    );
+}
+
+#[test]
+fn the_license_file_matches_the_readme() {
+    let readme = read(&Path::new(ROOT).join("README.md"));
+    let license = read(&Path::new(ROOT).join("LICENSE"));
+    assert!(readme.contains("Apache-2.0"), "README.md names no license");
+    assert!(
+        license.contains("Apache License") && license.contains("Version 2.0, January 2004"),
+        "LICENSE is not the Apache License 2.0 the README states"
+    );
 }

@@ -5,11 +5,14 @@
 #
 # Usage: e2e/fakelet/build.sh                 builds if needed; the binary path is the last
 #                                             line of stdout, progress goes to stderr
-#        MOCK_ACCEL_CACHE=/path ...           cache root (default /var/cache/mock-accel)
+#        MOCK_ACCEL_CACHE=/path ...           cache root (default: /var/cache/mock-accel when
+#                                             writable, else ${XDG_CACHE_HOME:-~/.cache}/mock-accel;
+#                                             see e2e/cache.sh)
 set -euo pipefail
 
 HERE=$(cd "$(dirname "$0")" && pwd)
-CACHE_ROOT=${MOCK_ACCEL_CACHE:-/var/cache/mock-accel}
+# shellcheck source=../cache.sh
+source "$HERE/../cache.sh"
 export GOTOOLCHAIN=local CGO_ENABLED=0
 BUILD_FLAGS=(-trimpath -mod=readonly -ldflags "-s -w")
 
@@ -29,13 +32,19 @@ key=$({
 out_dir="$CACHE_ROOT/fakelet/$key"
 bin="$out_dir/fakelet"
 
-if [ -x "$bin" ]; then
-  log "cached build $bin"
-  echo "$bin"
-  exit 0
-fi
+log "cache $CACHE_ROOT ($CACHE_REASON)"
+for cached in ${CACHE_REUSE:+"$CACHE_REUSE/fakelet/$key/fakelet"} "$bin"; do
+  if [ -x "$cached" ]; then
+    log "cached build $cached"
+    echo "$cached"
+    exit 0
+  fi
+done
 
-mkdir -p "$out_dir"
+if ! mkdir -p "$out_dir"; then
+  log "cannot create $out_dir: point MOCK_ACCEL_CACHE at a writable directory"
+  exit 1
+fi
 log "building fakelet ($key) with $(go env GOVERSION); a cold build takes a few minutes"
 ( while sleep 60; do log "still building"; done ) &
 beat=$!

@@ -4,6 +4,10 @@
 - fake kubelet: `e2e/fakelet/build.sh` prints the fakelet binary path last;
 - `mock-accel-dra`: `cargo build`, the path taken from cargo's JSON messages.
 
+The Go builds cache under `MOCK_ACCEL_CACHE`, else `/var/cache/mock-accel` when writable, else
+`${XDG_CACHE_HOME:-~/.cache}/mock-accel` (reusing binaries a readable `/var/cache/mock-accel`
+already holds); `e2e/cache.sh` decides and the harness prints the choice.
+
 Each can be overridden by an environment variable pointing at a ready binary or directory:
 `K8S_BIN_DIR`, `FAKELET_BIN`, `MOCK_ACCEL_DRA_BIN`. `MOCK_ACCEL_PROFILE=release` builds the
 driver in release mode (default: debug, which shares the unit tests' dependency builds).
@@ -13,6 +17,7 @@ import json
 import os
 import subprocess
 import threading
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -49,8 +54,43 @@ class Binaries:
                         Path(d["driver"]) if d.get("driver") else None)
 
 
+class _Summary:
+    """Counts a build's routine lines (`go: downloading ...`, cargo's `Compiling ...`) and
+    prints one line about them at most every `every` seconds, instead of hundreds of lines."""
+
+    def __init__(self, label: str, what: str, every: float = 20.0):
+        self.label, self.what, self.every = label, what, every
+        self.count, self.last, self.printed_at = 0, "", time.monotonic()
+        self.lock = threading.Lock()
+
+    def add(self, item: str) -> None:
+        with self.lock:
+            self.count += 1
+            self.last = item
+            if time.monotonic() - self.printed_at >= self.every:
+                self._print()
+
+    def _print(self) -> None:
+        self.printed_at = time.monotonic()
+        progress.detail(f"{self.label}: {self.count} {self.what} so far (latest: {self.last})")
+
+    def finish(self) -> None:
+        with self.lock:
+            if self.count:
+                progress.detail(f"{self.label}: {self.count} {self.what}")
+
+
+# Routine lines of a build, summarised rather than echoed: prefix -> what they count.
+_ROUTINE = {
+    "go: downloading ": "Go modules downloaded",
+    "Compiling ": "crates compiled",
+    "Downloaded ": "crates downloaded",
+}
+
+
 def _stream(argv: list[str], label: str, env: dict | None = None, timeout: float = 3600) -> list[str]:
-    """Runs a build, echoing its stderr as progress, and returns its stdout lines."""
+    """Runs a build, echoing its stderr as whole progress lines (routine lines summarised), and
+    returns its stdout lines."""
     progress.step(f"{label}: {' '.join(argv)}")
     full_env = dict(os.environ, **(env or {}))
     try:
@@ -59,29 +99,66 @@ def _stream(argv: list[str], label: str, env: dict | None = None, timeout: float
     except OSError as e:
         raise BuildError(f"{label}: cannot run {argv[0]}: {e}") from e
     tail: list[str] = []
+    out: list[str] = []
+    summaries = {prefix: _Summary(label, what) for prefix, what in _ROUTINE.items()}
 
-    def pump() -> None:
+    # One reader per pipe, and nobody else reads them: two readers of one pipe split its lines.
+    def pump_stderr() -> None:
         assert proc.stderr is not None
-        for line in proc.stderr:
-            line = line.rstrip()
+        for raw in proc.stderr:
+            # Universal newlines turn cargo's `\r` progress updates into lines of their own.
+            line = raw.rstrip()
+            if not line:
+                continue
             tail.append(line)
             del tail[:-30]
-            progress.detail(f"{label}: {line}")
+            stripped = line.lstrip()
+            routine = next((p for p in summaries if stripped.startswith(p)), None)
+            if routine:
+                summaries[routine].add(stripped[len(routine):])
+            else:
+                progress.detail(f"{label}: {line}")
 
-    t = threading.Thread(target=pump, daemon=True)
-    t.start()
+    def pump_stdout() -> None:
+        assert proc.stdout is not None
+        for line in proc.stdout:
+            out.append(line.rstrip("\n"))
+
+    readers = [threading.Thread(target=f, daemon=True) for f in (pump_stderr, pump_stdout)]
+    for t in readers:
+        t.start()
     try:
-        out, _ = proc.communicate(timeout=timeout)
+        proc.wait(timeout=timeout)
     except subprocess.TimeoutExpired:
         proc.kill()
         raise BuildError(f"{label}: no result after {timeout:.0f}s") from None
     except KeyboardInterrupt:
         proc.terminate()
         raise
-    t.join(timeout=5)
+    for t in readers:
+        t.join(timeout=5)
+    for s in summaries.values():
+        s.finish()
     if proc.returncode != 0:
         raise BuildError(f"{label} failed (exit {proc.returncode}); last output:\n" + "\n".join(tail[-15:]))
-    return [line for line in out.splitlines() if line.strip()]
+    return [line for line in out if line.strip()]
+
+
+def cache_choice() -> dict[str, str]:
+    """Which cache root the Go builds use and why (e2e/cache.sh decides; see its header)."""
+    try:
+        text = subprocess.run(["bash", str(REPO / "e2e/cache.sh")], capture_output=True, text=True,
+                              check=True, timeout=30).stdout
+    except (OSError, subprocess.SubprocessError) as e:
+        raise BuildError(f"e2e/cache.sh failed: {e}") from e
+    return dict(line.split("=", 1) for line in text.splitlines() if "=" in line)
+
+
+def report_cache() -> None:
+    if os.environ.get("K8S_BIN_DIR") and os.environ.get("FAKELET_BIN"):
+        return
+    c = cache_choice()
+    progress.step(f"build cache {c.get('root')} ({c.get('reason')})")
 
 
 def k8s_bin_dir() -> Path:
@@ -122,6 +199,7 @@ def driver() -> Path:
     argv = ["cargo", "build", "--locked", "--message-format=json-render-diagnostics"]
     argv += ["--release", "--bin", "mock-accel-dra"] if os.environ.get("MOCK_ACCEL_PROFILE") == "release" \
         else ["--all-targets"]
+    progress.step(f"cargo target directory {os.environ.get('CARGO_TARGET_DIR') or REPO / 'target'}")
     lines = _stream(argv, "cargo")
     exe = None
     for line in lines:
@@ -140,6 +218,7 @@ def driver() -> Path:
 
 
 def all_binaries(need_nodes: bool) -> Binaries:
+    report_cache()
     k8s = k8s_bin_dir()
     if not need_nodes:
         return Binaries(k8s, None, None)

@@ -1,6 +1,8 @@
 """Tests of the harness's own logic that need no cluster:
 `python3 -m unittest discover -s e2e -p 'test_*.py'`."""
 
+import contextlib
+import io
 import os
 import shutil
 import signal
@@ -13,7 +15,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from harness import kube, manifests, nodes, pki, procs, wait  # noqa: E402
+from harness import builds, kube, manifests, nodes, pki, procs, wait  # noqa: E402
 from scenarios import examples  # noqa: E402
 from scenarios.discovery import uuid_of  # noqa: E402
 
@@ -204,6 +206,58 @@ class ParsingTest(unittest.TestCase):
             self.assertLess(len(str(paths.registry_dir / "mock-accel.example.com-reg.sock")), 108)
             self.assertTrue((deep / "nodes" / "node1" / "kubelet").is_symlink())
             shutil.rmtree(paths.kubelet_real)
+
+
+class BuildOutputTest(unittest.TestCase):
+    """A build's progress: whole lines, routine lines summarised, stdout returned intact."""
+
+    def test_lines_stay_whole_and_routine_lines_are_counted(self):
+        script = ("for i in $(seq 1 200); do echo \"   Compiling crate$i v0.1.0\" >&2; done; "
+                  "echo 'warning: something worth reading' >&2; "
+                  "for i in $(seq 1 50); do echo \"out$i\"; done")
+        buf = io.StringIO()
+        with contextlib.redirect_stdout(buf):
+            out = builds._stream(["bash", "-c", script], "cargo")
+        self.assertEqual(out, [f"out{i}" for i in range(1, 51)])
+        printed = buf.getvalue().splitlines()
+        self.assertIn("    cargo: warning: something worth reading", printed)
+        self.assertIn("    cargo: 200 crates compiled", printed)
+        self.assertFalse([line for line in printed[1:] if "Compiling" in line], printed)
+
+    def test_a_failed_build_reports_its_last_lines(self):
+        with contextlib.redirect_stdout(io.StringIO()):
+            with self.assertRaises(builds.BuildError) as e:
+                builds._stream(["bash", "-c", "echo 'error: no such thing' >&2; exit 3"], "go")
+        self.assertIn("exit 3", str(e.exception))
+        self.assertIn("error: no such thing", str(e.exception))
+
+
+class CacheChoiceTest(unittest.TestCase):
+    """e2e/cache.sh: MOCK_ACCEL_CACHE wins; an unusable system cache falls back to XDG."""
+
+    def choice(self, **env) -> dict:
+        full = {k: v for k, v in os.environ.items() if k not in ("MOCK_ACCEL_CACHE", "XDG_CACHE_HOME")}
+        full.update(env)
+        out = subprocess.run(["bash", str(builds.REPO / "e2e/cache.sh")], capture_output=True, text=True,
+                             check=True, env=full).stdout
+        return dict(line.split("=", 1) for line in out.splitlines())
+
+    def test_explicit_cache(self):
+        self.assertEqual(self.choice(MOCK_ACCEL_CACHE="/srv/c")["root"], "/srv/c")
+
+    def test_fallback_to_xdg_when_the_system_cache_cannot_be_created(self):
+        with tempfile.TemporaryDirectory() as d:
+            c = self.choice(MOCK_ACCEL_SYSTEM_CACHE="/dev/null/mock-accel", XDG_CACHE_HOME=d)
+            self.assertEqual(c["root"], f"{d}/mock-accel")
+            self.assertEqual(c["reuse"], "")
+            self.assertIn("/dev/null/mock-accel is not writable", c["reason"])
+            c = self.choice(MOCK_ACCEL_SYSTEM_CACHE="/dev/null/mock-accel", HOME=d)
+            self.assertEqual(c["root"], f"{d}/.cache/mock-accel")
+
+    def test_a_writable_system_cache_is_used(self):
+        with tempfile.TemporaryDirectory() as d:
+            c = self.choice(MOCK_ACCEL_SYSTEM_CACHE=f"{d}/sys", XDG_CACHE_HOME=f"{d}/xdg")
+            self.assertEqual(c["root"], f"{d}/sys")
 
 
 if __name__ == "__main__":

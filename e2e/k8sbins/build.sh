@@ -8,30 +8,38 @@
 #
 # Usage: e2e/k8sbins/build.sh            builds if missing, prints the bin directory last
 #        K8S_VERSION=v1.37.2 ...          pin another release
-#        MOCK_ACCEL_CACHE=/path ...       cache root (default /var/cache/mock-accel)
+#        MOCK_ACCEL_CACHE=/path ...       cache root (default: /var/cache/mock-accel when writable,
+#                                         else ${XDG_CACHE_HOME:-~/.cache}/mock-accel; see e2e/cache.sh)
 set -euo pipefail
 
+HERE=$(cd "$(dirname "$0")" && pwd)
+# shellcheck source=../cache.sh
+source "$HERE/../cache.sh"
 K8S_VERSION=${K8S_VERSION:-v1.37.2}
 STAGING_VERSION="v0.${K8S_VERSION#v1.}"
-CACHE_ROOT=${MOCK_ACCEL_CACHE:-/var/cache/mock-accel}
 GOVER=$(go env GOVERSION)
-BIN_DIR="$CACHE_ROOT/k8s/$K8S_VERSION-$GOVER/bin"
-HERE=$(cd "$(dirname "$0")" && pwd)
+BIN_SUBDIR="k8s/$K8S_VERSION-$GOVER/bin"
+BIN_DIR="$CACHE_ROOT/$BIN_SUBDIR"
 
 export GOTOOLCHAIN=local CGO_ENABLED=0 GOFLAGS=-mod=mod
 
 log() { printf '[k8sbins %s] %s\n' "$(date +%H:%M:%S)" "$*" >&2; }
 
 want=(etcd kube-apiserver kube-controller-manager kube-scheduler kubectl)
-missing=0
-for b in "${want[@]}"; do [ -x "$BIN_DIR/$b" ] || missing=1; done
-if [ "$missing" = 0 ]; then
-  log "cached binaries for Kubernetes $K8S_VERSION in $BIN_DIR"
-  echo "$BIN_DIR"
-  exit 0
-fi
+complete() { local b; for b in "${want[@]}"; do [ -x "$1/$b" ] || return 1; done; }
+log "cache $CACHE_ROOT ($CACHE_REASON)"
+for dir in ${CACHE_REUSE:+"$CACHE_REUSE/$BIN_SUBDIR"} "$BIN_DIR"; do
+  if complete "$dir"; then
+    log "cached binaries for Kubernetes $K8S_VERSION in $dir"
+    echo "$dir"
+    exit 0
+  fi
+done
 
-mkdir -p "$BIN_DIR"
+if ! mkdir -p "$BIN_DIR"; then
+  log "cannot create $BIN_DIR: point MOCK_ACCEL_CACHE at a writable directory"
+  exit 1
+fi
 # The committed wrapper module pins the default release (go.sum reviewed in git); any other
 # release gets a wrapper module of its own beside its binaries, so that building it never
 # rewrites the committed files.
