@@ -4,7 +4,8 @@
 //! Two writers share the status through server-side apply with distinct field managers:
 //! the node agent owns `devices`, the counters, `preparedClaims`, `agent` and the conditions
 //! `DevicesDiscovered` and `PluginRegistered`; the controller owns `pools` and the conditions
-//! `SlicesPublished` and `Ready`. `conditions` is a list map keyed by `type` so both can apply
+//! `SlicesPublished` and `Ready`. The agent also reports `SpecValid`: whether the fixture
+//! fields of `spec` (module [`crate::fixture`]) are valid for the node. `conditions` is a list map keyed by `type` so both can apply
 //! their own entries without erasing the other's.
 
 use jiff::Timestamp;
@@ -14,7 +15,10 @@ use kube::{CustomResource, CustomResourceExt};
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
-use crate::inventory::{Device, DeviceType, Health};
+use crate::{
+    fixture::{FaultSpec, HealthSpec, SimulationSpec, SriovSpec},
+    inventory::{Device, DeviceType, Health},
+};
 
 /// Field manager of the node agent's server-side applies.
 pub const AGENT_FIELD_MANAGER: &str = "mock-accel-node-agent";
@@ -25,10 +29,16 @@ pub const CONDITION_READY: &str = "Ready";
 pub const CONDITION_DEVICES_DISCOVERED: &str = "DevicesDiscovered";
 pub const CONDITION_PLUGIN_REGISTERED: &str = "PluginRegistered";
 pub const CONDITION_SLICES_PUBLISHED: &str = "SlicesPublished";
+/// Node agent: whether `spec` is valid for this node (reason `Valid` or `Invalid`, the message
+/// lists every problem).
+pub const CONDITION_SPEC_VALID: &str = "SpecValid";
 
-/// Desired state of a node's accelerators. The object exists to carry `status`; `spec` only
-/// names the node so that a reader need not rely on the object name.
-#[derive(CustomResource, Clone, Debug, Default, PartialEq, Deserialize, Serialize, JsonSchema)]
+/// Desired state of a node's accelerators: the programmable test fixture. Users (cluster
+/// admins) write `spec`; the node agent only creates the object with `nodeName` and never
+/// changes `spec` afterwards (enforced by config/admission-policy.yaml).
+#[derive(
+    CustomResource, Clone, Debug, Default, PartialEq, Eq, Deserialize, Serialize, JsonSchema,
+)]
 #[kube(
     group = "mock-accel.example.com",
     version = "v1alpha1",
@@ -43,6 +53,8 @@ pub const CONDITION_SLICES_PUBLISHED: &str = "SlicesPublished";
     printcolumn = r#"{"name":"Claims","type":"integer","jsonPath":".status.preparedClaimCount"}"#,
     printcolumn = r#"{"name":"Slices","type":"string","jsonPath":".status.conditions[?(@.type==\"SlicesPublished\")].status"}"#,
     printcolumn = r#"{"name":"Ready","type":"string","jsonPath":".status.conditions[?(@.type==\"Ready\")].status"}"#,
+    printcolumn = r#"{"name":"Unhealthy","type":"integer","jsonPath":".status.unhealthyDeviceCount"}"#,
+    printcolumn = r#"{"name":"Spec","type":"string","jsonPath":".status.conditions[?(@.type==\"SpecValid\")].reason"}"#,
     printcolumn = r#"{"name":"Heartbeat","type":"date","jsonPath":".status.agent.heartbeat"}"#,
     printcolumn = r#"{"name":"Age","type":"date","jsonPath":".metadata.creationTimestamp"}"#
 )]
@@ -50,6 +62,18 @@ pub const CONDITION_SLICES_PUBLISHED: &str = "SlicesPublished";
 pub struct MockAccelNodeSpec {
     /// Name of the Node this object describes (equal to the object's name).
     pub node_name: String,
+    /// Simulated topology, for node agents started with `--simulate`; ignored otherwise.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub simulation: Option<SimulationSpec>,
+    /// Desired VF count per SR-IOV PF.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sriov: Option<Vec<SriovSpec>>,
+    /// Declared device health.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub health: Option<Vec<HealthSpec>>,
+    /// Injected kubelet plugin failures.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub faults: Option<Vec<FaultSpec>>,
 }
 
 #[derive(Clone, Debug, Default, PartialEq, Deserialize, Serialize, JsonSchema)]
@@ -64,6 +88,9 @@ pub struct MockAccelNodeStatus {
     pub pf_count: Option<i64>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub vf_count: Option<i64>,
+    /// Devices whose health is not `Healthy` (written by the node agent).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub unhealthy_device_count: Option<i64>,
     /// Claims currently prepared on the node (written by the node agent on every change).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub prepared_claims: Option<Vec<PreparedClaimStatus>>,

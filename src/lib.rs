@@ -15,6 +15,7 @@ pub mod clock;
 pub mod controller;
 pub mod crd;
 pub mod discover;
+pub mod fixture;
 pub mod inventory;
 pub mod kube_client;
 pub mod metrics;

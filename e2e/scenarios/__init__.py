@@ -18,4 +18,5 @@ from scenarios import (  # noqa: F401 - imported for their @scenario registratio
     outages,
     kubelet,
     realnode,
+    fixture,
 )

@@ -1,6 +1,7 @@
 """Scenario 10: the node agent's RBAC is enough and not more. The agent runs with its
 ServiceAccount's token (bound to a Pod on its node, so the token names the node); it may write
-its own node's MockAccelNode and nothing of another node's, and holds no broad rights."""
+its own node's MockAccelNode's status and nothing of another node's, never the spec (users
+write it), and holds no broad rights."""
 
 from pathlib import Path
 
@@ -30,7 +31,7 @@ def can(k, verb: str, resource: str) -> str:
     return (out or err).strip().splitlines()[0] if (out or err).strip() else f"exit {code}"
 
 
-@scenario("10", "node agent RBAC: own ServiceAccount token; another node's MockAccelNode is denied")
+@scenario("10", "node agent RBAC: own ServiceAccount token; another node's MockAccelNode and any spec are denied")
 def rbac(ctx: Context) -> None:
     info = ctx.cluster.info["nodes"]["node1"]
     check(Path(info["kubeconfig"]) != ctx.cluster.kubeconfig,
@@ -55,6 +56,18 @@ def rbac(ctx: Context) -> None:
         '{"apiVersion":"mock-accel.example.com/v1alpha1","kind":"MockAccelNode",'
         '"metadata":{"name":"node2-impostor"},"spec":{"nodeName":"node2"}}'))
     check(code != 0, "agent of node1 may create a MockAccelNode for another node")
+
+    # spec is the users' (the fixture's control surface): the agent may not write it, even on
+    # its own node; an admin may.
+    spec_patch = '{"spec":{"faults":[{"operation":"Prepare","action":"Fail","count":1}]}}'
+    code, _, err = agent.try_run("patch", "mockaccelnode", "node1", "--type=merge", "-p", spec_patch,
+                                 "--dry-run=server")
+    check(code != 0 and "may write only the status" in err,
+          "agent of node1 may write spec of its own MockAccelNode", err)
+    say(f"agent spec write denied: {err.strip().splitlines()[-1][:200]}")
+    code, _, err = ctx.k.try_run("patch", "mockaccelnode", "node1", "--type=merge", "-p", spec_patch,
+                                 "--dry-run=server")
+    equal((code, err.strip()), (0, ""), "admin writing MockAccelNode node1 spec (server dry run)")
 
     denied = {f"{v} {r}": can(agent, v, r) for v, r in MUST_NOT}
     allowed = {f"{v} {r}": can(agent, v, r) for v, r in MUST}

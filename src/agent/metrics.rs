@@ -124,6 +124,7 @@ mod tests {
             }],
             plugin_registered: true,
             registration_error: None,
+            spec: None,
         };
         metrics.observe_devices(&report);
         let mut text = String::new();

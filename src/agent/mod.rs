@@ -4,12 +4,14 @@
 //! Three loops share one cancellation token: discovery (`discovery`), the plugin servers
 //! (`plugin::server`) in front of the prepare state machine, and the status writer
 //! (`status_writer`), which applies the agent's share of the status (computed in `status`)
-//! only when it changed or a heartbeat is due. The agent's metrics are in `metrics`; this
+//! only when it changed or a heartbeat is due. `spec_watch` follows the node's
+//! `MockAccelNode.spec`, the fixture fields the status reports on. The agent's metrics are in `metrics`; this
 //! module only wires the parts together.
 
 pub mod claim_status;
 pub mod discovery;
 pub mod metrics;
+pub mod spec_watch;
 pub mod status;
 pub mod status_writer;
 
@@ -60,10 +62,10 @@ pub enum Error {
 pub async fn run(args: NodeAgentArgs) -> Result<(), Error> {
     let shutdown = CancellationToken::new();
     telemetry::cancel_on_signal(shutdown.clone());
-    // The agent makes request-response calls only (no watches): every one is bounded.
-    let client = crate::kube_client::clients(args.api.timeouts(), None)
-        .await?
-        .requests;
+    // Request-response calls are bounded by every timeout; the one watch (the node's own
+    // MockAccelNode spec) uses the watch client, whose reads are not cut by the read timeout.
+    let clients = crate::kube_client::clients(args.api.timeouts(), None).await?;
+    let client = clients.requests;
 
     let first = discovery::scan_once(&args.sysfs_root).map_err(|source| Error::Sysfs {
         root: args.sysfs_root.clone(),
@@ -142,6 +144,14 @@ pub async fn run(args: NodeAgentArgs) -> Result<(), Error> {
         shutdown.clone(),
     ));
 
+    let (spec_tx, spec_rx) = watch::channel(None);
+    let spec = tokio::spawn(spec_watch::run(
+        clients.watch,
+        args.node_name.clone(),
+        spec_tx,
+        shutdown.clone(),
+    ));
+
     let writer = StatusWriter::new(
         client,
         args.node_name.clone(),
@@ -153,6 +163,7 @@ pub async fn run(args: NodeAgentArgs) -> Result<(), Error> {
         disc_rx,
         preparer.subscribe(),
         plugin.registration_state(),
+        spec_rx,
         shutdown.clone(),
     ));
 
@@ -162,6 +173,7 @@ pub async fn run(args: NodeAgentArgs) -> Result<(), Error> {
     let _ = discovery.await;
     let _ = status.await;
     let _ = claim_status.await;
+    let _ = spec.await;
     http.stopped().await;
     plugin_result?;
     tracing::info!("node agent stopped; sockets removed");

@@ -8,10 +8,12 @@ use jiff::Timestamp;
 use crate::{
     clock::rfc3339,
     crd::{
-        AgentStatus, CONDITION_DEVICES_DISCOVERED, CONDITION_PLUGIN_REGISTERED, Condition,
-        DeviceStatus, MockAccelNodeStatus, PreparedClaimStatus, condition, truncate_message,
+        AgentStatus, CONDITION_DEVICES_DISCOVERED, CONDITION_PLUGIN_REGISTERED,
+        CONDITION_SPEC_VALID, Condition, DeviceStatus, MockAccelNodeSpec, MockAccelNodeStatus,
+        PreparedClaimStatus, Reported, condition, truncate_message,
     },
-    inventory::{DeviceType, Inventory},
+    fixture,
+    inventory::{DeviceType, Health, Inventory},
     plugin::PreparedClaim,
 };
 
@@ -24,6 +26,8 @@ pub struct AgentReport {
     pub prepared: Vec<PreparedClaim>,
     pub plugin_registered: bool,
     pub registration_error: Option<String>,
+    /// The node's `MockAccelNode.spec` as last seen; `None` until the object was read.
+    pub spec: Option<MockAccelNodeSpec>,
 }
 
 /// Builds the status fields the agent owns. `previous` keeps condition transition times stable.
@@ -97,8 +101,18 @@ pub fn agent_status(
         now,
     );
 
+    let mut conditions = vec![discovered, registered];
+    if let Some(spec) = &report.spec {
+        conditions.push(spec_valid(node, spec, &report.inventory, previous, now));
+    }
+    let unhealthy = devices
+        .iter()
+        .filter(|d| d.health != Reported::Known(Health::Healthy))
+        .count();
+
     MockAccelNodeStatus {
         device_count: count(devices.len()),
+        unhealthy_device_count: count(unhealthy),
         pf_count: count(report.inventory.count(DeviceType::Pf)),
         vf_count: count(report.inventory.count(DeviceType::Vf)),
         devices: Some(devices),
@@ -109,10 +123,42 @@ pub fn agent_status(
             heartbeat: rfc3339(now),
             plugin_registered: report.plugin_registered,
         }),
-        conditions: Some(vec![discovered, registered]),
+        conditions: Some(conditions),
         pools: None,
         observed_generation: None,
     }
+}
+
+/// The `SpecValid` condition: every problem of the spec, or `Valid`.
+fn spec_valid(
+    node: &str,
+    spec: &MockAccelNodeSpec,
+    inventory: &Inventory,
+    previous: Option<&[Condition]>,
+    now: Timestamp,
+) -> Condition {
+    let problems = fixture::validate(node, spec, inventory);
+    let (reason, message) = if problems.is_empty() {
+        ("Valid", "spec is valid for this node".to_string())
+    } else {
+        let listed: Vec<String> = problems.iter().map(ToString::to_string).collect();
+        (
+            "Invalid",
+            truncate_message(format!(
+                "{} problem(s), fix them in the spec: {}",
+                problems.len(),
+                listed.join("; ")
+            )),
+        )
+    };
+    condition(
+        CONDITION_SPEC_VALID,
+        problems.is_empty(),
+        reason,
+        message,
+        previous,
+        now,
+    )
 }
 
 /// `status.preparedClaims[]` entry of a claim the plugin prepared.
@@ -161,6 +207,7 @@ mod tests {
             }],
             plugin_registered: true,
             registration_error: None,
+            spec: None,
         }
     }
 
@@ -195,6 +242,46 @@ mod tests {
         let disc = s.condition(CONDITION_DEVICES_DISCOVERED).unwrap();
         assert_eq!(disc.reason, "DiscoveredWithWarnings");
         assert!(disc.message.contains("mock9/uuid"), "{}", disc.message);
+    }
+
+    #[test]
+    fn spec_valid_lists_the_problems_and_clears_when_fixed() {
+        use crate::fixture::{HealthSpec, HealthState};
+        let mut r = report();
+        let s = agent_status("n1", &r, "v", ts(T1), None);
+        assert!(
+            s.condition(CONDITION_SPEC_VALID).is_none(),
+            "no spec read yet"
+        );
+        assert_eq!(s.unhealthy_device_count, Some(0));
+
+        let mut spec = MockAccelNodeSpec {
+            node_name: "n1".into(),
+            health: Some(vec![HealthSpec {
+                device: "mock7".into(),
+                state: HealthState::Unhealthy,
+                message: None,
+                effect: None,
+            }]),
+            ..Default::default()
+        };
+        r.spec = Some(spec.clone());
+        let s = agent_status("n1", &r, "v", ts(T1), None);
+        let c = s.condition(CONDITION_SPEC_VALID).unwrap();
+        assert_eq!((c.status.as_str(), c.reason.as_str()), ("False", "Invalid"));
+        assert!(
+            c.message
+                .contains("spec.health[0].device: no device \"mock7\" on this node"),
+            "{}",
+            c.message
+        );
+
+        spec.health.as_mut().unwrap()[0].device = "mock1".into();
+        r.spec = Some(spec);
+        let s2 = agent_status("n1", &r, "v", ts(T2), s.conditions.as_deref());
+        let c = s2.condition(CONDITION_SPEC_VALID).unwrap();
+        assert_eq!((c.status.as_str(), c.reason.as_str()), ("True", "Valid"));
+        assert_eq!(c.last_transition_time.0, ts(T2));
     }
 
     #[test]

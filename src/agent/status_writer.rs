@@ -67,6 +67,7 @@ impl StatusWriter {
         mut discovered: watch::Receiver<Discovered>,
         mut prepared: watch::Receiver<Vec<PreparedClaim>>,
         mut registration: watch::Receiver<RegistrationState>,
+        mut spec: watch::Receiver<Option<MockAccelNodeSpec>>,
         shutdown: CancellationToken,
     ) {
         let mut created = false;
@@ -85,6 +86,7 @@ impl StatusWriter {
                     prepared: prepared.borrow_and_update().clone(),
                     plugin_registered: reg.registered,
                     registration_error: (!reg.error.is_empty()).then_some(reg.error),
+                    spec: spec.borrow_and_update().clone(),
                 }
             };
             self.metrics.observe_devices(&report);
@@ -130,6 +132,7 @@ impl StatusWriter {
                 r = discovered.changed(), if !retrying => if r.is_err() { return },
                 r = prepared.changed(), if !retrying => if r.is_err() { return },
                 r = registration.changed(), if !retrying => if r.is_err() { return },
+                r = spec.changed(), if !retrying => if r.is_err() { return },
             }
         }
     }
@@ -149,7 +152,7 @@ impl StatusWriter {
             "apiVersion": MockAccelNode::api_version(&()),
             "kind": MockAccelNode::kind(&()),
             "metadata": { "name": self.node, "ownerReferences": [owner] },
-            "spec": MockAccelNodeSpec { node_name: self.node.clone() },
+            "spec": MockAccelNodeSpec { node_name: self.node.clone(), ..Default::default() },
         });
         self.api
             .patch(
@@ -242,6 +245,7 @@ mod tests {
         discovered: watch::Sender<Discovered>,
         registration: watch::Sender<RegistrationState>,
         _prepared: watch::Sender<Vec<PreparedClaim>>,
+        _spec: watch::Sender<Option<crate::crd::MockAccelNodeSpec>>,
         ready: Readiness,
         registry: Registry,
         shutdown: CancellationToken,
@@ -269,18 +273,21 @@ mod tests {
             registered,
             error: String::new(),
         });
+        let (spec_tx, spec_rx) = watch::channel(None);
         let shutdown = CancellationToken::new();
         let writer = StatusWriter::new(client, NODE.into(), HEARTBEAT, metrics, ready.clone());
         let task = tokio::spawn(writer.run(
             discovered_rx,
             prepared_rx,
             registration_rx,
+            spec_rx,
             shutdown.clone(),
         ));
         let agent = Agent {
             discovered: discovered_tx,
             registration: registration_tx,
             _prepared: prepared_tx,
+            _spec: spec_tx,
             ready,
             registry,
             shutdown,

@@ -533,6 +533,7 @@ mod tests {
             "node1",
             MockAccelNodeSpec {
                 node_name: "node1".into(),
+                ..Default::default()
             },
         );
         n.metadata.uid = Some("man-uid".into());

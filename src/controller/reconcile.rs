@@ -511,6 +511,7 @@ mod tests {
             name,
             MockAccelNodeSpec {
                 node_name: name.into(),
+                ..Default::default()
             },
         )
     }

@@ -67,6 +67,7 @@ fn mk_node() -> MockAccelNode {
         NODE,
         MockAccelNodeSpec {
             node_name: NODE.into(),
+            ..Default::default()
         },
     );
     n.metadata.uid = Some("man-uid-1".into());
