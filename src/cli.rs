@@ -157,6 +157,11 @@ pub struct NodeAgentArgs {
     /// Interval of the heartbeat written into MockAccelNode.status.agent.
     #[arg(long, default_value = "10s", value_parser = parse_duration, env = "HEARTBEAT_INTERVAL")]
     pub heartbeat_interval: Duration,
+    /// Interval of the stale-claim check (also run at start): prepared claims the API no
+    /// longer holds for this node (deleted, re-created with another UID, allocated elsewhere)
+    /// are unprepared by the agent itself.
+    #[arg(long, default_value = "5m", value_parser = parse_duration, env = "STALE_CLAIM_INTERVAL")]
+    pub stale_claim_interval: Duration,
     #[command(flatten)]
     pub api: ApiClientArgs,
 }

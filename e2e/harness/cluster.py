@@ -37,6 +37,8 @@ from harness.procs import Supervisor  # noqa: E402
 DEFAULT_NODES = ("node1", "node2")
 CONTROLLER_REPLICAS = 2
 TOKEN_DURATION = "8760h"
+# The node agents' stale-claim pass: short, so that every scenario also runs it (production: 5m).
+STALE_CLAIM_INTERVAL = "10s"
 
 
 class ClusterError(RuntimeError):
@@ -313,6 +315,9 @@ class Cluster:
             f"--registry-dir={paths.registry_dir}",
             f"--plugin-dir={paths.plugin_dir}",
             f"--metrics-addr=127.0.0.1:{port}",
+            # Every scenario then also checks that the periodic stale-claim pass never
+            # releases a claim in use.
+            f"--stale-claim-interval={STALE_CLAIM_INTERVAL}",
         ], env={**wl.env, "KUBECONFIG": n["kubeconfig"]})
 
     def stop_node(self, node: str) -> None:

@@ -5,13 +5,15 @@
 //! (`plugin::server`) in front of the prepare state machine, and the status writer
 //! (`status_writer`), which applies the agent's share of the status (computed in `status`)
 //! only when it changed or a heartbeat is due. `spec_watch` follows the node's
-//! `MockAccelNode.spec`, the fixture fields the status reports on. The agent's metrics are in `metrics`; this
+//! `MockAccelNode.spec`, the fixture fields the status reports on; `stale_claims` releases
+//! prepared claims the API no longer holds for this node. The agent's metrics are in `metrics`; this
 //! module only wires the parts together.
 
 pub mod claim_status;
 pub mod discovery;
 pub mod metrics;
 pub mod spec_watch;
+pub mod stale_claims;
 pub mod status;
 pub mod status_writer;
 
@@ -82,6 +84,7 @@ pub async fn run(args: NodeAgentArgs) -> Result<(), Error> {
     let mut registry = Registry::with_prefix(METRICS_PREFIX);
     let metrics = AgentMetrics::register(&mut registry);
     let prepare_metrics = PrepareMetrics::register(&mut registry);
+    let stale_metrics = stale_claims::StaleClaimMetrics::register(&mut registry);
     let preparer = Arc::new(
         Preparer::start(
             PreparerConfig {
@@ -144,6 +147,20 @@ pub async fn run(args: NodeAgentArgs) -> Result<(), Error> {
         shutdown.clone(),
     ));
 
+    // Claims the kubelet will never unprepare (deleted or re-allocated while the agent was
+    // down): released at start and every --stale-claim-interval.
+    let stale_preparer = preparer.clone();
+    let stale = tokio::spawn(stale_claims::run(
+        move || {
+            let p = stale_preparer.clone();
+            async move { p.release_stale().await }
+        },
+        args.stale_claim_interval,
+        stale_claims::KubeStaleEvents::new(client.clone(), args.node_name.clone()),
+        stale_metrics,
+        shutdown.clone(),
+    ));
+
     let (spec_tx, spec_rx) = watch::channel(None);
     let spec = tokio::spawn(spec_watch::run(
         clients.watch,
@@ -174,6 +191,7 @@ pub async fn run(args: NodeAgentArgs) -> Result<(), Error> {
     let _ = status.await;
     let _ = claim_status.await;
     let _ = spec.await;
+    let _ = stale.await;
     http.stopped().await;
     plugin_result?;
     tracing::info!("node agent stopped; sockets removed");
