@@ -295,9 +295,10 @@ class Cluster:
             "--v=4",
         ])
 
-    def start_agent(self, node: str, process: str | None = None) -> None:
+    def start_agent(self, node: str, process: str | None = None, env: dict | None = None) -> None:
         """Starts the node's agent as process `agent-<node>`, or under another process name
-        (a second instance of the same node's agent, as during a rolling update)."""
+        (a second instance of the same node's agent, as during a rolling update), with `env`
+        added (`POD_UID`, which a DaemonSet pod gets from the downward API)."""
         paths = self.node_paths(node)
         n = self.info["nodes"][node]
         wl = Workload.from_json(self.info["agent_workload"])
@@ -318,7 +319,7 @@ class Cluster:
             # Every scenario then also checks that the periodic stale-claim pass never
             # releases a claim in use.
             f"--stale-claim-interval={STALE_CLAIM_INTERVAL}",
-        ], env={**wl.env, "KUBECONFIG": n["kubeconfig"]})
+        ], env={**wl.env, "KUBECONFIG": n["kubeconfig"], **(env or {})})
 
     def stop_node(self, node: str) -> None:
         """Stops the node's agent, fake kubelet and simulated kernel (the Node object stays)."""

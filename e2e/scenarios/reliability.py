@@ -6,11 +6,13 @@ start it compares its checkpoint with the API. The device is free and allocatabl
 21b: a rolling update of the node agent without a gap (see its docstring).
 """
 
-import json
+import threading
 import time
 import urllib.request
+import uuid
+from pathlib import Path
 
-from harness.kube import claim, pod, request
+from harness.kube import DRIVER, claim, claim_template, pod, request
 from harness.wait import check, equal, until
 
 from scenarios.framework import (Context, elapsed, say, scenario, sysfs_name, verify_prepared,
@@ -88,3 +90,117 @@ def stale_claim(ctx: Context) -> None:
     say(f"{device} allocated and prepared for a new claim {elapsed(start)} after the agent started")
     ctx.delete_pod_and_wait("again")
     verify_released(ctx, node, c2["metadata"]["uid"], devs2)
+
+
+# ---- 21b: rolling update ----------------------------------------------------------------------
+
+# How long one pod of the stream may take from creation to Running, and to be gone after its
+# deletion (scheduling, prepare, unprepare through the fake kubelet).
+CYCLE_TIMEOUT = 30.0
+
+
+class PodStream(threading.Thread):
+    """Creates a pod with a fresh one-VF claim on `node`, waits for it to run, deletes it and
+    waits until it is gone (unprepared), over and over until stopped. Records every failure:
+    a pod not Running in time, a prepare error the fake kubelet left on a pod, a pod not gone."""
+
+    def __init__(self, ctx: Context, node: str):
+        super().__init__(daemon=True)
+        self.ctx, self.node = ctx, node
+        self.done = threading.Event()
+        self.cycles = 0
+        self.claim_uids: list[str] = []
+        self.failures: list[str] = []
+
+    def run(self) -> None:
+        i = 0
+        while not self.done.is_set():
+            name = f"roll-{i}"
+            i += 1
+            try:
+                self.ctx.apply(pod(name, templates={"accel": "roll"}, node=self.node))
+                p = self.ctx.wait_running(name, timeout=CYCLE_TIMEOUT)
+                ann = (p["metadata"].get("annotations") or {}).get(f"{DRIVER}/prepare-error")
+                if ann:
+                    self.failures.append(f"{name}: prepare error {ann}")
+                self.claim_uids.append(self.ctx.pod_claim(p, "accel")["metadata"]["uid"])
+                self.ctx.delete_pod(name)
+                self.ctx.wait_gone("pod", name, timeout=CYCLE_TIMEOUT)
+                self.cycles += 1
+            except Exception as e:  # noqa: BLE001 - every failure is a finding of the scenario
+                self.failures.append(f"{name}: {e}")
+
+    def wait_cycles(self, n: int, what: str) -> None:
+        target = self.cycles + n
+        until(f"{n} more pod cycles ({what})", lambda: (self.cycles >= target or bool(self.failures),
+                                                        {"cycles": self.cycles, "failures": self.failures}),
+              2 * CYCLE_TIMEOUT, 0.2)
+
+
+def log_since(path: Path, offset: int) -> str:
+    with open(path, "rb") as f:
+        f.seek(offset)
+        return f.read().decode(errors="replace")
+
+
+def wait_registered(ctx: Context, process: str, offset: int) -> None:
+    """Until the instance's own log says the kubelet (the fake kubelet's plugin manager, the
+    kubelet's code) registered it."""
+    log = ctx.cluster.sup.get(process).log
+    until(f"the kubelet to register {process}",
+          lambda: ("kubelet registered the plugin" in log_since(log, offset), None), 30, 0.2)
+
+
+@scenario("21b", "reliability: rolling update of the node agent without a gap (per-pod socket names)")
+def rolling_update(ctx: Context) -> None:
+    node = "node1"
+    old, new = f"agent-{node}", f"agent-{node}-surge"
+    paths = ctx.node_paths(node)
+    new_uid = str(uuid.uuid4())
+    sup = ctx.cluster.sup
+    fakelet_log = sup.get(f"fakelet-{node}").log
+    fakelet_offset = fakelet_log.stat().st_size
+    ctx.apply(claim_template("roll", [request("vf", "mock-accel-vf")]))
+    stream = PodStream(ctx, node)
+    stream.start()
+    try:
+        stream.wait_cycles(1, "before the update")
+        # The new DaemonSet pod starts beside the old one (maxSurge 1, maxUnavailable 0).
+        new_offset = sup.get(new).log.stat().st_size if sup.procs.get(new) else 0
+        ctx.cluster.start_agent(node, process=new, env={"POD_UID": new_uid})
+        wait_registered(ctx, new, new_offset)
+        sockets = sorted(p.name for p in paths.registry_dir.iterdir())
+        check(f"{DRIVER}-reg.sock" in sockets and f"{DRIVER}-{new_uid}-reg.sock" in sockets,
+              "both instances' registration sockets in the kubelet's registry", sockets)
+        check((paths.plugin_dir / f"dra-{new_uid}.sock").is_socket(), "the new instance's DRA socket", None)
+        say(f"second agent registered beside the first: {sockets}")
+        stream.wait_cycles(1, "both agents running")
+        # The old pod goes.
+        sup.stop(old)
+        check(not (paths.registry_dir / f"{DRIVER}-reg.sock").exists(),
+              "the old instance removed its registration socket", None)
+        stream.wait_cycles(2, "only the new agent")
+        new_log = log_since(sup.get(new).log, new_offset)
+        check("prepared claim=" in new_log or '"message":"prepared"' in new_log, "the new agent served prepares", None)
+        say(f"old agent stopped; {stream.cycles} pod cycles so far, none failed")
+
+        # And back (the cluster's own agent again), the same way.
+        old_offset = sup.get(old).log.stat().st_size
+        ctx.cluster.start_agent(node)
+        wait_registered(ctx, old, old_offset)
+        sup.stop(new)
+        check(not (paths.registry_dir / f"{DRIVER}-{new_uid}-reg.sock").exists()
+              and not (paths.plugin_dir / f"dra-{new_uid}.sock").exists(),
+              "the surge instance removed its sockets", sorted(p.name for p in paths.registry_dir.iterdir()))
+        stream.wait_cycles(1, "after the second update")
+    finally:
+        stream.done.set()
+        stream.join(3 * CYCLE_TIMEOUT)
+        if sup.procs.get(new) is not None and sup.get(new).alive():
+            sup.stop(new)
+    check(not stream.failures, "pods of the stream failed during the rolling update", stream.failures)
+    retries = [l for l in log_since(fakelet_log, fakelet_offset).splitlines() if "roll-" in l and "retrying" in l]
+    check(not retries, "the fake kubelet retried calls of the stream", retries[:10])
+    until(f"every claim of the stream unprepared on {node}",
+          lambda: (not (left := set(stream.claim_uids) & ctx.prepared_claim_uids(node)), sorted(left)), 30)
+    say(f"{stream.cycles} pod cycles through two rolling updates, no failed or retried call")

@@ -117,6 +117,8 @@ pub async fn run(args: NodeAgentArgs) -> Result<(), Error> {
             driver_name: args.driver_name.clone(),
             registry_dir: args.registry_dir.clone(),
             plugin_dir: args.plugin_dir.clone(),
+            // An empty value (an unset downward-API variable) means no rolling-update names.
+            pod_uid: args.pod_uid.clone().filter(|uid| !uid.is_empty()),
         },
         preparer.clone(),
         Some(health),
@@ -146,6 +148,10 @@ pub async fn run(args: NodeAgentArgs) -> Result<(), Error> {
         claim_inventory,
         shutdown.clone(),
     ));
+
+    // Another agent of this node (a rolling update) may prepare and unprepare too: publish
+    // what the checkpoint says whenever it changes.
+    let follower = tokio::spawn(Arc::clone(&preparer).follow_checkpoint(shutdown.clone()));
 
     // Claims the kubelet will never unprepare (deleted or re-allocated while the agent was
     // down): released at start and every --stale-claim-interval.
@@ -192,6 +198,7 @@ pub async fn run(args: NodeAgentArgs) -> Result<(), Error> {
     let _ = claim_status.await;
     let _ = spec.await;
     let _ = stale.await;
+    let _ = follower.await;
     http.stopped().await;
     plugin_result?;
     tracing::info!("node agent stopped; sockets removed");

@@ -38,6 +38,7 @@
 //! [`PrepareError`] (in `error`) is the one error type; the metrics live in
 //! [`super::metrics`].
 
+mod checkpoint_watch;
 mod error;
 mod fail_points;
 mod plan;
@@ -2219,5 +2220,39 @@ mod tests {
         assert!(released.is_empty());
         assert_eq!(node.register("mock0"), 1);
         assert_eq!(node.checkpoint().claims.len(), 2);
+    }
+
+    // ---- two agents of one node (rolling update) ----
+
+    #[tokio::test]
+    async fn an_agent_publishes_what_another_agent_of_the_node_prepared() {
+        let mut node = node_with_claim_a();
+        let old = Arc::new(node.preparer());
+        let new = node.preparer();
+        let shutdown = tokio_util::sync::CancellationToken::new();
+        let follower = tokio::spawn(Arc::clone(&old).follow_checkpoint(shutdown.clone()));
+        let mut published = old.subscribe();
+
+        prepare_one(&new, cref("a", "a")).await.unwrap();
+        tokio::time::timeout(
+            Duration::from_secs(5),
+            published.wait_for(|claims| claims.iter().any(|c| c.uid == "a")),
+        )
+        .await
+        .expect("the old agent follows the new agent's prepare")
+        .unwrap();
+        node.assert_consistent(&*old);
+
+        unprepare_one(&new, cref("a", "a")).await.unwrap();
+        tokio::time::timeout(
+            Duration::from_secs(5),
+            published.wait_for(|claims| claims.is_empty()),
+        )
+        .await
+        .expect("the old agent follows the new agent's unprepare")
+        .unwrap();
+        node.assert_consistent(&*old);
+        shutdown.cancel();
+        follower.await.unwrap();
     }
 }
