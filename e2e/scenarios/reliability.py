@@ -6,6 +6,7 @@ start it compares its checkpoint with the API. The device is free and allocatabl
 21b: a rolling update of the node agent without a gap (see its docstring).
 """
 
+import re
 import threading
 import time
 import urllib.request
@@ -137,16 +138,30 @@ class PodStream(threading.Thread):
               2 * CYCLE_TIMEOUT, 0.2)
 
 
+ANSI = re.compile(r"\x1b\[[0-9;]*m")
+
+
 def log_since(path: Path, offset: int) -> str:
+    """A process log from byte `offset` on, without terminal colours."""
     with open(path, "rb") as f:
         f.seek(offset)
-        return f.read().decode(errors="replace")
+        return ANSI.sub("", f.read().decode(errors="replace"))
+
+
+def log_path(ctx: Context, process: str) -> Path:
+    """A process's log file, which outlives the process (and its record)."""
+    return ctx.cluster.sup.logs / f"{process}.log"
+
+
+def log_size(ctx: Context, process: str) -> int:
+    path = log_path(ctx, process)
+    return path.stat().st_size if path.exists() else 0
 
 
 def wait_registered(ctx: Context, process: str, offset: int) -> None:
     """Until the instance's own log says the kubelet (the fake kubelet's plugin manager, the
     kubelet's code) registered it."""
-    log = ctx.cluster.sup.get(process).log
+    log = log_path(ctx, process)
     until(f"the kubelet to register {process}",
           lambda: ("kubelet registered the plugin" in log_since(log, offset), None), 30, 0.2)
 
@@ -158,21 +173,27 @@ def rolling_update(ctx: Context) -> None:
     paths = ctx.node_paths(node)
     new_uid = str(uuid.uuid4())
     sup = ctx.cluster.sup
-    fakelet_log = sup.get(f"fakelet-{node}").log
-    fakelet_offset = fakelet_log.stat().st_size
+    fakelet_log = log_path(ctx, f"fakelet-{node}")
+    fakelet_offset = log_size(ctx, f"fakelet-{node}")
     ctx.apply(claim_template("roll", [request("vf", "mock-accel-vf")]))
     stream = PodStream(ctx, node)
     stream.start()
     try:
         stream.wait_cycles(1, "before the update")
         # The new DaemonSet pod starts beside the old one (maxSurge 1, maxUnavailable 0).
-        new_offset = sup.get(new).log.stat().st_size if sup.procs.get(new) else 0
+        new_offset = log_size(ctx, new)
+        reg_before = set(p.name for p in paths.registry_dir.iterdir())
+        dra_before = set(p.name for p in paths.plugin_dir.glob("dra-*.sock"))
         ctx.cluster.start_agent(node, process=new, env={"POD_UID": new_uid})
         wait_registered(ctx, new, new_offset)
+        # The names carry the pod UID, hashed when the full name would not fit in a socket path
+        # (as under the harness's deep state directory).
+        reg_new = set(p.name for p in paths.registry_dir.iterdir()) - reg_before
+        dra_new = set(p.name for p in paths.plugin_dir.glob("dra-*.sock")) - dra_before
         sockets = sorted(p.name for p in paths.registry_dir.iterdir())
-        check(f"{DRIVER}-reg.sock" in sockets and f"{DRIVER}-{new_uid}-reg.sock" in sockets,
+        check(f"{DRIVER}-reg.sock" in sockets and len(reg_new) == 1,
               "both instances' registration sockets in the kubelet's registry", sockets)
-        check((paths.plugin_dir / f"dra-{new_uid}.sock").is_socket(), "the new instance's DRA socket", None)
+        check(len(dra_new) == 1, "the new instance's DRA socket", sorted(dra_new))
         say(f"second agent registered beside the first: {sockets}")
         stream.wait_cycles(1, "both agents running")
         # The old pod goes.
@@ -180,23 +201,23 @@ def rolling_update(ctx: Context) -> None:
         check(not (paths.registry_dir / f"{DRIVER}-reg.sock").exists(),
               "the old instance removed its registration socket", None)
         stream.wait_cycles(2, "only the new agent")
-        new_log = log_since(sup.get(new).log, new_offset)
+        new_log = log_since(log_path(ctx, new), new_offset)
         check("prepared claim=" in new_log or '"message":"prepared"' in new_log, "the new agent served prepares", None)
         say(f"old agent stopped; {stream.cycles} pod cycles so far, none failed")
 
         # And back (the cluster's own agent again), the same way.
-        old_offset = sup.get(old).log.stat().st_size
+        old_offset = log_size(ctx, old)
         ctx.cluster.start_agent(node)
         wait_registered(ctx, old, old_offset)
         sup.stop(new)
-        check(not (paths.registry_dir / f"{DRIVER}-{new_uid}-reg.sock").exists()
-              and not (paths.plugin_dir / f"dra-{new_uid}.sock").exists(),
+        check(not any((paths.registry_dir / n).exists() for n in reg_new)
+              and not any((paths.plugin_dir / n).exists() for n in dra_new),
               "the surge instance removed its sockets", sorted(p.name for p in paths.registry_dir.iterdir()))
         stream.wait_cycles(1, "after the second update")
     finally:
         stream.done.set()
         stream.join(3 * CYCLE_TIMEOUT)
-        if sup.procs.get(new) is not None and sup.get(new).alive():
+        if new in sup.procs and sup.get(new).alive():
             sup.stop(new)
     check(not stream.failures, "pods of the stream failed during the rolling update", stream.failures)
     retries = [l for l in log_since(fakelet_log, fakelet_offset).splitlines() if "roll-" in l and "retrying" in l]
