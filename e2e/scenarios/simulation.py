@@ -19,7 +19,7 @@ from harness import nodes
 from harness.kube import claim, pod, request
 from harness.wait import check, equal, until
 
-from scenarios.framework import Context, say, scenario, sysfs_name, verify_prepared, wait_prepared, wait_unprepared
+from scenarios.framework import Context, extra_node, say, scenario, sysfs_name, verify_prepared, wait_prepared, wait_unprepared
 
 SIM_NODE = "node1"
 # A spec change must reach the slices this fast (issue 11).
@@ -102,13 +102,8 @@ def wait_vfs(ctx: Context, want: set[str]) -> None:
 @scenario("19b", "SR-IOV through spec.sriov: VFs published and withdrawn; a shrink that would remove a prepared VF "
                  "is refused (condition, Event) and the claim keeps working")
 def sriov_spec(ctx: Context) -> None:
-    cluster = ctx.cluster
-    paths = cluster.add_node(SRIOV_NODE, "sriov")
-    try:
+    with extra_node(ctx, SRIOV_NODE, "sriov") as paths:
         run_sriov_spec(ctx, paths)
-    finally:
-        cluster.forget_node(SRIOV_NODE)
-        ctx.k.delete("node", SRIOV_NODE, wait=True, timeout=30)
 
 
 def run_sriov_spec(ctx: Context, paths: nodes.NodePaths) -> None:
