@@ -42,7 +42,7 @@ def node_slice_devices(ctx: Context, node: str) -> dict[str, str]:
 
 
 @scenario("19a", "simulated node: spec.simulation (a NUMA node more, VFs per PF) reaches the slices within 2 s; "
-                 "kept devices keep their register")
+                 "kept devices keep their register", cost=8)
 def simulated_topology(ctx: Context) -> None:
     info = ctx.cluster.info["nodes"][SIM_NODE]
     check(info.get("simulate"), f"{SIM_NODE}'s agent does not simulate its devices", info)
@@ -100,7 +100,7 @@ def wait_vfs(ctx: Context, want: set[str]) -> None:
 
 
 @scenario("19b", "SR-IOV through spec.sriov: VFs published and withdrawn; a shrink that would remove a prepared VF "
-                 "is refused (condition, Event) and the claim keeps working")
+                 "is refused (condition, Event) and the claim keeps working", cost=13)
 def sriov_spec(ctx: Context) -> None:
     with extra_node(ctx, SRIOV_NODE, "sriov") as paths:
         run_sriov_spec(ctx, paths)
