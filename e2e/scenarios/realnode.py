@@ -46,8 +46,10 @@ def logs(ctx: Context, pod: str) -> str:
 def printed_env(ctx: Context, pod: str) -> dict[str, str]:
     """The container's environment as it printed it, read through `kubectl logs` (apiserver →
     kubelet → containerd's log file)."""
-    text = until(f"pod {pod} to print its environment (kubectl logs)",
-                 lambda: ("READY" in (t := logs(ctx, pod)), t[-400:] if t else t), 60)
+    # The probe shows only the tail when it times out; the whole log is read once READY is in.
+    until(f"pod {pod} to print its environment (kubectl logs)",
+          lambda: ("READY" in (t := logs(ctx, pod)), t[-400:] if t else t), 60)
+    text = logs(ctx, pod)
     env_part = text.split("---", 1)[0]
     ctx.save(f"{pod}.log", text)
     return dict(line.split("=", 1) for line in env_part.splitlines() if "=" in line)
