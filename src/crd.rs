@@ -5,8 +5,10 @@
 //! the node agent owns `devices`, the counters, `preparedClaims`, `agent` and the conditions
 //! `DevicesDiscovered` and `PluginRegistered`; the controller owns `pools` and the conditions
 //! `SlicesPublished` and `Ready`. The agent also reports `SpecValid`: whether the fixture
-//! fields of `spec` (module [`crate::fixture`]) are valid for the node. `conditions` is a list map keyed by `type` so both can apply
-//! their own entries without erasing the other's.
+//! fields of `spec` (module [`crate::fixture`]) are valid for the node; and, under a field
+//! manager of its own ([`SRIOV_FIELD_MANAGER`]), `sriov` and `SriovReconciled`.
+//! `conditions` is a list map keyed by `type` so each can apply its own entries without
+//! erasing the others'.
 
 use jiff::Timestamp;
 pub use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
