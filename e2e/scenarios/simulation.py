@@ -26,7 +26,7 @@ SIM_NODE = "node1"
 RESHAPE_TIMEOUT = 2.0
 
 
-SRIOV_NODE = "node5"
+SRIOV_NODE = "node6"
 SRIOV_PF = "mock0"
 # VFs written through sriov_numvfs must reach the slices this fast.
 SRIOV_TIMEOUT = 15
