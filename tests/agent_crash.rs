@@ -1,8 +1,8 @@
 //! A crash of the real node-agent process at every persistent step of prepare and unprepare.
 //!
-//! For each named fail point (`src/plugin/prepare/fail_points.rs`), the `mock-accel-dra` binary
-//! Cargo built for this test (with the `fail-points` feature, which only test builds have) is
-//! started with `MOCK_ACCEL_FAIL_POINTS=<point>=abort` on a simulated sysfs tree, beside the fake
+//! For each named fail point (`src/plugin/prepare/fail_points.rs`), the node agent, built with
+//! the `fail-points` feature (only test builds have it) and run as a child process of its own
+//! (this test binary started again as the agent, see `agent_process_entry`), is started with `MOCK_ACCEL_FAIL_POINTS=<point>=abort` on a simulated sysfs tree, beside the fake
 //! API server of `test_support::agent_process`. This test plays the kubelet over the real
 //! sockets: the call reaches the point, the process aborts there (SIGABRT: no rollback, no
 //! cleanup, as a kill -9 would), the agent is started again without the variable, and the
@@ -14,20 +14,20 @@
 //! (`RollbackFailed`, reported to the kubelet and resumed by its next call) and a rollback the
 //! process died in (resumed at the next start).
 
-use std::{
-    os::unix::process::ExitStatusExt,
-    path::{Path, PathBuf},
-    sync::{Arc, OnceLock},
-};
+use std::{ffi::OsString, os::unix::process::ExitStatusExt, path::Path, sync::Arc};
+
+use clap::Parser;
 
 use mock_accel_dra::{
+    agent,
     checkpoint::{self, PrepareState},
+    cli::{Cli, Command},
     proto::dra_v1::{
         Claim, NodePrepareResourcesRequest, NodePrepareResourcesResponse,
         NodeUnprepareResourcesRequest, NodeUnprepareResourcesResponse,
         dra_plugin_client::DraPluginClient,
     },
-    sysfs,
+    sysfs, telemetry,
     test_support::{
         agent_process::{AgentResult, FakeApi, LIMIT, Layout, NODE, start_api_server, terminate},
         claims::{allocated_in, result},
@@ -37,8 +37,9 @@ use mock_accel_dra::{
 use tokio::process::Child;
 use tonic::transport::Channel;
 
+/// Makes the simulated sysfs tree (`sim create`); the agent itself runs from this test binary.
 const AGENT: &str = env!("CARGO_BIN_EXE_mock-accel-dra");
-/// The variable that arms fail points; only a binary built with them contains the name.
+/// The variable that arms fail points in a process built with them.
 const FAIL_POINTS_ENV: &str = "MOCK_ACCEL_FAIL_POINTS";
 const NS: &str = "crash";
 const UID: &str = "c4a5b000-0000-4000-8000-000000000001";
@@ -59,25 +60,33 @@ const UNPREPARE_POINTS: [&str; 3] = [
     "unprepare/checkpoint",
 ];
 
-/// A private copy of the binary, checked to contain the fail points. Cargo puts every build's
-/// binary at the same path, so a build of the same crate with other features (a plain
-/// `cargo build`) could replace it while the tests run; the copy cannot change under them.
-fn agent_binary() -> &'static Path {
-    static COPY: OnceLock<(tempfile::TempDir, PathBuf)> = OnceLock::new();
-    let (_, path) = COPY.get_or_init(|| {
-        let dir = tempfile::tempdir().expect("temp dir for the binary");
-        let path = dir.path().join("mock-accel-dra");
-        std::fs::copy(AGENT, &path).expect("copy of the agent binary");
-        let bytes = std::fs::read(&path).expect("read the agent binary");
-        let needle = FAIL_POINTS_ENV.as_bytes();
-        assert!(
-            bytes.windows(needle.len()).any(|w| w == needle),
-            "{AGENT} was built without the fail-points feature (replaced by another build?); \
-             rebuild with `cargo test --test agent_crash`"
-        );
-        (dir, path)
-    });
-    path
+/// Where the agent's command line travels to [`agent_process_entry`].
+const ARGV_ENV: &str = "AGENT_CRASH_AGENT_ARGV";
+const ARGV_SEPARATOR: char = '\u{1f}';
+
+/// Not a test: the node agent itself, when this test binary is started again with
+/// [`ARGV_ENV`] set (see [`Node::start`]). The agent runs from this binary, built from the same
+/// library with the `fail-points` feature, rather than from the `mock-accel-dra` binary: Cargo
+/// puts every build's binary at one path, which a build with other features could replace
+/// while the tests run.
+#[test]
+fn agent_process_entry() {
+    let Ok(argv) = std::env::var(ARGV_ENV) else {
+        return;
+    };
+    let cli = Cli::parse_from(std::iter::once("mock-accel-dra").chain(argv.split(ARGV_SEPARATOR)));
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    telemetry::init_logging(cli.log_format, &cli.log_level).expect("logging");
+    let Command::NodeAgent(args) = cli.command else {
+        panic!("{ARGV_ENV} must start with node-agent");
+    };
+    let result = tokio::runtime::Runtime::new()
+        .expect("runtime")
+        .block_on(agent::run(args));
+    if let Err(e) = &result {
+        eprintln!("node agent failed: {e}");
+    }
+    std::process::exit(if result.is_ok() { 0 } else { 1 });
 }
 
 /// One node: fake API with the claim, layout, and the running agent.
@@ -92,7 +101,7 @@ impl Node {
     async fn new() -> AgentResult<Self> {
         let dir = tempfile::tempdir()?;
         let (api, port) = start_api_server().await?;
-        let layout = Layout::create(agent_binary(), dir.path(), port).await?;
+        let layout = Layout::create(Path::new(AGENT), dir.path(), port).await?;
         api.put_claim(allocated_in(
             NS,
             UID,
@@ -111,10 +120,26 @@ impl Node {
     /// Starts the agent (with `fail_points` armed, when given) and registers it, as the
     /// kubelet does; returns a client on its DRA socket.
     async fn start(&mut self, fail_points: Option<&str>) -> AgentResult<DraPluginClient<Channel>> {
-        let env: Vec<(&str, &str)> = fail_points
-            .map(|v| vec![(FAIL_POINTS_ENV, v)])
-            .unwrap_or_default();
-        let mut agent = self.layout.start_agent(&env)?;
+        let argv: Vec<String> = self
+            .layout
+            .agent_args()
+            .iter()
+            .map(|a| a.to_string_lossy().into_owned())
+            .collect();
+        let argv = argv.join(&ARGV_SEPARATOR.to_string());
+        let mut env = vec![(ARGV_ENV, argv.as_str())];
+        if let Some(points) = fail_points {
+            env.push((FAIL_POINTS_ENV, points));
+        }
+        let this = std::env::current_exe()?;
+        let harness_args = [
+            "--exact",
+            "agent_process_entry",
+            "--nocapture",
+            "--test-threads=1",
+        ]
+        .map(OsString::from);
+        let mut agent = self.layout.spawn(&this, &harness_args, &env)?;
         self.layout.wait_for_socket(&mut agent).await?;
         let endpoint = self.layout.register().await?;
         self.agent = Some(agent);

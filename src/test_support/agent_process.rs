@@ -11,6 +11,7 @@
 
 use std::{
     collections::HashMap,
+    ffi::OsString,
     path::{Path, PathBuf},
     process::Stdio,
     sync::{
@@ -379,26 +380,44 @@ impl Layout {
         format!("agent log {} ends with:\n{tail}", self.log.display())
     }
 
-    /// Starts the agent with `env` added to its environment; its output is appended to the log.
+    /// The node agent's command line for this layout (without the program).
+    pub fn agent_args(&self) -> Vec<OsString> {
+        let mut args: Vec<OsString> = ["node-agent", "--node-name", NODE, "--driver-name", DRIVER]
+            .into_iter()
+            .map(OsString::from)
+            .collect();
+        for (flag, path) in [
+            ("--sysfs-root", &self.sys),
+            ("--dev-root", &self.dev),
+            ("--cdi-dir", &self.cdi),
+            ("--registry-dir", &self.registry),
+            ("--plugin-dir", &self.plugin),
+        ] {
+            args.push(flag.into());
+            args.push(path.into());
+        }
+        args.extend(["--metrics-addr", "127.0.0.1:0"].map(OsString::from));
+        args
+    }
+
+    /// Starts the agent binary with `env` added to its environment.
     pub fn start_agent(&self, env: &[(&str, &str)]) -> AgentResult<Child> {
+        self.spawn(&self.binary, &self.agent_args(), env)
+    }
+
+    /// Starts `program` with `args`, `KUBECONFIG` and `env`; its output is appended to the log.
+    pub fn spawn(
+        &self,
+        program: &Path,
+        args: &[OsString],
+        env: &[(&str, &str)],
+    ) -> AgentResult<Child> {
         let log = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
             .open(&self.log)?;
-        let child = Command::new(&self.binary)
-            .arg("node-agent")
-            .args(["--node-name", NODE, "--driver-name", DRIVER])
-            .arg("--sysfs-root")
-            .arg(&self.sys)
-            .arg("--dev-root")
-            .arg(&self.dev)
-            .arg("--cdi-dir")
-            .arg(&self.cdi)
-            .arg("--registry-dir")
-            .arg(&self.registry)
-            .arg("--plugin-dir")
-            .arg(&self.plugin)
-            .args(["--metrics-addr", "127.0.0.1:0"])
+        let child = Command::new(program)
+            .args(args)
             .env("KUBECONFIG", &self.kubeconfig)
             .envs(env.iter().copied())
             .stdin(Stdio::null())
