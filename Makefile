@@ -9,7 +9,7 @@ KUSTOMIZATION := kustomize/default/kustomization.yaml
 IMAGE := $(shell sed -n 's/^ *newName: *//p' $(KUSTOMIZATION)):$(shell sed -n 's/^ *newTag: *//p' $(KUSTOMIZATION))
 IMAGE_TAR ?= /tmp/mock-accel-dra-image.tar
 
-.PHONY: help bin build test lint fmt fmt-check crd bench image-name build-image save-image load-image \
+.PHONY: help bin build test fuzz lint fmt fmt-check crd bench image-name build-image save-image load-image \
         deploy undeploy k8s-bins e2e e2e-node fakelet-test harness-test dev-cluster dev-cluster-env dev-cluster-down demo
 
 help: ## list the targets
@@ -20,6 +20,12 @@ build: ## build the mock-accel-dra binary (release)
 
 test: fmt-check lint ## formatting, clippy, then every unit and in-process test
 	$(CARGO) test --locked --all-targets
+
+# The property tests of src/properties.rs run in `make test` with a fixed number of cases;
+# here each gets an equal share of FUZZ_SECONDS and prints how many cases it tried.
+FUZZ_SECONDS ?= 600
+fuzz: ## property tests of every parser of outside input for FUZZ_SECONDS (default 600), with case counts
+	FUZZ_SECONDS=$(FUZZ_SECONDS) $(CARGO) test --locked --lib properties:: -- --test-threads=1 --nocapture
 
 lint: ## clippy with warnings as errors
 	$(CARGO) clippy --locked --all-targets -- -D warnings

@@ -11,11 +11,9 @@
 //! The agent is the `mock-accel-dra` binary Cargo builds for this bench (same profile, found
 //! through `CARGO_BIN_EXE_mock-accel-dra`), run as a child process exactly as a node runs it:
 //! a sysfs tree made by `mock-accel-dra sim create`, and every directory in a temp dir on tmpfs
-//! (`/dev/shm`) when there is one. Its Kubernetes API is a small fake served by this process
-//! over plain HTTP on 127.0.0.1 (a kubeconfig in `KUBECONFIG` points at it): the Node, the
-//! node's MockAccelNode (server-side apply of the object and of its status, status GET) and
-//! ResourceClaims allocated one VF of the node; anything else is logged and answered 404.
-//! This process then plays the kubelet: registers the plugin and drives NodePrepareResources /
+//! (`/dev/shm`) when there is one. Its Kubernetes API is the small fake of
+//! `test_support::agent_process`, served by this process over plain HTTP on 127.0.0.1, with
+//! one ResourceClaim per cycle allocated one VF of the node. This process then plays the kubelet: registers the plugin and drives NodePrepareResources /
 //! NodeUnprepareResources over the DRA socket with the generated v1 client, then stops the
 //! agent with SIGTERM and checks that it exits 0 and removes its sockets.
 //!
@@ -23,58 +21,29 @@
 
 use std::{
     path::{Path, PathBuf},
-    process::Stdio,
-    sync::{
-        Arc, Mutex,
-        atomic::{AtomicUsize, Ordering},
-    },
+    sync::atomic::Ordering,
     time::{Duration, Instant},
 };
 
-use axum::{
-    Json, Router,
-    body::Bytes,
-    extract::{Path as UrlPath, State},
-    http::{Method, StatusCode, Uri},
-    routing::get,
-};
-use k8s_openapi::{
-    api::{
-        core::v1::Node,
-        resource::v1::{
-            AllocationResult, DeviceAllocationResult, DeviceRequestAllocationResult, ResourceClaim,
-            ResourceClaimStatus,
-        },
-    },
-    apimachinery::pkg::apis::meta::v1::ObjectMeta,
-};
 use mock_accel_dra::{
-    proto::{
-        dra_v1::{
-            Claim, NodePrepareResourcesRequest, NodeUnprepareResourcesRequest,
-            dra_plugin_client::DraPluginClient,
-        },
-        pluginregistration::{
-            InfoRequest, RegistrationStatus, registration_client::RegistrationClient,
-        },
+    proto::dra_v1::{
+        Claim, NodePrepareResourcesRequest, NodeUnprepareResourcesRequest,
+        dra_plugin_client::DraPluginClient,
     },
-    test_support::{socket::connect, stats::percentile},
+    test_support::{
+        agent_process::{FakeApi, LIMIT, Layout, NODE, start_api_server, terminate},
+        claims::{allocated_in, result},
+        socket::connect,
+        stats::percentile,
+    },
 };
-use serde_json::{Value, json};
-use tokio::{process::Command, sync::watch};
 use tonic::transport::Channel;
 
-type BenchResult<T> = Result<T, Box<dyn std::error::Error>>;
+type BenchResult<T> = Result<T, Box<dyn std::error::Error + Send + Sync>>;
 
 /// The binary under test, built by Cargo with this bench's profile.
 const AGENT: &str = env!("CARGO_BIN_EXE_mock-accel-dra");
-const DRIVER: &str = "mock-accel.example.com";
-const NODE: &str = "bench-node";
-const NODE_UID: &str = "6d0c1a52-0000-4000-8000-000000000001";
 const NS: &str = "bench";
-const CRD_PATH: &str = "/apis/mock-accel.example.com/v1alpha1/mockaccelnodes";
-/// How long any cross-process step (start-up, status catching up, exit) may take.
-const LIMIT: Duration = Duration::from_secs(30);
 const IDLE_AIM_KIB: u64 = 20 * 1024;
 /// RssAnon moves in pages and the allocator keeps freed memory in its arenas, so two readings
 /// of a steady process differ by a little; a leak of 64 bytes or more per cycle exceeds this.
@@ -91,249 +60,6 @@ fn uid_of(name: &str) -> String {
 }
 
 // ---------------------------------------------------------------------------------------------
-// The fake Kubernetes API server
-// ---------------------------------------------------------------------------------------------
-
-/// What the agent last wrote into its MockAccelNode status, as far as the bench cares.
-#[derive(Clone, Debug, Default, PartialEq)]
-struct Applied {
-    status_applies: usize,
-    plugin_registered: bool,
-    prepared_claims: i64,
-}
-
-#[derive(Default)]
-struct ApiState {
-    /// The node's MockAccelNode as applied so far (`Null` until the agent creates it).
-    object: Mutex<Value>,
-    applied: watch::Sender<Applied>,
-    node_gets: AtomicUsize,
-    claim_gets: AtomicUsize,
-    status_gets: AtomicUsize,
-    unexpected: AtomicUsize,
-}
-
-type Reply = (StatusCode, Json<Value>);
-
-fn not_found(what: &str) -> Reply {
-    (
-        StatusCode::NOT_FOUND,
-        Json(json!({
-            "kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Failure",
-            "reason": "NotFound", "code": 404, "message": format!("{what} not found"),
-        })),
-    )
-}
-
-fn to_reply<T: serde::Serialize>(object: &T) -> Reply {
-    match serde_json::to_value(object) {
-        Ok(value) => (StatusCode::OK, Json(value)),
-        Err(e) => (
-            StatusCode::INTERNAL_SERVER_ERROR,
-            Json(json!({"kind": "Status", "code": 500, "message": e.to_string()})),
-        ),
-    }
-}
-
-async fn get_node(State(api): State<Arc<ApiState>>, UrlPath(name): UrlPath<String>) -> Reply {
-    api.node_gets.fetch_add(1, Ordering::Relaxed);
-    if name != NODE {
-        return not_found(&format!("nodes {name}"));
-    }
-    to_reply(&Node {
-        metadata: ObjectMeta {
-            name: Some(name),
-            uid: Some(NODE_UID.into()),
-            ..Default::default()
-        },
-        ..Default::default()
-    })
-}
-
-/// A ResourceClaim allocated the VF `mock1` of this node's NUMA 0 pool for request `r0`.
-async fn get_claim(
-    State(api): State<Arc<ApiState>>,
-    UrlPath((namespace, name)): UrlPath<(String, String)>,
-) -> Reply {
-    api.claim_gets.fetch_add(1, Ordering::Relaxed);
-    to_reply(&ResourceClaim {
-        metadata: ObjectMeta {
-            namespace: Some(namespace),
-            uid: Some(uid_of(&name)),
-            name: Some(name),
-            ..Default::default()
-        },
-        spec: Default::default(),
-        status: Some(ResourceClaimStatus {
-            allocation: Some(AllocationResult {
-                devices: Some(DeviceAllocationResult {
-                    results: Some(vec![DeviceRequestAllocationResult {
-                        driver: DRIVER.into(),
-                        pool: format!("{NODE}/numa0"),
-                        device: "mock1".into(),
-                        request: "r0".into(),
-                        ..Default::default()
-                    }]),
-                    config: None,
-                }),
-                ..Default::default()
-            }),
-            ..Default::default()
-        }),
-    })
-}
-
-/// Server-side apply, reduced to what the agent sends: the patch's `metadata` fields, `spec`
-/// and `status` replace the stored ones.
-fn apply(api: &ApiState, name: &str, body: &[u8]) -> Reply {
-    if name != NODE {
-        return not_found(&format!("mockaccelnodes {name}"));
-    }
-    let patch: Value = match serde_json::from_slice(body) {
-        Ok(patch) => patch,
-        Err(e) => {
-            return (
-                StatusCode::BAD_REQUEST,
-                Json(json!({"kind": "Status", "code": 400, "message": e.to_string()})),
-            );
-        }
-    };
-    let mut object = api
-        .object
-        .lock()
-        .unwrap_or_else(|poisoned| poisoned.into_inner());
-    if object.is_null() {
-        *object = json!({
-            "apiVersion": "mock-accel.example.com/v1alpha1", "kind": "MockAccelNode",
-            "metadata": {"name": NODE, "uid": "7f1e2d3c-0000-4000-8000-000000000002",
-                         "generation": 1, "resourceVersion": "0"},
-        });
-    }
-    if let (Some(stored), Some(given)) = (
-        object["metadata"].as_object_mut(),
-        patch.get("metadata").and_then(Value::as_object),
-    ) {
-        for (key, value) in given {
-            stored.insert(key.clone(), value.clone());
-        }
-    }
-    for key in ["spec", "status"] {
-        if let Some(value) = patch.get(key) {
-            object[key] = value.clone();
-        }
-    }
-    let version = object["metadata"]["resourceVersion"]
-        .as_str()
-        .and_then(|v| v.parse::<u64>().ok())
-        .unwrap_or(0);
-    object["metadata"]["resourceVersion"] = json!((version + 1).to_string());
-    if patch.get("status").is_some() {
-        let status = &object["status"];
-        api.applied.send_modify(|applied| {
-            applied.status_applies += 1;
-            applied.plugin_registered = status["agent"]["pluginRegistered"] == json!(true);
-            applied.prepared_claims = status["preparedClaimCount"].as_i64().unwrap_or(0);
-        });
-    }
-    (StatusCode::OK, Json(object.clone()))
-}
-
-async fn apply_object(
-    State(api): State<Arc<ApiState>>,
-    UrlPath(name): UrlPath<String>,
-    body: Bytes,
-) -> Reply {
-    apply(&api, &name, &body)
-}
-
-async fn get_status(State(api): State<Arc<ApiState>>, UrlPath(name): UrlPath<String>) -> Reply {
-    api.status_gets.fetch_add(1, Ordering::Relaxed);
-    let object = api
-        .object
-        .lock()
-        .unwrap_or_else(|poisoned| poisoned.into_inner())
-        .clone();
-    if name != NODE || object.is_null() {
-        return not_found(&format!("mockaccelnodes {name}"));
-    }
-    (StatusCode::OK, Json(object))
-}
-
-async fn unexpected(State(api): State<Arc<ApiState>>, method: Method, uri: Uri) -> Reply {
-    api.unexpected.fetch_add(1, Ordering::Relaxed);
-    eprintln!("fake API server: unexpected {method} {uri}, answered 404");
-    not_found(&uri.to_string())
-}
-
-/// Serves the fake API on an ephemeral port of 127.0.0.1; returns its state and port.
-async fn start_api_server() -> BenchResult<(Arc<ApiState>, u16)> {
-    let api = Arc::new(ApiState::default());
-    let app = Router::new()
-        .route("/api/v1/nodes/{name}", get(get_node))
-        .route(
-            &format!("{CRD_PATH}/{{name}}"),
-            axum::routing::patch(apply_object),
-        )
-        .route(
-            &format!("{CRD_PATH}/{{name}}/status"),
-            get(get_status).patch(apply_object),
-        )
-        .route(
-            "/apis/resource.k8s.io/v1/namespaces/{namespace}/resourceclaims/{name}",
-            get(get_claim),
-        )
-        .fallback(unexpected)
-        .with_state(Arc::clone(&api));
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
-    let port = listener.local_addr()?.port();
-    tokio::spawn(async move {
-        if let Err(e) = axum::serve(listener, app).await {
-            eprintln!("fake API server stopped: {e}");
-        }
-    });
-    Ok((api, port))
-}
-
-fn kubeconfig(port: u16) -> String {
-    format!(
-        "apiVersion: v1
-kind: Config
-clusters:
-- name: bench
-  cluster:
-    server: http://127.0.0.1:{port}
-users:
-- name: bench
-  user: {{}}
-contexts:
-- name: bench
-  context:
-    cluster: bench
-    user: bench
-current-context: bench
-"
-    )
-}
-
-/// Waits until the agent's applied status satisfies `done`.
-async fn wait_applied(
-    api: &ApiState,
-    what: &str,
-    done: impl Fn(&Applied) -> bool,
-) -> BenchResult<()> {
-    let mut applied = api.applied.subscribe();
-    match tokio::time::timeout(LIMIT, applied.wait_for(|a| done(a))).await {
-        Ok(Ok(_)) => Ok(()),
-        _ => Err(format!(
-            "the agent did not write a MockAccelNode status with {what} within {LIMIT:?} \
-             (last: {:?})",
-            *api.applied.borrow()
-        )
-        .into()),
-    }
-}
-
-// ---------------------------------------------------------------------------------------------
 // The kubelet side
 // ---------------------------------------------------------------------------------------------
 
@@ -345,9 +71,20 @@ fn wire_claim(name: &str) -> Claim {
     }
 }
 
-/// One prepare + unprepare of a fresh 1-device claim; returns the time of both calls.
-async fn cycle(client: &mut DraPluginClient<Channel>, name: &str) -> BenchResult<Duration> {
+/// One prepare + unprepare of a fresh claim of the VF `mock1` of the node's NUMA 0 pool;
+/// returns the time of both calls.
+async fn cycle(
+    api: &FakeApi,
+    client: &mut DraPluginClient<Channel>,
+    name: &str,
+) -> BenchResult<Duration> {
     let uid = uid_of(name);
+    api.put_claim(allocated_in(
+        NS,
+        &uid,
+        name,
+        vec![result("r0", "mock1", &format!("{NODE}/numa0"))],
+    ));
     let start = Instant::now();
     let prepared = client
         .node_prepare_resources(NodePrepareResourcesRequest {
@@ -412,143 +149,6 @@ impl Memory {
     }
 }
 
-/// Where the agent's files live.
-struct Layout {
-    sys: PathBuf,
-    dev: PathBuf,
-    cdi: PathBuf,
-    registry: PathBuf,
-    plugin: PathBuf,
-    kubeconfig: PathBuf,
-    log: PathBuf,
-}
-
-impl Layout {
-    fn new(dir: &Path) -> Self {
-        Layout {
-            sys: dir.join("sys"),
-            dev: dir.join("dev"),
-            cdi: dir.join("cdi"),
-            registry: dir.join("plugins_registry"),
-            plugin: dir.join("plugins").join(DRIVER),
-            kubeconfig: dir.join("kubeconfig"),
-            log: dir.join("agent.log"),
-        }
-    }
-
-    fn registration_socket(&self) -> PathBuf {
-        self.registry.join(format!("{DRIVER}-reg.sock"))
-    }
-
-    fn dra_socket(&self) -> PathBuf {
-        self.plugin.join("dra.sock")
-    }
-}
-
-/// The end of the agent's log, for error messages.
-fn log_tail(layout: &Layout) -> String {
-    let log = std::fs::read_to_string(&layout.log).unwrap_or_default();
-    let lines: Vec<&str> = log.lines().collect();
-    let tail = lines[lines.len().saturating_sub(20)..].join("\n");
-    format!("agent log {} ends with:\n{tail}", layout.log.display())
-}
-
-async fn create_sysfs(layout: &Layout) -> BenchResult<()> {
-    let output = Command::new(AGENT)
-        .arg("sim")
-        .arg("create")
-        .arg("--root")
-        .arg(&layout.sys)
-        .arg("--dev-root")
-        .arg(&layout.dev)
-        .args(["--topology", "canonical"])
-        .output()
-        .await?;
-    if !output.status.success() {
-        return Err(format!(
-            "{AGENT} sim create failed ({}): {}",
-            output.status,
-            String::from_utf8_lossy(&output.stderr)
-        )
-        .into());
-    }
-    Ok(())
-}
-
-fn start_agent(layout: &Layout) -> BenchResult<tokio::process::Child> {
-    let log = std::fs::File::create(&layout.log)?;
-    let child = Command::new(AGENT)
-        .arg("node-agent")
-        .args(["--node-name", NODE, "--driver-name", DRIVER])
-        .arg("--sysfs-root")
-        .arg(&layout.sys)
-        .arg("--dev-root")
-        .arg(&layout.dev)
-        .arg("--cdi-dir")
-        .arg(&layout.cdi)
-        .arg("--registry-dir")
-        .arg(&layout.registry)
-        .arg("--plugin-dir")
-        .arg(&layout.plugin)
-        .args(["--metrics-addr", "127.0.0.1:0"])
-        .env("KUBECONFIG", &layout.kubeconfig)
-        .stdin(Stdio::null())
-        .stdout(log.try_clone()?)
-        .stderr(log)
-        .kill_on_drop(true)
-        .spawn()?;
-    Ok(child)
-}
-
-/// Polls for the registration socket, as the kubelet's plugin watcher notices it.
-async fn wait_for_socket(agent: &mut tokio::process::Child, layout: &Layout) -> BenchResult<()> {
-    let socket = layout.registration_socket();
-    let deadline = Instant::now() + LIMIT;
-    while !socket.exists() {
-        if let Some(status) = agent.try_wait()? {
-            return Err(format!("the agent exited early ({status}); {}", log_tail(layout)).into());
-        }
-        if Instant::now() > deadline {
-            return Err(format!(
-                "no {} after {LIMIT:?}; {}",
-                socket.display(),
-                log_tail(layout)
-            )
-            .into());
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    Ok(())
-}
-
-/// GetInfo and NotifyRegistrationStatus(true), as the kubelet does; returns the DRA endpoint.
-async fn register(layout: &Layout) -> BenchResult<PathBuf> {
-    let mut registration = RegistrationClient::new(connect(&layout.registration_socket()).await?);
-    let info = registration.get_info(InfoRequest {}).await?.into_inner();
-    if info.name != DRIVER || !info.supported_versions.iter().any(|v| v == "v1.DRAPlugin") {
-        return Err(format!("unexpected plugin info: {info:?}").into());
-    }
-    registration
-        .notify_registration_status(RegistrationStatus {
-            plugin_registered: true,
-            error: String::new(),
-        })
-        .await?;
-    Ok(PathBuf::from(info.endpoint))
-}
-
-/// Sends SIGTERM (through `kill(1)`: the crate has no signal binding and no `unsafe`).
-async fn terminate(pid: u32) -> BenchResult<()> {
-    let status = Command::new("kill")
-        .args(["-TERM", &pid.to_string()])
-        .status()
-        .await?;
-    if !status.success() {
-        return Err(format!("kill -TERM {pid} failed: {status}").into());
-    }
-    Ok(())
-}
-
 // ---------------------------------------------------------------------------------------------
 // The measurement
 // ---------------------------------------------------------------------------------------------
@@ -570,21 +170,20 @@ fn verdict(met: bool) -> &'static str {
 }
 
 async fn run(plan: &Plan, dir: &Path, place: &str) -> BenchResult<()> {
-    let layout = Layout::new(dir);
     let (api, port) = start_api_server().await?;
-    std::fs::write(&layout.kubeconfig, kubeconfig(port))?;
-    create_sysfs(&layout).await?;
+    let layout = Layout::create(Path::new(AGENT), dir, port).await?;
 
-    let mut agent = start_agent(&layout)?;
+    let mut agent = layout.start_agent(&[])?;
     let pid = agent
         .id()
         .ok_or("the agent exited before its pid was read")?;
-    wait_for_socket(&mut agent, &layout).await?;
-    let endpoint = register(&layout).await?;
+    layout.wait_for_socket(&mut agent).await?;
+    let endpoint = layout.register().await?;
     let mut client = DraPluginClient::new(connect(&endpoint).await?);
 
     // Idle: registered, initial status written, nothing prepared.
-    wait_applied(&api, "pluginRegistered true", |a| a.plugin_registered).await?;
+    api.wait_applied("pluginRegistered true", |a| a.plugin_registered)
+        .await?;
     tokio::time::sleep(plan.settle).await;
     let idle = Memory::read(pid)?;
 
@@ -593,11 +192,12 @@ async fn run(plan: &Plan, dir: &Path, place: &str) -> BenchResult<()> {
     for phase in 0..2 {
         for i in 0..plan.cycles {
             let name = format!("claim-{}", phase * plan.cycles + i);
-            latencies.push(cycle(&mut client, &name).await?);
+            latencies.push(cycle(&api, &mut client, &name).await?);
         }
         // Read once the status writer has caught up with the last unprepare (a write of an
         // earlier claim still in flight ends within the settle time).
-        wait_applied(&api, "no prepared claims", |a| a.prepared_claims == 0).await?;
+        api.wait_applied("no prepared claims", |a| a.prepared_claims == 0)
+            .await?;
         tokio::time::sleep(plan.settle).await;
         after.push(Memory::read(pid)?);
     }
@@ -705,7 +305,7 @@ async fn run(plan: &Plan, dir: &Path, place: &str) -> BenchResult<()> {
     if !exit.success() || !left.is_empty() {
         return Err(format!(
             "the agent did not stop cleanly ({exit}, sockets left: {left:?}); {}",
-            log_tail(&layout)
+            layout.log_tail()
         )
         .into());
     }

@@ -219,6 +219,7 @@ async fn run(label: &str, dir: &Path, warmup: usize, cycles: usize, full: bool) 
         driver_name: DRIVER.into(),
         registry_dir: dir.join("plugins_registry"),
         plugin_dir: dir.join("plugins").join(DRIVER),
+        pod_uid: None,
     };
     let config = PreparerConfig {
         driver_name: DRIVER.into(),

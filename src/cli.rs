@@ -157,6 +157,16 @@ pub struct NodeAgentArgs {
     /// Interval of the heartbeat written into MockAccelNode.status.agent.
     #[arg(long, default_value = "10s", value_parser = parse_duration, env = "HEARTBEAT_INTERVAL")]
     pub heartbeat_interval: Duration,
+    /// UID of the node agent's pod (downward API `metadata.uid`): when set, the registration
+    /// and DRA sockets carry it in their names, so that the old and the new pod of a rolling
+    /// update serve side by side.
+    #[arg(long, env = "POD_UID")]
+    pub pod_uid: Option<String>,
+    /// Interval of the stale-claim check (also run at start): prepared claims the API no
+    /// longer holds for this node (deleted, re-created with another UID, allocated elsewhere)
+    /// are unprepared by the agent itself.
+    #[arg(long, default_value = "5m", value_parser = parse_duration, env = "STALE_CLAIM_INTERVAL")]
+    pub stale_claim_interval: Duration,
     /// Build and keep a simulated device tree under --sim-root (from the node's
     /// MockAccelNode spec.simulation, the canonical layout by default) instead of reading the
     /// kernel module's devices under --sysfs-root.

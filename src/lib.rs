@@ -21,6 +21,8 @@ pub mod kube_client;
 pub mod metrics;
 pub mod names;
 pub mod plugin;
+#[cfg(test)]
+mod properties;
 pub mod proto;
 pub mod sim;
 pub mod slices;

@@ -41,6 +41,7 @@ fn config(root: &Path) -> PluginConfig {
         driver_name: DRIVER.to_string(),
         registry_dir: root.join("plugins_registry"),
         plugin_dir: root.join("plugins").join(DRIVER),
+        pod_uid: None,
     }
 }
 

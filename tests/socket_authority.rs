@@ -183,6 +183,7 @@ async fn start(root: &Path) -> Plugin {
         driver_name: DRIVER.to_string(),
         registry_dir: root.join("plugins_registry"),
         plugin_dir: root.join("plugins").join(DRIVER),
+        pod_uid: None,
     };
     let handle = serve(config, Arc::new(Refuser), shutdown.clone())
         .await

@@ -41,6 +41,8 @@ DEFAULT_NODES = ("node1", "node2")
 SIMULATED_NODES = ("node1",)
 CONTROLLER_REPLICAS = 2
 TOKEN_DURATION = "8760h"
+# The node agents' stale-claim pass: short, so that every scenario also runs it (production: 5m).
+STALE_CLAIM_INTERVAL = "10s"
 
 
 class ClusterError(RuntimeError):
@@ -306,9 +308,10 @@ class Cluster:
             "--v=4",
         ])
 
-    def start_agent(self, node: str, process: str | None = None) -> None:
+    def start_agent(self, node: str, process: str | None = None, env: dict | None = None) -> None:
         """Starts the node's agent as process `agent-<node>`, or under another process name
-        (a second instance of the same node's agent, as during a rolling update)."""
+        (a second instance of the same node's agent, as during a rolling update), with `env`
+        added (`POD_UID`, which a DaemonSet pod gets from the downward API)."""
         paths = self.node_paths(node)
         n = self.info["nodes"][node]
         simulated = n.get("simulate", False)
@@ -329,7 +332,10 @@ class Cluster:
             f"--plugin-dir={paths.plugin_dir}",
             f"--metrics-addr=127.0.0.1:{port}",
             *sim_args,
-        ], env={**wl.env, "KUBECONFIG": n["kubeconfig"]})
+            # Every scenario then also checks that the periodic stale-claim pass never
+            # releases a claim in use.
+            f"--stale-claim-interval={STALE_CLAIM_INTERVAL}",
+        ], env={**wl.env, "KUBECONFIG": n["kubeconfig"], **(env or {})})
 
     def stop_node(self, node: str) -> None:
         """Stops the node's agent, fake kubelet and simulated kernel (the Node object stays)."""

@@ -20,4 +20,5 @@ from scenarios import (  # noqa: F401 - imported for their @scenario registratio
     realnode,
     fixture,
     simulation,
+    reliability,
 )

@@ -8,8 +8,9 @@
 //! `MockAccelNode.spec`, the fixture fields the status reports on. With `--simulate`,
 //! `simulate` builds the device tree itself and follows `spec.simulation`; `sriov` makes each
 //! listed PF's `sriov_numvfs` equal `spec.sriov[].numVFs` (decisions in `sriov_plan`). The
-//! `uevents` turns kernel uevents of the class into rescans. The agent's metrics are in
-//! `metrics`; this module only wires the parts together.
+//! `uevents` turns kernel uevents of the class into rescans; `stale_claims` releases prepared
+//! claims the API no longer holds for this node. The agent's metrics are in `metrics`; this
+//! module only wires the parts together.
 
 pub mod claim_status;
 pub mod discovery;
@@ -18,6 +19,7 @@ pub mod simulate;
 pub mod spec_watch;
 pub mod sriov;
 pub mod sriov_plan;
+pub mod stale_claims;
 pub mod status;
 pub mod status_writer;
 pub mod uevents;
@@ -101,6 +103,7 @@ pub async fn run(args: NodeAgentArgs) -> Result<(), Error> {
     let mut registry = Registry::with_prefix(METRICS_PREFIX);
     let metrics = AgentMetrics::register(&mut registry);
     let prepare_metrics = PrepareMetrics::register(&mut registry);
+    let stale_metrics = stale_claims::StaleClaimMetrics::register(&mut registry);
     let preparer = Arc::new(
         Preparer::start(
             PreparerConfig {
@@ -138,6 +141,8 @@ pub async fn run(args: NodeAgentArgs) -> Result<(), Error> {
             driver_name: args.driver_name.clone(),
             registry_dir: args.registry_dir.clone(),
             plugin_dir: args.plugin_dir.clone(),
+            // An empty value (an unset downward-API variable) means no rolling-update names.
+            pod_uid: args.pod_uid.clone().filter(|uid| !uid.is_empty()),
         },
         preparer.clone(),
         Some(health),
@@ -169,6 +174,24 @@ pub async fn run(args: NodeAgentArgs) -> Result<(), Error> {
         args.node_name.clone(),
         preparer.subscribe(),
         claim_inventory,
+        shutdown.clone(),
+    ));
+
+    // Another agent of this node (a rolling update) may prepare and unprepare too: publish
+    // what the checkpoint says whenever it changes.
+    let follower = tokio::spawn(Arc::clone(&preparer).follow_checkpoint(shutdown.clone()));
+
+    // Claims the kubelet will never unprepare (deleted or re-allocated while the agent was
+    // down): released at start and every --stale-claim-interval.
+    let stale_preparer = preparer.clone();
+    let stale = tokio::spawn(stale_claims::run(
+        move || {
+            let p = stale_preparer.clone();
+            async move { p.release_stale().await }
+        },
+        args.stale_claim_interval,
+        stale_claims::KubeStaleEvents::new(client.clone(), args.node_name.clone()),
+        stale_metrics,
         shutdown.clone(),
     ));
 
@@ -232,6 +255,8 @@ pub async fn run(args: NodeAgentArgs) -> Result<(), Error> {
     let _ = status.await;
     let _ = claim_status.await;
     let _ = spec.await;
+    let _ = stale.await;
+    let _ = follower.await;
     let _ = sriov.await;
     if let Some(simulation) = simulation {
         let _ = simulation.await;

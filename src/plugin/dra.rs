@@ -94,17 +94,17 @@ where
 
 /// The claims of one request, split into those the handler may see and those refused here.
 #[derive(Debug, PartialEq, Eq)]
-struct CheckedClaims {
+pub(crate) struct CheckedClaims {
     /// Distinct, complete claims in request order.
-    valid: Vec<ClaimRef>,
+    pub(crate) valid: Vec<ClaimRef>,
     /// `(uid, error)` for claims that name no UID, namespace or name, or whose UID the request
     /// also uses for a different claim.
-    rejected: Vec<(String, String)>,
+    pub(crate) rejected: Vec<(String, String)>,
 }
 
 /// Refuses incomplete claims and UIDs used for two different claims; collapses exact repeats
 /// (the answer is keyed by UID, so a repeat can only get the same answer anyway).
-fn check_claims(claims: Vec<ClaimRef>) -> CheckedClaims {
+pub(crate) fn check_claims(claims: Vec<ClaimRef>) -> CheckedClaims {
     enum Verdict {
         Valid(ClaimRef),
         Rejected(String),

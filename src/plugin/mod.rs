@@ -1,5 +1,5 @@
 //! The kubelet plugin: registration and DRA gRPC servers on Unix sockets (`server`,
-//! `registration`, `dra`, `health`) in front of the prepare/unprepare state machine
+//! `registration`, `dra`, `health`; the sockets' names in `socket_names`) in front of the prepare/unprepare state machine
 //! (`prepare`), its metrics (`metrics`) and the production claim source (`claims`).
 //!
 //! The types here are the seam between the wire and the logic: the gRPC adapters turn v1 and
@@ -17,6 +17,7 @@ pub mod metrics;
 pub mod prepare;
 pub mod registration;
 pub mod server;
+pub mod socket_names;
 
 /// A claim as the kubelet names it in NodePrepareResources / NodeUnprepareResources.
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]

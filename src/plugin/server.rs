@@ -1,6 +1,7 @@
 //! The kubelet plugin's two Unix-socket gRPC servers and their socket files: DRA
 //! (`v1.DRAPlugin`, `v1beta1.DRAPlugin` and, when asked for, `v1alpha1.DRAResourceHealth`) on
-//! `<plugin dir>/dra.sock`, registration on `<registry dir>/<driver>-reg.sock`.
+//! `<plugin dir>/dra.sock`, registration on `<registry dir>/<driver>-reg.sock` (with a pod UID,
+//! the rolling-update names of `socket_names`).
 //!
 //! The registration socket is bound last because the kubelet dials the DRA endpoint as soon as
 //! the registration socket appears. A stale socket left by a killed predecessor is removed
@@ -30,6 +31,7 @@ use super::{
     h2_authority::AuthorityNormalizer,
     health::{HealthService, HealthSource, RESEND_INTERVAL},
     registration::{RegistrationService, RegistrationState, supported_versions},
+    socket_names::{self, PodUidError},
 };
 use crate::proto::{
     dra_health_v1alpha1::dra_resource_health_server::DraResourceHealthServer, dra_v1, dra_v1beta1,
@@ -51,23 +53,35 @@ pub struct PluginConfig {
     pub registry_dir: PathBuf,
     /// The plugin's private data directory, which holds the DRA socket.
     pub plugin_dir: PathBuf,
+    /// The node-agent pod's UID (`--pod-uid`, downward API): when set, both socket names carry
+    /// it, so that two pods of one node can run side by side during a rolling update (see
+    /// `socket_names`).
+    pub pod_uid: Option<String>,
 }
 
 impl PluginConfig {
-    /// `<registry dir>/<driver>-reg.sock`.
+    /// `<registry dir>/<driver>-reg.sock`, or the rolling-update name with the pod UID.
     pub fn registration_socket(&self) -> PathBuf {
-        self.registry_dir
-            .join(format!("{}-reg.sock", self.driver_name))
+        // Whether a name fits is decided on the absolute path the socket is bound at.
+        let dir = std::path::absolute(&self.registry_dir).unwrap_or(self.registry_dir.clone());
+        dir.join(socket_names::registration_socket_file(
+            &dir,
+            &self.driver_name,
+            self.pod_uid.as_deref(),
+        ))
     }
 
-    /// `<plugin dir>/dra.sock`.
+    /// `<plugin dir>/dra.sock`, or `dra-<pod UID>.sock`.
     pub fn dra_socket(&self) -> PathBuf {
-        self.plugin_dir.join(DRA_SOCKET_NAME)
+        let dir = std::path::absolute(&self.plugin_dir).unwrap_or(self.plugin_dir.clone());
+        dir.join(socket_names::dra_socket_file(&dir, self.pod_uid.as_deref()))
     }
 }
 
 #[derive(Debug, thiserror::Error)]
 pub enum PluginError {
+    #[error(transparent)]
+    PodUid(#[from] PodUidError),
     #[error("cannot create socket directory {path}: {source}")]
     CreateDir { path: PathBuf, source: io::Error },
     #[error("cannot make socket path {path} absolute: {source}")]
@@ -169,6 +183,9 @@ pub async fn serve_with_health<H: ClaimHandler>(
     health: Option<HealthSource>,
     shutdown: CancellationToken,
 ) -> Result<PluginHandle, PluginError> {
+    if let Some(uid) = &config.pod_uid {
+        socket_names::check_pod_uid(uid)?;
+    }
     let dra_path = absolute(&config.dra_socket())?;
     let registration_path = absolute(&config.registration_socket())?;
     // Check both paths before touching anything, so a bad flag fails without side effects.
@@ -415,6 +432,7 @@ mod tests {
             driver_name: "mock-accel.example.com".into(),
             registry_dir: root.join("plugins_registry"),
             plugin_dir: root.join("plugins/mock-accel.example.com"),
+            pod_uid: None,
         }
     }
 
@@ -429,6 +447,56 @@ mod tests {
             config.dra_socket(),
             Path::new("/var/lib/kubelet/plugins/mock-accel.example.com/dra.sock")
         );
+    }
+
+    #[test]
+    fn socket_paths_carry_the_pod_uid_during_a_rolling_update() {
+        let uid = "0f6e5d4c-3b2a-4190-8a7b-6c5d4e3f2a10";
+        let config = PluginConfig {
+            pod_uid: Some(uid.into()),
+            ..config(Path::new("/var/lib/kubelet"))
+        };
+        assert_eq!(
+            config.registration_socket(),
+            Path::new(&format!(
+                "/var/lib/kubelet/plugins_registry/mock-accel.example.com-{uid}-reg.sock"
+            ))
+        );
+        assert_eq!(
+            config.dra_socket(),
+            Path::new(&format!(
+                "/var/lib/kubelet/plugins/mock-accel.example.com/dra-{uid}.sock"
+            ))
+        );
+    }
+
+    #[tokio::test]
+    async fn a_pod_uid_that_is_no_file_name_is_refused_before_anything_is_bound() {
+        struct Nobody;
+        impl ClaimHandler for Nobody {
+            async fn prepare(
+                &self,
+                _: Vec<super::super::ClaimRef>,
+            ) -> super::super::PrepareResults {
+                Default::default()
+            }
+            async fn unprepare(
+                &self,
+                _: Vec<super::super::ClaimRef>,
+            ) -> super::super::UnprepareResults {
+                Default::default()
+            }
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let config = PluginConfig {
+            pod_uid: Some("../evil".into()),
+            ..config(dir.path())
+        };
+        let error = serve(config, Arc::new(Nobody), CancellationToken::new())
+            .await
+            .unwrap_err();
+        assert!(error.to_string().contains("'.' at byte 0"), "{error}");
+        assert!(!dir.path().join("plugins").exists(), "nothing created");
     }
 
     #[test]

@@ -134,6 +134,8 @@ pub struct ClaimMap(Arc<ClaimMapInner>);
 struct ClaimMapInner {
     claims: Mutex<HashMap<(String, String), ResourceClaim>>,
     gets: AtomicUsize,
+    /// When set, every GET fails with this message, as an unreachable API server would.
+    failing: Mutex<Option<String>>,
 }
 
 impl ClaimMap {
@@ -144,6 +146,21 @@ impl ClaimMap {
             claim.metadata.name.clone().unwrap_or_default(),
         );
         self.lock().insert(key, claim);
+    }
+
+    /// Deletes claim `name` in `namespace`.
+    pub fn remove(&self, namespace: &str, name: &str) {
+        self.lock()
+            .remove(&(namespace.to_string(), name.to_string()));
+    }
+
+    /// Makes every following GET fail with `message` (`None`: answer again).
+    pub fn fail_gets(&self, message: Option<&str>) {
+        *self
+            .0
+            .failing
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner()) = message.map(str::to_string);
     }
 
     /// GETs answered so far.
@@ -162,6 +179,15 @@ impl ClaimMap {
 impl ClaimSource for ClaimMap {
     async fn get(&self, namespace: &str, name: &str) -> Result<Option<ResourceClaim>, String> {
         self.0.gets.fetch_add(1, Ordering::SeqCst);
+        let failing = self
+            .0
+            .failing
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .clone();
+        if let Some(message) = failing {
+            return Err(message);
+        }
         let key = (namespace.to_string(), name.to_string());
         Ok(self.lock().get(&key).cloned())
     }

@@ -12,7 +12,9 @@
 //!   asserts what each one was.
 //! - [`socket`]: a gRPC channel over a Unix socket, as the kubelet dials the plugin.
 //! - [`stats`]: latency percentiles for the benches.
+//! - [`agent_process`]: the real node agent as a child process, with a fake API server.
 
+pub mod agent_process;
 pub mod api;
 pub mod claims;
 pub mod devices;

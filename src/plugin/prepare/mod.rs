@@ -38,9 +38,11 @@
 //! [`PrepareError`] (in `error`) is the one error type; the metrics live in
 //! [`super::metrics`].
 
+mod checkpoint_watch;
 mod error;
 mod fail_points;
 mod plan;
+pub mod stale;
 
 use std::{
     collections::HashMap,
@@ -2108,5 +2110,186 @@ mod tests {
         let most = source.most.load(std::sync::atomic::Ordering::SeqCst);
         assert!(most <= FETCH_CONCURRENCY, "{most} GETs at once");
         node.assert_consistent(&p);
+    }
+
+    // ---- stale claims: released by the agent itself ----
+
+    use super::stale::{Released, StaleReason};
+
+    /// Claim `a` (mock0) and claim `b` (mock1) prepared; the register of mock0 was 0.
+    async fn node_with_a_and_b_prepared() -> (TestNode, Preparer<ClaimMap>) {
+        let mut node = node_with_claim_a();
+        node.set_register("mock0", 0);
+        node.source.put(allocated(
+            "b",
+            "b",
+            vec![result("r", "mock1", "node1/numa1")],
+        ));
+        let p = node.preparer();
+        prepare_one(&p, cref("a", "a")).await.unwrap();
+        prepare_one(&p, cref("b", "b")).await.unwrap();
+        (node, p)
+    }
+
+    #[tokio::test]
+    async fn a_deleted_claim_is_released_and_its_device_is_free_again() {
+        let (node, p) = node_with_a_and_b_prepared().await;
+        node.source.remove(NS, "a");
+        let report = p.release_stale().await;
+        assert_eq!(report.checked, 2);
+        assert_eq!(
+            report.released,
+            vec![Released {
+                claim: "default/a (uid a)".into(),
+                devices: vec!["mock0".into()],
+                reason: StaleReason::Deleted,
+                outcome: Ok(()),
+            }]
+        );
+        assert_eq!(node.register("mock0"), 0, "register cleared");
+        assert!(node.spec("a").is_none(), "CDI spec removed");
+        assert!(
+            node.spec("b").is_some(),
+            "the claim still held is untouched"
+        );
+        assert_eq!(node.register("mock1"), 1);
+        assert_eq!(node.checkpoint().claims.keys().collect::<Vec<_>>(), ["b"]);
+        node.assert_consistent(&p);
+
+        // The device can be prepared for another claim, and the kubelet's late unprepare of
+        // the released claim is a success.
+        node.source.put(allocated(
+            "c",
+            "c",
+            vec![result("r", "mock0", "node1/numa0")],
+        ));
+        prepare_one(&p, cref("c", "c")).await.unwrap();
+        unprepare_one(&p, cref("a", "a")).await.unwrap();
+        assert_eq!(node.register("mock0"), 1, "c keeps mock0");
+        assert_eq!(p.release_stale().await.released, vec![]);
+    }
+
+    #[tokio::test]
+    async fn a_replaced_or_reallocated_claim_is_released() {
+        let (node, p) = node_with_a_and_b_prepared().await;
+        node.source.put(allocated(
+            "a2",
+            "a",
+            vec![result("r", "mock0", "node1/numa0")],
+        ));
+        node.source.put(allocated(
+            "b",
+            "b",
+            vec![result("r", "mock0", "node2/numa0")],
+        ));
+        let mut reasons: Vec<(String, StaleReason)> = p
+            .release_stale()
+            .await
+            .released
+            .into_iter()
+            .map(|r| (r.claim, r.reason))
+            .collect();
+        reasons.sort_by(|x, y| x.0.cmp(&y.0));
+        assert_eq!(
+            reasons,
+            [
+                ("default/a (uid a)".into(), StaleReason::Replaced),
+                ("default/b (uid b)".into(), StaleReason::NotAllocatedHere),
+            ]
+        );
+        assert!(node.checkpoint().claims.is_empty());
+        assert!(node.cdi_files().is_empty());
+        node.assert_consistent(&p);
+    }
+
+    #[tokio::test]
+    async fn an_unreachable_api_releases_nothing() {
+        let (node, p) = node_with_a_and_b_prepared().await;
+        node.source.remove(NS, "a");
+        node.source.fail_gets(Some("connection refused"));
+        let report = p.release_stale().await;
+        assert!(report.released.is_empty(), "{report:?}");
+        assert_eq!(report.unknown.len(), 2);
+        assert!(
+            report
+                .unknown
+                .iter()
+                .all(|(_, why)| why == "connection refused"),
+            "{report:?}"
+        );
+        assert_eq!(node.checkpoint().claims.len(), 2);
+        assert_eq!(node.register("mock0"), 1);
+
+        // The API answers again: the next pass releases.
+        node.source.fail_gets(None);
+        assert_eq!(p.release_stale().await.released.len(), 1);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_hung_api_is_dont_know_after_the_deadline() {
+        let mut node = node_with_claim_a();
+        let p = node.preparer();
+        prepare_one(&p, cref("a", "a")).await.unwrap();
+        drop(p);
+        let p = node.preparer_with(Hanging {
+            inner: node.source.clone(),
+            hang: "a",
+        });
+        let report = p.release_stale().await;
+        assert!(report.released.is_empty());
+        assert!(report.unknown[0].1.contains("no answer"), "{report:?}");
+        assert_eq!(node.checkpoint().claims.len(), 1);
+    }
+
+    #[tokio::test]
+    async fn a_claim_prepared_again_after_the_judgement_is_left_alone() {
+        let (node, p) = node_with_a_and_b_prepared().await;
+        // Judged stale from an old snapshot, but unprepared and prepared again since: the
+        // entry on disk differs from the judged one.
+        let mut judged = node.checkpoint().claims["a"].clone();
+        judged.prepared_at = "1970-01-01T00:00:00Z".into();
+        let released = p
+            .locked(
+                move |core| core.release_stale(vec![(judged, StaleReason::Deleted)]),
+                |_| Vec::new(),
+            )
+            .await;
+        assert!(released.is_empty());
+        assert_eq!(node.register("mock0"), 1);
+        assert_eq!(node.checkpoint().claims.len(), 2);
+    }
+
+    // ---- two agents of one node (rolling update) ----
+
+    #[tokio::test]
+    async fn an_agent_publishes_what_another_agent_of_the_node_prepared() {
+        let mut node = node_with_claim_a();
+        let old = Arc::new(node.preparer());
+        let new = node.preparer();
+        let shutdown = tokio_util::sync::CancellationToken::new();
+        let follower = tokio::spawn(Arc::clone(&old).follow_checkpoint(shutdown.clone()));
+        let mut published = old.subscribe();
+
+        prepare_one(&new, cref("a", "a")).await.unwrap();
+        tokio::time::timeout(
+            Duration::from_secs(5),
+            published.wait_for(|claims| claims.iter().any(|c| c.uid == "a")),
+        )
+        .await
+        .expect("the old agent follows the new agent's prepare")
+        .unwrap();
+        node.assert_consistent(&*old);
+
+        unprepare_one(&new, cref("a", "a")).await.unwrap();
+        tokio::time::timeout(
+            Duration::from_secs(5),
+            published.wait_for(|claims| claims.is_empty()),
+        )
+        .await
+        .expect("the old agent follows the new agent's unprepare")
+        .unwrap();
+        node.assert_consistent(&*old);
+        shutdown.cancel();
+        follower.await.unwrap();
     }
 }
