@@ -16,7 +16,7 @@ use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
 use crate::{
-    fixture::{FaultSpec, HealthSpec, SimulationSpec, SriovSpec},
+    fixture::{FaultSpec, HealthSpec, SimulationSpec, SriovSpec, faults::FaultStatus},
     inventory::{Device, DeviceType, Health},
 };
 
@@ -54,6 +54,7 @@ pub const CONDITION_SPEC_VALID: &str = "SpecValid";
     printcolumn = r#"{"name":"Slices","type":"string","jsonPath":".status.conditions[?(@.type==\"SlicesPublished\")].status"}"#,
     printcolumn = r#"{"name":"Ready","type":"string","jsonPath":".status.conditions[?(@.type==\"Ready\")].status"}"#,
     printcolumn = r#"{"name":"Unhealthy","type":"integer","jsonPath":".status.unhealthyDeviceCount"}"#,
+    printcolumn = r#"{"name":"Faults","type":"integer","jsonPath":".status.activeFaultCount"}"#,
     printcolumn = r#"{"name":"Spec","type":"string","jsonPath":".status.conditions[?(@.type==\"SpecValid\")].reason"}"#,
     printcolumn = r#"{"name":"Heartbeat","type":"date","jsonPath":".status.agent.heartbeat"}"#,
     printcolumn = r#"{"name":"Age","type":"date","jsonPath":".metadata.creationTimestamp"}"#
@@ -91,6 +92,13 @@ pub struct MockAccelNodeStatus {
     /// Devices whose health is not `Healthy` (written by the node agent).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub unhealthy_device_count: Option<i64>,
+    /// One entry per entry of `spec.faults`, in its order, with the calls it affected
+    /// (written by the node agent).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub faults: Option<Vec<FaultStatus>>,
+    /// Entries of `spec.faults` that still affect calls (written by the node agent).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub active_fault_count: Option<i64>,
     /// Claims currently prepared on the node (written by the node agent on every change).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub prepared_claims: Option<Vec<PreparedClaimStatus>>,

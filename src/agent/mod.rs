@@ -79,6 +79,8 @@ pub async fn run(args: NodeAgentArgs) -> Result<(), Error> {
     let (inv_tx, inv_rx) = watch::channel(first.inventory.clone());
     let (disc_tx, disc_rx) = watch::channel(first);
 
+    // The node's own MockAccelNode.spec (the fixture fields), followed by `spec_watch` below.
+    let (spec_tx, spec_rx) = watch::channel(None);
     let mut registry = Registry::with_prefix(METRICS_PREFIX);
     let metrics = AgentMetrics::register(&mut registry);
     let prepare_metrics = PrepareMetrics::register(&mut registry);
@@ -96,8 +98,14 @@ pub async fn run(args: NodeAgentArgs) -> Result<(), Error> {
             KubeClaimSource::new(client.clone()),
             prepare_metrics,
         )
-        .await?,
+        .await?
+        .with_fixture(spec_rx.clone()),
     );
+    let pruner = {
+        let preparer = preparer.clone();
+        let shutdown = shutdown.clone();
+        tokio::spawn(async move { preparer.prune_fault_hits(shutdown).await })
+    };
 
     let ready = Readiness::default();
     let http =
@@ -144,7 +152,6 @@ pub async fn run(args: NodeAgentArgs) -> Result<(), Error> {
         shutdown.clone(),
     ));
 
-    let (spec_tx, spec_rx) = watch::channel(None);
     let spec = tokio::spawn(spec_watch::run(
         clients.watch,
         args.node_name.clone(),
@@ -164,6 +171,7 @@ pub async fn run(args: NodeAgentArgs) -> Result<(), Error> {
         preparer.subscribe(),
         plugin.registration_state(),
         spec_rx,
+        preparer.subscribe_fault_hits(),
         shutdown.clone(),
     ));
 
@@ -174,6 +182,7 @@ pub async fn run(args: NodeAgentArgs) -> Result<(), Error> {
     let _ = status.await;
     let _ = claim_status.await;
     let _ = spec.await;
+    let _ = pruner.await;
     http.stopped().await;
     plugin_result?;
     tracing::info!("node agent stopped; sockets removed");

@@ -12,7 +12,7 @@ use crate::{
         CONDITION_SPEC_VALID, Condition, DeviceStatus, MockAccelNodeSpec, MockAccelNodeStatus,
         PreparedClaimStatus, Reported, condition, truncate_message,
     },
-    fixture,
+    fixture::{self, faults::FaultHits},
     inventory::{DeviceType, Health, Inventory},
     plugin::PreparedClaim,
 };
@@ -28,6 +28,8 @@ pub struct AgentReport {
     pub registration_error: Option<String>,
     /// The node's `MockAccelNode.spec` as last seen; `None` until the object was read.
     pub spec: Option<MockAccelNodeSpec>,
+    /// Hits per injected-fault entry, as the preparer stored them.
+    pub fault_hits: FaultHits,
 }
 
 /// Builds the status fields the agent owns. `previous` keeps condition transition times stable.
@@ -110,7 +112,16 @@ pub fn agent_status(
         .filter(|d| d.health != Reported::Known(Health::Healthy))
         .count();
 
+    // Until the spec is known the entries are unknown too: report nothing rather than none.
+    let faults = report.spec.as_ref().map(|spec| {
+        fixture::faults::fault_status(spec.faults.as_deref().unwrap_or_default(), &report.fault_hits)
+    });
+
     MockAccelNodeStatus {
+        active_fault_count: faults
+            .as_ref()
+            .and_then(|f| count(f.iter().filter(|f| f.active).count())),
+        faults,
         device_count: count(devices.len()),
         unhealthy_device_count: count(unhealthy),
         pf_count: count(report.inventory.count(DeviceType::Pf)),
@@ -208,7 +219,40 @@ mod tests {
             plugin_registered: true,
             registration_error: None,
             spec: None,
+            fault_hits: FaultHits::default(),
         }
+    }
+
+    #[test]
+    fn faults_are_listed_in_spec_order_with_their_hits_once_the_spec_is_known() {
+        use crate::fixture::{FaultAction, FaultOperation, FaultSpec, faults::fault_keys};
+        let mut r = report();
+        assert_eq!(agent_status("n1", &r, "0.1.0", ts(T1), None).faults, None);
+        let fault = |device: Option<&str>, count| FaultSpec {
+            operation: FaultOperation::Prepare,
+            device: device.map(Into::into),
+            action: FaultAction::Fail,
+            delay: None,
+            count,
+            message: None,
+        };
+        let faults = vec![fault(Some("mock1"), 1), fault(None, 0)];
+        r.fault_hits.hits.insert(fault_keys(&faults)[0].clone(), 1);
+        r.spec = Some(MockAccelNodeSpec {
+            node_name: "n1".into(),
+            faults: Some(faults),
+            ..Default::default()
+        });
+        let s = agent_status("n1", &r, "0.1.0", ts(T1), None);
+        let listed = s.faults.unwrap();
+        assert_eq!(
+            listed
+                .iter()
+                .map(|f| (f.device.as_deref(), f.hits, f.active))
+                .collect::<Vec<_>>(),
+            vec![(Some("mock1"), 1, false), (None, 0, true)]
+        );
+        assert_eq!(s.active_fault_count, Some(1));
     }
 
     #[test]

@@ -23,6 +23,7 @@ use super::{
 use crate::{
     backoff::Backoff,
     crd::{AGENT_FIELD_MANAGER, Condition, MockAccelNode, MockAccelNodeSpec},
+    fixture::faults::FaultHits,
     plugin::{PreparedClaim, registration::RegistrationState},
     telemetry::Readiness,
 };
@@ -68,6 +69,7 @@ impl StatusWriter {
         mut prepared: watch::Receiver<Vec<PreparedClaim>>,
         mut registration: watch::Receiver<RegistrationState>,
         mut spec: watch::Receiver<Option<MockAccelNodeSpec>>,
+        mut fault_hits: watch::Receiver<FaultHits>,
         shutdown: CancellationToken,
     ) {
         let mut created = false;
@@ -87,6 +89,7 @@ impl StatusWriter {
                     plugin_registered: reg.registered,
                     registration_error: (!reg.error.is_empty()).then_some(reg.error),
                     spec: spec.borrow_and_update().clone(),
+                    fault_hits: fault_hits.borrow_and_update().clone(),
                 }
             };
             self.metrics.observe_devices(&report);
@@ -133,6 +136,7 @@ impl StatusWriter {
                 r = prepared.changed(), if !retrying => if r.is_err() { return },
                 r = registration.changed(), if !retrying => if r.is_err() { return },
                 r = spec.changed(), if !retrying => if r.is_err() { return },
+                r = fault_hits.changed(), if !retrying => if r.is_err() { return },
             }
         }
     }
@@ -246,6 +250,7 @@ mod tests {
         registration: watch::Sender<RegistrationState>,
         _prepared: watch::Sender<Vec<PreparedClaim>>,
         _spec: watch::Sender<Option<crate::crd::MockAccelNodeSpec>>,
+        _fault_hits: watch::Sender<FaultHits>,
         ready: Readiness,
         registry: Registry,
         shutdown: CancellationToken,
@@ -274,6 +279,7 @@ mod tests {
             error: String::new(),
         });
         let (spec_tx, spec_rx) = watch::channel(None);
+        let (fault_hits_tx, fault_hits_rx) = watch::channel(FaultHits::default());
         let shutdown = CancellationToken::new();
         let writer = StatusWriter::new(client, NODE.into(), HEARTBEAT, metrics, ready.clone());
         let task = tokio::spawn(writer.run(
@@ -281,6 +287,7 @@ mod tests {
             prepared_rx,
             registration_rx,
             spec_rx,
+            fault_hits_rx,
             shutdown.clone(),
         ));
         let agent = Agent {
@@ -288,6 +295,7 @@ mod tests {
             registration: registration_tx,
             _prepared: prepared_tx,
             _spec: spec_tx,
+            _fault_hits: fault_hits_tx,
             ready,
             registry,
             shutdown,
