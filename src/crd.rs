@@ -16,7 +16,9 @@ use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
 use crate::{
-    fixture::{FaultSpec, HealthSpec, SimulationSpec, SriovSpec, faults::FaultStatus},
+    fixture::{
+        FaultSpec, HealthEffect, HealthSpec, SimulationSpec, SriovSpec, faults::FaultStatus,
+    },
     inventory::{Device, DeviceType, Health},
 };
 
@@ -154,10 +156,18 @@ pub struct DeviceStatus {
     pub status_register: i64,
     /// Pool the device is published in.
     pub pool: String,
-    /// `Healthy` for every discovered device (no health signal is read yet); a device that
-    /// disappears leaves the list instead.
+    /// `Healthy`, `Unhealthy` or `Unknown`, derived by the node agent from `spec.health`, the
+    /// status register of a prepared device, and whether it can be read. A device that is not
+    /// Healthy is published with a device taint.
     #[schemars(with = "String")]
     pub health: Reported<Health>,
+    /// Why the device is not Healthy.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub health_message: Option<String>,
+    /// Effect of the device taint while not Healthy: `NoSchedule` (default) or `NoExecute`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(with = "Option<String>")]
+    pub health_effect: Option<Reported<HealthEffect>>,
     /// `namespace/name` of the claim the device is prepared for, if any.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub allocated_claim: Option<String>,
@@ -217,6 +227,8 @@ impl DeviceStatus {
             status_register: i64::from(d.status),
             pool: d.pool(node),
             health: Health::Healthy.into(),
+            health_message: None,
+            health_effect: None,
             allocated_claim,
         }
     }

@@ -126,6 +126,7 @@ mod tests {
             registration_error: None,
             spec: None,
             fault_hits: Default::default(),
+            health: Default::default(),
         };
         metrics.observe_devices(&report);
         let mut text = String::new();

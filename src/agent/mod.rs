@@ -10,6 +10,7 @@
 
 pub mod claim_status;
 pub mod discovery;
+pub mod health;
 pub mod metrics;
 pub mod spec_watch;
 pub mod status;
@@ -111,11 +112,11 @@ pub async fn run(args: NodeAgentArgs) -> Result<(), Error> {
     let http =
         HttpServer::start(args.metrics_addr, registry, ready.clone(), shutdown.clone()).await?;
 
-    // Health (KEP-4680): every present device is reported healthy and refreshed periodically,
-    // so kubelets with ResourceHealthStatus show it in the pod status.
+    // Health (KEP-4680): derived per device by the health loop (started below), reported to
+    // the kubelet (pods' allocatedResourcesStatus) and into the status (device taints).
+    let (health_tx, health_rx) = watch::channel(crate::health::NodeHealth::default());
     let health = HealthSource {
-        node_name: args.node_name.clone(),
-        inventory: inv_tx.subscribe(),
+        health: health_rx.clone(),
     };
     let plugin = server::serve_with_health(
         PluginConfig {
@@ -132,6 +133,15 @@ pub async fn run(args: NodeAgentArgs) -> Result<(), Error> {
         dra = %plugin.dra_socket().display(), "kubelet plugin listening");
 
     let claim_inventory = inv_tx.subscribe();
+    let health_loop = tokio::spawn(health::run(
+        args.sysfs_root.clone(),
+        args.node_name.clone(),
+        inv_tx.subscribe(),
+        preparer.subscribe(),
+        spec_rx.clone(),
+        health_tx,
+        shutdown.clone(),
+    ));
     let scan_metrics = metrics.clone();
     let discovery = tokio::spawn(discovery::run(
         args.sysfs_root.clone(),
@@ -170,8 +180,11 @@ pub async fn run(args: NodeAgentArgs) -> Result<(), Error> {
         disc_rx,
         preparer.subscribe(),
         plugin.registration_state(),
-        spec_rx,
-        preparer.subscribe_fault_hits(),
+        status_writer::FixtureInputs {
+            spec: spec_rx,
+            fault_hits: preparer.subscribe_fault_hits(),
+            health: health_rx,
+        },
         shutdown.clone(),
     ));
 
@@ -183,6 +196,7 @@ pub async fn run(args: NodeAgentArgs) -> Result<(), Error> {
     let _ = claim_status.await;
     let _ = spec.await;
     let _ = pruner.await;
+    let _ = health_loop.await;
     http.stopped().await;
     plugin_result?;
     tracing::info!("node agent stopped; sockets removed");

@@ -16,8 +16,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::{Core, Preparer};
 use crate::{
-    atomic_file,
-    checkpoint,
+    atomic_file, checkpoint,
     crd::MockAccelNodeSpec,
     fixture::{
         FaultOperation, FaultSpec,
@@ -104,7 +103,7 @@ impl<S: ClaimSource> Preparer<S> {
         let decision = self
             .locked(
                 move |core| core.record_faults(operation, &faults, claims),
-                |message| Err(message),
+                Err,
             )
             .await;
         match decision {
@@ -216,13 +215,16 @@ impl Core {
 
     /// Under the locks: drops the hits of entries no longer in `faults`.
     fn prune_hits(&self, faults: &[FaultSpec]) {
-        let pruned = self.lock_plugin_dir().map_err(|e| e.to_string()).and_then(|_lock| {
-            let mut hits = self.load_hits()?;
-            if faults::prune(faults, &mut hits) {
-                self.store_hits(&hits)?;
-            }
-            Ok(())
-        });
+        let pruned = self
+            .lock_plugin_dir()
+            .map_err(|e| e.to_string())
+            .and_then(|_lock| {
+                let mut hits = self.load_hits()?;
+                if faults::prune(faults, &mut hits) {
+                    self.store_hits(&hits)?;
+                }
+                Ok(())
+            });
         if let Err(e) = pruned {
             tracing::warn!(error = %e, "cannot forget the hits of removed fault entries");
         }

@@ -73,6 +73,7 @@ use crate::{
     clock::now_rfc3339,
     crd::MockAccelNodeSpec,
     fixture::{FaultOperation, faults::FaultHits},
+    health::REGISTER_PREPARED,
     inventory::Inventory,
     sysfs::{self, SysfsError},
 };
@@ -90,8 +91,6 @@ pub const FETCH_TIMEOUT: Duration = Duration::from_secs(10);
 /// must not open thousands of API requests together.
 pub const FETCH_CONCURRENCY: usize = 16;
 
-/// Register value prepare writes.
-const REGISTER_PREPARED: u32 = 1;
 /// Register value unprepare writes.
 const REGISTER_RELEASED: u32 = 0;
 
@@ -2173,10 +2172,16 @@ mod tests {
         let mut node = TestNode::new();
         let a = "a0000000-0000-4000-8000-00000000000a";
         let b = "b0000000-0000-4000-8000-00000000000b";
-        node.source
-            .put(allocated(a, "a", vec![result("vf", "mock0-vf0", "node1/numa0")]));
-        node.source
-            .put(allocated(b, "b", vec![result("pf", "mock1", "node1/numa1")]));
+        node.source.put(allocated(
+            a,
+            "a",
+            vec![result("vf", "mock0-vf0", "node1/numa0")],
+        ));
+        node.source.put(allocated(
+            b,
+            "b",
+            vec![result("pf", "mock1", "node1/numa1")],
+        ));
         let spec = fixture(vec![FaultSpec {
             device: Some("mock0-vf0".into()),
             ..fault(FaultOperation::Prepare, FaultAction::Fail, 1)
@@ -2185,7 +2190,10 @@ mod tests {
 
         let results = p.prepare(vec![cref(a, "a"), cref(b, "b")]).await;
         assert_eq!(results[a], Err("injected failure".to_string()));
-        assert!(results[b].is_ok(), "a claim not touching mock0-vf0: {results:?}");
+        assert!(
+            results[b].is_ok(),
+            "a claim not touching mock0-vf0: {results:?}"
+        );
         assert_eq!(node.register("mock0_vf0"), 5, "the failed claim's register");
         assert!(node.spec(a).is_none() && !node.checkpoint().claims.contains_key(a));
         assert_eq!(stored_hits(&node), vec![1]);
@@ -2205,8 +2213,11 @@ mod tests {
     async fn fault_counts_survive_a_restart() {
         let mut node = TestNode::new();
         let a = "a0000000-0000-4000-8000-00000000000a";
-        node.source
-            .put(allocated(a, "a", vec![result("pf", "mock0", "node1/numa0")]));
+        node.source.put(allocated(
+            a,
+            "a",
+            vec![result("pf", "mock0", "node1/numa0")],
+        ));
         let spec = fixture(vec![FaultSpec {
             device: Some("mock0".into()),
             ..fault(FaultOperation::Unprepare, FaultAction::Fail, 2)
@@ -2214,7 +2225,11 @@ mod tests {
         let p = node.preparer().with_fixture(spec.subscribe());
         prepare_one(&p, cref(a, "a")).await.unwrap();
         assert!(unprepare_one(&p, cref(a, "a")).await.is_err());
-        assert_eq!(node.register("mock0"), 1, "a failed unprepare releases nothing");
+        assert_eq!(
+            node.register("mock0"),
+            1,
+            "a failed unprepare releases nothing"
+        );
         drop(p);
 
         let p = node.preparer().with_fixture(spec.subscribe());
@@ -2234,8 +2249,11 @@ mod tests {
     async fn a_delay_holds_no_lock_while_sleeping_then_prepares() {
         let mut node = TestNode::new();
         let a = "a0000000-0000-4000-8000-00000000000a";
-        node.source
-            .put(allocated(a, "a", vec![result("pf", "mock0", "node1/numa0")]));
+        node.source.put(allocated(
+            a,
+            "a",
+            vec![result("pf", "mock0", "node1/numa0")],
+        ));
         let spec = fixture(vec![fault(FaultOperation::Prepare, FaultAction::Delay, 1)]);
         let p = Arc::new(node.preparer().with_fixture(spec.subscribe()));
         let mut hits = p.subscribe_fault_hits();
@@ -2267,8 +2285,11 @@ mod tests {
     async fn a_delayed_call_dropped_by_the_deadline_leaves_nothing_done() {
         let mut node = TestNode::new();
         let a = "a0000000-0000-4000-8000-00000000000a";
-        node.source
-            .put(allocated(a, "a", vec![result("pf", "mock0", "node1/numa0")]));
+        node.source.put(allocated(
+            a,
+            "a",
+            vec![result("pf", "mock0", "node1/numa0")],
+        ));
         let spec = fixture(vec![fault(FaultOperation::Prepare, FaultAction::Delay, 0)]);
         let p = node.preparer().with_fixture(spec.subscribe());
         let dropped =
@@ -2284,8 +2305,11 @@ mod tests {
     async fn removed_entries_forget_their_hits_and_a_spec_without_faults_costs_nothing() {
         let mut node = TestNode::new();
         let a = "a0000000-0000-4000-8000-00000000000a";
-        node.source
-            .put(allocated(a, "a", vec![result("pf", "mock0", "node1/numa0")]));
+        node.source.put(allocated(
+            a,
+            "a",
+            vec![result("pf", "mock0", "node1/numa0")],
+        ));
         let spec = fixture(vec![fault(FaultOperation::Prepare, FaultAction::Fail, 1)]);
         let p = Arc::new(node.preparer().with_fixture(spec.subscribe()));
         let shutdown = tokio_util::sync::CancellationToken::new();
