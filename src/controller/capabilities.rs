@@ -355,6 +355,38 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn device_taints_are_published_only_if_the_server_keeps_them() {
+        for keeps in [true, false] {
+            let (client, mut api) = mock_client();
+            let probe = tokio::spawn(async move { probe_device_taints(&client, DRIVER).await });
+            dry_run(&mut api, |mut b| {
+                assert_eq!(
+                    b["spec"]["devices"][0]["taints"][0]["key"],
+                    "mock-accel.example.com/unhealthy"
+                );
+                if !keeps {
+                    b["spec"]["devices"][0]
+                        .as_object_mut()
+                        .unwrap()
+                        .remove("taints");
+                }
+                Ok(b)
+            })
+            .await;
+            let decision = probe.await.unwrap();
+            api.done().await;
+            assert_eq!(decision.enabled, keeps, "{}", decision.reason);
+            if !keeps {
+                assert!(
+                    decision.reason.contains("DRADeviceTaints"),
+                    "{}",
+                    decision.reason
+                );
+            }
+        }
+    }
+
+    #[tokio::test]
     async fn a_server_that_drops_the_fields_gets_none() {
         let outcome = run(async |api: &mut ApiServer| {
             discovery(api, &["resourceslices"]).await;
