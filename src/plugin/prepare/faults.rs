@@ -28,8 +28,9 @@ use crate::{
 /// File in the plugin data directory with the hits per fault entry.
 pub const FAULT_HITS_FILE: &str = "fault-hits.json";
 
-/// How long a call waits for the node's spec after the agent started, so that a call arriving
-/// before the spec watch's first answer still meets the faults (counts stay exact).
+/// How long after the agent started a call waits for the node's spec, so that a call arriving
+/// before the spec watch's first answer still meets the faults (counts stay exact). Later calls
+/// never wait: an API server that cannot be read must not slow every prepare down.
 pub const SPEC_WAIT: Duration = Duration::from_secs(5);
 
 /// What consulting the faults decided for a call: the claims that fail (uid → message) and how
@@ -44,6 +45,7 @@ impl<S: ClaimSource> Preparer<S> {
     /// agent's spec watch publishes it (`None` until the object was read).
     pub fn with_fixture(mut self, spec: watch::Receiver<Option<MockAccelNodeSpec>>) -> Self {
         self.fixture = spec;
+        self.spec_deadline = tokio::time::Instant::now() + SPEC_WAIT;
         self
     }
 
@@ -73,10 +75,11 @@ impl<S: ClaimSource> Preparer<S> {
         }
     }
 
-    /// The current `spec.faults`, waiting up to [`SPEC_WAIT`] for the spec to be known.
+    /// The current `spec.faults`, waiting for the spec to be known until [`SPEC_WAIT`] after
+    /// the start.
     async fn current_faults(&self) -> Option<Vec<FaultSpec>> {
         let mut rx = self.fixture.clone();
-        let known = tokio::time::timeout(SPEC_WAIT, rx.wait_for(Option::is_some))
+        let known = tokio::time::timeout_at(self.spec_deadline, rx.wait_for(Option::is_some))
             .await
             .is_ok_and(|r| r.is_ok());
         if !known {

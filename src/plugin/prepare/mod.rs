@@ -135,6 +135,8 @@ pub struct Preparer<S: ClaimSource> {
     /// The node's `MockAccelNode.spec`, whose `faults` every call consults first (see
     /// `faults`); a spec without faults unless [`Preparer::with_fixture`] wires the agent's.
     fixture: watch::Receiver<Option<MockAccelNodeSpec>>,
+    /// Until when a call waits for an unknown spec (see `faults::SPEC_WAIT`).
+    spec_deadline: tokio::time::Instant,
 }
 
 /// The part of the preparer that the blocking tasks own: everything but the claim source.
@@ -203,6 +205,7 @@ impl<S: ClaimSource> Preparer<S> {
             claims,
             serial: Arc::new(tokio::sync::Mutex::new(())),
             fixture: watch::channel(Some(MockAccelNodeSpec::default())).1,
+            spec_deadline: tokio::time::Instant::now(),
         })
     }
 
@@ -759,32 +762,16 @@ impl<S: ClaimSource> ClaimHandler for Preparer<S> {
             })
             .collect();
         let failed = self.meet_faults(FaultOperation::Prepare, consulted).await;
-        let mut results = PrepareResults::new();
-        let mut rest = Vec::with_capacity(fetched.len());
-        for f in fetched {
-            match failed.get(&f.claim.uid) {
-                Some(message) => {
-                    self.core.metrics.prepared(false, f.start);
-                    results.insert(f.claim.uid, Err(message.clone()));
-                }
-                None => rest.push(f),
-            }
-        }
-        if rest.is_empty() {
-            return results;
-        }
-        let uids: Vec<String> = rest.iter().map(|f| f.claim.uid.clone()).collect();
-        results.extend(
-            self.locked(
-                move |core| core.prepare_batch(rest),
-                |message| {
-                    uids.into_iter()
-                        .map(|u| (u, Err(message.clone())))
-                        .collect()
-                },
-            )
-            .await,
+        let (rest, mut results) = take_failed(
+            fetched,
+            |f| &f.claim.uid,
+            &failed,
+            |f| self.core.metrics.prepared(false, f.start),
         );
+        if !rest.is_empty() {
+            let uids = rest.iter().map(|f| f.claim.uid.clone()).collect();
+            results.extend(self.locked_batch(rest, uids, Core::prepare_batch).await);
+        }
         results
     }
 
@@ -792,34 +779,64 @@ impl<S: ClaimSource> ClaimHandler for Preparer<S> {
         // Unprepare names no devices: the checkpoint says which devices a claim holds.
         let consulted = claims.iter().map(|c| (c.uid.clone(), None)).collect();
         let failed = self.meet_faults(FaultOperation::Unprepare, consulted).await;
-        let mut results = UnprepareResults::new();
-        let mut rest = Vec::with_capacity(claims.len());
-        for c in claims {
-            match failed.get(&c.uid) {
-                Some(message) => {
-                    self.core.metrics.unprepared(false, Instant::now());
-                    results.insert(c.uid, Err(message.clone()));
-                }
-                None => rest.push(c),
-            }
-        }
-        if rest.is_empty() {
-            return results;
-        }
-        let uids: Vec<String> = rest.iter().map(|c| c.uid.clone()).collect();
-        results.extend(
-            self.locked(
-                move |core| core.unprepare_batch(rest),
-                |message| {
-                    uids.into_iter()
-                        .map(|u| (u, Err(message.clone())))
-                        .collect()
-                },
-            )
-            .await,
+        let (rest, mut results) = take_failed(
+            claims,
+            |c| &c.uid,
+            &failed,
+            |_| self.core.metrics.unprepared(false, Instant::now()),
         );
+        if !rest.is_empty() {
+            let uids = rest.iter().map(|c| c.uid.clone()).collect();
+            results.extend(self.locked_batch(rest, uids, Core::unprepare_batch).await);
+        }
         results
     }
+}
+
+impl<S: ClaimSource> Preparer<S> {
+    /// `batch` of `items` (claims `uids`) under the locks; every claim gets the panic's message
+    /// if the task panicked.
+    async fn locked_batch<T: Send + 'static, R: Send + 'static>(
+        &self,
+        items: Vec<T>,
+        uids: Vec<String>,
+        batch: fn(&Core, Vec<T>) -> Answers<R>,
+    ) -> Answers<R> {
+        self.locked(
+            move |core| batch(core, items),
+            |message| {
+                uids.into_iter()
+                    .map(|u| (u, Err(message.clone())))
+                    .collect()
+            },
+        )
+        .await
+    }
+}
+
+/// Per-claim answers of a call, keyed by claim UID.
+type Answers<R> = HashMap<String, Result<R, String>>;
+
+/// Splits off the claims an injected fault failed (answered with its message, `on_fail` called
+/// for each) from those that proceed.
+fn take_failed<T, R>(
+    items: Vec<T>,
+    uid: impl Fn(&T) -> &String,
+    failed: &HashMap<String, String>,
+    mut on_fail: impl FnMut(&T),
+) -> (Vec<T>, Answers<R>) {
+    let mut answered = HashMap::new();
+    let mut rest = Vec::with_capacity(items.len());
+    for item in items {
+        match failed.get(uid(&item)) {
+            Some(message) => {
+                on_fail(&item);
+                answered.insert(uid(&item).clone(), Err(message.clone()));
+            }
+            None => rest.push(item),
+        }
+    }
+    (rest, answered)
 }
 
 fn open_lock_file(path: &Path) -> Result<File, PrepareError> {
@@ -2299,6 +2316,26 @@ mod tests {
         assert!(node.checkpoint().claims.is_empty());
         assert_eq!(stored_hits(&node), vec![1], "the dropped call was hit");
         node.assert_consistent(&p);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn calls_wait_for_an_unknown_spec_only_shortly_after_the_start() {
+        let mut node = TestNode::new();
+        let a = "a0000000-0000-4000-8000-00000000000a";
+        node.source.put(allocated(
+            a,
+            "a",
+            vec![result("pf", "mock0", "node1/numa0")],
+        ));
+        let (_spec, unknown) = watch::channel(None);
+        let p = node.preparer().with_fixture(unknown);
+        let t0 = tokio::time::Instant::now();
+        assert!(prepare_one(&p, cref(a, "a")).await.is_ok());
+        assert_eq!(t0.elapsed(), SPEC_WAIT, "the first call waits for the spec");
+        let t1 = tokio::time::Instant::now();
+        unprepare_one(&p, cref(a, "a")).await.unwrap();
+        assert!(prepare_one(&p, cref(a, "a")).await.is_ok());
+        assert_eq!(t1.elapsed(), Duration::ZERO, "later calls do not wait");
     }
 
     #[tokio::test]
