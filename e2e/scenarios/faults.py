@@ -35,7 +35,7 @@ def wait_agent_back(ctx: Context, heartbeat_before: str | None) -> None:
 
 
 @scenario("17b", "faults: Fail count 1 fails exactly one prepare (Event on the pod), the retry succeeds; "
-                 "Delay delays and succeeds; counts survive an agent restart")
+                 "Delay delays and succeeds; counts survive an agent restart", cost=30)
 def injected_faults(ctx: Context) -> None:
     k = ctx.k
     fail = {"operation": "Prepare", "action": "Fail", "count": 1, "message": MESSAGE}

@@ -39,7 +39,7 @@ def wait_taint(ctx: Context, effect: str | None, what: str) -> float:
 
 
 @scenario("17c", "health: a device declared Unhealthy is tainted within 2 s and avoided; Healthy clears it; "
-                 "NoExecute evicts the pod using it")
+                 "NoExecute evicts the pod using it", cost=10)
 def declared_health(ctx: Context) -> None:
     k = ctx.k
     only_it = f'device.attributes["mock-accel.example.com"].sysfsName == "{SYSFS}"'
