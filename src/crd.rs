@@ -18,7 +18,9 @@ use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
 use crate::{
-    fixture::{FaultSpec, HealthSpec, SimulationSpec, SriovSpec},
+    fixture::{
+        FaultSpec, HealthEffect, HealthSpec, SimulationSpec, SriovSpec, faults::FaultStatus,
+    },
     inventory::{Device, DeviceType, Health},
 };
 
@@ -61,6 +63,7 @@ pub const SRIOV_FIELD_MANAGER: &str = "mock-accel-node-agent-sriov";
     printcolumn = r#"{"name":"Slices","type":"string","jsonPath":".status.conditions[?(@.type==\"SlicesPublished\")].status"}"#,
     printcolumn = r#"{"name":"Ready","type":"string","jsonPath":".status.conditions[?(@.type==\"Ready\")].status"}"#,
     printcolumn = r#"{"name":"Unhealthy","type":"integer","jsonPath":".status.unhealthyDeviceCount"}"#,
+    printcolumn = r#"{"name":"Faults","type":"integer","jsonPath":".status.activeFaultCount"}"#,
     printcolumn = r#"{"name":"Spec","type":"string","jsonPath":".status.conditions[?(@.type==\"SpecValid\")].reason"}"#,
     printcolumn = r#"{"name":"Heartbeat","type":"date","jsonPath":".status.agent.heartbeat"}"#,
     printcolumn = r#"{"name":"Age","type":"date","jsonPath":".metadata.creationTimestamp"}"#
@@ -98,6 +101,13 @@ pub struct MockAccelNodeStatus {
     /// Devices whose health is not `Healthy` (written by the node agent).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub unhealthy_device_count: Option<i64>,
+    /// One entry per entry of `spec.faults`, in its order, with the calls it affected
+    /// (written by the node agent).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub faults: Option<Vec<FaultStatus>>,
+    /// Entries of `spec.faults` that still affect calls (written by the node agent).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub active_fault_count: Option<i64>,
     /// Claims currently prepared on the node (written by the node agent on every change).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub prepared_claims: Option<Vec<PreparedClaimStatus>>,
@@ -169,10 +179,18 @@ pub struct DeviceStatus {
     pub status_register: i64,
     /// Pool the device is published in.
     pub pool: String,
-    /// `Healthy` for every discovered device (no health signal is read yet); a device that
-    /// disappears leaves the list instead.
+    /// `Healthy`, `Unhealthy` or `Unknown`, derived by the node agent from `spec.health`, the
+    /// status register of a prepared device, and whether it can be read. A device that is not
+    /// Healthy is published with a device taint.
     #[schemars(with = "String")]
     pub health: Reported<Health>,
+    /// Why the device is not Healthy.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub health_message: Option<String>,
+    /// Effect of the device taint while not Healthy: `NoSchedule` (default) or `NoExecute`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(with = "Option<String>")]
+    pub health_effect: Option<Reported<HealthEffect>>,
     /// `namespace/name` of the claim the device is prepared for, if any.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub allocated_claim: Option<String>,
@@ -232,6 +250,8 @@ impl DeviceStatus {
             status_register: i64::from(d.status),
             pool: d.pool(node),
             health: Health::Healthy.into(),
+            health_message: None,
+            health_effect: None,
             allocated_claim,
         }
     }

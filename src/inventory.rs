@@ -39,12 +39,14 @@ impl fmt::Display for DeviceType {
 }
 
 /// Whether a device can be used, as the node agent reports it in `MockAccelNode.status` and to
-/// the kubelet.
+/// the kubelet (derived in [`crate::health`]).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub enum Health {
     #[default]
     Healthy,
     Unhealthy,
+    /// The agent cannot read the device (or `spec.health` declares it so).
+    Unknown,
 }
 
 /// One mock-accel function on one node.

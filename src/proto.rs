@@ -1,6 +1,6 @@
 //! Rust types generated at build time from the kubelet plugin protos in `proto/`: the
 //! registration service, the DRA service in its v1 and v1beta1 versions, and the v1alpha1
-//! device health service. The proto package names are kept exactly as the kubelet uses them,
+//! device health service in its v1alpha1 and v1 versions. The proto package names are kept exactly as the kubelet uses them,
 //! because gRPC paths derive from them.
 
 /// `pluginregistration.Registration`: how the kubelet discovers the plugin.
@@ -21,4 +21,9 @@ pub mod dra_v1beta1 {
 /// `v1alpha1.DRAResourceHealth`: device health streamed to the kubelet (KEP-4680).
 pub mod dra_health_v1alpha1 {
     tonic::include_proto!("v1alpha1");
+}
+
+/// `v1.DRAResourceHealth`: the same stream, as kubelets 1.37 and newer prefer it.
+pub mod dra_health_v1 {
+    tonic::include_proto!("v1");
 }

@@ -246,6 +246,7 @@ fn published(node: &str, devices: &[Device]) -> Vec<CelDevice> {
         owner: None,
         devices,
         partitionable: false,
+        taints: &mock_accel_dra::slices::taints::NO_TAINTS,
     };
     let out = desired_slices(&input, &[]).unwrap();
     assert!(out.rejected.is_empty(), "{:?}", out.rejected);

@@ -495,6 +495,14 @@ fn parse_expectation(line: &str) -> Result<Expectation, String> {
                 };
                 list.push(value.to_string());
             }
+            // Fixture examples: a device name the claims must not get, and the total of
+            // `status.faults[].hits` (checked by scenario 11 only).
+            "avoids" if !value.is_empty() && !value.contains('/') => {}
+            "fault-hits" => {
+                value
+                    .parse::<u64>()
+                    .map_err(|_| format!("fault-hits={value}: not a number"))?;
+            }
             other => return Err(format!("unknown key {other:?}")),
         }
     }

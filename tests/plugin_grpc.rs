@@ -974,10 +974,20 @@ mod real {
 
         let node = TestNode::new()?;
         let shutdown = CancellationToken::new();
-        let source = HealthSource {
-            node_name: NODE.into(),
-            inventory: node.inventory.subscribe(),
+        // Health as the agent's health loop derives it with no signal: every device Healthy.
+        let derive = |inventory: &Inventory| {
+            Arc::new(mock_accel_dra::health::derive(
+                &mock_accel_dra::health::Observed {
+                    node: NODE,
+                    inventory,
+                    prepared: &[],
+                    registers: &Default::default(),
+                    declared: &[],
+                },
+            ))
         };
+        let (health_tx, health_rx) = watch::channel(derive(&node.inventory.borrow()));
+        let source = HealthSource { health: health_rx };
         let handle = serve_with_health(
             config(&node.root),
             Arc::new(FakeHandler::default()),
@@ -991,9 +1001,29 @@ mod real {
             [
                 "v1.DRAPlugin",
                 "v1beta1.DRAPlugin",
+                "v1.DRAResourceHealth",
                 "v1alpha1.DRAResourceHealth"
             ]
         );
+
+        // A 1.37 kubelet dials v1: the same report.
+        let mut v1 = mock_accel_dra::proto::dra_health_v1::dra_resource_health_client::DraResourceHealthClient::new(
+            connect(Path::new(&info.endpoint)).await?,
+        );
+        let mut v1_stream = v1
+            .node_watch_resources(
+                mock_accel_dra::proto::dra_health_v1::NodeWatchResourcesRequest {},
+            )
+            .await?
+            .into_inner();
+        let v1_report = tokio::time::timeout(LIMIT, v1_stream.next())
+            .await?
+            .ok_or("v1 stream ended")??;
+        assert_eq!(v1_report.devices.len(), 6);
+        assert!(v1_report.devices.iter().all(
+            |d| d.health == mock_accel_dra::proto::dra_health_v1::HealthStatus::Healthy as i32
+        ));
+        drop(v1_stream);
 
         let mut health = HealthClient::new(connect(Path::new(&info.endpoint)).await?);
         let mut stream = health
@@ -1020,7 +1050,7 @@ mod real {
 
         // Hot-removal of a device shows in the next report.
         let fewer = Inventory::new(node.inventory.borrow().devices[1..].to_vec());
-        node.inventory.send_replace(Arc::new(fewer));
+        health_tx.send_replace(derive(&fewer));
         let report = tokio::time::timeout(LIMIT, stream.next())
             .await?
             .ok_or("stream ended")??;

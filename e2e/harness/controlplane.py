@@ -44,6 +44,8 @@ KCM_CONTROLLERS = [
     "garbage-collector-controller",
     "namespace-controller",
     "pod-garbage-collector-controller",
+    # Evicts pods whose allocated devices carry a NoExecute taint (device health, scenario 17c).
+    "device-taint-eviction-controller",
 ]
 # With a real kubelet (`REAL_NODE=1`): the node agent runs from the DaemonSet with its
 # ServiceAccount's projected token, which needs the namespace's default ServiceAccount and the

@@ -162,7 +162,10 @@ class ParsingTest(unittest.TestCase):
                          ["pods-running=1, devices=pf:1,vf:1, same=resource.kubernetes.io/numaNode"])
         self.assertEqual(examples.parse_expect(examples.expectation_lines(text)[0]),
                          {"pods": 1, "devices": {"pf": 1, "vf": 1},
-                          "same": ["resource.kubernetes.io/numaNode"], "distinct": []})
+                          "same": ["resource.kubernetes.io/numaNode"], "distinct": [], "avoids": [],
+                          "fault-hits": None})
+        fixture = examples.parse_expect("pods-running=1, devices=vf:2, avoids=mock2, fault-hits=2")
+        self.assertEqual((fixture["avoids"], fixture["fault-hits"]), (["mock2"], 2))
         self.assertEqual(examples.parse_expect("pods-running=2, devices=vf:1")["devices"], {"pf": 0, "vf": 1})
         with self.assertRaises(wait.Failure):
             examples.parse_expect("pods-running=1")

@@ -21,4 +21,6 @@ from scenarios import (  # noqa: F401 - imported for their @scenario registratio
     fixture,
     simulation,
     reliability,
+    faults,
+    health,
 )

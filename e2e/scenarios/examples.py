@@ -15,6 +15,9 @@ Pairs are `key=value`, separated by a comma and a space; `devices` entries by a 
   is allocated exactly N PFs and M VFs (by `mock-accel.example.com/deviceType`; absent = 0);
 - `same=<attribute>` (optional, repeatable): within each claim all devices share its value;
 - `distinct=<attribute>` (optional, repeatable): within each claim all values differ.
+- `avoids=<device>` (optional, repeatable): no claim is allocated a device of that DRA name;
+- `fault-hits=N` (optional): the injected faults of the example's MockAccelNode were hit N
+  times in all (`status.faults[].hits`).
 After the pods are deleted, every claim is unprepared (register 0, CDI spec gone).
 
 A fixture example programs a node instead (a `MockAccelNode` with fixture fields in its spec):
@@ -24,6 +27,11 @@ A fixture example programs a node instead (a `MockAccelNode` with fixture fields
 It is applied server-side; then the node must publish exactly N PFs and M VFs within
 FIXTURE_TIMEOUT seconds. Afterwards the fixture fields are removed again (the suite's field
 manager gives them up) and the node is back at the canonical 6 devices.
+
+An example may also hold (docs/integration-guide.md, "Testing with the fixture") a
+`MockAccelNode` with fixture fields in its `spec`. It is applied first, and the rest only once
+the node took it in (every declared non-Healthy device tainted in its slice, every fault entry
+listed in `status.faults`); afterwards the node's fixture fields are restored.
 
 A YAML under docs/ that is deliberately invalid (showing a wrong shape) carries the line
 `# expect: rejected`; scenario 12 then checks that the API server refuses it. Examples carry no
@@ -53,7 +61,7 @@ def expectation_lines(text: str) -> list[str]:
 def parse_expect(line: str) -> dict:
     """`pods-running=1, devices=pf:1,vf:1, same=A` → {"pods": 1, "devices": {"pf": 1, "vf": 1},
     "same": [A], "distinct": []}."""
-    out: dict = {"pods": None, "devices": None, "same": [], "distinct": []}
+    out: dict = {"pods": None, "devices": None, "same": [], "distinct": [], "avoids": [], "fault-hits": None}
     for pair in line.split(", "):
         key, sep, value = pair.strip().partition("=")
         if not sep:
@@ -68,8 +76,10 @@ def parse_expect(line: str) -> dict:
                     raise Failure(f"'# expect:' devices entry {entry!r} is not pf:N or vf:N")
                 counts[t] = int(n)
             out["devices"] = {"pf": counts.get("pf", 0), "vf": counts.get("vf", 0)}
-        elif key in ("same", "distinct"):
+        elif key in ("same", "distinct", "avoids"):
             out[key].append(value)
+        elif key == "fault-hits":
+            out[key] = int(value)
         else:
             raise Failure(f"'# expect:' has an unknown key {key!r}")
     if out["pods"] is None or out["devices"] is None:
@@ -119,6 +129,12 @@ def run_example(ctx: Context, path: Path) -> str:
     if lines[0].startswith("fixture="):
         return run_fixture_example(ctx, path, lines[0])
     exp = parse_expect(lines[0])
+    fixtures = [o for o in kube.parse_objects(ctx.k.run("apply", "--dry-run=client", "-f", str(path), "-o", "json"))
+                if o["kind"] == "MockAccelNode"]
+    saved = {f["metadata"]["name"]: ctx.k.get("mockaccelnode", f["metadata"]["name"])["spec"] for f in fixtures}
+    for f in fixtures:
+        ctx.k.apply(f)
+        wait_fixture_applied(ctx, f)
     try:
         planned = kube.parse_objects(ctx.k.run("apply", "-n", ctx.ns, "--dry-run=server", "-f", str(path), "-o", "json"))
         # Cluster-scoped objects the example creates are deleted afterwards; ones that already
@@ -151,6 +167,10 @@ def run_example(ctx: Context, path: Path) -> str:
                     env = ctx.env(node, name, ctr["name"])
                     check("MOCK_ACCEL_UUID" in env, f"{path.name}: container {name}/{ctr['name']} got no MOCK_ACCEL_UUID", env)
         check(bool(claims), f"{path.name}: its pods use no ResourceClaim")
+        if exp["fault-hits"] is not None:
+            hits = sum(h["hits"] for f in fixtures
+                       for h in (ctx.mock_node(f["metadata"]["name"]).get("status") or {}).get("faults") or [])
+            equal(hits, exp["fault-hits"], f"{path.name}: hits of the injected faults")
         for name in pods:
             ctx.delete_pod_and_wait(name)
         for node, c, devs in claims.values():
@@ -159,6 +179,36 @@ def run_example(ctx: Context, path: Path) -> str:
     finally:
         for kind, name in cluster_scoped:
             ctx.k.delete(kind, name)
+        for name, spec in saved.items():
+            restore_fixture(ctx, name, spec)
+
+
+FIXTURE_FIELDS = ("simulation", "sriov", "health", "faults")
+
+
+def wait_fixture_applied(ctx: Context, fixture: dict) -> None:
+    """Waits until the node agent and the controller acted on `fixture`'s spec."""
+    node, spec = fixture["metadata"]["name"], fixture["spec"]
+    tainted = {h["device"] for h in spec.get("health") or [] if h["state"] != "Healthy"}
+
+    def probe():
+        faults = (ctx.mock_node(node).get("status") or {}).get("faults") or []
+        have = {name for (_, name), d in ctx.slice_devices().items() if d["node"] == node and d.get("taints")}
+        return len(faults) == len(spec.get("faults") or []) and tainted <= have, \
+            {"faults": faults, "tainted": sorted(have)}
+    until(f"{node} to act on the example's spec", probe, 10, 0.2)
+
+
+def restore_fixture(ctx: Context, node: str, spec: dict) -> None:
+    patch = {k: spec.get(k) for k in FIXTURE_FIELDS}
+    ctx.k.run("patch", "mockaccelnode", node, "--type=merge", "-p", json.dumps({"spec": patch}))
+    until(f"{node}'s fixture fields restored", lambda: (
+        all((n := ctx.mock_node(node))["spec"].get(k) == spec.get(k) for k in FIXTURE_FIELDS)
+        and len((n.get("status") or {}).get("faults") or []) == len(spec.get("faults") or []), n["spec"]), 10, 0.2)
+    if not any(h["state"] != "Healthy" for h in spec.get("health") or []):
+        until(f"{node}'s device taints removed", lambda: (
+            not (t := [name for (_, name), d in ctx.slice_devices().items() if d["node"] == node and d.get("taints")]),
+            t), 10, 0.2)
 
 
 def check_claim(path: Path, c: dict, devs: list[dict], exp: dict) -> None:
@@ -171,13 +221,15 @@ def check_claim(path: Path, c: dict, devs: list[dict], exp: dict) -> None:
     for a in exp["same"]:
         values = {json.dumps(kube.attr(d, a)) for d in devs}
         check(len(values) == 1 and "null" not in values, f"{path.name}: claim {name}'s devices differ in {a}", values)
+    for a in exp["avoids"]:
+        check(all(d["name"] != a for d in devs), f"{path.name}: claim {name} was allocated {a}", devs)
     for a in exp["distinct"]:
         values = [json.dumps(kube.attr(d, a)) for d in devs]
         check(len(set(values)) == len(values) and "null" not in values,
               f"{path.name}: claim {name}'s devices share values of {a}", values)
 
 
-@scenario("11", "docs/examples: every example applied, its declared outcome checked", cost=85)
+@scenario("11", "docs/examples: every example applied, its declared outcome checked", cost=100)
 def examples(ctx: Context) -> None:
     files = sorted(EXAMPLES.glob("*.yaml")) + sorted(EXAMPLES.glob("*.yml"))
     check(bool(files), f"no examples in {EXAMPLES}")

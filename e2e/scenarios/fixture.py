@@ -53,7 +53,7 @@ def spec_validation(ctx: Context) -> None:
         header, row = table.splitlines()[0].split(), table.splitlines()[1].split()
         check("UNHEALTHY" in header and "SPEC" in header, "kubectl columns lack UNHEALTHY/SPEC", table)
         equal(row[header.index("SPEC")], "Invalid", "SPEC column")
-        equal(row[header.index("UNHEALTHY")], "0", "UNHEALTHY column (declared health is not applied yet)")
+        equal(row[header.index("UNHEALTHY")], "0", "UNHEALTHY column (the declared device does not exist)")
         say(f"kubectl get mockaccelnodes:\n{table}")
 
         merge_spec(k, {"health": [{"device": "mock2", "state": "Unhealthy", "effect": "NoExecute"}],

@@ -176,8 +176,8 @@ def allocated_health(ctx: Context, pod_name: str, container: str = "main") -> di
     return {}
 
 
-@scenario("16", "kubelet code: device health in the pod's allocatedResourcesStatus; a removed device turns Unknown",
-          cost=40)
+@scenario("16", "kubelet code: device health in the pod's allocatedResourcesStatus; a removed prepared device turns Unhealthy",
+          cost=12)
 def device_health(ctx: Context) -> None:
     node = "node5"
     paths = ctx.cluster.add_node(node, "canonical")
@@ -203,10 +203,13 @@ def device_health(ctx: Context) -> None:
 
         nodes.remove_device(ctx.cluster.binaries.driver, paths, device)
         start = time.monotonic()
-        # The plugin stops reporting the device; the kubelet's health cache turns it Unknown
-        # once its report is older than the plugin's timeout, and notifies the pod.
-        until("the removed device Unknown in the pod's allocatedResourcesStatus", health_is("Unknown"), 120, 1)
-        say(f"{device} hot-removed: Unknown in the pod's status {elapsed(start)} later")
+        # A prepared device that vanished is Unhealthy (not merely unreported): the plugin says
+        # so on the health stream (v1, which the 1.37 kubelet code picks) and the pod shows it.
+        gone = until("the removed device Unhealthy in the pod's allocatedResourcesStatus",
+                     health_is("Unhealthy"), 30, 0.5)
+        check(any("vanished" in (r.get("message") or "") for r in gone.values()),
+              "the Unhealthy message does not say the device vanished", gone)
+        say(f"{device} hot-removed: Unhealthy in the pod's status {elapsed(start)} later")
 
         ctx.delete_pod_and_wait("watched")
         wait_unprepared(ctx, node, uid)

@@ -267,6 +267,7 @@ mod tests {
             devices: devices.iter().map(|d| d.to_string()).collect(),
             cdi_device_ids: vec![],
             prepared_at: "2026-11-30T07:00:00Z".into(),
+            ..Default::default()
         }
     }
 

@@ -125,6 +125,8 @@ mod tests {
             plugin_registered: true,
             registration_error: None,
             spec: None,
+            fault_hits: Default::default(),
+            health: Default::default(),
         };
         metrics.observe_devices(&report);
         let mut text = String::new();

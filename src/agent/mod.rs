@@ -14,6 +14,7 @@
 
 pub mod claim_status;
 pub mod discovery;
+pub mod health;
 pub mod metrics;
 pub mod simulate;
 pub mod spec_watch;
@@ -100,6 +101,8 @@ pub async fn run(args: NodeAgentArgs) -> Result<(), Error> {
     let (inv_tx, inv_rx) = watch::channel(first.inventory.clone());
     let (disc_tx, disc_rx) = watch::channel(first);
 
+    // The node's own MockAccelNode.spec (the fixture fields), followed by `spec_watch` below.
+    let (spec_tx, spec_rx) = watch::channel(None);
     let mut registry = Registry::with_prefix(METRICS_PREFIX);
     let metrics = AgentMetrics::register(&mut registry);
     let prepare_metrics = PrepareMetrics::register(&mut registry);
@@ -123,18 +126,24 @@ pub async fn run(args: NodeAgentArgs) -> Result<(), Error> {
             KubeClaimSource::new(client.clone()),
             prepare_metrics,
         )
-        .await?,
+        .await?
+        .with_fixture(spec_rx.clone()),
     );
+    let pruner = {
+        let preparer = preparer.clone();
+        let shutdown = shutdown.clone();
+        tokio::spawn(async move { preparer.prune_fault_hits(shutdown).await })
+    };
 
     let ready = Readiness::default();
     let http =
         HttpServer::start(args.metrics_addr, registry, ready.clone(), shutdown.clone()).await?;
 
-    // Health (KEP-4680): every present device is reported healthy and refreshed periodically,
-    // so kubelets with ResourceHealthStatus show it in the pod status.
+    // Health (KEP-4680): derived per device by the health loop (started below), reported to
+    // the kubelet (pods' allocatedResourcesStatus) and into the status (device taints).
+    let (health_tx, health_rx) = watch::channel(crate::health::NodeHealth::default());
     let health = HealthSource {
-        node_name: args.node_name.clone(),
-        inventory: inv_tx.subscribe(),
+        health: health_rx.clone(),
     };
     let plugin = server::serve_with_health(
         PluginConfig {
@@ -153,6 +162,15 @@ pub async fn run(args: NodeAgentArgs) -> Result<(), Error> {
         dra = %plugin.dra_socket().display(), "kubelet plugin listening");
 
     let claim_inventory = inv_tx.subscribe();
+    let health_loop = tokio::spawn(health::run(
+        args.sysfs_root.clone(),
+        args.node_name.clone(),
+        inv_tx.subscribe(),
+        preparer.subscribe(),
+        spec_rx.clone(),
+        health_tx,
+        shutdown.clone(),
+    ));
     let scan_metrics = metrics.clone();
     // Rescans on demand: after the agent's own sriov_numvfs writes, and on kernel uevents.
     let (rescan, rescans) = tokio::sync::mpsc::unbounded_channel();
@@ -195,7 +213,6 @@ pub async fn run(args: NodeAgentArgs) -> Result<(), Error> {
         shutdown.clone(),
     ));
 
-    let (spec_tx, spec_rx) = watch::channel(None);
     let spec = tokio::spawn(spec_watch::run(
         clients.watch,
         args.node_name.clone(),
@@ -244,7 +261,11 @@ pub async fn run(args: NodeAgentArgs) -> Result<(), Error> {
         disc_rx,
         preparer.subscribe(),
         plugin.registration_state(),
-        spec_rx,
+        status_writer::FixtureInputs {
+            spec: spec_rx,
+            fault_hits: preparer.subscribe_fault_hits(),
+            health: health_rx,
+        },
         shutdown.clone(),
     ));
 
@@ -261,6 +282,8 @@ pub async fn run(args: NodeAgentArgs) -> Result<(), Error> {
     if let Some(simulation) = simulation {
         let _ = simulation.await;
     }
+    let _ = pruner.await;
+    let _ = health_loop.await;
     http.stopped().await;
     plugin_result?;
     tracing::info!("node agent stopped; sockets removed");

@@ -6,13 +6,15 @@ use std::collections::HashMap;
 use jiff::Timestamp;
 
 use crate::{
+    agent::health::NodeHealth,
     clock::rfc3339,
     crd::{
         AgentStatus, CONDITION_DEVICES_DISCOVERED, CONDITION_PLUGIN_REGISTERED,
         CONDITION_SPEC_VALID, Condition, DeviceStatus, MockAccelNodeSpec, MockAccelNodeStatus,
         PreparedClaimStatus, Reported, condition, truncate_message,
     },
-    fixture,
+    fixture::{self, faults::FaultHits},
+    health::DeviceHealth,
     inventory::{DeviceType, Health, Inventory},
     plugin::PreparedClaim,
 };
@@ -28,6 +30,10 @@ pub struct AgentReport {
     pub registration_error: Option<String>,
     /// The node's `MockAccelNode.spec` as last seen; `None` until the object was read.
     pub spec: Option<MockAccelNodeSpec>,
+    /// Hits per injected-fault entry, as the preparer stored them.
+    pub fault_hits: FaultHits,
+    /// Every device's derived health (`agent::health`).
+    pub health: NodeHealth,
 }
 
 /// Builds the status fields the agent owns. `previous` keeps condition transition times stable.
@@ -47,11 +53,26 @@ pub fn agent_status(
                 .map(move |d| (d.as_str(), format!("{}/{}", c.namespace, c.name)))
         })
         .collect();
+    let health: HashMap<&str, &DeviceHealth> = report
+        .health
+        .iter()
+        .map(|h| (h.device.as_str(), h))
+        .collect();
     let devices: Vec<DeviceStatus> = report
         .inventory
         .devices
         .iter()
-        .map(|d| DeviceStatus::from_device(d, node, held.get(d.name.as_str()).cloned()))
+        .map(|d| {
+            let mut s = DeviceStatus::from_device(d, node, held.get(d.name.as_str()).cloned());
+            if let Some(h) = health.get(d.name.as_str()) {
+                s.health = h.health.into();
+                if h.health != Health::Healthy {
+                    s.health_message = Some(truncate_message(h.message.clone()));
+                    s.health_effect = Some(h.effect.into());
+                }
+            }
+            s
+        })
         .collect();
     let count = |n: usize| Some(i64::try_from(n).unwrap_or(i64::MAX));
 
@@ -105,12 +126,30 @@ pub fn agent_status(
     if let Some(spec) = &report.spec {
         conditions.push(spec_valid(node, spec, &report.inventory, previous, now));
     }
+    // Prepared devices that vanished count too: they have no entry in `devices` any more.
     let unhealthy = devices
         .iter()
         .filter(|d| d.health != Reported::Known(Health::Healthy))
-        .count();
+        .count()
+        + report
+            .health
+            .iter()
+            .filter(|h| !h.present && h.health != Health::Healthy)
+            .count();
+
+    // Until the spec is known the entries are unknown too: report nothing rather than none.
+    let faults = report.spec.as_ref().map(|spec| {
+        fixture::faults::fault_status(
+            spec.faults.as_deref().unwrap_or_default(),
+            &report.fault_hits,
+        )
+    });
 
     MockAccelNodeStatus {
+        active_fault_count: faults
+            .as_ref()
+            .and_then(|f| count(f.iter().filter(|f| f.active).count())),
+        faults,
         device_count: count(devices.len()),
         unhealthy_device_count: count(unhealthy),
         pf_count: count(report.inventory.count(DeviceType::Pf)),
@@ -205,11 +244,85 @@ mod tests {
                 devices: vec!["mock1".into()],
                 cdi_device_ids: vec![],
                 prepared_at: "t0".into(),
+                registers: vec![],
             }],
             plugin_registered: true,
             registration_error: None,
             spec: None,
+            fault_hits: FaultHits::default(),
+            health: NodeHealth::default(),
         }
+    }
+
+    #[test]
+    fn derived_health_is_reported_per_device_and_counted() {
+        use crate::{fixture::HealthEffect, health::DeviceHealth};
+        let mut r = report();
+        let h = |device: &str, health, present| DeviceHealth {
+            device: device.into(),
+            pool: "n1/numa0".into(),
+            health,
+            message: format!("{device} is {health:?}"),
+            effect: HealthEffect::NoExecute,
+            present,
+        };
+        r.health = std::sync::Arc::new(vec![
+            h("mock0", Health::Healthy, true),
+            h("mock1", Health::Unhealthy, true),
+            h("mock2", Health::Unknown, true),
+            h("mock9", Health::Unhealthy, false),
+        ]);
+        let s = agent_status("n1", &r, "0.1.0", ts(T1), None);
+        let devices = s.devices.unwrap();
+        assert_eq!(devices[0].health, Reported::Known(Health::Healthy));
+        assert_eq!(devices[0].health_message, None);
+        assert_eq!(devices[1].health, Reported::Known(Health::Unhealthy));
+        assert_eq!(
+            devices[1].health_message.as_deref(),
+            Some("mock1 is Unhealthy")
+        );
+        assert_eq!(
+            devices[1].health_effect,
+            Some(Reported::Known(HealthEffect::NoExecute))
+        );
+        assert_eq!(devices[2].health, Reported::Known(Health::Unknown));
+        assert_eq!(
+            s.unhealthy_device_count,
+            Some(3),
+            "mock1, mock2 and vanished mock9"
+        );
+    }
+
+    #[test]
+    fn faults_are_listed_in_spec_order_with_their_hits_once_the_spec_is_known() {
+        use crate::fixture::{FaultAction, FaultOperation, FaultSpec, faults::fault_keys};
+        let mut r = report();
+        assert_eq!(agent_status("n1", &r, "0.1.0", ts(T1), None).faults, None);
+        let fault = |device: Option<&str>, count| FaultSpec {
+            operation: FaultOperation::Prepare,
+            device: device.map(Into::into),
+            action: FaultAction::Fail,
+            delay: None,
+            count,
+            message: None,
+        };
+        let faults = vec![fault(Some("mock1"), 1), fault(None, 0)];
+        r.fault_hits.hits.insert(fault_keys(&faults)[0].clone(), 1);
+        r.spec = Some(MockAccelNodeSpec {
+            node_name: "n1".into(),
+            faults: Some(faults),
+            ..Default::default()
+        });
+        let s = agent_status("n1", &r, "0.1.0", ts(T1), None);
+        let listed = s.faults.unwrap();
+        assert_eq!(
+            listed
+                .iter()
+                .map(|f| (f.device.as_deref(), f.hits, f.active))
+                .collect::<Vec<_>>(),
+            vec![(Some("mock1"), 1, false), (None, 0, true)]
+        );
+        assert_eq!(s.active_fault_count, Some(1));
     }
 
     #[test]

@@ -17,12 +17,14 @@ use tokio_util::sync::CancellationToken;
 
 use super::{
     discovery::Discovered,
+    health::NodeHealth,
     metrics::AgentMetrics,
     status::{AgentReport, agent_status},
 };
 use crate::{
     backoff::Backoff,
     crd::{AGENT_FIELD_MANAGER, Condition, MockAccelNode, MockAccelNodeSpec},
+    fixture::faults::FaultHits,
     plugin::{PreparedClaim, registration::RegistrationState},
     telemetry::Readiness,
 };
@@ -39,6 +41,16 @@ pub struct StatusWriter {
     heartbeat: Duration,
     metrics: AgentMetrics,
     ready: Readiness,
+}
+
+/// What the writer follows of the fixture: the node's spec and what the agent derives from it.
+pub struct FixtureInputs {
+    /// The node's `MockAccelNode.spec` (`None` until read).
+    pub spec: watch::Receiver<Option<MockAccelNodeSpec>>,
+    /// Hits per injected-fault entry (the preparer's).
+    pub fault_hits: watch::Receiver<FaultHits>,
+    /// Every device's derived health (`super::health`).
+    pub health: watch::Receiver<NodeHealth>,
 }
 
 impl StatusWriter {
@@ -67,9 +79,14 @@ impl StatusWriter {
         mut discovered: watch::Receiver<Discovered>,
         mut prepared: watch::Receiver<Vec<PreparedClaim>>,
         mut registration: watch::Receiver<RegistrationState>,
-        mut spec: watch::Receiver<Option<MockAccelNodeSpec>>,
+        fixture: FixtureInputs,
         shutdown: CancellationToken,
     ) {
+        let FixtureInputs {
+            mut spec,
+            mut fault_hits,
+            mut health,
+        } = fixture;
         let mut created = false;
         let mut conditions: Option<Vec<Condition>> = None;
         let mut last: Option<AgentReport> = None;
@@ -87,6 +104,8 @@ impl StatusWriter {
                     plugin_registered: reg.registered,
                     registration_error: (!reg.error.is_empty()).then_some(reg.error),
                     spec: spec.borrow_and_update().clone(),
+                    fault_hits: fault_hits.borrow_and_update().clone(),
+                    health: health.borrow_and_update().clone(),
                 }
             };
             self.metrics.observe_devices(&report);
@@ -133,6 +152,8 @@ impl StatusWriter {
                 r = prepared.changed(), if !retrying => if r.is_err() { return },
                 r = registration.changed(), if !retrying => if r.is_err() { return },
                 r = spec.changed(), if !retrying => if r.is_err() { return },
+                r = fault_hits.changed(), if !retrying => if r.is_err() { return },
+                r = health.changed(), if !retrying => if r.is_err() { return },
             }
         }
     }
@@ -246,6 +267,8 @@ mod tests {
         registration: watch::Sender<RegistrationState>,
         _prepared: watch::Sender<Vec<PreparedClaim>>,
         _spec: watch::Sender<Option<crate::crd::MockAccelNodeSpec>>,
+        _fault_hits: watch::Sender<FaultHits>,
+        _health: watch::Sender<NodeHealth>,
         ready: Readiness,
         registry: Registry,
         shutdown: CancellationToken,
@@ -274,13 +297,19 @@ mod tests {
             error: String::new(),
         });
         let (spec_tx, spec_rx) = watch::channel(None);
+        let (fault_hits_tx, fault_hits_rx) = watch::channel(FaultHits::default());
+        let (health_tx, health_rx) = watch::channel(NodeHealth::default());
         let shutdown = CancellationToken::new();
         let writer = StatusWriter::new(client, NODE.into(), HEARTBEAT, metrics, ready.clone());
         let task = tokio::spawn(writer.run(
             discovered_rx,
             prepared_rx,
             registration_rx,
-            spec_rx,
+            FixtureInputs {
+                spec: spec_rx,
+                fault_hits: fault_hits_rx,
+                health: health_rx,
+            },
             shutdown.clone(),
         ));
         let agent = Agent {
@@ -288,6 +317,8 @@ mod tests {
             registration: registration_tx,
             _prepared: prepared_tx,
             _spec: spec_tx,
+            _fault_hits: fault_hits_tx,
+            _health: health_tx,
             ready,
             registry,
             shutdown,

@@ -134,6 +134,68 @@ pub async fn probe_partitionable(client: &Client, driver: &str) -> ProbeOutcome 
     ProbeOutcome::Accepted
 }
 
+/// Whether the API server keeps a device taint in a ResourceSlice (`DRADeviceTaints`: GA in
+/// 1.37, beta in 1.36, alpha and off by default before): one server-side dry run. A server
+/// that drops the field would make every reconcile see a difference and write again, so the
+/// controller publishes taints only when this says so.
+pub async fn probe_device_taints(client: &Client, driver: &str) -> Decision {
+    let api = Api::<ResourceSlice>::all(client.clone());
+    let params = PostParams {
+        dry_run: true,
+        field_manager: Some(crate::crd::CONTROLLER_FIELD_MANAGER.to_string()),
+    };
+    let slice = taint_probe_slice(driver);
+    let (enabled, reason) =
+        match tokio::time::timeout(PROBE_TIMEOUT, api.create(&params, &slice)).await {
+            Err(_) => (false, "the dry run of a tainted slice timed out; restart the controller to ask again".to_string()),
+            Ok(Err(e)) => (false, format!("the dry run of a tainted slice failed: {e}")),
+            Ok(Ok(back)) if taint_kept(&back) => (
+                true,
+                "the API server kept a device taint in a server-side dry run".to_string(),
+            ),
+            Ok(Ok(_)) => (
+                false,
+                "the API server dropped the device taint in a server-side dry run (turn on the DRADeviceTaints feature gate)".to_string(),
+            ),
+        };
+    Decision { enabled, reason }
+}
+
+fn taint_kept(slice: &ResourceSlice) -> bool {
+    slice
+        .spec
+        .devices
+        .iter()
+        .flatten()
+        .any(|d| d.taints.as_ref().is_some_and(|t| !t.is_empty()))
+}
+
+/// A slice with one device carrying the health taint.
+pub fn taint_probe_slice(driver: &str) -> ResourceSlice {
+    ResourceSlice {
+        metadata: ObjectMeta {
+            name: Some(format!("{PROBE_NODE}-taints")),
+            ..ObjectMeta::default()
+        },
+        spec: ResourceSliceSpec {
+            driver: driver.to_string(),
+            node_name: Some(PROBE_NODE.to_string()),
+            pool: ResourcePool {
+                name: PROBE_NODE.to_string(),
+                generation: 1,
+                resource_slice_count: 1,
+            },
+            devices: Some(vec![Device {
+                name: "probe".into(),
+                taints: crate::slices::taints::health_taint(driver, "Unknown", None)
+                    .map(|t| vec![t]),
+                ..Device::default()
+            }]),
+            ..ResourceSliceSpec::default()
+        },
+    }
+}
+
 /// Runs the probe for `auto` (retrying an unanswered one with a doubling delay) and returns
 /// the decision; `on` and `off` ask nothing.
 pub async fn resolve_partitionable(mode: Partitionable, client: &Client, driver: &str) -> Decision {
@@ -290,6 +352,38 @@ mod tests {
         .await;
         assert_eq!(outcome, ProbeOutcome::Accepted);
         assert!(decide(Partitionable::Auto, Some(&outcome)).enabled);
+    }
+
+    #[tokio::test]
+    async fn device_taints_are_published_only_if_the_server_keeps_them() {
+        for keeps in [true, false] {
+            let (client, mut api) = mock_client();
+            let probe = tokio::spawn(async move { probe_device_taints(&client, DRIVER).await });
+            dry_run(&mut api, |mut b| {
+                assert_eq!(
+                    b["spec"]["devices"][0]["taints"][0]["key"],
+                    "mock-accel.example.com/unhealthy"
+                );
+                if !keeps {
+                    b["spec"]["devices"][0]
+                        .as_object_mut()
+                        .unwrap()
+                        .remove("taints");
+                }
+                Ok(b)
+            })
+            .await;
+            let decision = probe.await.unwrap();
+            api.done().await;
+            assert_eq!(decision.enabled, keeps, "{}", decision.reason);
+            if !keeps {
+                assert!(
+                    decision.reason.contains("DRADeviceTaints"),
+                    "{}",
+                    decision.reason
+                );
+            }
+        }
     }
 
     #[tokio::test]

@@ -114,6 +114,12 @@ pub async fn run(args: ControllerArgs) -> Result<(), Error> {
     } else {
         tracing::info!(reason = %partitionable.reason, "partitionable devices: skipped, slices carry no shared counters (a PF and its own VFs are not exclusive)");
     }
+    let device_taints = capabilities::probe_device_taints(&client, &args.driver_name).await;
+    if device_taints.enabled {
+        tracing::info!(reason = %device_taints.reason, "device taints: devices that are not Healthy are published tainted");
+    } else {
+        tracing::warn!(reason = %device_taints.reason, "device taints: skipped, unhealthy devices are published without a taint");
+    }
     let ctx = Arc::new(
         Context::new(
             client.clone(),
@@ -124,7 +130,8 @@ pub async fn run(args: ControllerArgs) -> Result<(), Error> {
             identity.clone(),
         )
         .with_api_view(api_view)
-        .with_partitionable(partitionable.enabled),
+        .with_partitionable(partitionable.enabled)
+        .with_device_taints(device_taints.enabled),
     );
     tracing::info!(driver = %args.driver_name, grace = ?args.agent_grace_period, leader_elect = args.leader_elect, "starting the controller");
 

@@ -5,21 +5,22 @@
 //! Everything here is a plain function of its inputs so the whole policy (liveness, withdrawal,
 //! quiet steady state, condition wording, when an Event is due) is unit-tested without a client.
 
-use std::time::Duration;
+use std::{collections::BTreeMap, time::Duration};
 
 use jiff::Timestamp;
 use k8s_openapi::{
-    api::resource::v1::ResourceSlice, apimachinery::pkg::apis::meta::v1::OwnerReference,
+    api::resource::v1::{DeviceTaint, ResourceSlice},
+    apimachinery::pkg::apis::meta::v1::OwnerReference,
 };
 use kube::{Resource, ResourceExt};
 
 use crate::{
     crd::{
-        CONDITION_READY, CONDITION_SLICES_PUBLISHED, MockAccelNode, MockAccelNodeStatus,
-        PoolStatus, condition, truncate_message,
+        CONDITION_READY, CONDITION_SLICES_PUBLISHED, DeviceStatus, MockAccelNode,
+        MockAccelNodeStatus, PoolStatus, Reported, condition, truncate_message,
     },
     inventory::Device,
-    slices::{self, NodeSlicesInput, SliceError},
+    slices::{self, NodeSlicesInput, SliceError, taints},
 };
 
 /// How long a node whose agent is gone waits before the next check, when no watch event
@@ -113,6 +114,9 @@ pub struct Observed<'a> {
     /// Publish shared counters that make a PF and its own VFs exclusive (decided once at
     /// start-up from what the API server accepts, see [`super::capabilities`]).
     pub partitionable: bool,
+    /// Publish device taints for devices that are not Healthy (decided once at start-up: an
+    /// API server without `DRADeviceTaints` drops them, see [`super::capabilities`]).
+    pub device_taints: bool,
     /// Since when the controller has seen the API server without interruption (`None`: no
     /// such record, heartbeats are judged by their own time alone).
     pub api_view_since: Option<Timestamp>,
@@ -164,12 +168,20 @@ pub fn plan_slices(obs: &Observed) -> SlicePlan {
     let mut pools = Vec::new();
     let desired = if liveness.is_alive() {
         let mut devices: Vec<Device> = Vec::new();
+        let mut taints = BTreeMap::new();
         for d in status
             .and_then(|s| s.devices.as_deref())
             .unwrap_or_default()
         {
             match d.to_device() {
-                Ok(dev) => devices.push(dev),
+                Ok(dev) => {
+                    if obs.device_taints
+                        && let Some(t) = device_taint(obs.driver, d)
+                    {
+                        taints.insert(d.name.clone(), vec![t]);
+                    }
+                    devices.push(dev)
+                }
                 Err(e) => rejected.push(Rejected {
                     device: d.name.clone(),
                     reason: format!("{e}; not published"),
@@ -184,6 +196,7 @@ pub fn plan_slices(obs: &Observed) -> SlicePlan {
             owner: owner.as_ref(),
             devices: &devices,
             partitionable: obs.partitionable,
+            taints: &taints,
         };
         match slices::desired_slices(&input, obs.existing) {
             Ok(d) => {
@@ -231,6 +244,19 @@ pub fn plan_slices(obs: &Observed) -> SlicePlan {
         invalid,
         requeue_after,
     }
+}
+
+/// The health taint of a device as its agent reported it (`None` while Healthy).
+fn device_taint(driver: &str, d: &DeviceStatus) -> Option<DeviceTaint> {
+    let state = match &d.health {
+        Reported::Known(h) => format!("{h:?}"),
+        Reported::Unknown(s) => s.clone(),
+    };
+    let effect = match &d.health_effect {
+        Some(Reported::Known(e)) => Some(*e),
+        _ => None,
+    };
+    taints::health_taint(driver, &state, effect)
 }
 
 /// The MockAccelNode as a (non-controller) owner of its slices, so that `.owns()` maps slice
@@ -563,8 +589,73 @@ mod tests {
             now: t(now),
             grace: Duration::from_secs(40),
             partitionable: false,
+            device_taints: true,
             api_view_since: None,
         }
+    }
+
+    #[test]
+    fn a_device_that_is_not_healthy_is_published_with_its_taint() {
+        use crate::{fixture::HealthEffect, inventory::Health};
+        let mut devices = two_pools();
+        devices[0].health = Health::Unhealthy.into();
+        devices[0].health_effect = Some(HealthEffect::NoExecute.into());
+        devices[1].health = Health::Unknown.into();
+        let node = mk_node(devices, HB, true);
+        let taints_of = |plan: &SlicePlan| -> Vec<(String, String, String)> {
+            plan.desired
+                .iter()
+                .flat_map(|s| s.spec.devices.iter().flatten())
+                .flat_map(|d| {
+                    d.taints.iter().flatten().map(|t| {
+                        (
+                            d.name.clone(),
+                            t.value.clone().unwrap_or_default(),
+                            t.effect.clone(),
+                        )
+                    })
+                })
+                .collect()
+        };
+        let plan = plan_slices(&observe(&node, &[], SOON));
+        let mut got = taints_of(&plan);
+        got.sort();
+        let names = [
+            node.status.as_ref().unwrap().devices.as_ref().unwrap()[0]
+                .name
+                .clone(),
+            node.status.as_ref().unwrap().devices.as_ref().unwrap()[1]
+                .name
+                .clone(),
+        ];
+        let mut want = vec![
+            (
+                names[0].clone(),
+                "Unhealthy".to_string(),
+                "NoExecute".to_string(),
+            ),
+            (
+                names[1].clone(),
+                "Unknown".to_string(),
+                "NoSchedule".to_string(),
+            ),
+        ];
+        want.sort();
+        assert_eq!(got, want);
+        assert!(
+            plan.desired
+                .iter()
+                .flat_map(|s| s.spec.devices.iter().flatten())
+                .flat_map(|d| d.taints.iter().flatten())
+                .all(|t| t.key == "mock-accel.example.com/unhealthy")
+        );
+
+        // An API server that drops taints gets none (decided at start-up).
+        let plan = plan_slices(&Observed {
+            device_taints: false,
+            ..observe(&node, &[], SOON)
+        });
+        assert!(taints_of(&plan).is_empty());
     }
 
     const HB: &str = "2026-01-01T00:00:00Z";

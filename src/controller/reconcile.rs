@@ -118,6 +118,8 @@ pub struct Context {
     pub metrics: Metrics,
     /// Publish PF/VF shared counters ([`crate::slices::counters`]); off until decided.
     pub partitionable: bool,
+    /// Publish device taints of devices that are not Healthy; off until decided.
+    pub device_taints: bool,
     /// This process's view of the API server; heartbeats are judged only over time it saw.
     api_view: Option<ApiView>,
     reporter: Reporter,
@@ -142,6 +144,7 @@ impl Context {
             clock,
             metrics,
             partitionable: false,
+            device_taints: false,
             api_view: None,
             reporter: Reporter {
                 controller: CONTROLLER_FIELD_MANAGER.to_string(),
@@ -160,6 +163,12 @@ impl Context {
     /// Sets whether PF/VF shared counters are published (see [`super::capabilities`]).
     pub fn with_partitionable(mut self, partitionable: bool) -> Self {
         self.partitionable = partitionable;
+        self
+    }
+
+    /// Sets whether device taints are published (see [`super::capabilities`]).
+    pub fn with_device_taints(mut self, device_taints: bool) -> Self {
+        self.device_taints = device_taints;
         self
     }
 
@@ -268,6 +277,7 @@ async fn reconcile_node(node: &MockAccelNode, ctx: &Context) -> Result<Action, R
             grace: ctx.grace,
             api_view_since: ctx.api_view.as_ref().map(|v| v.since(now)),
             partitionable: ctx.partitionable,
+            device_taints: ctx.device_taints,
         })
     };
     let mut plan = decide(node);

@@ -1,14 +1,17 @@
-//! Device health for the kubelet (`v1alpha1.DRAResourceHealth`, KEP-4680), served on the DRA
-//! socket next to `DRAPlugin`.
+//! Device health for the kubelet (`DRAResourceHealth`, KEP-4680) in both versions a kubelet
+//! may dial: `v1alpha1` (kubelets 1.34 to 1.36) and `v1` (1.37, which prefers it), served on the
+//! DRA socket next to `DRAPlugin`. The two carry the same messages; v1 reports are the v1alpha1
+//! ones converted field by field, so both always say the same.
 //!
 //! The kubelet opens one long-lived stream and shows what it learns in the pods'
 //! `allocatedResourcesStatus`. A device left out of a report, or not reported again within
-//! its timeout, becomes `Unknown`, so every report lists every device and is sent again on
-//! each inventory change and every [`RESEND_INTERVAL`]. A device is healthy while discovery
-//! finds it; a device that disappears drops out of the reports.
+//! its timeout, becomes `Unknown`, so every report lists every device the agent's health loop
+//! derived (`crate::health`: present devices, and prepared devices that vanished) and is sent
+//! again on each change and every [`RESEND_INTERVAL`].
 
-use std::{sync::Arc, time::Duration};
+use std::{pin::Pin, time::Duration};
 
+use futures::{Stream, StreamExt};
 use tokio::sync::{mpsc, watch};
 use tokio_stream::wrappers::ReceiverStream;
 use tokio_util::sync::CancellationToken;
@@ -16,10 +19,15 @@ use tonic::{Request, Response, Status};
 use tracing::debug;
 
 use crate::{
-    inventory::Inventory,
-    proto::dra_health_v1alpha1::{
-        DeviceHealth, DeviceIdentifier, HealthStatus, NodeWatchResourcesRequest,
-        NodeWatchResourcesResponse, dra_resource_health_server::DraResourceHealth,
+    crd::truncate_message,
+    health::{DeviceHealth as Derived, NodeHealth},
+    inventory::Health,
+    proto::{
+        dra_health_v1,
+        dra_health_v1alpha1::{
+            DeviceHealth, DeviceIdentifier, HealthStatus, NodeWatchResourcesRequest,
+            NodeWatchResourcesResponse, dra_resource_health_server::DraResourceHealth,
+        },
     },
 };
 
@@ -29,15 +37,14 @@ pub const RESEND_INTERVAL: Duration = Duration::from_secs(10);
 /// How long the kubelet may trust a report: a few missed resends before `Unknown`.
 const TRUST_FACTOR: u32 = 3;
 
-/// The devices to report on and the node whose pools they are published in.
+/// The derived device health to report, as the agent's health loop publishes it.
 #[derive(Clone, Debug)]
 pub struct HealthSource {
-    pub node_name: String,
-    /// The node's current devices, as the agent's discovery publishes them.
-    pub inventory: watch::Receiver<Arc<Inventory>>,
+    pub health: watch::Receiver<NodeHealth>,
 }
 
-/// Streams [`health_report`]s to each kubelet that watches.
+/// Streams [`health_report`]s to each kubelet that watches, on either version.
+#[derive(Clone)]
 pub struct HealthService {
     source: HealthSource,
     resend_every: Duration,
@@ -53,30 +60,64 @@ impl HealthService {
             stop,
         }
     }
+
+    fn open(&self) -> ReceiverStream<Result<NodeWatchResourcesResponse, Status>> {
+        let (tx, rx) = mpsc::channel(1);
+        tokio::spawn(stream_reports(
+            self.source.clone(),
+            self.resend_every,
+            self.stop.clone(),
+            tx,
+        ));
+        ReceiverStream::new(rx)
+    }
 }
 
-/// One full report: every device of `inventory` healthy, identified as its ResourceSlice
+/// One full report: every device with its derived health, identified as its ResourceSlice
 /// publishes it.
 pub fn health_report(
-    inventory: &Inventory,
-    node: &str,
+    health: &[Derived],
     now_unix: i64,
     resend_every: Duration,
 ) -> NodeWatchResourcesResponse {
     let timeout = (resend_every * TRUST_FACTOR).as_secs().max(1);
     NodeWatchResourcesResponse {
-        devices: inventory
-            .devices
+        devices: health
             .iter()
-            .map(|device| DeviceHealth {
+            .map(|d| DeviceHealth {
                 device: Some(DeviceIdentifier {
-                    pool_name: device.pool(node),
-                    device_name: device.name.clone(),
+                    pool_name: d.pool.clone(),
+                    device_name: d.device.clone(),
                 }),
-                health: HealthStatus::Healthy.into(),
+                health: match d.health {
+                    Health::Healthy => HealthStatus::Healthy,
+                    Health::Unhealthy => HealthStatus::Unhealthy,
+                    Health::Unknown => HealthStatus::Unknown,
+                }
+                .into(),
                 last_updated_time: now_unix,
                 health_check_timeout_seconds: i64::try_from(timeout).unwrap_or(i64::MAX),
-                message: format!("{} is present in sysfs", device.sysfs_name),
+                message: truncate_message(d.message.clone()),
+            })
+            .collect(),
+    }
+}
+
+/// The same report in v1's types (the messages are identical field by field).
+pub fn to_v1(r: NodeWatchResourcesResponse) -> dra_health_v1::NodeWatchResourcesResponse {
+    dra_health_v1::NodeWatchResourcesResponse {
+        devices: r
+            .devices
+            .into_iter()
+            .map(|d| dra_health_v1::DeviceHealth {
+                device: d.device.map(|id| dra_health_v1::DeviceIdentifier {
+                    pool_name: id.pool_name,
+                    device_name: id.device_name,
+                }),
+                health: d.health,
+                last_updated_time: d.last_updated_time,
+                health_check_timeout_seconds: d.health_check_timeout_seconds,
+                message: d.message,
             })
             .collect(),
     }
@@ -90,49 +131,50 @@ impl DraResourceHealth for HealthService {
         &self,
         _request: Request<NodeWatchResourcesRequest>,
     ) -> Result<Response<Self::NodeWatchResourcesStream>, Status> {
-        let (tx, rx) = mpsc::channel(1);
-        tokio::spawn(stream_reports(
-            self.source.clone(),
-            self.resend_every,
-            self.stop.clone(),
-            tx,
-        ));
-        Ok(Response::new(ReceiverStream::new(rx)))
+        Ok(Response::new(self.open()))
     }
 }
 
-/// Sends a report now, then on every inventory change and resend tick, until the kubelet
-/// hangs up or the server stops.
+/// A stream of v1 reports.
+pub type V1Stream =
+    Pin<Box<dyn Stream<Item = Result<dra_health_v1::NodeWatchResourcesResponse, Status>> + Send>>;
+
+#[tonic::async_trait]
+impl dra_health_v1::dra_resource_health_server::DraResourceHealth for HealthService {
+    type NodeWatchResourcesStream = V1Stream;
+
+    async fn node_watch_resources(
+        &self,
+        _request: Request<dra_health_v1::NodeWatchResourcesRequest>,
+    ) -> Result<Response<Self::NodeWatchResourcesStream>, Status> {
+        Ok(Response::new(Box::pin(self.open().map(|r| r.map(to_v1)))))
+    }
+}
+
+/// Sends a report now, then on every health change and resend tick, until the kubelet hangs
+/// up or the server stops.
 async fn stream_reports(
     source: HealthSource,
     resend_every: Duration,
     stop: CancellationToken,
     tx: mpsc::Sender<Result<NodeWatchResourcesResponse, Status>>,
 ) {
-    let HealthSource {
-        node_name,
-        mut inventory,
-    } = source;
-    let mut inventory_open = true;
+    let HealthSource { mut health } = source;
+    let mut health_open = true;
     debug!("kubelet started watching device health");
     loop {
         let report = {
-            let current = inventory.borrow_and_update();
-            health_report(
-                &current,
-                &node_name,
-                jiff::Timestamp::now().as_second(),
-                resend_every,
-            )
+            let current = health.borrow_and_update();
+            health_report(&current, jiff::Timestamp::now().as_second(), resend_every)
         };
         tokio::select! {
             sent = tx.send(Ok(report)) => if sent.is_err() { break },
             () = stop.cancelled() => break,
         }
         tokio::select! {
-            changed = inventory.changed(), if inventory_open => {
-                // Without a sender the inventory can no longer change: keep the timer only.
-                inventory_open = changed.is_ok();
+            changed = health.changed(), if health_open => {
+                // Without a sender the health can no longer change: keep the timer only.
+                health_open = changed.is_ok();
             }
             () = tokio::time::sleep(resend_every) => {}
             () = tx.closed() => break,
@@ -144,95 +186,157 @@ async fn stream_reports(
 
 #[cfg(test)]
 mod tests {
+    use std::sync::Arc;
+
     use tokio_stream::StreamExt;
 
     use super::*;
-    use crate::{inventory::Device, test_support::devices};
+    use crate::fixture::HealthEffect;
 
-    fn device(sysfs_name: &str, numa_node: Option<u32>) -> Device {
-        devices::pf(sysfs_name).numa(numa_node).build()
+    fn derived(device: &str, pool: &str, health: Health) -> Derived {
+        Derived {
+            device: device.into(),
+            pool: pool.into(),
+            health,
+            message: format!("{device}: {health:?}"),
+            effect: HealthEffect::NoSchedule,
+            present: true,
+        }
     }
 
-    fn reported(response: &NodeWatchResourcesResponse) -> Vec<(String, String)> {
+    fn reported(response: &NodeWatchResourcesResponse) -> Vec<(String, String, HealthStatus)> {
         response
             .devices
             .iter()
             .map(|d| {
                 let id = d.device.clone().unwrap_or_default();
-                (id.pool_name, id.device_name)
+                (id.pool_name, id.device_name, d.health())
             })
             .collect()
     }
 
     #[test]
-    fn report_names_devices_as_the_slices_publish_them() {
-        let inventory = Inventory::new(vec![device("mock0_vf1", Some(1)), device("mock2", None)]);
-        let report = health_report(&inventory, "node-a", 1_700_000_000, Duration::from_secs(10));
+    fn report_names_devices_as_the_slices_publish_them_with_their_health() {
+        let health = vec![
+            derived("mock0-vf1", "node-a/numa1", Health::Unhealthy),
+            derived("mock2", "node-a/numa-none", Health::Healthy),
+            derived("mock3", "node-a/numa-none", Health::Unknown),
+        ];
+        let report = health_report(&health, 1_700_000_000, Duration::from_secs(10));
         assert_eq!(
             reported(&report),
             [
-                ("node-a/numa1".to_string(), "mock0-vf1".to_string()),
-                ("node-a/numa-none".to_string(), "mock2".to_string())
+                (
+                    "node-a/numa1".into(),
+                    "mock0-vf1".into(),
+                    HealthStatus::Unhealthy
+                ),
+                (
+                    "node-a/numa-none".into(),
+                    "mock2".into(),
+                    HealthStatus::Healthy
+                ),
+                (
+                    "node-a/numa-none".into(),
+                    "mock3".into(),
+                    HealthStatus::Unknown
+                ),
             ]
         );
         let first = &report.devices[0];
-        assert_eq!(first.health(), HealthStatus::Healthy);
         assert_eq!(first.last_updated_time, 1_700_000_000);
         assert_eq!(first.health_check_timeout_seconds, 30);
-        assert!(first.message.contains("mock0_vf1"));
+        assert_eq!(first.message, "mock0-vf1: Unhealthy");
+
+        let v1 = to_v1(report.clone());
+        assert_eq!(v1.devices.len(), 3);
+        assert_eq!(
+            v1.devices[0].health(),
+            dra_health_v1::HealthStatus::Unhealthy
+        );
+        assert_eq!(v1.devices[0].message, report.devices[0].message);
+        assert_eq!(
+            v1.devices[2].device.as_ref().unwrap().pool_name,
+            "node-a/numa-none"
+        );
     }
 
     #[tokio::test]
-    async fn stream_follows_the_inventory_and_ends_on_stop() {
-        let (inventory_tx, inventory) =
-            watch::channel(Arc::new(Inventory::new(vec![device("mock0", Some(0))])));
+    async fn both_versions_follow_the_health_and_end_on_stop() {
+        use dra_health_v1::dra_resource_health_server::DraResourceHealth as V1;
+        let (health_tx, health) = watch::channel(Arc::new(vec![derived(
+            "mock0",
+            "node-a/numa0",
+            Health::Healthy,
+        )]));
         let stop = CancellationToken::new();
         let service = HealthService::new(
-            HealthSource {
-                node_name: "node-a".into(),
-                inventory,
-            },
+            HealthSource { health },
             // Longer than the test: every report after the first comes from a change.
             Duration::from_secs(3600),
             stop.clone(),
         );
-        let mut stream = service
-            .node_watch_resources(Request::new(NodeWatchResourcesRequest {}))
-            .await
-            .unwrap()
-            .into_inner();
+        let mut alpha = DraResourceHealth::node_watch_resources(
+            &service,
+            Request::new(NodeWatchResourcesRequest {}),
+        )
+        .await
+        .unwrap()
+        .into_inner();
+        let mut v1 = V1::node_watch_resources(
+            &service,
+            Request::new(dra_health_v1::NodeWatchResourcesRequest {}),
+        )
+        .await
+        .unwrap()
+        .into_inner();
         let limit = Duration::from_secs(5);
-
-        let first = tokio::time::timeout(limit, stream.next())
+        let first = tokio::time::timeout(limit, alpha.next())
             .await
             .unwrap()
             .unwrap()
             .unwrap();
-        assert_eq!(reported(&first), [("node-a/numa0".into(), "mock0".into())]);
-
-        inventory_tx.send_replace(Arc::new(Inventory::new(vec![
-            device("mock0", Some(0)),
-            device("mock1", Some(0)),
-        ])));
-        let second = tokio::time::timeout(limit, stream.next())
+        assert_eq!(first.devices[0].health(), HealthStatus::Healthy);
+        let first = tokio::time::timeout(limit, v1.next())
             .await
             .unwrap()
             .unwrap()
             .unwrap();
-        assert_eq!(second.devices.len(), 2);
+        assert_eq!(
+            first.devices[0].health(),
+            dra_health_v1::HealthStatus::Healthy
+        );
 
-        // A removed device drops out of the next report.
-        inventory_tx.send_replace(Arc::new(Inventory::new(vec![device("mock1", Some(0))])));
-        let third = tokio::time::timeout(limit, stream.next())
+        health_tx.send_replace(Arc::new(vec![derived(
+            "mock0",
+            "node-a/numa0",
+            Health::Unhealthy,
+        )]));
+        let second = tokio::time::timeout(limit, alpha.next())
             .await
             .unwrap()
             .unwrap()
             .unwrap();
-        assert_eq!(reported(&third), [("node-a/numa0".into(), "mock1".into())]);
+        assert_eq!(second.devices[0].health(), HealthStatus::Unhealthy);
+        let second = tokio::time::timeout(limit, v1.next())
+            .await
+            .unwrap()
+            .unwrap()
+            .unwrap();
+        assert_eq!(
+            second.devices[0].health(),
+            dra_health_v1::HealthStatus::Unhealthy
+        );
 
         stop.cancel();
         assert!(
-            tokio::time::timeout(limit, stream.next())
+            tokio::time::timeout(limit, alpha.next())
+                .await
+                .unwrap()
+                .is_none()
+        );
+        assert!(
+            tokio::time::timeout(limit, v1.next())
                 .await
                 .unwrap()
                 .is_none()
@@ -241,21 +345,23 @@ mod tests {
 
     #[tokio::test]
     async fn unchanged_reports_are_resent() {
-        let (_inventory_tx, inventory) =
-            watch::channel(Arc::new(Inventory::new(vec![device("mock0", Some(0))])));
+        let (_health_tx, health) = watch::channel(Arc::new(vec![derived(
+            "mock0",
+            "node-a/numa0",
+            Health::Healthy,
+        )]));
         let service = HealthService::new(
-            HealthSource {
-                node_name: "node-a".into(),
-                inventory,
-            },
+            HealthSource { health },
             Duration::from_millis(10),
             CancellationToken::new(),
         );
-        let mut stream = service
-            .node_watch_resources(Request::new(NodeWatchResourcesRequest {}))
-            .await
-            .unwrap()
-            .into_inner();
+        let mut stream = DraResourceHealth::node_watch_resources(
+            &service,
+            Request::new(NodeWatchResourcesRequest {}),
+        )
+        .await
+        .unwrap()
+        .into_inner();
         for _ in 0..3 {
             let next = tokio::time::timeout(Duration::from_secs(5), stream.next()).await;
             let report = next.unwrap().unwrap().unwrap();

@@ -58,6 +58,18 @@ pub struct PreparedClaim {
     pub cdi_device_ids: Vec<String>,
     /// RFC 3339 time of the prepare.
     pub prepared_at: String,
+    /// The devices whose status register prepare wrote (admin-access results leave theirs
+    /// alone), for health: such a register must keep reading as prepared.
+    pub registers: Vec<HeldRegister>,
+}
+
+/// A device whose status register a prepared claim holds at `1`.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct HeldRegister {
+    /// DRA device name.
+    pub device: String,
+    pub sysfs_name: String,
+    pub pool: String,
 }
 
 /// Per-claim outcome, keyed by claim UID. An `Err` carries the message the kubelet shows.

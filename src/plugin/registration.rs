@@ -14,7 +14,7 @@ use tokio::sync::watch;
 use tonic::{Request, Response, Status};
 use tracing::{debug, error, info};
 
-use crate::proto::{dra_health_v1alpha1, dra_v1, dra_v1beta1, pluginregistration};
+use crate::proto::{dra_health_v1, dra_health_v1alpha1, dra_v1, dra_v1beta1, pluginregistration};
 
 /// The plugin type the kubelet routes to its DRA manager.
 pub const DRA_PLUGIN_TYPE: &str = "DRAPlugin";
@@ -30,14 +30,17 @@ pub struct RegistrationState {
 }
 
 /// The `supported_versions` we advertise, most preferred first: `v1.DRAPlugin`, then
-/// `v1beta1.DRAPlugin`, then `v1alpha1.DRAResourceHealth` when device health is served.
+/// `v1beta1.DRAPlugin`, then `v1.DRAResourceHealth` and `v1alpha1.DRAResourceHealth` when
+/// device health is served (a 1.37 kubelet picks v1, older ones v1alpha1).
 /// Derived from the generated service names so that they cannot drift from the services
 /// actually served.
 pub fn supported_versions(health: bool) -> Vec<String> {
+    let health_v1 = health.then_some(dra_health_v1::dra_resource_health_server::SERVICE_NAME);
     let health = health.then_some(dra_health_v1alpha1::dra_resource_health_server::SERVICE_NAME);
     [
         Some(dra_v1::dra_plugin_server::SERVICE_NAME),
         Some(dra_v1beta1::dra_plugin_server::SERVICE_NAME),
+        health_v1,
         health,
     ]
     .into_iter()
@@ -141,6 +144,7 @@ mod tests {
             [
                 "v1.DRAPlugin",
                 "v1beta1.DRAPlugin",
+                "v1.DRAResourceHealth",
                 "v1alpha1.DRAResourceHealth"
             ]
         );

@@ -175,8 +175,8 @@ pub async fn serve<H: ClaimHandler>(
     serve_with_health(config, handler, None, shutdown).await
 }
 
-/// [`serve`], plus `v1alpha1.DRAResourceHealth` on the DRA socket (advertised to the kubelet)
-/// when `health` is given.
+/// [`serve`], plus `v1.DRAResourceHealth` and `v1alpha1.DRAResourceHealth` on the DRA socket
+/// (advertised to the kubelet) when `health` is given.
 pub async fn serve_with_health<H: ClaimHandler>(
     config: PluginConfig,
     handler: Arc<H>,
@@ -198,13 +198,15 @@ pub async fn serve_with_health<H: ClaimHandler>(
     let versions = supported_versions(health.is_some());
 
     let dra = DraService::new(handler);
-    let health = health.map(|source| {
-        DraResourceHealthServer::new(HealthService::new(source, RESEND_INTERVAL, stop.clone()))
-    });
+    let health = health.map(|source| HealthService::new(source, RESEND_INTERVAL, stop.clone()));
+    let health_v1 = health
+        .clone()
+        .map(crate::proto::dra_health_v1::dra_resource_health_server::DraResourceHealthServer::new);
     let dra_router = Server::builder()
         .add_service(dra_v1::dra_plugin_server::DraPluginServer::new(dra.clone()))
         .add_service(dra_v1beta1::dra_plugin_server::DraPluginServer::new(dra))
-        .add_optional_service(health);
+        .add_optional_service(health_v1)
+        .add_optional_service(health.map(DraResourceHealthServer::new));
     if let Some(dir) = dra_path.parent() {
         make_private_dir(dir)?;
     }

@@ -5,8 +5,8 @@
 use std::collections::BTreeMap;
 
 use k8s_openapi::api::resource::v1::{
-    CounterSet, Device as ApiDevice, DeviceAttribute, DeviceCapacity, ResourcePool, ResourceSlice,
-    ResourceSliceSpec,
+    CounterSet, Device as ApiDevice, DeviceAttribute, DeviceCapacity, DeviceTaint, ResourcePool,
+    ResourceSlice, ResourceSliceSpec,
 };
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, OwnerReference};
@@ -51,6 +51,9 @@ pub struct NodeSlicesInput<'a> {
     /// servers that accept counter sets in slices of their own (Kubernetes 1.35 and later with
     /// `DRAPartitionableDevices`).
     pub partitionable: bool,
+    /// Device name → its taints ([`super::taints`]); devices not listed carry none. A pool
+    /// with a tainted device is split at [`MAX_DEVICES_PER_SLICE_WITH_COUNTERS`] (64).
+    pub taints: &'a BTreeMap<String, Vec<DeviceTaint>>,
 }
 
 /// Result of [`desired_slices`].
@@ -178,12 +181,18 @@ pub fn desired_slices(
         } else {
             Default::default()
         };
+        let mut tainted = false;
         for d in &mut devices {
             if let Some(c) = counters.consumption.get(&d.name) {
                 d.consumes_counters = Some(vec![c.clone()]);
             }
+            if let Some(t) = input.taints.get(&d.name).filter(|t| !t.is_empty()) {
+                d.taints = Some(t.clone());
+                tainted = true;
+            }
         }
-        let per_slice = if counters.consumption.is_empty() {
+        // The API's limit: 64 devices per slice once any of them has taints or counters.
+        let per_slice = if counters.consumption.is_empty() && !tainted {
             MAX_DEVICES_PER_SLICE
         } else {
             MAX_DEVICES_PER_SLICE_WITH_COUNTERS

@@ -114,6 +114,10 @@ fn device_matches(a: &ApiDevice, b: &ApiDevice) -> bool {
             a.consumes_counters.as_deref().unwrap_or_default(),
             b.consumes_counters.as_deref().unwrap_or_default(),
         )
+        && super::taints::taints_match(
+            a.taints.as_deref().unwrap_or_default(),
+            b.taints.as_deref().unwrap_or_default(),
+        )
 }
 
 fn counter_sets_match(a: &[CounterSet], b: &[CounterSet]) -> bool {

@@ -11,6 +11,7 @@
 //! - [`validate`]: the API validation rules a device must pass to be published;
 //! - [`counters`]: the shared counter sets that make a PF and its own VFs exclusive
 //!   (partitionable devices), published when the API server accepts them;
+//! - [`taints`]: the device taint of a device that is not Healthy;
 //! - the names and labels of slices and pools come from [`crate::names`].
 //!
 //! Rules it follows (see the design's "Names and shapes" and the DRA contract):
@@ -24,6 +25,7 @@
 pub mod counters;
 pub mod desired;
 pub mod diff;
+pub mod taints;
 #[cfg(test)]
 mod tests;
 pub mod validate;

@@ -101,6 +101,7 @@ fn input<'a>(node: &'a str, devices: &'a [Device]) -> NodeSlicesInput<'a> {
         owner: None,
         devices,
         partitionable: false,
+        taints: &super::taints::NO_TAINTS,
     }
 }
 
@@ -1114,4 +1115,65 @@ fn counters_take_part_in_diffing_and_generations() {
     let mut consumed = stored.clone();
     consumed[0].spec.devices.as_mut().unwrap()[0].consumes_counters = None;
     assert!(slice_differs(&first.slices[0], &consumed[0]));
+}
+
+// Device taints from health
+
+#[test]
+fn a_tainted_device_carries_its_taint_and_the_pool_splits_at_64() {
+    use k8s_openapi::api::resource::v1::DeviceTaint;
+    let devices: Vec<Device> = (0..100)
+        .map(|i| devices::pf(&format!("mock{i}")).numa(Some(0)).build())
+        .collect();
+    let plain = desired_slices(&input("node1", &devices), &[]).unwrap();
+    assert_eq!(plain.slices.len(), 1, "100 untainted devices fit one slice");
+
+    let taint = super::taints::health_taint(DRIVER, "Unhealthy", None).unwrap();
+    let taints: BTreeMap<String, Vec<DeviceTaint>> =
+        BTreeMap::from([("mock7".to_string(), vec![taint.clone()])]);
+    let tainted = NodeSlicesInput {
+        taints: &taints,
+        ..input("node1", &devices)
+    };
+    let out = desired_slices(&tainted, &plain.slices).unwrap();
+    let sizes: Vec<usize> = out
+        .slices
+        .iter()
+        .map(|s| s.spec.devices.as_ref().map_or(0, Vec::len))
+        .collect();
+    assert_eq!(sizes, vec![64, 36]);
+    let carried: Vec<&str> = out
+        .slices
+        .iter()
+        .flat_map(|s| s.spec.devices.iter().flatten())
+        .filter(|d| d.taints.as_ref().is_some_and(|t| t == &vec![taint.clone()]))
+        .map(|d| d.name.as_str())
+        .collect();
+    assert_eq!(carried, vec!["mock7"]);
+    assert!(
+        out.slices[0].spec.pool.generation > plain.slices[0].spec.pool.generation,
+        "a new taint is a content change"
+    );
+
+    // Back to healthy: the taint goes, the pool is one slice again, with a new generation.
+    let healed = desired_slices(&input("node1", &devices), &out.slices).unwrap();
+    assert_eq!(healed.slices.len(), 1);
+    assert!(
+        healed.slices[0]
+            .spec
+            .devices
+            .iter()
+            .flatten()
+            .all(|d| d.taints.is_none())
+    );
+    assert!(healed.slices[0].spec.pool.generation > out.slices[0].spec.pool.generation);
+    // Unchanged taints are no difference.
+    let again = desired_slices(&tainted, &out.slices).unwrap();
+    assert!(
+        again
+            .slices
+            .iter()
+            .zip(&out.slices)
+            .all(|(a, b)| !slice_differs(a, b))
+    );
 }

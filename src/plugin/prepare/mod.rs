@@ -41,6 +41,7 @@
 mod checkpoint_watch;
 mod error;
 mod fail_points;
+mod faults;
 mod plan;
 pub mod stale;
 
@@ -61,6 +62,7 @@ use self::plan::{
 };
 pub use self::{
     error::PrepareError,
+    faults::{FAULT_HITS_FILE, SPEC_WAIT},
     plan::{Plan, PlannedDevice, check_claim, plan_devices},
 };
 use super::{
@@ -71,6 +73,9 @@ use crate::{
     cdi,
     checkpoint::{self, Checkpoint, CheckpointError, ClaimEntry, PrepareState},
     clock::now_rfc3339,
+    crd::MockAccelNodeSpec,
+    fixture::{FaultOperation, faults::FaultHits},
+    health::REGISTER_PREPARED,
     inventory::Inventory,
     sysfs::{self, SysfsError},
 };
@@ -88,8 +93,6 @@ pub const FETCH_TIMEOUT: Duration = Duration::from_secs(10);
 /// must not open thousands of API requests together.
 pub const FETCH_CONCURRENCY: usize = 16;
 
-/// Register value prepare writes.
-const REGISTER_PREPARED: u32 = 1;
 /// Register value unprepare writes.
 const REGISTER_RELEASED: u32 = 0;
 
@@ -134,6 +137,11 @@ pub struct Preparer<S: ClaimSource> {
     /// Serializes calls within the process (the file lock does it across processes). Owned
     /// guards move into the blocking task, so a cancelled call keeps it until its I/O ends.
     serial: Arc<tokio::sync::Mutex<()>>,
+    /// The node's `MockAccelNode.spec`, whose `faults` every call consults first (see
+    /// `faults`); a spec without faults unless [`Preparer::with_fixture`] wires the agent's.
+    fixture: watch::Receiver<Option<MockAccelNodeSpec>>,
+    /// Until when a call waits for an unknown spec (see `faults::SPEC_WAIT`).
+    spec_deadline: tokio::time::Instant,
 }
 
 /// The part of the preparer that the blocking tasks own: everything but the claim source.
@@ -144,6 +152,8 @@ struct Core {
     prepared: watch::Sender<Vec<PreparedClaim>>,
     /// DRA device name → `namespace/name` of the claim holding it.
     allocated: Mutex<HashMap<String, String>>,
+    /// Hits per injected-fault entry, as last stored in the plugin directory.
+    fault_hits: watch::Sender<FaultHits>,
 }
 
 /// A claim of a prepare call with the outcome of its GET, taken before the locks.
@@ -183,14 +193,24 @@ impl<S: ClaimSource> Preparer<S> {
             metrics,
             prepared,
             allocated: Mutex::new(HashMap::new()),
+            fault_hits: watch::channel(FaultHits::default()).0,
         };
         let lock = core.lock_plugin_dir()?;
         core.recover();
+        match core.load_hits() {
+            Ok(hits) => {
+                core.fault_hits.send_replace(hits);
+            }
+            // Calls that meet a fault fail with this message until the file is fixed.
+            Err(e) => tracing::error!(error = %e, "cannot read the injected-fault hit counts"),
+        }
         drop(lock);
         Ok(Preparer {
             core: Arc::new(core),
             claims,
             serial: Arc::new(tokio::sync::Mutex::new(())),
+            fixture: watch::channel(Some(MockAccelNodeSpec::default())).1,
+            spec_deadline: tokio::time::Instant::now(),
         })
     }
 
@@ -767,22 +787,58 @@ impl<S: ClaimSource> ClaimHandler for Preparer<S> {
             .buffered(FETCH_CONCURRENCY)
             .collect()
             .await;
-        let uids: Vec<String> = fetched.iter().map(|f| f.claim.uid.clone()).collect();
-        self.locked(
-            move |core| core.prepare_batch(fetched),
-            |message| {
-                uids.into_iter()
-                    .map(|u| (u, Err(message.clone())))
-                    .collect()
-            },
-        )
-        .await
+        // Injected faults before anything is touched; a delay sleeps holding no lock.
+        let driver = &self.core.config.driver_name;
+        let consulted = fetched
+            .iter()
+            .map(|f| {
+                let devices = f.found.as_ref().map(|c| faults::claim_devices(c, driver));
+                (f.claim.uid.clone(), Some(devices.unwrap_or_default()))
+            })
+            .collect();
+        let failed = self.meet_faults(FaultOperation::Prepare, consulted).await;
+        let (rest, mut results) = take_failed(
+            fetched,
+            |f| &f.claim.uid,
+            &failed,
+            |f| self.core.metrics.prepared(false, f.start),
+        );
+        if !rest.is_empty() {
+            let uids = rest.iter().map(|f| f.claim.uid.clone()).collect();
+            results.extend(self.locked_batch(rest, uids, Core::prepare_batch).await);
+        }
+        results
     }
 
     async fn unprepare(&self, claims: Vec<ClaimRef>) -> UnprepareResults {
-        let uids: Vec<String> = claims.iter().map(|c| c.uid.clone()).collect();
+        // Unprepare names no devices: the checkpoint says which devices a claim holds.
+        let consulted = claims.iter().map(|c| (c.uid.clone(), None)).collect();
+        let failed = self.meet_faults(FaultOperation::Unprepare, consulted).await;
+        let (rest, mut results) = take_failed(
+            claims,
+            |c| &c.uid,
+            &failed,
+            |_| self.core.metrics.unprepared(false, Instant::now()),
+        );
+        if !rest.is_empty() {
+            let uids = rest.iter().map(|c| c.uid.clone()).collect();
+            results.extend(self.locked_batch(rest, uids, Core::unprepare_batch).await);
+        }
+        results
+    }
+}
+
+impl<S: ClaimSource> Preparer<S> {
+    /// `batch` of `items` (claims `uids`) under the locks; every claim gets the panic's message
+    /// if the task panicked.
+    async fn locked_batch<T: Send + 'static, R: Send + 'static>(
+        &self,
+        items: Vec<T>,
+        uids: Vec<String>,
+        batch: fn(&Core, Vec<T>) -> Answers<R>,
+    ) -> Answers<R> {
         self.locked(
-            move |core| core.unprepare_batch(claims),
+            move |core| batch(core, items),
             |message| {
                 uids.into_iter()
                     .map(|u| (u, Err(message.clone())))
@@ -791,6 +847,31 @@ impl<S: ClaimSource> ClaimHandler for Preparer<S> {
         )
         .await
     }
+}
+
+/// Per-claim answers of a call, keyed by claim UID.
+type Answers<R> = HashMap<String, Result<R, String>>;
+
+/// Splits off the claims an injected fault failed (answered with its message, `on_fail` called
+/// for each) from those that proceed.
+fn take_failed<T, R>(
+    items: Vec<T>,
+    uid: impl Fn(&T) -> &String,
+    failed: &HashMap<String, String>,
+    mut on_fail: impl FnMut(&T),
+) -> (Vec<T>, Answers<R>) {
+    let mut answered = HashMap::new();
+    let mut rest = Vec::with_capacity(items.len());
+    for item in items {
+        match failed.get(uid(&item)) {
+            Some(message) => {
+                on_fail(&item);
+                answered.insert(uid(&item).clone(), Err(message.clone()));
+            }
+            None => rest.push(item),
+        }
+    }
+    (rest, answered)
 }
 
 fn open_lock_file(path: &Path) -> Result<File, PrepareError> {
@@ -2291,5 +2372,216 @@ mod tests {
         node.assert_consistent(&*old);
         shutdown.cancel();
         follower.await.unwrap();
+    }
+
+    // ---- injected faults (spec.faults) ----
+
+    use crate::fixture::{FaultAction, FaultSpec};
+
+    fn fault(operation: FaultOperation, action: FaultAction, count: i64) -> FaultSpec {
+        FaultSpec {
+            operation,
+            device: None,
+            action,
+            delay: (action == FaultAction::Delay).then(|| "5s".to_string()),
+            count,
+            message: (action == FaultAction::Fail).then(|| "injected failure".to_string()),
+        }
+    }
+
+    /// A spec channel with `faults`, as the agent's spec watch would publish it.
+    fn fixture(faults: Vec<FaultSpec>) -> watch::Sender<Option<MockAccelNodeSpec>> {
+        watch::Sender::new(Some(MockAccelNodeSpec {
+            node_name: NODE.into(),
+            faults: Some(faults),
+            ..Default::default()
+        }))
+    }
+
+    fn stored_hits(node: &TestNode) -> Vec<i64> {
+        let bytes = std::fs::read(node.config.plugin_dir.join(FAULT_HITS_FILE)).unwrap();
+        let hits: FaultHits = serde_json::from_slice(&bytes).unwrap();
+        hits.hits.into_values().collect()
+    }
+
+    #[tokio::test]
+    async fn an_injected_fail_touches_nothing_counts_once_and_the_retry_succeeds() {
+        let mut node = TestNode::new();
+        let a = "a0000000-0000-4000-8000-00000000000a";
+        let b = "b0000000-0000-4000-8000-00000000000b";
+        node.source.put(allocated(
+            a,
+            "a",
+            vec![result("vf", "mock0-vf0", "node1/numa0")],
+        ));
+        node.source.put(allocated(
+            b,
+            "b",
+            vec![result("pf", "mock1", "node1/numa1")],
+        ));
+        let spec = fixture(vec![FaultSpec {
+            device: Some("mock0-vf0".into()),
+            ..fault(FaultOperation::Prepare, FaultAction::Fail, 1)
+        }]);
+        let p = node.preparer().with_fixture(spec.subscribe());
+
+        let results = p.prepare(vec![cref(a, "a"), cref(b, "b")]).await;
+        assert_eq!(results[a], Err("injected failure".to_string()));
+        assert!(
+            results[b].is_ok(),
+            "a claim not touching mock0-vf0: {results:?}"
+        );
+        assert_eq!(node.register("mock0_vf0"), 5, "the failed claim's register");
+        assert!(node.spec(a).is_none() && !node.checkpoint().claims.contains_key(a));
+        assert_eq!(stored_hits(&node), vec![1]);
+        assert_eq!(
+            p.subscribe_fault_hits().borrow().hits.values().sum::<i64>(),
+            1
+        );
+        node.assert_consistent(&p);
+
+        // count: 1 is spent: the kubelet's retry prepares the claim.
+        assert!(prepare_one(&p, cref(a, "a")).await.is_ok());
+        assert_eq!(node.register("mock0_vf0"), 1);
+        assert_eq!(stored_hits(&node), vec![1]);
+    }
+
+    #[tokio::test]
+    async fn fault_counts_survive_a_restart() {
+        let mut node = TestNode::new();
+        let a = "a0000000-0000-4000-8000-00000000000a";
+        node.source.put(allocated(
+            a,
+            "a",
+            vec![result("pf", "mock0", "node1/numa0")],
+        ));
+        let spec = fixture(vec![FaultSpec {
+            device: Some("mock0".into()),
+            ..fault(FaultOperation::Unprepare, FaultAction::Fail, 2)
+        }]);
+        let p = node.preparer().with_fixture(spec.subscribe());
+        prepare_one(&p, cref(a, "a")).await.unwrap();
+        assert!(unprepare_one(&p, cref(a, "a")).await.is_err());
+        assert_eq!(
+            node.register("mock0"),
+            1,
+            "a failed unprepare releases nothing"
+        );
+        drop(p);
+
+        let p = node.preparer().with_fixture(spec.subscribe());
+        assert_eq!(
+            p.subscribe_fault_hits().borrow().hits.values().sum::<i64>(),
+            1,
+            "hits loaded at start"
+        );
+        assert!(unprepare_one(&p, cref(a, "a")).await.is_err());
+        unprepare_one(&p, cref(a, "a")).await.unwrap();
+        assert_eq!(node.register("mock0"), 0);
+        assert_eq!(stored_hits(&node), vec![2]);
+        node.assert_consistent(&p);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_delay_holds_no_lock_while_sleeping_then_prepares() {
+        let mut node = TestNode::new();
+        let a = "a0000000-0000-4000-8000-00000000000a";
+        node.source.put(allocated(
+            a,
+            "a",
+            vec![result("pf", "mock0", "node1/numa0")],
+        ));
+        let spec = fixture(vec![fault(FaultOperation::Prepare, FaultAction::Delay, 1)]);
+        let p = Arc::new(node.preparer().with_fixture(spec.subscribe()));
+        let mut hits = p.subscribe_fault_hits();
+        let t0 = tokio::time::Instant::now();
+        let delayed = tokio::spawn({
+            let p = p.clone();
+            async move { p.prepare(vec![cref(a, "a")]).await }
+        });
+        hits.wait_for(|h| !h.hits.is_empty()).await.unwrap();
+        // Recorded and now sleeping: another call takes both locks and finishes long before
+        // the delay ends, and nothing of the delayed claim is prepared yet.
+        unprepare_one(&p, cref("other", "other")).await.unwrap();
+        assert!(t0.elapsed() < Duration::from_secs(5), "{:?}", t0.elapsed());
+        assert!(!delayed.is_finished());
+        assert_eq!(node.register("mock0"), 5);
+
+        let results = delayed.await.unwrap();
+        assert!(results[a].is_ok(), "{results:?}");
+        assert!(t0.elapsed() >= Duration::from_secs(5), "{:?}", t0.elapsed());
+        assert_eq!(node.register("mock0"), 1);
+        // count: 1 is spent: the next call is not delayed.
+        let t1 = tokio::time::Instant::now();
+        unprepare_one(&p, cref(a, "a")).await.unwrap();
+        assert!(prepare_one(&p, cref(a, "a")).await.is_ok());
+        assert!(t1.elapsed() < Duration::from_secs(5));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_delayed_call_dropped_by_the_deadline_leaves_nothing_done() {
+        let mut node = TestNode::new();
+        let a = "a0000000-0000-4000-8000-00000000000a";
+        node.source.put(allocated(
+            a,
+            "a",
+            vec![result("pf", "mock0", "node1/numa0")],
+        ));
+        let spec = fixture(vec![fault(FaultOperation::Prepare, FaultAction::Delay, 0)]);
+        let p = node.preparer().with_fixture(spec.subscribe());
+        let dropped =
+            tokio::time::timeout(Duration::from_secs(1), p.prepare(vec![cref(a, "a")])).await;
+        assert!(dropped.is_err());
+        assert_eq!(node.register("mock0"), 5);
+        assert!(node.checkpoint().claims.is_empty());
+        assert_eq!(stored_hits(&node), vec![1], "the dropped call was hit");
+        node.assert_consistent(&p);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn calls_wait_for_an_unknown_spec_only_shortly_after_the_start() {
+        let mut node = TestNode::new();
+        let a = "a0000000-0000-4000-8000-00000000000a";
+        node.source.put(allocated(
+            a,
+            "a",
+            vec![result("pf", "mock0", "node1/numa0")],
+        ));
+        let (_spec, unknown) = watch::channel(None);
+        let p = node.preparer().with_fixture(unknown);
+        let t0 = tokio::time::Instant::now();
+        assert!(prepare_one(&p, cref(a, "a")).await.is_ok());
+        assert_eq!(t0.elapsed(), SPEC_WAIT, "the first call waits for the spec");
+        let t1 = tokio::time::Instant::now();
+        unprepare_one(&p, cref(a, "a")).await.unwrap();
+        assert!(prepare_one(&p, cref(a, "a")).await.is_ok());
+        assert_eq!(t1.elapsed(), Duration::ZERO, "later calls do not wait");
+    }
+
+    #[tokio::test]
+    async fn removed_entries_forget_their_hits_and_a_spec_without_faults_costs_nothing() {
+        let mut node = TestNode::new();
+        let a = "a0000000-0000-4000-8000-00000000000a";
+        node.source.put(allocated(
+            a,
+            "a",
+            vec![result("pf", "mock0", "node1/numa0")],
+        ));
+        let spec = fixture(vec![fault(FaultOperation::Prepare, FaultAction::Fail, 1)]);
+        let p = Arc::new(node.preparer().with_fixture(spec.subscribe()));
+        let shutdown = tokio_util::sync::CancellationToken::new();
+        let pruner = tokio::spawn({
+            let (p, shutdown) = (p.clone(), shutdown.clone());
+            async move { p.prune_fault_hits(shutdown).await }
+        });
+        assert!(prepare_one(&p, cref(a, "a")).await.is_err());
+        let mut hits = p.subscribe_fault_hits();
+        spec.send_modify(|s| s.as_mut().unwrap().faults = None);
+        hits.wait_for(|h| h.hits.is_empty()).await.unwrap();
+        assert_eq!(stored_hits(&node), Vec::<i64>::new());
+        assert!(prepare_one(&p, cref(a, "a")).await.is_ok());
+        assert_eq!(stored_hits(&node), Vec::<i64>::new(), "no entry, no hit");
+        shutdown.cancel();
+        pruner.await.unwrap();
     }
 }

@@ -12,7 +12,7 @@ use crate::{
     cdi,
     checkpoint::{Checkpoint, ClaimEntry, DeviceEntry, PrepareState},
     inventory::Inventory,
-    plugin::{ClaimRef, PreparedClaim, PreparedDevice},
+    plugin::{ClaimRef, HeldRegister, PreparedClaim, PreparedDevice},
 };
 
 /// One allocation result of this driver, checked against this node.
@@ -275,6 +275,16 @@ pub(super) fn prepared_status(cp: &Checkpoint) -> Vec<PreparedClaim> {
             devices: unique_devices(e).map(|d| d.device.clone()).collect(),
             cdi_device_ids: e.cdi_device_ids.clone(),
             prepared_at: e.prepared_at.clone(),
+            registers: e
+                .devices
+                .iter()
+                .filter(|d| d.register_previous.is_some())
+                .map(|d| HeldRegister {
+                    device: d.device.clone(),
+                    sysfs_name: d.sysfs_name.clone(),
+                    pool: d.pool.clone(),
+                })
+                .collect(),
         })
         .collect();
     out.sort_by(|a, b| (&a.namespace, &a.name, &a.uid).cmp(&(&b.namespace, &b.name, &b.uid)));
