@@ -15,6 +15,7 @@ from scenarios import (  # noqa: F401 - imported for their @scenario registratio
     examples,
     registration,
     partitionable,
+    consumable,
     outages,
     kubelet,
     realnode,

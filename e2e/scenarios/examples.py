@@ -13,7 +13,11 @@ Pairs are `key=value`, separated by a comma and a space; `devices` entries by a 
 - `devices=pf:N,vf:M` (required): every ResourceClaim the pods use (direct or from a template)
   is allocated exactly N PFs and M VFs (by `mock-accel.example.com/deviceType`; absent = 0);
 - `same=<attribute>` (optional, repeatable): within each claim all devices share its value;
-- `distinct=<attribute>` (optional, repeatable): within each claim all values differ.
+- `distinct=<attribute>` (optional, repeatable): within each claim all values differ;
+- `node-label=<key>=<value>` (optional): the example needs a node with this label (say the
+  `pf-sharing` label of shared PFs); the suite labels one node while the example runs;
+- `min-kubernetes=<minor>` (optional): on an older control plane the example is skipped, with
+  the reason printed (it uses a feature that version does not serve by default).
 After the pods are deleted, every claim is unprepared (register 0, CDI spec gone).
 
 A YAML under docs/ that is deliberately invalid (showing a wrong shape) carries the line
@@ -25,7 +29,7 @@ import json
 import re
 from pathlib import Path
 
-from harness import kube
+from harness import controlplane, kube
 from harness.builds import REPO
 from harness.kube import KubectlError
 from harness.wait import Failure, check, equal
@@ -43,7 +47,8 @@ def expectation_lines(text: str) -> list[str]:
 def parse_expect(line: str) -> dict:
     """`pods-running=1, devices=pf:1,vf:1, same=A` → {"pods": 1, "devices": {"pf": 1, "vf": 1},
     "same": [A], "distinct": []}."""
-    out: dict = {"pods": None, "devices": None, "same": [], "distinct": []}
+    out: dict = {"pods": None, "devices": None, "same": [], "distinct": [], "node_label": None,
+                 "min_kubernetes": None}
     for pair in line.split(", "):
         key, sep, value = pair.strip().partition("=")
         if not sep:
@@ -60,6 +65,10 @@ def parse_expect(line: str) -> dict:
             out["devices"] = {"pf": counts.get("pf", 0), "vf": counts.get("vf", 0)}
         elif key in ("same", "distinct"):
             out[key].append(value)
+        elif key == "node-label":
+            out["node_label"] = value
+        elif key == "min-kubernetes":
+            out["min_kubernetes"] = tuple(int(x) for x in value.split("."))
         else:
             raise Failure(f"'# expect:' has an unknown key {key!r}")
     if out["pods"] is None or out["devices"] is None:
@@ -71,6 +80,21 @@ def run_example(ctx: Context, path: Path) -> str:
     lines = expectation_lines(path.read_text())
     check(len(lines) == 1, f"{path.name}: needs exactly one '# expect:' line", lines)
     exp = parse_expect(lines[0])
+    minor = controlplane.kube_minor(ctx.cluster.binaries)
+    if exp["min_kubernetes"] and tuple(int(x) for x in minor.split(".")) < exp["min_kubernetes"]:
+        return f"skipped: needs Kubernetes {'.'.join(map(str, exp['min_kubernetes']))}, this is {minor}"
+    labelled = None
+    if exp["node_label"]:
+        labelled = ctx.cluster.node_names()[-1]
+        ctx.k.run("label", "node", labelled, exp["node_label"], "--overwrite")
+    try:
+        return apply_and_check(ctx, path, exp)
+    finally:
+        if labelled:
+            ctx.k.run("label", "node", labelled, exp["node_label"].split("=", 1)[0] + "-")
+
+
+def apply_and_check(ctx: Context, path: Path, exp: dict) -> str:
     try:
         planned = kube.parse_objects(ctx.k.run("apply", "-n", ctx.ns, "--dry-run=server", "-f", str(path), "-o", "json"))
         # Cluster-scoped objects the example creates are deleted afterwards; ones that already

@@ -26,10 +26,11 @@ def counters_published(ctx: Context, node: str = NODE) -> bool:
     return any(s["spec"].get("sharedCounters") for s in ctx.cluster.slices(node))
 
 
-def decision_lines(ctx: Context) -> list[str]:
+def decision_lines(ctx: Context, decision: str = DECISION) -> list[str]:
+    """The controllers' log lines of one start-up capability decision."""
     lines = []
     for log in sorted((ctx.cluster.state / "logs").glob("controller-*.log")):
-        lines += [line for line in log.read_text(errors="replace").splitlines() if DECISION in line]
+        lines += [line for line in log.read_text(errors="replace").splitlines() if decision in line]
     return lines
 
 

@@ -114,6 +114,18 @@ pub async fn run(args: ControllerArgs) -> Result<(), Error> {
     } else {
         tracing::info!(reason = %partitionable.reason, "partitionable devices: skipped, slices carry no shared counters (a PF and its own VFs are not exclusive)");
     }
+    let consumable = capabilities::resolve(
+        capabilities::Feature::ConsumableCapacity,
+        args.consumable_capacity,
+        &client,
+        &args.driver_name,
+    )
+    .await;
+    if consumable.enabled {
+        tracing::info!(reason = %consumable.reason, label = crate::names::LABEL_PF_SHARING, "consumable capacity: nodes labelled pf-sharing=shared publish their PFs in shares of their memory");
+    } else {
+        tracing::info!(reason = %consumable.reason, label = crate::names::LABEL_PF_SHARING, "consumable capacity: skipped, every PF is handed out whole (the pf-sharing node label has no effect)");
+    }
     let ctx = Arc::new(
         Context::new(
             client.clone(),
@@ -124,7 +136,8 @@ pub async fn run(args: ControllerArgs) -> Result<(), Error> {
             identity.clone(),
         )
         .with_api_view(api_view)
-        .with_partitionable(partitionable.enabled),
+        .with_partitionable(partitionable.enabled)
+        .with_consumable_capacity(consumable.enabled),
     );
     tracing::info!(driver = %args.driver_name, grace = ?args.agent_grace_period, leader_elect = args.leader_elect, "starting the controller");
 

@@ -113,6 +113,9 @@ pub struct Observed<'a> {
     /// Publish shared counters that make a PF and its own VFs exclusive (decided once at
     /// start-up from what the API server accepts, see [`super::capabilities`]).
     pub partitionable: bool,
+    /// Publish the node's PFs in shares ([`crate::slices::sharing`]): its Node is labelled for
+    /// it and the API server serves consumable capacity.
+    pub shared_pfs: bool,
     /// Since when the controller has seen the API server without interruption (`None`: no
     /// such record, heartbeats are judged by their own time alone).
     pub api_view_since: Option<Timestamp>,
@@ -184,6 +187,7 @@ pub fn plan_slices(obs: &Observed) -> SlicePlan {
             owner: owner.as_ref(),
             devices: &devices,
             partitionable: obs.partitionable,
+            shared_pfs: obs.shared_pfs,
         };
         match slices::desired_slices(&input, obs.existing) {
             Ok(d) => {
@@ -563,6 +567,7 @@ mod tests {
             now: t(now),
             grace: Duration::from_secs(40),
             partitionable: false,
+            shared_pfs: false,
             api_view_since: None,
         }
     }

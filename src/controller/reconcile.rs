@@ -35,6 +35,7 @@ use crate::{
     kube_client::ApiView,
     metrics::Outcome,
     names::{LABEL_MANAGED_BY, MANAGED_BY, node_label_selector},
+    slices::sharing,
 };
 
 /// Selects every slice this controller publishes (the label the slice computation sets).
@@ -118,6 +119,9 @@ pub struct Context {
     pub metrics: Metrics,
     /// Publish PF/VF shared counters ([`crate::slices::counters`]); off until decided.
     pub partitionable: bool,
+    /// The API server serves consumable capacity, so nodes labelled for it get shared PFs
+    /// ([`crate::slices::sharing`]); off until decided.
+    pub consumable_capacity: bool,
     /// This process's view of the API server; heartbeats are judged only over time it saw.
     api_view: Option<ApiView>,
     reporter: Reporter,
@@ -142,6 +146,7 @@ impl Context {
             clock,
             metrics,
             partitionable: false,
+            consumable_capacity: false,
             api_view: None,
             reporter: Reporter {
                 controller: CONTROLLER_FIELD_MANAGER.to_string(),
@@ -160,6 +165,12 @@ impl Context {
     /// Sets whether PF/VF shared counters are published (see [`super::capabilities`]).
     pub fn with_partitionable(mut self, partitionable: bool) -> Self {
         self.partitionable = partitionable;
+        self
+    }
+
+    /// Sets whether labelled nodes get shared PFs (see [`super::capabilities`]).
+    pub fn with_consumable_capacity(mut self, enabled: bool) -> Self {
+        self.consumable_capacity = enabled;
         self
     }
 
@@ -248,6 +259,8 @@ async fn reconcile_node(node: &MockAccelNode, ctx: &Context) -> Result<Action, R
             what: "Node",
             source,
         })?;
+    let wants_shared =
+        sharing::node_wants_shared_pfs(k8s_node.as_ref().and_then(|n| n.metadata.labels.as_ref()));
     let Some(node_uid) = k8s_node.and_then(|n| n.metadata.uid) else {
         // Without its Node the devices cannot be used; the Node watch brings us back.
         let removed = withdraw_node(ctx, &name).await?;
@@ -268,6 +281,7 @@ async fn reconcile_node(node: &MockAccelNode, ctx: &Context) -> Result<Action, R
             grace: ctx.grace,
             api_view_since: ctx.api_view.as_ref().map(|v| v.since(now)),
             partitionable: ctx.partitionable,
+            shared_pfs: wants_shared && ctx.consumable_capacity,
         })
     };
     let mut plan = decide(node);

@@ -110,6 +110,7 @@ fn published(node: &MockAccelNode, now: &str) -> (MockAccelNode, Vec<ResourceSli
         now: t(now),
         grace: GRACE,
         partitionable: false,
+        shared_pfs: false,
         api_view_since: None,
     });
     let status = plan::controller_status(node, &plan, &WriteOutcome::Written, t(now));

@@ -14,11 +14,11 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, OwnerReference}
 use super::{
     MAX_DEVICES_PER_SLICE, STANDARD_DOMAIN, SliceError,
     counters::{MAX_COUNTER_SETS_PER_SLICE, MAX_DEVICES_PER_SLICE_WITH_COUNTERS, pool_counters},
-    diff,
+    diff, sharing,
     validate::{is_semver, validate_device},
 };
 use crate::{
-    inventory::Device,
+    inventory::{Device, DeviceType},
     names::{
         LABEL_MANAGED_BY, LABEL_NODE, LABEL_POOL, MANAGED_BY, MAX_DRIVER_LEN, MAX_NAME_LEN,
         is_dns_subdomain, is_pool_name, node_label_value, pool_name, pool_suffix, slice_name,
@@ -51,6 +51,9 @@ pub struct NodeSlicesInput<'a> {
     /// servers that accept counter sets in slices of their own (Kubernetes 1.35 and later with
     /// `DRAPartitionableDevices`).
     pub partitionable: bool,
+    /// Publish the node's PFs in shares of their memory ([`super::sharing`]): the node asks
+    /// for it by label and the API server serves consumable capacity.
+    pub shared_pfs: bool,
 }
 
 /// Result of [`desired_slices`].
@@ -143,7 +146,10 @@ pub fn desired_slices(
             });
             continue;
         }
-        match api_device(input.driver, d).and_then(|api| {
+        match api_device(input.driver, d).and_then(|mut api| {
+            if input.shared_pfs && d.device_type == DeviceType::Pf {
+                sharing::share_pf(input.driver, &mut api, d.memory);
+            }
             validate_device(&api)?;
             Ok(api)
         }) {

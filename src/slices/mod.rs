@@ -11,6 +11,8 @@
 //! - [`validate`]: the API validation rules a device must pass to be published;
 //! - [`counters`]: the shared counter sets that make a PF and its own VFs exclusive
 //!   (partitionable devices), published when the API server accepts them;
+//! - [`sharing`]: PFs published in shares of their memory (consumable capacity) on nodes
+//!   labelled for it;
 //! - the names and labels of slices and pools come from [`crate::names`].
 //!
 //! Rules it follows (see the design's "Names and shapes" and the DRA contract):
@@ -24,6 +26,7 @@
 pub mod counters;
 pub mod desired;
 pub mod diff;
+pub mod sharing;
 #[cfg(test)]
 mod tests;
 pub mod validate;
@@ -32,7 +35,7 @@ pub use self::{
     desired::{
         DesiredSlices, NodeSlicesInput, PoolSummary, api_device, desired_slices, memory_quantity,
     },
-    diff::{obsolete_slices, slice_differs},
+    diff::{integer_quantity, obsolete_slices, slice_differs},
     validate::validate_device,
 };
 use crate::names::{MAX_DRIVER_LEN, MAX_NAME_LEN};

@@ -101,6 +101,7 @@ fn input<'a>(node: &'a str, devices: &'a [Device]) -> NodeSlicesInput<'a> {
         owner: None,
         devices,
         partitionable: false,
+        shared_pfs: false,
     }
 }
 
@@ -1114,4 +1115,42 @@ fn counters_take_part_in_diffing_and_generations() {
     let mut consumed = stored.clone();
     consumed[0].spec.devices.as_mut().unwrap()[0].consumes_counters = None;
     assert!(slice_differs(&first.slices[0], &consumed[0]));
+}
+
+// ---------------------------------------------------------------------------------------------
+// Shared PFs (consumable capacity)
+
+#[test]
+fn a_shared_node_publishes_its_pfs_in_shares_that_still_consume_the_whole_card() {
+    let devices = canonical_node();
+    let input = NodeSlicesInput {
+        partitionable: true,
+        shared_pfs: true,
+        ..input("node1", &devices)
+    };
+    let out = desired_slices(&input, &[]).unwrap();
+    assert_valid(&out);
+    let pf = find(&out, "mock0");
+    assert_eq!(pf.allow_multiple_allocations, Some(true));
+    let policy = pf.capacity.as_ref().unwrap()["mock-accel.example.com/memory"]
+        .request_policy
+        .clone()
+        .unwrap();
+    assert_eq!(policy.default.unwrap().0, "1Gi");
+    // The PF and a VF of its card still cannot be allocated together (the scheduler charges
+    // the shared PF's counters once, with its first share).
+    assert!(!fits(&out, &["mock0", "mock1"]));
+    assert!(fits(&out, &["mock1", "mock2"]));
+    let vf = find(&out, "mock1");
+    assert_eq!(vf.allow_multiple_allocations, None);
+    assert!(
+        vf.capacity.as_ref().unwrap()["mock-accel.example.com/memory"]
+            .request_policy
+            .is_none()
+    );
+
+    // Turning sharing off changes the pool's content: a new generation.
+    let exclusive = partitioned("node1", &canonical_node(), &out.slices);
+    assert!(exclusive.slices[0].spec.pool.generation > out.slices[0].spec.pool.generation);
+    assert_eq!(find(&exclusive, "mock0").allow_multiple_allocations, None);
 }
