@@ -45,7 +45,7 @@ def share_claim(name: str) -> dict:
                                 capacity={MEMORY: "8Gi"})])
 
 
-@scenario("18b", "consumable capacity: two 8Gi claims share one 16Gi PF; a third waits for a share")
+@scenario("18b", "consumable capacity: two 8Gi claims share one 16Gi PF; a third waits for a share", cost=12)
 def consumable_capacity(ctx: Context) -> None:
     minor = controlplane.kube_minor(ctx.cluster.binaries)
     lines = decision_lines(ctx, DECISION)
