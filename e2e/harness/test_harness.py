@@ -162,8 +162,13 @@ class ParsingTest(unittest.TestCase):
                          ["pods-running=1, devices=pf:1,vf:1, same=resource.kubernetes.io/numaNode"])
         self.assertEqual(examples.parse_expect(examples.expectation_lines(text)[0]),
                          {"pods": 1, "devices": {"pf": 1, "vf": 1},
-                          "same": ["resource.kubernetes.io/numaNode"], "distinct": []})
+                          "same": ["resource.kubernetes.io/numaNode"], "distinct": [], "node_label": None,
+                          "min_kubernetes": None})
         self.assertEqual(examples.parse_expect("pods-running=2, devices=vf:1")["devices"], {"pf": 0, "vf": 1})
+        shared = examples.parse_expect("pods-running=2, devices=pf:1, "
+                                       "node-label=mock-accel.example.com/pf-sharing=shared, min-kubernetes=1.36")
+        self.assertEqual((shared["node_label"], shared["min_kubernetes"]),
+                         ("mock-accel.example.com/pf-sharing=shared", (1, 36)))
         with self.assertRaises(wait.Failure):
             examples.parse_expect("pods-running=1")
         with self.assertRaises(wait.Failure):
