@@ -110,6 +110,16 @@ pub struct ControllerArgs {
     /// server-side dry run), `on` always, `off` never (labelled nodes then get whole PFs).
     #[arg(long, value_enum, default_value_t = FeatureMode::Auto, env = "CONSUMABLE_CAPACITY")]
     pub consumable_capacity: FeatureMode,
+    /// Let nodes labelled `mock-accel.example.com/attachment=fabric` publish devices that wait
+    /// for attachment before a pod binds (binding conditions), and run the attacher that sets
+    /// the conditions: `auto` when the API server keeps `bindingConditions` (one server-side
+    /// dry run at start-up), `on` always, `off` never.
+    #[arg(long, value_enum, default_value_t = FeatureMode::Auto, env = "BINDING_CONDITIONS")]
+    pub binding_conditions: FeatureMode,
+    /// How long after a claim's allocation the attacher reports its devices attached (or,
+    /// when the claim's `mock-accel.example.com/attach-fail` annotation names the node, failed).
+    #[arg(long, default_value = "3s", value_parser = parse_duration, env = "ATTACH_DELAY")]
+    pub attach_delay: Duration,
     #[command(flatten)]
     pub api: ApiClientArgs,
 }

@@ -252,6 +252,7 @@ fn published_as(node: &str, devices: &[Device], shared_pfs: bool) -> Vec<CelDevi
         devices,
         partitionable: false,
         shared_pfs,
+        binding_conditions: false,
     };
     let out = desired_slices(&input, &[]).unwrap();
     assert!(out.rejected.is_empty(), "{:?}", out.rejected);

@@ -478,8 +478,9 @@ struct Expectation {
     min_kubernetes: Option<String>,
 }
 
-/// The one node label an example may ask for: shared PFs.
+/// The node labels an example may ask for: shared PFs, and devices that wait for attachment.
 const SHARED_PF_LABEL: &str = "mock-accel.example.com/pf-sharing=shared";
+const ATTACHMENT_LABEL: &str = "mock-accel.example.com/attachment=fabric";
 
 fn parse_expectation(line: &str) -> Result<Expectation, String> {
     let body = line
@@ -519,8 +520,14 @@ fn parse_expectation(line: &str) -> Result<Expectation, String> {
                 };
                 list.push(value.to_string());
             }
-            "node-label" if value == SHARED_PF_LABEL => e.node_label = Some(value.to_string()),
-            "node-label" => return Err(format!("node-label={value}: only {SHARED_PF_LABEL}")),
+            "node-label" if value == SHARED_PF_LABEL || value == ATTACHMENT_LABEL => {
+                e.node_label = Some(value.to_string())
+            }
+            "node-label" => {
+                return Err(format!(
+                    "node-label={value}: only {SHARED_PF_LABEL} or {ATTACHMENT_LABEL}"
+                ));
+            }
             "min-kubernetes"
                 if value
                     .split_once('.')
@@ -716,7 +723,7 @@ fn examples_follow_the_conventions_and_fit_the_canonical_node() {
                 continue;
             }
         };
-        let node = if expectation.node_label.is_some() {
+        let node = if expectation.node_label.as_deref() == Some(SHARED_PF_LABEL) {
             &shared_node
         } else {
             &plain_node

@@ -16,6 +16,7 @@ from scenarios import (  # noqa: F401 - imported for their @scenario registratio
     registration,
     partitionable,
     consumable,
+    binding,
     outages,
     kubelet,
     realnode,

@@ -14,8 +14,9 @@ Pairs are `key=value`, separated by a comma and a space; `devices` entries by a 
   is allocated exactly N PFs and M VFs (by `mock-accel.example.com/deviceType`; absent = 0);
 - `same=<attribute>` (optional, repeatable): within each claim all devices share its value;
 - `distinct=<attribute>` (optional, repeatable): within each claim all values differ;
-- `node-label=<key>=<value>` (optional): the example needs a node with this label (say the
-  `pf-sharing` label of shared PFs); the suite labels one node while the example runs;
+- `node-label=<key>=<value>` (optional): the example needs nodes with this label (the
+  `pf-sharing` label of shared PFs, the `attachment` label of devices that wait for
+  attachment); the suite labels every node while the example runs;
 - `min-kubernetes=<minor>` (optional): on an older control plane the example is skipped, with
   the reason printed (it uses a feature that version does not serve by default).
 After the pods are deleted, every claim is unprepared (register 0, CDI spec gone).
@@ -83,15 +84,14 @@ def run_example(ctx: Context, path: Path) -> str:
     minor = controlplane.kube_minor(ctx.cluster.binaries)
     if exp["min_kubernetes"] and tuple(int(x) for x in minor.split(".")) < exp["min_kubernetes"]:
         return f"skipped: needs Kubernetes {'.'.join(map(str, exp['min_kubernetes']))}, this is {minor}"
-    labelled = None
-    if exp["node_label"]:
-        labelled = ctx.cluster.node_names()[-1]
-        ctx.k.run("label", "node", labelled, exp["node_label"], "--overwrite")
+    labelled = ctx.cluster.node_names() if exp["node_label"] else []
+    for node in labelled:
+        ctx.k.run("label", "node", node, exp["node_label"], "--overwrite")
     try:
         return apply_and_check(ctx, path, exp)
     finally:
-        if labelled:
-            ctx.k.run("label", "node", labelled, exp["node_label"].split("=", 1)[0] + "-")
+        for node in labelled:
+            ctx.k.run("label", "node", node, exp["node_label"].split("=", 1)[0] + "-")
 
 
 def apply_and_check(ctx: Context, path: Path, exp: dict) -> str:

@@ -12,6 +12,9 @@
 //! `allowMultipleAllocations` and a capacity request policy; a server without the
 //! `DRAConsumableCapacity` gate drops both, and labelled nodes then get whole PFs.
 //!
+//! Binding conditions (devices that wait for attachment, KEP-5007): one dry run of a device
+//! with `bindingConditions`; a server without `DRADeviceBindingConditions` drops them.
+//!
 //! The decisions are pure ([`decide`], [`decide_for`]); the `probe_*` functions are the I/O
 //! edge.
 
@@ -65,6 +68,8 @@ pub enum Feature {
     /// Devices with multiple allocations and capacity request policies
     /// (`--consumable-capacity`).
     ConsumableCapacity,
+    /// Devices with binding conditions (`--binding-conditions`).
+    BindingConditions,
 }
 
 impl Feature {
@@ -72,6 +77,7 @@ impl Feature {
         match self {
             Feature::PartitionableDevices => "--partitionable",
             Feature::ConsumableCapacity => "--consumable-capacity",
+            Feature::BindingConditions => "--binding-conditions",
         }
     }
 
@@ -79,6 +85,7 @@ impl Feature {
         match self {
             Feature::PartitionableDevices => "DRAPartitionableDevices",
             Feature::ConsumableCapacity => "DRAConsumableCapacity",
+            Feature::BindingConditions => "DRADeviceBindingConditions",
         }
     }
 
@@ -86,6 +93,7 @@ impl Feature {
         match self {
             Feature::PartitionableDevices => "shared counters",
             Feature::ConsumableCapacity => "a device with allowMultipleAllocations",
+            Feature::BindingConditions => "a device with bindingConditions",
         }
     }
 }
@@ -128,6 +136,9 @@ pub fn decide_for(feature: Feature, mode: FeatureMode, probe: Option<&ProbeOutco
                 Feature::ConsumableCapacity => format!(
                     "the API server rejected a device with allowMultipleAllocations and a capacity request policy: {msg}"
                 ),
+                Feature::BindingConditions => {
+                    format!("the API server rejected a device with bindingConditions: {msg}")
+                }
             },
         ),
         (FeatureMode::Auto, Some(ProbeOutcome::Unknown(msg))) => (
@@ -161,6 +172,19 @@ pub async fn probe_consumable_capacity(client: &Client, driver: &str) -> ProbeOu
         vec![(shared_probe_slice(driver), "allowMultipleAllocations")],
     )
     .await
+}
+
+/// Asks the API server (discovery, then one server-side dry run) whether it keeps a device's
+/// `bindingConditions`, the shape of [`crate::slices::binding`].
+pub async fn probe_binding_conditions(client: &Client, driver: &str) -> ProbeOutcome {
+    let mut slice = probe_slice(driver, "binding", 1, ResourceSliceSpec::default());
+    let mut device = Device {
+        name: "probe".into(),
+        ..Device::default()
+    };
+    crate::slices::binding::require_attachment(driver, &mut device);
+    slice.spec.devices = Some(vec![device]);
+    probe(client, vec![(slice, "bindingConditions")]).await
 }
 
 /// Discovery of `resource.k8s.io/v1`, then each dry run in turn; the first that fails or loses
@@ -231,6 +255,7 @@ pub async fn resolve(
         outcome = match feature {
             Feature::PartitionableDevices => probe_partitionable(client, driver).await,
             Feature::ConsumableCapacity => probe_consumable_capacity(client, driver).await,
+            Feature::BindingConditions => probe_binding_conditions(client, driver).await,
         };
         let ProbeOutcome::Unknown(msg) = &outcome else {
             break;
@@ -251,6 +276,12 @@ fn kept(slice: &ResourceSlice, field: &str) -> bool {
             .shared_counters
             .as_ref()
             .is_some_and(|s| !s.is_empty()),
+        "bindingConditions" => slice.spec.devices.iter().flatten().any(|d| {
+            d.binding_conditions.as_ref().is_some_and(|c| !c.is_empty())
+                && d.binding_failure_conditions
+                    .as_ref()
+                    .is_some_and(|c| !c.is_empty())
+        }),
         "allowMultipleAllocations" => slice.spec.devices.iter().flatten().any(|d| {
             d.allow_multiple_allocations == Some(true)
                 && d.capacity
@@ -545,5 +576,40 @@ mod tests {
             (off.enabled, off.reason.as_str()),
             (false, "--consumable-capacity=off")
         );
+    }
+
+    #[tokio::test]
+    async fn binding_conditions_follow_the_dry_run() {
+        for keep in [true, false] {
+            let (client, mut api) = mock_client();
+            let probe =
+                tokio::spawn(async move { probe_binding_conditions(&client, DRIVER).await });
+            discovery(&mut api, &["resourceslices"]).await;
+            dry_run(&mut api, |mut b| {
+                let d = b["spec"]["devices"][0].as_object_mut().unwrap();
+                assert_eq!(d["bindingConditions"][0], "mock-accel.example.com/Attached");
+                if !keep {
+                    d.remove("bindingConditions");
+                    d.remove("bindingFailureConditions");
+                }
+                Ok(b)
+            })
+            .await;
+            let outcome = probe.await.unwrap();
+            api.done().await;
+            let d = decide_for(
+                Feature::BindingConditions,
+                FeatureMode::Auto,
+                Some(&outcome),
+            );
+            assert_eq!(d.enabled, keep, "{outcome:?}");
+            if !keep {
+                assert!(
+                    d.reason.contains("DRADeviceBindingConditions"),
+                    "{}",
+                    d.reason
+                );
+            }
+        }
     }
 }

@@ -116,6 +116,9 @@ pub struct Observed<'a> {
     /// Publish the node's PFs in shares ([`crate::slices::sharing`]): its Node is labelled for
     /// it and the API server serves consumable capacity.
     pub shared_pfs: bool,
+    /// Make the node's devices wait for attachment ([`crate::slices::binding`]): its Node is
+    /// labelled for it and the API server serves binding conditions.
+    pub binding_conditions: bool,
     /// Since when the controller has seen the API server without interruption (`None`: no
     /// such record, heartbeats are judged by their own time alone).
     pub api_view_since: Option<Timestamp>,
@@ -188,6 +191,7 @@ pub fn plan_slices(obs: &Observed) -> SlicePlan {
             devices: &devices,
             partitionable: obs.partitionable,
             shared_pfs: obs.shared_pfs,
+            binding_conditions: obs.binding_conditions,
         };
         match slices::desired_slices(&input, obs.existing) {
             Ok(d) => {
@@ -568,6 +572,7 @@ mod tests {
             grace: Duration::from_secs(40),
             partitionable: false,
             shared_pfs: false,
+            binding_conditions: false,
             api_view_since: None,
         }
     }

@@ -35,7 +35,7 @@ use crate::{
     kube_client::ApiView,
     metrics::Outcome,
     names::{LABEL_MANAGED_BY, MANAGED_BY, node_label_selector},
-    slices::sharing,
+    slices::{binding, sharing},
 };
 
 /// Selects every slice this controller publishes (the label the slice computation sets).
@@ -122,6 +122,9 @@ pub struct Context {
     /// The API server serves consumable capacity, so nodes labelled for it get shared PFs
     /// ([`crate::slices::sharing`]); off until decided.
     pub consumable_capacity: bool,
+    /// The API server serves binding conditions, so nodes labelled for it get devices that wait
+    /// for attachment ([`crate::slices::binding`]); off until decided.
+    pub binding_conditions: bool,
     /// This process's view of the API server; heartbeats are judged only over time it saw.
     api_view: Option<ApiView>,
     reporter: Reporter,
@@ -147,6 +150,7 @@ impl Context {
             metrics,
             partitionable: false,
             consumable_capacity: false,
+            binding_conditions: false,
             api_view: None,
             reporter: Reporter {
                 controller: CONTROLLER_FIELD_MANAGER.to_string(),
@@ -171,6 +175,12 @@ impl Context {
     /// Sets whether labelled nodes get shared PFs (see [`super::capabilities`]).
     pub fn with_consumable_capacity(mut self, enabled: bool) -> Self {
         self.consumable_capacity = enabled;
+        self
+    }
+
+    /// Sets whether labelled nodes get devices that wait for attachment.
+    pub fn with_binding_conditions(mut self, enabled: bool) -> Self {
+        self.binding_conditions = enabled;
         self
     }
 
@@ -261,6 +271,8 @@ async fn reconcile_node(node: &MockAccelNode, ctx: &Context) -> Result<Action, R
         })?;
     let wants_shared =
         sharing::node_wants_shared_pfs(k8s_node.as_ref().and_then(|n| n.metadata.labels.as_ref()));
+    let wants_attachment =
+        binding::node_wants_attachment(k8s_node.as_ref().and_then(|n| n.metadata.labels.as_ref()));
     let Some(node_uid) = k8s_node.and_then(|n| n.metadata.uid) else {
         // Without its Node the devices cannot be used; the Node watch brings us back.
         let removed = withdraw_node(ctx, &name).await?;
@@ -282,6 +294,7 @@ async fn reconcile_node(node: &MockAccelNode, ctx: &Context) -> Result<Action, R
             api_view_since: ctx.api_view.as_ref().map(|v| v.since(now)),
             partitionable: ctx.partitionable,
             shared_pfs: wants_shared && ctx.consumable_capacity,
+            binding_conditions: wants_attachment && ctx.binding_conditions,
         })
     };
     let mut plan = decide(node);

@@ -111,6 +111,7 @@ fn published(node: &MockAccelNode, now: &str) -> (MockAccelNode, Vec<ResourceSli
         grace: GRACE,
         partitionable: false,
         shared_pfs: false,
+        binding_conditions: false,
         api_view_since: None,
     });
     let status = plan::controller_status(node, &plan, &WriteOutcome::Written, t(now));

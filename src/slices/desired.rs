@@ -12,7 +12,7 @@ use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, OwnerReference};
 
 use super::{
-    MAX_DEVICES_PER_SLICE, STANDARD_DOMAIN, SliceError,
+    MAX_DEVICES_PER_SLICE, STANDARD_DOMAIN, SliceError, binding,
     counters::{MAX_COUNTER_SETS_PER_SLICE, MAX_DEVICES_PER_SLICE_WITH_COUNTERS, pool_counters},
     diff, sharing,
     validate::{is_semver, validate_device},
@@ -54,6 +54,9 @@ pub struct NodeSlicesInput<'a> {
     /// Publish the node's PFs in shares of their memory ([`super::sharing`]): the node asks
     /// for it by label and the API server serves consumable capacity.
     pub shared_pfs: bool,
+    /// Make every device of the node wait for attachment ([`super::binding`]): the node asks
+    /// for it by label and the API server serves binding conditions.
+    pub binding_conditions: bool,
 }
 
 /// Result of [`desired_slices`].
@@ -149,6 +152,9 @@ pub fn desired_slices(
         match api_device(input.driver, d).and_then(|mut api| {
             if input.shared_pfs && d.device_type == DeviceType::Pf {
                 sharing::share_pf(input.driver, &mut api, d.memory);
+            }
+            if input.binding_conditions {
+                binding::require_attachment(input.driver, &mut api);
             }
             validate_device(&api)?;
             Ok(api)

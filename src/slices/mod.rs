@@ -11,6 +11,8 @@
 //! - [`validate`]: the API validation rules a device must pass to be published;
 //! - [`counters`]: the shared counter sets that make a PF and its own VFs exclusive
 //!   (partitionable devices), published when the API server accepts them;
+//! - [`binding`]: binding conditions of devices that must be attached before a pod binds, on
+//!   nodes labelled for it;
 //! - [`sharing`]: PFs published in shares of their memory (consumable capacity) on nodes
 //!   labelled for it;
 //! - the names and labels of slices and pools come from [`crate::names`].
@@ -23,6 +25,7 @@
 //! - an invalid device is left out and reported in [`DesiredSlices::rejected`]; the rest of the
 //!   node is still published.
 
+pub mod binding;
 pub mod counters;
 pub mod desired;
 pub mod diff;

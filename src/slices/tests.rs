@@ -102,6 +102,7 @@ fn input<'a>(node: &'a str, devices: &'a [Device]) -> NodeSlicesInput<'a> {
         devices,
         partitionable: false,
         shared_pfs: false,
+        binding_conditions: false,
     }
 }
 
