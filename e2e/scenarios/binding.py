@@ -16,12 +16,12 @@ a device carries the `allocationTimestamp` the timeout is measured from.
 
 import time
 
-from harness import controlplane, kube
+from harness import kube
 from harness.kube import claim, pod, request
 from harness.wait import check, equal, stays, until
 
 from scenarios.framework import Context, say, scenario
-from scenarios.partitionable import decision_lines
+from scenarios.partitionable import skipped_before_136
 
 LABEL = "mock-accel.example.com/attachment"
 ATTACHED = "mock-accel.example.com/Attached"
@@ -49,12 +49,7 @@ def device_conditions(c: dict) -> list[tuple[str, str, str]]:
 
 @scenario("18c", "binding conditions: a pod binds once its devices are attached; a failed attach is retried elsewhere", cost=30)
 def binding_conditions(ctx: Context) -> None:
-    minor = controlplane.kube_minor(ctx.cluster.binaries)
-    lines = decision_lines(ctx, DECISION)
-    check(bool(lines), f"the controller logged no '{DECISION}' decision")
-    skipped = all("skipped" in line for line in lines)
-    if tuple(int(x) for x in minor.split(".")) >= (1, 36):
-        check(not skipped, f"Kubernetes {minor}: the controller skipped binding conditions", lines)
+    skipped, lines, minor = skipped_before_136(ctx, DECISION)
     if skipped:
         label_nodes(ctx, "fabric")
         try:

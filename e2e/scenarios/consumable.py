@@ -10,12 +10,11 @@ server that drops the fields (Kubernetes 1.34 with its default gates) it logs on
 checks instead.
 """
 
-from harness import controlplane
 from harness.kube import claim, pod, request
 from harness.wait import check, equal, stays, until
 
 from scenarios.framework import Context, say, scenario, sysfs_name
-from scenarios.partitionable import decision_lines, unschedulable
+from scenarios.partitionable import skipped_before_136, unschedulable
 
 NODE = "node2"
 LABEL = "mock-accel.example.com/pf-sharing"
@@ -47,12 +46,7 @@ def share_claim(name: str) -> dict:
 
 @scenario("18b", "consumable capacity: two 8Gi claims share one 16Gi PF; a third waits for a share", cost=12)
 def consumable_capacity(ctx: Context) -> None:
-    minor = controlplane.kube_minor(ctx.cluster.binaries)
-    lines = decision_lines(ctx, DECISION)
-    check(bool(lines), f"the controller logged no '{DECISION}' decision")
-    skipped = all("skipped" in line for line in lines)
-    if tuple(int(x) for x in minor.split(".")) >= (1, 36):
-        check(not skipped, f"Kubernetes {minor}: the controller skipped consumable capacity", lines)
+    skipped, lines, minor = skipped_before_136(ctx, DECISION)
     if skipped:
         # 1.34 with its default gates: the label must change nothing.
         set_label(ctx, "shared")

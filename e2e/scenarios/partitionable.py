@@ -34,6 +34,19 @@ def decision_lines(ctx: Context, decision: str = DECISION) -> list[str]:
     return lines
 
 
+def skipped_before_136(ctx: Context, decision: str) -> tuple[bool, list[str], str]:
+    """A feature beta and on by default from Kubernetes 1.36: its controller decision lines,
+    whether they all say it was skipped (which fails the scenario on 1.36 and later), and the
+    control plane's minor."""
+    minor = controlplane.kube_minor(ctx.cluster.binaries)
+    lines = decision_lines(ctx, decision)
+    check(bool(lines), f"the controller logged no '{decision}' decision")
+    skipped = all("skipped" in line for line in lines)
+    if tuple(int(x) for x in minor.split(".")) >= (1, 36):
+        check(not skipped, f"Kubernetes {minor}: the controller skipped '{decision}'", lines)
+    return skipped, lines, minor
+
+
 def unschedulable(ctx: Context, name: str, why: str) -> None:
     """The pod is reported unschedulable and stays unbound with an unallocated claim."""
     def probe():
