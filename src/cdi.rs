@@ -9,7 +9,8 @@
 //! versions they do not know.
 //!
 //! Per device the spec sets `MOCK_ACCEL_UUID`, `MOCK_ACCEL_PCI`, `MOCK_ACCEL_DEVICE` (the
-//! sysfs name) and `MOCK_ACCEL_SYSFS` (where its sysfs directory is in the container),
+//! sysfs name), `MOCK_ACCEL_SYSFS` (where its sysfs directory is in the container) and, for a
+//! share of a PF (consumable capacity), `MOCK_ACCEL_MEMORY` (the bytes granted),
 //! bind-mounts the device's sysfs directory read-only there, and adds the character device
 //! `/dev/<sysfs name>` when the host has one. The directory is `/sys/class/mock-accel/<name>`
 //! for the kernel module's devices and `/var/run/mock-accel/<name>` for simulated ones
@@ -160,6 +161,9 @@ pub struct SpecDevice {
     pub pci_address: String,
     /// The host's character device, when it exists.
     pub dev_node: Option<DevNode>,
+    /// Bytes of the device's memory granted to the claim when it holds shares of the device
+    /// (consumable capacity); `MOCK_ACCEL_MEMORY` in the container.
+    pub memory: Option<u64>,
 }
 
 /// A character device on the host.
@@ -247,13 +251,17 @@ pub fn claim_spec(
 fn device_edits(sysfs_root: &Path, layout: ContainerLayout, d: &SpecDevice) -> ContainerEdits {
     let host_dir = sysfs_root.join("class/mock-accel").join(&d.sysfs_name);
     let container_dir = format!("{}/{}", layout.container_dir(), d.sysfs_name);
+    let mut env = vec![
+        format!("MOCK_ACCEL_UUID={}", d.uuid),
+        format!("MOCK_ACCEL_PCI={}", d.pci_address),
+        format!("MOCK_ACCEL_DEVICE={}", d.sysfs_name),
+        format!("MOCK_ACCEL_SYSFS={container_dir}"),
+    ];
+    if let Some(bytes) = d.memory {
+        env.push(format!("MOCK_ACCEL_MEMORY={bytes}"));
+    }
     ContainerEdits {
-        env: vec![
-            format!("MOCK_ACCEL_UUID={}", d.uuid),
-            format!("MOCK_ACCEL_PCI={}", d.pci_address),
-            format!("MOCK_ACCEL_DEVICE={}", d.sysfs_name),
-            format!("MOCK_ACCEL_SYSFS={container_dir}"),
-        ],
+        env,
         device_nodes: d
             .dev_node
             .iter()
@@ -375,6 +383,7 @@ mod tests {
             uuid: format!("uuid-of-{sysfs}"),
             pci_address: "0000:11:00.1".to_string(),
             dev_node,
+            memory: None,
         }
     }
 
@@ -399,6 +408,45 @@ mod tests {
         );
         let path = PathBuf::from("/var/run/cdi").join(spec_file_name(DRIVER, "x"));
         cdi_crate::spec::new_spec(&raw, &path, 0).unwrap()
+    }
+
+    #[test]
+    fn a_share_carries_the_granted_memory_and_a_whole_device_does_not() {
+        let share = SpecDevice {
+            memory: Some(8 << 30),
+            ..device("mock0", "mock0", None)
+        };
+        let spec = claim_spec(
+            DRIVER,
+            UID_LETTER,
+            Path::new("/sys"),
+            ContainerLayout::Kernel,
+            &[share],
+        )
+        .unwrap();
+        assert_eq!(
+            spec.devices[0]
+                .container_edits
+                .env
+                .last()
+                .map(String::as_str),
+            Some("MOCK_ACCEL_MEMORY=8589934592")
+        );
+        let whole = claim_spec(
+            DRIVER,
+            UID_LETTER,
+            Path::new("/sys"),
+            ContainerLayout::Kernel,
+            &[device("mock0", "mock0", None)],
+        )
+        .unwrap();
+        assert!(
+            !whole.devices[0]
+                .container_edits
+                .env
+                .iter()
+                .any(|e| e.starts_with("MOCK_ACCEL_MEMORY="))
+        );
     }
 
     #[test]

@@ -74,6 +74,9 @@ pub struct DeviceEntry {
     pub admin_access: bool,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub share_id: Option<String>,
+    /// Bytes of the device's memory this share consumes (consumable capacity).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub consumed_memory: Option<u64>,
     /// Present when prepare writes this device's status register: the value it read before,
     /// which a rollback restores. Admin-access results (and a repeated device) leave it out.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -279,6 +282,7 @@ mod tests {
                     request_names: vec!["vf".into()],
                     admin_access: false,
                     share_id: None,
+                    consumed_memory: None,
                     register_previous: Some(1),
                 },
                 DeviceEntry {
@@ -288,6 +292,7 @@ mod tests {
                     request_names: vec!["pf".into()],
                     admin_access: true,
                     share_id: Some("s1".into()),
+                    consumed_memory: Some(8 << 30),
                     register_previous: None,
                 },
             ],

@@ -104,17 +104,37 @@ pub struct ControllerArgs {
     /// server-side dry run), `on` always, `off` never.
     #[arg(long, value_enum, default_value_t = Partitionable::Auto, env = "PARTITIONABLE")]
     pub partitionable: Partitionable,
+    /// Let nodes labelled `mock-accel.example.com/pf-sharing=shared` publish their PFs in
+    /// shares of their memory (consumable capacity): `auto` when the API server keeps
+    /// `allowMultipleAllocations` and a capacity request policy (checked at start-up by a
+    /// server-side dry run), `on` always, `off` never (labelled nodes then get whole PFs).
+    #[arg(long, value_enum, default_value_t = FeatureMode::Auto, env = "CONSUMABLE_CAPACITY")]
+    pub consumable_capacity: FeatureMode,
+    /// Let nodes labelled `mock-accel.example.com/attachment=fabric` publish devices that wait
+    /// for attachment before a pod binds (binding conditions), and run the attacher that sets
+    /// the conditions: `auto` when the API server keeps `bindingConditions` (one server-side
+    /// dry run at start-up), `on` always, `off` never.
+    #[arg(long, value_enum, default_value_t = FeatureMode::Auto, env = "BINDING_CONDITIONS")]
+    pub binding_conditions: FeatureMode,
+    /// How long after a claim's allocation the attacher reports its devices attached (or,
+    /// when the claim's `mock-accel.example.com/attach-fail` annotation names the node, failed).
+    #[arg(long, default_value = "3s", value_parser = parse_duration, env = "ATTACH_DELAY")]
+    pub attach_delay: Duration,
     #[command(flatten)]
     pub api: ApiClientArgs,
 }
 
-/// `--partitionable` of the controller.
+/// An optional API feature the controller publishes: `auto` asks the API server, `on` and
+/// `off` decide without asking.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
-pub enum Partitionable {
+pub enum FeatureMode {
     Auto,
     On,
     Off,
 }
+
+/// `--partitionable` of the controller.
+pub type Partitionable = FeatureMode;
 
 #[derive(Args, Debug, Clone)]
 pub struct NodeAgentArgs {

@@ -17,6 +17,12 @@ pub const MANAGED_BY: &str = "mock-accel-controller";
 pub const LABEL_NODE: &str = "mock-accel.example.com/node";
 /// Label naming the pool within the node: `numa<N>` or `numa-none`.
 pub const LABEL_POOL: &str = "mock-accel.example.com/pool";
+/// Node label by which an administrator publishes a node's PFs in shares (value `shared`, see
+/// [`crate::slices::sharing`]); any other value or none: PFs are handed out whole.
+pub const LABEL_PF_SHARING: &str = "mock-accel.example.com/pf-sharing";
+/// Node label by which an administrator makes a node's devices wait for attachment before a
+/// pod binds (value `fabric`, see [`crate::slices::binding`]).
+pub const LABEL_ATTACHMENT: &str = "mock-accel.example.com/attachment";
 
 pub const MAX_NAME_LEN: usize = 253;
 /// Longest label value.

@@ -210,6 +210,7 @@ fn entry() -> impl Strategy<Value = ClaimEntry> {
                     request_names: vec!["r".into()],
                     admin_access: admin,
                     share_id: None,
+                    consumed_memory: None,
                     register_previous: previous,
                     device,
                 })

@@ -239,6 +239,11 @@ fn numa_none_node() -> Vec<Device> {
 
 /// The devices the controller publishes for `devices` on `node`.
 fn published(node: &str, devices: &[Device]) -> Vec<CelDevice> {
+    published_as(node, devices, false)
+}
+
+/// [`published`], on a node labelled for shared PFs when `shared_pfs`.
+fn published_as(node: &str, devices: &[Device], shared_pfs: bool) -> Vec<CelDevice> {
     let input = NodeSlicesInput {
         driver: DRIVER,
         node_name: node,
@@ -247,6 +252,8 @@ fn published(node: &str, devices: &[Device]) -> Vec<CelDevice> {
         devices,
         partitionable: false,
         taints: &mock_accel_dra::slices::taints::NO_TAINTS,
+        shared_pfs,
+        binding_conditions: false,
     };
     let out = desired_slices(&input, &[]).unwrap();
     assert!(out.rejected.is_empty(), "{:?}", out.rejected);
@@ -328,6 +335,7 @@ fn the_shipped_classes_are_the_expected_ones_and_guarded() {
         [
             "mock-accel-numa0",
             "mock-accel-pf",
+            "mock-accel-pf-shared",
             "mock-accel-vf",
             "mock-accel-vf-2gb",
             DRIVER_CLASS,
@@ -353,6 +361,7 @@ fn classes_select_the_intended_devices_of_the_canonical_node() {
     let devices = published("node1", &canonical_node());
     let sel = |class: &str| selected(&classes[class], &devices);
     assert_eq!(sel("mock-accel-pf"), ["mock0", "mock3"]);
+    assert_eq!(sel("mock-accel-pf-shared"), Vec::<String>::new());
     assert_eq!(sel("mock-accel-vf"), ["mock1", "mock2", "mock4", "mock5"]);
     assert_eq!(
         sel("mock-accel-vf-2gb"),
@@ -362,6 +371,23 @@ fn classes_select_the_intended_devices_of_the_canonical_node() {
     assert_eq!(
         sel(DRIVER_CLASS),
         ["mock0", "mock1", "mock2", "mock3", "mock4", "mock5"]
+    );
+}
+
+#[test]
+fn on_a_shared_node_the_pfs_move_from_the_pf_class_to_the_shared_class() {
+    let classes = classes();
+    let devices = published_as("node1", &canonical_node(), true);
+    let sel = |class: &str| selected(&classes[class], &devices);
+    assert_eq!(sel("mock-accel-pf"), Vec::<String>::new());
+    assert_eq!(sel("mock-accel-pf-shared"), ["mock0", "mock3"]);
+    assert_eq!(sel("mock-accel-vf"), ["mock1", "mock2", "mock4", "mock5"]);
+    // A PF whose memory reads 0 cannot be shared: it stays a whole PF.
+    let devices = published_as("node2", &sriov_node(), true);
+    assert_eq!(selected(&classes["mock-accel-pf"], &devices), ["mock0"]);
+    assert_eq!(
+        selected(&classes["mock-accel-pf-shared"], &devices),
+        Vec::<String>::new()
     );
 }
 
@@ -417,10 +443,13 @@ fn a_device_of_another_driver_is_rejected_by_every_class_without_error() {
         }
         // Without the guard, the classes that read our attributes directly error on it, and
         // numa0, which reads the standard attribute, would select it: the guard is load-bearing.
+        // pf-shared reads its attribute behind has(), so it stays false even without it.
         let unguarded = Selector::new(&s.class, s.expression.trim_start_matches(GUARD));
         let verdict = unguarded.matches(&foreign);
         if s.class == "mock-accel-numa0" {
             assert_eq!(verdict, Ok(true));
+        } else if s.class == "mock-accel-pf-shared" {
+            assert_eq!(verdict, Ok(false));
         } else {
             assert!(
                 verdict.is_err(),

@@ -279,6 +279,8 @@ struct Published {
     memory: &'static str,
     memory_bytes: i64,
     physfn: Option<&'static str>,
+    /// A PF of a node labelled `mock-accel.example.com/pf-sharing=shared` (consumable capacity).
+    shared: bool,
 }
 
 /// A device row: DRA name, sysfs name, type, PCI address, pcieRoot, NUMA node, physfn.
@@ -324,7 +326,19 @@ fn published(row: &Row) -> Published {
         memory: if pf { "16Gi" } else { "2Gi" },
         memory_bytes: if pf { 17179869184 } else { 2147483648 },
         physfn,
+        shared: false,
     }
+}
+
+/// The canonical node labelled for shared PFs: its PFs are published in shares.
+fn shared_canonical_node() -> Vec<Published> {
+    canonical_node()
+        .into_iter()
+        .map(|d| Published {
+            shared: d.device_type == "pf",
+            ..d
+        })
+        .collect()
 }
 
 /// What an example must be satisfiable with.
@@ -385,6 +399,9 @@ fn cel_device(d: &Published) -> cel::Value {
     if let Some(p) = d.physfn {
         ours.push(("physfn", string(p)));
     }
+    if d.shared {
+        ours.push(("shared", cel::Value::Bool(true)));
+    }
     map(vec![
         ("driver", string(DRIVER)),
         (
@@ -401,7 +418,7 @@ fn cel_device(d: &Published) -> cel::Value {
                 )]),
             )]),
         ),
-        ("allowMultipleAllocations", cel::Value::Bool(false)),
+        ("allowMultipleAllocations", cel::Value::Bool(d.shared)),
     ])
 }
 
@@ -455,7 +472,15 @@ struct Expectation {
     devices: BTreeMap<String, u64>,
     same: Vec<String>,
     distinct: Vec<String>,
+    /// `node-label=<key>=<value>`: the example needs a node with this label.
+    node_label: Option<String>,
+    /// `min-kubernetes=<minor>`: older control planes skip the example.
+    min_kubernetes: Option<String>,
 }
+
+/// The node labels an example may ask for: shared PFs, and devices that wait for attachment.
+const SHARED_PF_LABEL: &str = "mock-accel.example.com/pf-sharing=shared";
+const ATTACHMENT_LABEL: &str = "mock-accel.example.com/attachment=fabric";
 
 fn parse_expectation(line: &str) -> Result<Expectation, String> {
     let body = line
@@ -503,6 +528,22 @@ fn parse_expectation(line: &str) -> Result<Expectation, String> {
                     .parse::<u64>()
                     .map_err(|_| format!("fault-hits={value}: not a number"))?;
             }
+            "node-label" if value == SHARED_PF_LABEL || value == ATTACHMENT_LABEL => {
+                e.node_label = Some(value.to_string())
+            }
+            "node-label" => {
+                return Err(format!(
+                    "node-label={value}: only {SHARED_PF_LABEL} or {ATTACHMENT_LABEL}"
+                ));
+            }
+            "min-kubernetes"
+                if value
+                    .split_once('.')
+                    .is_some_and(|(a, b)| a.parse::<u32>().is_ok() && b.parse::<u32>().is_ok()) =>
+            {
+                e.min_kubernetes = Some(value.to_string())
+            }
+            "min-kubernetes" => return Err(format!("min-kubernetes={value}: not <major>.<minor>")),
             other => return Err(format!("unknown key {other:?}")),
         }
     }
@@ -694,7 +735,7 @@ fn examples_follow_the_conventions_and_fit_the_canonical_node() {
         examples.len()
     );
     let classes = shipped_device_classes();
-    let node = canonical_node();
+    let (plain_node, shared_node) = (canonical_node(), shared_canonical_node());
     let mut problems = Vec::new();
     for path in &examples {
         let label = rel(path);
@@ -728,6 +769,11 @@ fn examples_follow_the_conventions_and_fit_the_canonical_node() {
                 ));
                 continue;
             }
+        };
+        let node = if expectation.node_label.as_deref() == Some(SHARED_PF_LABEL) {
+            &shared_node
+        } else {
+            &plain_node
         };
         let docs = objects(&label, &text);
         let pods: Vec<&Json> = docs.iter().filter(|d| kind(d) == "Pod").collect();
@@ -793,7 +839,7 @@ fn examples_follow_the_conventions_and_fit_the_canonical_node() {
                     continue;
                 };
                 let mut matching = Vec::new();
-                for d in &node {
+                for d in node {
                     match selects(class, &r.selectors, d) {
                         Ok(true) => matching.push(d),
                         Ok(false) => {}
@@ -859,6 +905,8 @@ fn expectation_lines_parse_strictly() {
         "# expect: pods-running=1, devices=pf:1, same=numaNode",
         "# expect: pods-running=1,devices=pf:1",
         "# expect: pods-running=1, devices=pf:1, color=blue",
+        "# expect: pods-running=1, devices=pf:1, node-label=color=blue",
+        "# expect: pods-running=1, devices=pf:1, min-kubernetes=1.x",
     ] {
         assert!(parse_expectation(bad).is_err(), "{bad} was accepted");
     }

@@ -148,8 +148,11 @@ def parse_objects(text: str) -> list[dict]:
 
 
 def request(name: str, device_class: str, count: int | None = 1, selectors: list[str] | None = None,
-            all_devices: bool = False) -> dict:
+            all_devices: bool = False, capacity: dict[str, str] | None = None) -> dict:
+    """`capacity`: `capacity.requests` of a request for consumable capacity (name → quantity)."""
     exactly: dict[str, Any] = {"deviceClassName": device_class}
+    if capacity:
+        exactly["capacity"] = {"requests": capacity}
     if all_devices:
         exactly["allocationMode"] = "All"
     elif count is not None:

@@ -163,10 +163,14 @@ class ParsingTest(unittest.TestCase):
         self.assertEqual(examples.parse_expect(examples.expectation_lines(text)[0]),
                          {"pods": 1, "devices": {"pf": 1, "vf": 1},
                           "same": ["resource.kubernetes.io/numaNode"], "distinct": [], "avoids": [],
-                          "fault-hits": None})
+                          "fault-hits": None, "node_label": None, "min_kubernetes": None})
         fixture = examples.parse_expect("pods-running=1, devices=vf:2, avoids=mock2, fault-hits=2")
         self.assertEqual((fixture["avoids"], fixture["fault-hits"]), (["mock2"], 2))
         self.assertEqual(examples.parse_expect("pods-running=2, devices=vf:1")["devices"], {"pf": 0, "vf": 1})
+        shared = examples.parse_expect("pods-running=2, devices=pf:1, "
+                                       "node-label=mock-accel.example.com/pf-sharing=shared, min-kubernetes=1.36")
+        self.assertEqual((shared["node_label"], shared["min_kubernetes"]),
+                         ("mock-accel.example.com/pf-sharing=shared", (1, 36)))
         with self.assertRaises(wait.Failure):
             examples.parse_expect("pods-running=1")
         with self.assertRaises(wait.Failure):

@@ -15,6 +15,8 @@ from scenarios import (  # noqa: F401 - imported for their @scenario registratio
     examples,
     registration,
     partitionable,
+    consumable,
+    binding,
     outages,
     kubelet,
     realnode,

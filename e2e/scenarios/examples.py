@@ -14,10 +14,15 @@ Pairs are `key=value`, separated by a comma and a space; `devices` entries by a 
 - `devices=pf:N,vf:M` (required): every ResourceClaim the pods use (direct or from a template)
   is allocated exactly N PFs and M VFs (by `mock-accel.example.com/deviceType`; absent = 0);
 - `same=<attribute>` (optional, repeatable): within each claim all devices share its value;
-- `distinct=<attribute>` (optional, repeatable): within each claim all values differ.
+- `distinct=<attribute>` (optional, repeatable): within each claim all values differ;
 - `avoids=<device>` (optional, repeatable): no claim is allocated a device of that DRA name;
 - `fault-hits=N` (optional): the injected faults of the example's MockAccelNode were hit N
-  times in all (`status.faults[].hits`).
+  times in all (`status.faults[].hits`);
+- `node-label=<key>=<value>` (optional): the example needs nodes with this label (the
+  `pf-sharing` label of shared PFs, the `attachment` label of devices that wait for
+  attachment); the suite labels every node while the example runs;
+- `min-kubernetes=<minor>` (optional): on an older control plane the example is skipped, with
+  the reason printed (it uses a feature that version does not serve by default).
 After the pods are deleted, every claim is unprepared (register 0, CDI spec gone).
 
 A fixture example programs a node instead (a `MockAccelNode` with fixture fields in its spec):
@@ -43,7 +48,7 @@ import re
 import time
 from pathlib import Path
 
-from harness import kube
+from harness import controlplane, kube
 from harness.builds import REPO
 from harness.kube import KubectlError
 from harness.wait import Failure, check, equal, until
@@ -61,7 +66,8 @@ def expectation_lines(text: str) -> list[str]:
 def parse_expect(line: str) -> dict:
     """`pods-running=1, devices=pf:1,vf:1, same=A` → {"pods": 1, "devices": {"pf": 1, "vf": 1},
     "same": [A], "distinct": []}."""
-    out: dict = {"pods": None, "devices": None, "same": [], "distinct": [], "avoids": [], "fault-hits": None}
+    out: dict = {"pods": None, "devices": None, "same": [], "distinct": [], "avoids": [], "fault-hits": None,
+                 "node_label": None, "min_kubernetes": None}
     for pair in line.split(", "):
         key, sep, value = pair.strip().partition("=")
         if not sep:
@@ -80,6 +86,10 @@ def parse_expect(line: str) -> dict:
             out[key].append(value)
         elif key == "fault-hits":
             out[key] = int(value)
+        elif key == "node-label":
+            out["node_label"] = value
+        elif key == "min-kubernetes":
+            out["min_kubernetes"] = tuple(int(x) for x in value.split("."))
         else:
             raise Failure(f"'# expect:' has an unknown key {key!r}")
     if out["pods"] is None or out["devices"] is None:
@@ -129,6 +139,20 @@ def run_example(ctx: Context, path: Path) -> str:
     if lines[0].startswith("fixture="):
         return run_fixture_example(ctx, path, lines[0])
     exp = parse_expect(lines[0])
+    minor = controlplane.kube_minor(ctx.cluster.binaries)
+    if exp["min_kubernetes"] and tuple(int(x) for x in minor.split(".")) < exp["min_kubernetes"]:
+        return f"skipped: needs Kubernetes {'.'.join(map(str, exp['min_kubernetes']))}, this is {minor}"
+    labelled = ctx.cluster.node_names() if exp["node_label"] else []
+    for node in labelled:
+        ctx.k.run("label", "node", node, exp["node_label"], "--overwrite")
+    try:
+        return apply_and_check(ctx, path, exp)
+    finally:
+        for node in labelled:
+            ctx.k.run("label", "node", node, exp["node_label"].split("=", 1)[0] + "-")
+
+
+def apply_and_check(ctx: Context, path: Path, exp: dict) -> str:
     fixtures = [o for o in kube.parse_objects(ctx.k.run("apply", "--dry-run=client", "-f", str(path), "-o", "json"))
                 if o["kind"] == "MockAccelNode"]
     saved = {f["metadata"]["name"]: ctx.k.get("mockaccelnode", f["metadata"]["name"])["spec"] for f in fixtures}

@@ -26,11 +26,25 @@ def counters_published(ctx: Context, node: str = NODE) -> bool:
     return any(s["spec"].get("sharedCounters") for s in ctx.cluster.slices(node))
 
 
-def decision_lines(ctx: Context) -> list[str]:
+def decision_lines(ctx: Context, decision: str = DECISION) -> list[str]:
+    """The controllers' log lines of one start-up capability decision."""
     lines = []
     for log in sorted((ctx.cluster.state / "logs").glob("controller-*.log")):
-        lines += [line for line in log.read_text(errors="replace").splitlines() if DECISION in line]
+        lines += [line for line in log.read_text(errors="replace").splitlines() if decision in line]
     return lines
+
+
+def skipped_before_136(ctx: Context, decision: str) -> tuple[bool, list[str], str]:
+    """A feature beta and on by default from Kubernetes 1.36: its controller decision lines,
+    whether they all say it was skipped (which fails the scenario on 1.36 and later), and the
+    control plane's minor."""
+    minor = controlplane.kube_minor(ctx.cluster.binaries)
+    lines = decision_lines(ctx, decision)
+    check(bool(lines), f"the controller logged no '{decision}' decision")
+    skipped = all("skipped" in line for line in lines)
+    if tuple(int(x) for x in minor.split(".")) >= (1, 36):
+        check(not skipped, f"Kubernetes {minor}: the controller skipped '{decision}'", lines)
+    return skipped, lines, minor
 
 
 def unschedulable(ctx: Context, name: str, why: str) -> None:

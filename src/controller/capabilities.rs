@@ -6,19 +6,28 @@
 //! only a counter set, and a slice whose device consumes a counter set published in another
 //! slice of the pool. A server without the `DRAPartitionableDevices` gate silently drops the
 //! fields; Kubernetes 1.34 rejects the second slice (it wants counters in the device's own
-//! slice). Either way the controller publishes the slices it always did. The decision is pure
-//! ([`decide`]); [`probe_partitionable`] is the I/O edge.
+//! slice). Either way the controller publishes the slices it always did.
+//!
+//! Consumable capacity (shared PFs, KEP-5075): one dry run of a device with
+//! `allowMultipleAllocations` and a capacity request policy; a server without the
+//! `DRAConsumableCapacity` gate drops both, and labelled nodes then get whole PFs.
+//!
+//! Binding conditions (devices that wait for attachment, KEP-5007): one dry run of a device
+//! with `bindingConditions`; a server without `DRADeviceBindingConditions` drops them.
+//!
+//! The decisions are pure ([`decide`], [`decide_for`]); the `probe_*` functions are the I/O
+//! edge.
 
 use std::{collections::BTreeMap, time::Duration};
 
 use k8s_openapi::api::resource::v1::{
-    Counter, CounterSet, Device, DeviceCounterConsumption, ResourcePool, ResourceSlice,
-    ResourceSliceSpec,
+    CapacityRequestPolicy, CapacityRequestPolicyRange, Counter, CounterSet, Device, DeviceCapacity,
+    DeviceCounterConsumption, ResourcePool, ResourceSlice, ResourceSliceSpec,
 };
 use k8s_openapi::apimachinery::pkg::{api::resource::Quantity, apis::meta::v1::ObjectMeta};
 use kube::{Api, Client, api::PostParams};
 
-use crate::cli::Partitionable;
+use crate::cli::{FeatureMode, Partitionable};
 
 /// Deadline of each probe request.
 pub const PROBE_TIMEOUT: Duration = Duration::from_secs(10);
@@ -51,38 +60,94 @@ pub struct Decision {
     pub reason: String,
 }
 
+/// An optional shape the controller publishes only when the API server keeps it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Feature {
+    /// Shared counters (`--partitionable`).
+    PartitionableDevices,
+    /// Devices with multiple allocations and capacity request policies
+    /// (`--consumable-capacity`).
+    ConsumableCapacity,
+    /// Devices with binding conditions (`--binding-conditions`).
+    BindingConditions,
+}
+
+impl Feature {
+    fn flag(self) -> &'static str {
+        match self {
+            Feature::PartitionableDevices => "--partitionable",
+            Feature::ConsumableCapacity => "--consumable-capacity",
+            Feature::BindingConditions => "--binding-conditions",
+        }
+    }
+
+    fn gate(self) -> &'static str {
+        match self {
+            Feature::PartitionableDevices => "DRAPartitionableDevices",
+            Feature::ConsumableCapacity => "DRAConsumableCapacity",
+            Feature::BindingConditions => "DRADeviceBindingConditions",
+        }
+    }
+
+    fn what(self) -> &'static str {
+        match self {
+            Feature::PartitionableDevices => "shared counters",
+            Feature::ConsumableCapacity => "a device with allowMultipleAllocations",
+            Feature::BindingConditions => "a device with bindingConditions",
+        }
+    }
+}
+
 /// Decides `--partitionable` from the flag and (for `auto`) what the probe saw.
 pub fn decide(mode: Partitionable, probe: Option<&ProbeOutcome>) -> Decision {
+    decide_for(Feature::PartitionableDevices, mode, probe)
+}
+
+/// Decides whether `feature` is published, from its flag and (for `auto`) what the probe saw.
+pub fn decide_for(feature: Feature, mode: FeatureMode, probe: Option<&ProbeOutcome>) -> Decision {
+    let flag = feature.flag();
     let (enabled, reason) = match (mode, probe) {
-        (Partitionable::On, _) => (true, "--partitionable=on".to_string()),
-        (Partitionable::Off, _) => (false, "--partitionable=off".to_string()),
-        (Partitionable::Auto, Some(ProbeOutcome::Accepted)) => (
+        (FeatureMode::On, _) => (true, format!("{flag}=on")),
+        (FeatureMode::Off, _) => (false, format!("{flag}=off")),
+        (FeatureMode::Auto, Some(ProbeOutcome::Accepted)) => (
             true,
-            "the API server kept shared counters in a server-side dry run".to_string(),
+            format!(
+                "the API server kept {} in a server-side dry run",
+                feature.what()
+            ),
         ),
-        (Partitionable::Auto, Some(ProbeOutcome::NotServed)) => (
+        (FeatureMode::Auto, Some(ProbeOutcome::NotServed)) => (
             false,
             "the API server does not serve resourceslices in resource.k8s.io/v1".to_string(),
         ),
-        (Partitionable::Auto, Some(ProbeOutcome::Dropped(field))) => (
+        (FeatureMode::Auto, Some(ProbeOutcome::Dropped(field))) => (
             false,
             format!(
-                "the API server dropped {field} in a server-side dry run (turn on the DRAPartitionableDevices feature gate)"
+                "the API server dropped {field} in a server-side dry run (turn on the {} feature gate)",
+                feature.gate()
             ),
         ),
-        (Partitionable::Auto, Some(ProbeOutcome::Rejected(msg))) => (
+        (FeatureMode::Auto, Some(ProbeOutcome::Rejected(msg))) => (
             false,
-            format!(
-                "the API server rejected counter sets in a slice of their own (Kubernetes 1.35 or later needed): {msg}"
-            ),
+            match feature {
+                Feature::PartitionableDevices => format!(
+                    "the API server rejected counter sets in a slice of their own (Kubernetes 1.35 or later needed): {msg}"
+                ),
+                Feature::ConsumableCapacity => format!(
+                    "the API server rejected a device with allowMultipleAllocations and a capacity request policy: {msg}"
+                ),
+                Feature::BindingConditions => {
+                    format!("the API server rejected a device with bindingConditions: {msg}")
+                }
+            },
         ),
-        (Partitionable::Auto, Some(ProbeOutcome::Unknown(msg))) => (
+        (FeatureMode::Auto, Some(ProbeOutcome::Unknown(msg))) => (
             false,
             format!(
                 "the API server could not be asked after {PROBE_ATTEMPTS} attempts ({msg}); restart the controller to ask again"
             ),
         ),
-        (Partitionable::Auto, None) => (false, "not probed".to_string()),
+        (FeatureMode::Auto, None) => (false, "not probed".to_string()),
     };
     Decision { enabled, reason }
 }
@@ -90,6 +155,41 @@ pub fn decide(mode: Partitionable, probe: Option<&ProbeOutcome>) -> Decision {
 /// Asks the API server (discovery, then two server-side dry runs) whether it accepts the
 /// counter shapes [`crate::slices::counters`] publishes. Every request has [`PROBE_TIMEOUT`].
 pub async fn probe_partitionable(client: &Client, driver: &str) -> ProbeOutcome {
+    let (counters, devices) = probe_slices(driver);
+    probe(
+        client,
+        vec![(counters, "sharedCounters"), (devices, "consumesCounters")],
+    )
+    .await
+}
+
+/// Asks the API server (discovery, then one server-side dry run) whether it keeps a device
+/// that allows multiple allocations with a capacity request policy, the shape of
+/// [`crate::slices::sharing`]. Every request has [`PROBE_TIMEOUT`].
+pub async fn probe_consumable_capacity(client: &Client, driver: &str) -> ProbeOutcome {
+    probe(
+        client,
+        vec![(shared_probe_slice(driver), "allowMultipleAllocations")],
+    )
+    .await
+}
+
+/// Asks the API server (discovery, then one server-side dry run) whether it keeps a device's
+/// `bindingConditions`, the shape of [`crate::slices::binding`].
+pub async fn probe_binding_conditions(client: &Client, driver: &str) -> ProbeOutcome {
+    let mut slice = probe_slice(driver, "binding", 1, ResourceSliceSpec::default());
+    let mut device = Device {
+        name: "probe".into(),
+        ..Device::default()
+    };
+    crate::slices::binding::require_attachment(driver, &mut device);
+    slice.spec.devices = Some(vec![device]);
+    probe(client, vec![(slice, "bindingConditions")]).await
+}
+
+/// Discovery of `resource.k8s.io/v1`, then each dry run in turn; the first that fails or loses
+/// its field decides.
+async fn probe(client: &Client, dry_runs: Vec<(ResourceSlice, &'static str)>) -> ProbeOutcome {
     let discovery = tokio::time::timeout(
         PROBE_TIMEOUT,
         client.list_api_group_resources("resource.k8s.io/v1"),
@@ -111,8 +211,7 @@ pub async fn probe_partitionable(client: &Client, driver: &str) -> ProbeOutcome 
         dry_run: true,
         field_manager: Some(crate::crd::CONTROLLER_FIELD_MANAGER.to_string()),
     };
-    let (counters, devices) = probe_slices(driver);
-    for (slice, field) in [(counters, "sharedCounters"), (devices, "consumesCounters")] {
+    for (slice, field) in dry_runs {
         let name = slice.metadata.name.clone().unwrap_or_default();
         match tokio::time::timeout(PROBE_TIMEOUT, api.create(&params, &slice)).await {
             Err(_) => {
@@ -199,23 +298,37 @@ pub fn taint_probe_slice(driver: &str) -> ResourceSlice {
 /// Runs the probe for `auto` (retrying an unanswered one with a doubling delay) and returns
 /// the decision; `on` and `off` ask nothing.
 pub async fn resolve_partitionable(mode: Partitionable, client: &Client, driver: &str) -> Decision {
-    if mode != Partitionable::Auto {
-        return decide(mode, None);
+    resolve(Feature::PartitionableDevices, mode, client, driver).await
+}
+
+/// [`resolve_partitionable`] for any [`Feature`].
+pub async fn resolve(
+    feature: Feature,
+    mode: FeatureMode,
+    client: &Client,
+    driver: &str,
+) -> Decision {
+    if mode != FeatureMode::Auto {
+        return decide_for(feature, mode, None);
     }
     let mut delay = Duration::from_secs(1);
     let mut outcome = ProbeOutcome::Unknown("not asked".into());
     for attempt in 1..=PROBE_ATTEMPTS {
-        outcome = probe_partitionable(client, driver).await;
+        outcome = match feature {
+            Feature::PartitionableDevices => probe_partitionable(client, driver).await,
+            Feature::ConsumableCapacity => probe_consumable_capacity(client, driver).await,
+            Feature::BindingConditions => probe_binding_conditions(client, driver).await,
+        };
         let ProbeOutcome::Unknown(msg) = &outcome else {
             break;
         };
-        tracing::debug!(attempt, error = %msg, "partitionable-devices probe unanswered, retrying");
+        tracing::debug!(attempt, ?feature, error = %msg, "capability probe unanswered, retrying");
         if attempt < PROBE_ATTEMPTS {
             tokio::time::sleep(delay).await;
             delay = delay.saturating_mul(2);
         }
     }
-    decide(mode, Some(&outcome))
+    decide_for(feature, mode, Some(&outcome))
 }
 
 fn kept(slice: &ResourceSlice, field: &str) -> bool {
@@ -225,12 +338,45 @@ fn kept(slice: &ResourceSlice, field: &str) -> bool {
             .shared_counters
             .as_ref()
             .is_some_and(|s| !s.is_empty()),
+        "bindingConditions" => slice.spec.devices.iter().flatten().any(|d| {
+            d.binding_conditions.as_ref().is_some_and(|c| !c.is_empty())
+                && d.binding_failure_conditions
+                    .as_ref()
+                    .is_some_and(|c| !c.is_empty())
+        }),
+        "allowMultipleAllocations" => slice.spec.devices.iter().flatten().any(|d| {
+            d.allow_multiple_allocations == Some(true)
+                && d.capacity
+                    .iter()
+                    .flatten()
+                    .any(|(_, c)| c.request_policy.is_some())
+        }),
         _ => slice
             .spec
             .devices
             .iter()
             .flatten()
             .any(|d| d.consumes_counters.as_ref().is_some_and(|c| !c.is_empty())),
+    }
+}
+
+/// A probe slice of [`PROBE_NODE`]'s pool named `<PROBE_NODE>-<suffix>`, in a pool of `count`.
+fn probe_slice(driver: &str, suffix: &str, count: i64, spec: ResourceSliceSpec) -> ResourceSlice {
+    ResourceSlice {
+        metadata: ObjectMeta {
+            name: Some(format!("{PROBE_NODE}-{suffix}")),
+            ..ObjectMeta::default()
+        },
+        spec: ResourceSliceSpec {
+            driver: driver.to_string(),
+            node_name: Some(PROBE_NODE.to_string()),
+            pool: ResourcePool {
+                name: PROBE_NODE.to_string(),
+                generation: 1,
+                resource_slice_count: count,
+            },
+            ..spec
+        },
     }
 }
 
@@ -243,25 +389,11 @@ pub fn probe_slices(driver: &str) -> (ResourceSlice, ResourceSlice) {
             value: Quantity("1".into()),
         },
     )]);
-    let slice = |suffix: &str, spec: ResourceSliceSpec| ResourceSlice {
-        metadata: ObjectMeta {
-            name: Some(format!("{PROBE_NODE}-{suffix}")),
-            ..ObjectMeta::default()
-        },
-        spec: ResourceSliceSpec {
-            driver: driver.to_string(),
-            node_name: Some(PROBE_NODE.to_string()),
-            pool: ResourcePool {
-                name: PROBE_NODE.to_string(),
-                generation: 1,
-                resource_slice_count: 2,
-            },
-            ..spec
-        },
-    };
     (
-        slice(
+        probe_slice(
+            driver,
             "counters",
+            2,
             ResourceSliceSpec {
                 shared_counters: Some(vec![CounterSet {
                     name: PROBE_SET.into(),
@@ -270,8 +402,10 @@ pub fn probe_slices(driver: &str) -> (ResourceSlice, ResourceSlice) {
                 ..ResourceSliceSpec::default()
             },
         ),
-        slice(
+        probe_slice(
+            driver,
             "devices",
+            2,
             ResourceSliceSpec {
                 devices: Some(vec![Device {
                     name: "probe".into(),
@@ -284,6 +418,38 @@ pub fn probe_slices(driver: &str) -> (ResourceSlice, ResourceSlice) {
                 ..ResourceSliceSpec::default()
             },
         ),
+    )
+}
+
+/// The consumable-capacity probe: one device that allows multiple allocations, with a 2Gi
+/// capacity shared in 1Gi steps (the policy shape of [`crate::slices::sharing`]).
+pub fn shared_probe_slice(driver: &str) -> ResourceSlice {
+    let q = |s: &str| Quantity(s.into());
+    let capacity = DeviceCapacity {
+        value: q("2Gi"),
+        request_policy: Some(CapacityRequestPolicy {
+            default: Some(q("1Gi")),
+            valid_range: Some(CapacityRequestPolicyRange {
+                min: q("1Gi"),
+                max: Some(q("2Gi")),
+                step: Some(q("1Gi")),
+            }),
+            valid_values: None,
+        }),
+    };
+    probe_slice(
+        driver,
+        "shared",
+        1,
+        ResourceSliceSpec {
+            devices: Some(vec![Device {
+                name: "probe".into(),
+                allow_multiple_allocations: Some(true),
+                capacity: Some(BTreeMap::from([(format!("{driver}/memory"), capacity)])),
+                ..Device::default()
+            }]),
+            ..ResourceSliceSpec::default()
+        },
     )
 }
 
@@ -447,5 +613,97 @@ mod tests {
     fn on_and_off_need_no_probe() {
         assert!(decide(Partitionable::On, None).enabled);
         assert!(!decide(Partitionable::Off, Some(&ProbeOutcome::Accepted)).enabled);
+    }
+
+    #[tokio::test]
+    async fn consumable_capacity_is_on_when_the_dry_run_keeps_multiple_allocations() {
+        let (client, mut api) = mock_client();
+        let probe = tokio::spawn(async move { probe_consumable_capacity(&client, DRIVER).await });
+        discovery(&mut api, &["resourceslices"]).await;
+        dry_run(&mut api, |b| {
+            let d = &b["spec"]["devices"][0];
+            assert_eq!(d["allowMultipleAllocations"], true);
+            assert_eq!(
+                d["capacity"]["mock-accel.example.com/memory"]["requestPolicy"]["validRange"]["step"],
+                "1Gi"
+            );
+            Ok(b)
+        })
+        .await;
+        let outcome = probe.await.unwrap();
+        api.done().await;
+        assert_eq!(outcome, ProbeOutcome::Accepted);
+        assert!(
+            decide_for(
+                Feature::ConsumableCapacity,
+                FeatureMode::Auto,
+                Some(&outcome)
+            )
+            .enabled
+        );
+    }
+
+    #[tokio::test]
+    async fn consumable_capacity_is_off_when_the_server_drops_the_fields() {
+        // Kubernetes 1.34 with its default gates: the fields are dropped, nothing is refused.
+        let (client, mut api) = mock_client();
+        let probe = tokio::spawn(async move { probe_consumable_capacity(&client, DRIVER).await });
+        discovery(&mut api, &["resourceslices"]).await;
+        dry_run(&mut api, |mut b| {
+            let d = b["spec"]["devices"][0].as_object_mut().unwrap();
+            d.remove("allowMultipleAllocations");
+            Ok(b)
+        })
+        .await;
+        let outcome = probe.await.unwrap();
+        api.done().await;
+        assert_eq!(outcome, ProbeOutcome::Dropped("allowMultipleAllocations"));
+        let d = decide_for(
+            Feature::ConsumableCapacity,
+            FeatureMode::Auto,
+            Some(&outcome),
+        );
+        assert!(!d.enabled);
+        assert!(d.reason.contains("DRAConsumableCapacity"), "{}", d.reason);
+        let off = decide_for(Feature::ConsumableCapacity, FeatureMode::Off, None);
+        assert_eq!(
+            (off.enabled, off.reason.as_str()),
+            (false, "--consumable-capacity=off")
+        );
+    }
+
+    #[tokio::test]
+    async fn binding_conditions_follow_the_dry_run() {
+        for keep in [true, false] {
+            let (client, mut api) = mock_client();
+            let probe =
+                tokio::spawn(async move { probe_binding_conditions(&client, DRIVER).await });
+            discovery(&mut api, &["resourceslices"]).await;
+            dry_run(&mut api, |mut b| {
+                let d = b["spec"]["devices"][0].as_object_mut().unwrap();
+                assert_eq!(d["bindingConditions"][0], "mock-accel.example.com/Attached");
+                if !keep {
+                    d.remove("bindingConditions");
+                    d.remove("bindingFailureConditions");
+                }
+                Ok(b)
+            })
+            .await;
+            let outcome = probe.await.unwrap();
+            api.done().await;
+            let d = decide_for(
+                Feature::BindingConditions,
+                FeatureMode::Auto,
+                Some(&outcome),
+            );
+            assert_eq!(d.enabled, keep, "{outcome:?}");
+            if !keep {
+                assert!(
+                    d.reason.contains("DRADeviceBindingConditions"),
+                    "{}",
+                    d.reason
+                );
+            }
+        }
     }
 }

@@ -5,6 +5,7 @@
 //! also watches the slices it owns and the Nodes. The reconcile pipeline lives in
 //! [`reconcile`], its pure decisions in [`plan`], the metrics in [`metrics`].
 
+pub mod attach;
 pub mod capabilities;
 pub mod leader;
 pub mod metrics;
@@ -13,7 +14,7 @@ pub mod reconcile;
 #[cfg(test)]
 mod scenarios;
 
-use std::sync::Arc;
+use std::{sync::Arc, time::Duration};
 
 use futures::StreamExt;
 use k8s_openapi::api::{core::v1::Node, resource::v1::ResourceSlice};
@@ -120,6 +121,31 @@ pub async fn run(args: ControllerArgs) -> Result<(), Error> {
     } else {
         tracing::warn!(reason = %device_taints.reason, "device taints: skipped, unhealthy devices are published without a taint");
     }
+    let consumable = capabilities::resolve(
+        capabilities::Feature::ConsumableCapacity,
+        args.consumable_capacity,
+        &client,
+        &args.driver_name,
+    )
+    .await;
+    if consumable.enabled {
+        tracing::info!(reason = %consumable.reason, label = crate::names::LABEL_PF_SHARING, "consumable capacity: nodes labelled pf-sharing=shared publish their PFs in shares of their memory");
+    } else {
+        tracing::info!(reason = %consumable.reason, label = crate::names::LABEL_PF_SHARING, "consumable capacity: skipped, every PF is handed out whole (the pf-sharing node label has no effect)");
+    }
+    let binding = capabilities::resolve(
+        capabilities::Feature::BindingConditions,
+        args.binding_conditions,
+        &client,
+        &args.driver_name,
+    )
+    .await;
+    if binding.enabled {
+        tracing::info!(reason = %binding.reason, label = crate::names::LABEL_ATTACHMENT, delay = ?args.attach_delay, "binding conditions: devices of nodes labelled attachment=fabric wait for the attacher before a pod binds");
+    } else {
+        tracing::info!(reason = %binding.reason, label = crate::names::LABEL_ATTACHMENT, "binding conditions: skipped, no device waits for attachment (the attachment node label has no effect)");
+    }
+    let attach_delay = binding.enabled.then_some(args.attach_delay);
     let ctx = Arc::new(
         Context::new(
             client.clone(),
@@ -131,7 +157,9 @@ pub async fn run(args: ControllerArgs) -> Result<(), Error> {
         )
         .with_api_view(api_view)
         .with_partitionable(partitionable.enabled)
-        .with_device_taints(device_taints.enabled),
+        .with_device_taints(device_taints.enabled)
+        .with_consumable_capacity(consumable.enabled)
+        .with_binding_conditions(binding.enabled),
     );
     tracing::info!(driver = %args.driver_name, grace = ?args.agent_grace_period, leader_elect = args.leader_elect, "starting the controller");
 
@@ -148,13 +176,21 @@ pub async fn run(args: ControllerArgs) -> Result<(), Error> {
             ready.clone(),
             metrics,
             shutdown.clone(),
-            |stop| run_controller(ctx.clone(), clients.watch.clone(), ready.clone(), stop),
+            |stop| {
+                run_controller(
+                    ctx.clone(),
+                    clients.watch.clone(),
+                    ready.clone(),
+                    attach_delay,
+                    stop,
+                )
+            },
         )
         .await
         .map_err(Error::from)
     } else {
         metrics.set_leader(true);
-        run_controller(ctx, clients.watch, ready, shutdown.clone()).await;
+        run_controller(ctx, clients.watch, ready, attach_delay, shutdown.clone()).await;
         Ok(())
     };
 
@@ -165,13 +201,24 @@ pub async fn run(args: ControllerArgs) -> Result<(), Error> {
 
 /// Runs the kube-runtime Controller until `stop` is cancelled; in-flight reconciles finish.
 /// Watches use `watch_client` (no read timeout; each watch ends after [`WATCH_TIMEOUT_SECS`]),
-/// the reconciler the request client in `ctx`.
+/// the reconciler the request client in `ctx`. With `attach_delay`, the attacher
+/// ([`attach`]) runs beside it.
 async fn run_controller(
     ctx: Arc<Context>,
     watch_client: Client,
     ready: Readiness,
+    attach_delay: Option<Duration>,
     stop: CancellationToken,
 ) {
+    let attacher = attach_delay.map(|delay| {
+        tokio::spawn(attach::run(
+            ctx.client.clone(),
+            watch_client.clone(),
+            ctx.driver.clone(),
+            delay,
+            stop.clone(),
+        ))
+    });
     let client = watch_client;
     let watch_config = || watcher::Config::default().timeout(WATCH_TIMEOUT_SECS);
     let controller = Controller::new(
@@ -241,6 +288,10 @@ async fn run_controller(
         })
         .await;
     sync.abort();
+    if let Some(attacher) = attacher {
+        // It stops on the same token; wait so that no write outlives the leadership.
+        let _ = attacher.await;
+    }
     tracing::info!("reconciler stopped");
 }
 

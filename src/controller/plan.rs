@@ -117,6 +117,12 @@ pub struct Observed<'a> {
     /// Publish device taints for devices that are not Healthy (decided once at start-up: an
     /// API server without `DRADeviceTaints` drops them, see [`super::capabilities`]).
     pub device_taints: bool,
+    /// Publish the node's PFs in shares ([`crate::slices::sharing`]): its Node is labelled for
+    /// it and the API server serves consumable capacity.
+    pub shared_pfs: bool,
+    /// Make the node's devices wait for attachment ([`crate::slices::binding`]): its Node is
+    /// labelled for it and the API server serves binding conditions.
+    pub binding_conditions: bool,
     /// Since when the controller has seen the API server without interruption (`None`: no
     /// such record, heartbeats are judged by their own time alone).
     pub api_view_since: Option<Timestamp>,
@@ -197,6 +203,8 @@ pub fn plan_slices(obs: &Observed) -> SlicePlan {
             devices: &devices,
             partitionable: obs.partitionable,
             taints: &taints,
+            shared_pfs: obs.shared_pfs,
+            binding_conditions: obs.binding_conditions,
         };
         match slices::desired_slices(&input, obs.existing) {
             Ok(d) => {
@@ -590,6 +598,8 @@ mod tests {
             grace: Duration::from_secs(40),
             partitionable: false,
             device_taints: true,
+            shared_pfs: false,
+            binding_conditions: false,
             api_view_since: None,
         }
     }

@@ -35,6 +35,7 @@ use crate::{
     kube_client::ApiView,
     metrics::Outcome,
     names::{LABEL_MANAGED_BY, MANAGED_BY, node_label_selector},
+    slices::{binding, sharing},
 };
 
 /// Selects every slice this controller publishes (the label the slice computation sets).
@@ -120,6 +121,12 @@ pub struct Context {
     pub partitionable: bool,
     /// Publish device taints of devices that are not Healthy; off until decided.
     pub device_taints: bool,
+    /// The API server serves consumable capacity, so nodes labelled for it get shared PFs
+    /// ([`crate::slices::sharing`]); off until decided.
+    pub consumable_capacity: bool,
+    /// The API server serves binding conditions, so nodes labelled for it get devices that wait
+    /// for attachment ([`crate::slices::binding`]); off until decided.
+    pub binding_conditions: bool,
     /// This process's view of the API server; heartbeats are judged only over time it saw.
     api_view: Option<ApiView>,
     reporter: Reporter,
@@ -145,6 +152,8 @@ impl Context {
             metrics,
             partitionable: false,
             device_taints: false,
+            consumable_capacity: false,
+            binding_conditions: false,
             api_view: None,
             reporter: Reporter {
                 controller: CONTROLLER_FIELD_MANAGER.to_string(),
@@ -169,6 +178,18 @@ impl Context {
     /// Sets whether device taints are published (see [`super::capabilities`]).
     pub fn with_device_taints(mut self, device_taints: bool) -> Self {
         self.device_taints = device_taints;
+        self
+    }
+
+    /// Sets whether labelled nodes get shared PFs (see [`super::capabilities`]).
+    pub fn with_consumable_capacity(mut self, enabled: bool) -> Self {
+        self.consumable_capacity = enabled;
+        self
+    }
+
+    /// Sets whether labelled nodes get devices that wait for attachment.
+    pub fn with_binding_conditions(mut self, enabled: bool) -> Self {
+        self.binding_conditions = enabled;
         self
     }
 
@@ -257,6 +278,10 @@ async fn reconcile_node(node: &MockAccelNode, ctx: &Context) -> Result<Action, R
             what: "Node",
             source,
         })?;
+    let wants_shared =
+        sharing::node_wants_shared_pfs(k8s_node.as_ref().and_then(|n| n.metadata.labels.as_ref()));
+    let wants_attachment =
+        binding::node_wants_attachment(k8s_node.as_ref().and_then(|n| n.metadata.labels.as_ref()));
     let Some(node_uid) = k8s_node.and_then(|n| n.metadata.uid) else {
         // Without its Node the devices cannot be used; the Node watch brings us back.
         let removed = withdraw_node(ctx, &name).await?;
@@ -278,6 +303,8 @@ async fn reconcile_node(node: &MockAccelNode, ctx: &Context) -> Result<Action, R
             api_view_since: ctx.api_view.as_ref().map(|v| v.since(now)),
             partitionable: ctx.partitionable,
             device_taints: ctx.device_taints,
+            shared_pfs: wants_shared && ctx.consumable_capacity,
+            binding_conditions: wants_attachment && ctx.binding_conditions,
         })
     };
     let mut plan = decide(node);

@@ -111,6 +111,8 @@ fn published(node: &MockAccelNode, now: &str) -> (MockAccelNode, Vec<ResourceSli
         grace: GRACE,
         partitionable: false,
         device_taints: true,
+        shared_pfs: false,
+        binding_conditions: false,
         api_view_since: None,
     });
     let status = plan::controller_status(node, &plan, &WriteOutcome::Written, t(now));

@@ -12,13 +12,13 @@ use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, OwnerReference};
 
 use super::{
-    MAX_DEVICES_PER_SLICE, STANDARD_DOMAIN, SliceError,
+    MAX_DEVICES_PER_SLICE, STANDARD_DOMAIN, SliceError, binding,
     counters::{MAX_COUNTER_SETS_PER_SLICE, MAX_DEVICES_PER_SLICE_WITH_COUNTERS, pool_counters},
-    diff,
+    diff, sharing,
     validate::{is_semver, validate_device},
 };
 use crate::{
-    inventory::Device,
+    inventory::{Device, DeviceType},
     names::{
         LABEL_MANAGED_BY, LABEL_NODE, LABEL_POOL, MANAGED_BY, MAX_DRIVER_LEN, MAX_NAME_LEN,
         is_dns_subdomain, is_pool_name, node_label_value, pool_name, pool_suffix, slice_name,
@@ -54,6 +54,12 @@ pub struct NodeSlicesInput<'a> {
     /// Device name → its taints ([`super::taints`]); devices not listed carry none. A pool
     /// with a tainted device is split at [`MAX_DEVICES_PER_SLICE_WITH_COUNTERS`] (64).
     pub taints: &'a BTreeMap<String, Vec<DeviceTaint>>,
+    /// Publish the node's PFs in shares of their memory ([`super::sharing`]): the node asks
+    /// for it by label and the API server serves consumable capacity.
+    pub shared_pfs: bool,
+    /// Make every device of the node wait for attachment ([`super::binding`]): the node asks
+    /// for it by label and the API server serves binding conditions.
+    pub binding_conditions: bool,
 }
 
 /// Result of [`desired_slices`].
@@ -146,7 +152,13 @@ pub fn desired_slices(
             });
             continue;
         }
-        match api_device(input.driver, d).and_then(|api| {
+        match api_device(input.driver, d).and_then(|mut api| {
+            if input.shared_pfs && d.device_type == DeviceType::Pf {
+                sharing::share_pf(input.driver, &mut api, d.memory);
+            }
+            if input.binding_conditions {
+                binding::require_attachment(input.driver, &mut api);
+            }
             validate_device(&api)?;
             Ok(api)
         }) {

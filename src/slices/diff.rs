@@ -110,6 +110,12 @@ fn device_matches(a: &ApiDevice, b: &ApiDevice) -> bool {
                 && va.request_policy == vb.request_policy
                 && quantities_equal(&va.value, &vb.value)
         })
+        && a.allow_multiple_allocations.unwrap_or(false)
+            == b.allow_multiple_allocations.unwrap_or(false)
+        && a.binding_conditions.as_deref().unwrap_or_default()
+            == b.binding_conditions.as_deref().unwrap_or_default()
+        && a.binding_failure_conditions.as_deref().unwrap_or_default()
+            == b.binding_failure_conditions.as_deref().unwrap_or_default()
         && consumption_matches(
             a.consumes_counters.as_deref().unwrap_or_default(),
             b.consumes_counters.as_deref().unwrap_or_default(),
@@ -150,7 +156,7 @@ fn quantities_equal(a: &Quantity, b: &Quantity) -> bool {
 
 /// Value of a non-negative integer quantity with an optional SI or binary suffix (the forms
 /// [`memory_quantity`] and the API server produce for byte counts); `None` for anything else.
-pub(super) fn integer_quantity(s: &str) -> Option<u128> {
+pub fn integer_quantity(s: &str) -> Option<u128> {
     let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
     let (digits, suffix) = s.split_at(split);
     if digits.is_empty() {

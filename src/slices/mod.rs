@@ -12,6 +12,10 @@
 //! - [`counters`]: the shared counter sets that make a PF and its own VFs exclusive
 //!   (partitionable devices), published when the API server accepts them;
 //! - [`taints`]: the device taint of a device that is not Healthy;
+//! - [`binding`]: binding conditions of devices that must be attached before a pod binds, on
+//!   nodes labelled for it;
+//! - [`sharing`]: PFs published in shares of their memory (consumable capacity) on nodes
+//!   labelled for it;
 //! - the names and labels of slices and pools come from [`crate::names`].
 //!
 //! Rules it follows (see the design's "Names and shapes" and the DRA contract):
@@ -22,9 +26,11 @@
 //! - an invalid device is left out and reported in [`DesiredSlices::rejected`]; the rest of the
 //!   node is still published.
 
+pub mod binding;
 pub mod counters;
 pub mod desired;
 pub mod diff;
+pub mod sharing;
 pub mod taints;
 #[cfg(test)]
 mod tests;
@@ -34,7 +40,7 @@ pub use self::{
     desired::{
         DesiredSlices, NodeSlicesInput, PoolSummary, api_device, desired_slices, memory_quantity,
     },
-    diff::{obsolete_slices, slice_differs},
+    diff::{integer_quantity, obsolete_slices, slice_differs},
     validate::validate_device,
 };
 use crate::names::{MAX_DRIVER_LEN, MAX_NAME_LEN};

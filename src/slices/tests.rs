@@ -102,6 +102,8 @@ fn input<'a>(node: &'a str, devices: &'a [Device]) -> NodeSlicesInput<'a> {
         devices,
         partitionable: false,
         taints: &super::taints::NO_TAINTS,
+        shared_pfs: false,
+        binding_conditions: false,
     }
 }
 
@@ -1176,4 +1178,42 @@ fn a_tainted_device_carries_its_taint_and_the_pool_splits_at_64() {
             .zip(&out.slices)
             .all(|(a, b)| !slice_differs(a, b))
     );
+}
+
+// ---------------------------------------------------------------------------------------------
+// Shared PFs (consumable capacity)
+
+#[test]
+fn a_shared_node_publishes_its_pfs_in_shares_that_still_consume_the_whole_card() {
+    let devices = canonical_node();
+    let input = NodeSlicesInput {
+        partitionable: true,
+        shared_pfs: true,
+        ..input("node1", &devices)
+    };
+    let out = desired_slices(&input, &[]).unwrap();
+    assert_valid(&out);
+    let pf = find(&out, "mock0");
+    assert_eq!(pf.allow_multiple_allocations, Some(true));
+    let policy = pf.capacity.as_ref().unwrap()["mock-accel.example.com/memory"]
+        .request_policy
+        .clone()
+        .unwrap();
+    assert_eq!(policy.default.unwrap().0, "1Gi");
+    // The PF and a VF of its card still cannot be allocated together (the scheduler charges
+    // the shared PF's counters once, with its first share).
+    assert!(!fits(&out, &["mock0", "mock1"]));
+    assert!(fits(&out, &["mock1", "mock2"]));
+    let vf = find(&out, "mock1");
+    assert_eq!(vf.allow_multiple_allocations, None);
+    assert!(
+        vf.capacity.as_ref().unwrap()["mock-accel.example.com/memory"]
+            .request_policy
+            .is_none()
+    );
+
+    // Turning sharing off changes the pool's content: a new generation.
+    let exclusive = partitioned("node1", &canonical_node(), &out.slices);
+    assert!(exclusive.slices[0].spec.pool.generation > out.slices[0].spec.pool.generation);
+    assert_eq!(find(&exclusive, "mock0").allow_multiple_allocations, None);
 }

@@ -44,6 +44,21 @@ pub fn admin(mut r: DeviceRequestAllocationResult) -> DeviceRequestAllocationRes
     r
 }
 
+/// `r` as share `id` of a device that allows multiple allocations, consuming `memory` of its
+/// `<driver>/memory` capacity (a quantity such as `8Gi`).
+pub fn share(
+    mut r: DeviceRequestAllocationResult,
+    id: &str,
+    memory: &str,
+) -> DeviceRequestAllocationResult {
+    r.share_id = Some(id.into());
+    r.consumed_capacity = Some(std::collections::BTreeMap::from([(
+        format!("{DRIVER}/memory"),
+        k8s_openapi::apimachinery::pkg::api::resource::Quantity(memory.into()),
+    )]));
+    r
+}
+
 /// `r` allocated by another driver.
 pub fn foreign(mut r: DeviceRequestAllocationResult) -> DeviceRequestAllocationResult {
     r.driver = "gpu.example.com".into();

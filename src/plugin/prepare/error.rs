@@ -58,6 +58,14 @@ pub enum PrepareError {
         holder: String,
     },
     #[error(
+        "claim {claim}: device {device} was allocated a consumed capacity of {quantity:?}, which is not a whole number of bytes; the scheduler's allocation cannot be honoured, delete the pod so that the claim is allocated again"
+    )]
+    ConsumedCapacity {
+        claim: String,
+        device: String,
+        quantity: String,
+    },
+    #[error(
         "claim {claim}: allocation config #{index} has no opaque configuration; this driver understands only opaque parameters"
     )]
     UnsupportedConfig { claim: String, index: usize },

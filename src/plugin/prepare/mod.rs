@@ -16,8 +16,9 @@
 //!   parameters yet, so the keys are logged and ignored. Configuration that is not opaque (a
 //!   kind newer than this driver) fails the claim, as the Go helper does.
 //! - Admin-access results do not touch the register and never conflict; two ordinary results
-//!   of different claims on one device do. This driver publishes no consumable capacity, so
-//!   a `shareID` is passed through but does not relax the conflict check.
+//!   of different claims on one device do, unless both are shares (a `shareID`, consumable
+//!   capacity): shares of one PF coexist, the first sets the register and the last one
+//!   unprepared clears it, and each claim's CDI spec carries the memory it was granted.
 //!
 //! Every call is serialized twice: an async mutex within the process and an exclusive lock on
 //! `<plugin dir>/serialize.lock` across processes (two node-agent pods during a rolling
@@ -58,7 +59,8 @@ use k8s_openapi::api::resource::v1::ResourceClaim;
 use tokio::sync::{OwnedMutexGuard, watch};
 
 use self::plan::{
-    allocated_map, entry_claim, new_entry, prepared_devices, prepared_status, unique_devices,
+    allocated_map, entry_claim, new_entry, prepared_devices, prepared_status, shared_elsewhere,
+    unique_devices,
 };
 pub use self::{
     error::PrepareError,
@@ -610,6 +612,13 @@ impl Core {
         let claim = entry_claim(entry);
         let mut devices = Vec::new();
         for d in unique_devices(entry) {
+            // A claim may hold several shares of one device: it was granted their sum.
+            let memory = entry
+                .devices
+                .iter()
+                .filter(|e| e.device == d.device)
+                .filter_map(|e| e.consumed_memory)
+                .reduce(u64::saturating_add);
             let Some(found) = inventory.get(&d.device) else {
                 return Err(PrepareError::UnknownDevice {
                     claim,
@@ -624,6 +633,7 @@ impl Core {
                 uuid: found.uuid.clone(),
                 pci_address: found.pci_address.clone(),
                 dev_node: self.dev_node(&found.sysfs_name),
+                memory,
             });
         }
         let cdi_error = |source| PrepareError::Cdi {
@@ -684,7 +694,7 @@ impl Core {
         let Some(entry) = cp.claims.get(uid).cloned() else {
             return Ok(());
         };
-        self.release(&entry, Release::Restore)?;
+        self.release(&entry, Release::Restore, &Default::default())?;
         self.fail_point(fail_points::ROLLBACK_RELEASED)?;
         cp.claims.remove(uid);
         checkpoint::store(&self.checkpoint_path(), cp).map_err(|source| PrepareError::Checkpoint {
@@ -693,17 +703,31 @@ impl Core {
         })
     }
 
-    /// Registers back (only those prepare wrote), then the spec. A device that disappeared
+    /// Registers back (only those prepare wrote; for shares, the register of a device no
+    /// other claim in `shared_elsewhere` still shares), then the spec. A device that disappeared
     /// from sysfs has nothing left to restore.
-    fn release(&self, entry: &ClaimEntry, how: Release) -> Result<(), PrepareError> {
+    fn release(
+        &self,
+        entry: &ClaimEntry,
+        how: Release,
+        shared_elsewhere: &std::collections::BTreeSet<String>,
+    ) -> Result<(), PrepareError> {
         let mut errors = Vec::new();
+        let mut cleared = std::collections::BTreeSet::new();
         for d in &entry.devices {
-            let Some(previous) = d.register_previous else {
-                continue;
-            };
-            let value = match how {
-                Release::Restore => previous,
-                Release::Clear => REGISTER_RELEASED,
+            let value = match (how, d.register_previous) {
+                (Release::Restore, Some(previous)) => previous,
+                // The last share of a device clears its register, whichever share set it.
+                (Release::Clear, _)
+                    if d.share_id.is_some()
+                        && !d.admin_access
+                        && !shared_elsewhere.contains(&d.device)
+                        && cleared.insert(d.sysfs_name.as_str()) =>
+                {
+                    REGISTER_RELEASED
+                }
+                (Release::Clear, Some(_)) if d.share_id.is_none() => REGISTER_RELEASED,
+                _ => continue,
             };
             match sysfs::write_status(&self.config.sysfs_root, &d.sysfs_name, value) {
                 Ok(()) => {}
@@ -751,7 +775,8 @@ impl Core {
             )?;
             return Ok(());
         };
-        self.release(&entry, Release::Clear)?;
+        let shared = shared_elsewhere(cp, &claim.uid);
+        self.release(&entry, Release::Clear, &shared)?;
         cp.claims.remove(&claim.uid);
         checkpoint::store(&self.checkpoint_path(), cp).map_err(|source| {
             PrepareError::Checkpoint {
@@ -899,7 +924,7 @@ mod tests {
         test_support::{
             claims::{
                 ClaimMap, DRIVER, NODE, NS, admin, allocated, claim_meta, cref, foreign, opaque,
-                result, with_config,
+                result, share, with_config,
             },
             devices,
         },
@@ -1426,6 +1451,113 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn shares_of_one_device_coexist_the_first_sets_the_register_and_the_last_clears_it() {
+        let mut node = TestNode::new();
+        let p = node.preparer();
+        let shared = |uid: &str, name: &str, id: &str| {
+            allocated(
+                uid,
+                name,
+                vec![share(result("r", "mock0", "node1/numa0"), id, "8Gi")],
+            )
+        };
+        node.source.put(shared("u-a", "a", "s-a"));
+        node.source.put(shared("u-b", "b", "s-b"));
+        node.source.put(allocated(
+            "u-whole",
+            "whole",
+            vec![result("r", "mock0", "node1/numa0")],
+        ));
+
+        let devices = prepare_one(&p, cref("u-a", "a")).await.unwrap();
+        assert_eq!(devices[0].share_id.as_deref(), Some("s-a"));
+        assert_eq!(
+            node.register("mock0"),
+            1,
+            "the first share sets the register"
+        );
+        node.set_register("mock0", 7);
+        prepare_one(&p, cref("u-b", "b")).await.unwrap();
+        assert_eq!(node.register("mock0"), 7, "a second share leaves it alone");
+
+        // Each claim's spec carries its own grant; the checkpoint keeps the shares apart.
+        for uid in ["u-a", "u-b"] {
+            let spec = node.spec(uid).unwrap();
+            assert_valid_cdi(&spec);
+            assert!(
+                spec.devices[0]
+                    .container_edits
+                    .env
+                    .contains(&"MOCK_ACCEL_MEMORY=8589934592".to_string()),
+                "{uid}: {:?}",
+                spec.devices[0].container_edits.env
+            );
+        }
+        let cp = node.checkpoint();
+        let entry = |uid: &str| cp.claims[uid].devices[0].clone();
+        assert_eq!(
+            (entry("u-a").share_id, entry("u-a").consumed_memory),
+            (Some("s-a".into()), Some(8 << 30))
+        );
+        assert_eq!(entry("u-a").register_previous, Some(5));
+        assert_eq!(entry("u-b").share_id.as_deref(), Some("s-b"));
+        assert_eq!(entry("u-b").register_previous, None);
+
+        // A whole-device result never joins shares.
+        let err = prepare_one(&p, cref("u-whole", "whole")).await.unwrap_err();
+        assert!(err.contains("already prepared for claim"), "{err}");
+
+        // The first share leaves: the register stays set for the other one.
+        unprepare_one(&p, cref("u-a", "a")).await.unwrap();
+        assert_eq!(node.register("mock0"), 7);
+        // The last share leaves: cleared, though another share set it.
+        unprepare_one(&p, cref("u-b", "b")).await.unwrap();
+        assert_eq!(node.register("mock0"), 0);
+        assert!(node.checkpoint().claims.is_empty());
+        node.assert_consistent(&p);
+    }
+
+    #[tokio::test]
+    async fn a_share_waits_for_a_whole_device_to_be_released() {
+        let mut node = TestNode::new();
+        let p = node.preparer();
+        node.source.put(allocated(
+            "u-whole",
+            "whole",
+            vec![result("r", "mock0", "node1/numa0")],
+        ));
+        node.source.put(allocated(
+            "u-s",
+            "s",
+            vec![share(result("r", "mock0", "node1/numa0"), "s1", "1Gi")],
+        ));
+        prepare_one(&p, cref("u-whole", "whole")).await.unwrap();
+        let err = prepare_one(&p, cref("u-s", "s")).await.unwrap_err();
+        assert!(err.contains("default/whole"), "{err}");
+        unprepare_one(&p, cref("u-whole", "whole")).await.unwrap();
+        prepare_one(&p, cref("u-s", "s")).await.unwrap();
+        assert_eq!(node.register("mock0"), 1);
+    }
+
+    #[tokio::test]
+    async fn a_consumed_capacity_that_is_not_whole_bytes_is_refused() {
+        let mut node = TestNode::new();
+        let p = node.preparer();
+        node.source.put(allocated(
+            "u-odd",
+            "odd",
+            vec![share(result("r", "mock0", "node1/numa0"), "s1", "1.5")],
+        ));
+        assert_refused(
+            &node,
+            &p,
+            cref("u-odd", "odd"),
+            "not a whole number of bytes",
+        )
+        .await;
+    }
+
+    #[tokio::test]
     async fn opaque_config_for_this_driver_must_be_an_object_and_is_ignored() {
         let mut node = TestNode::new();
         let p = node.preparer();
@@ -1702,6 +1834,7 @@ mod tests {
                     request_names: vec!["r".into()],
                     admin_access: false,
                     share_id: None,
+                    consumed_memory: None,
                     register_previous: Some(5),
                 }],
                 cdi_device_ids: vec![],

@@ -2,8 +2,12 @@
 //! checkpoint, decide which devices a claim gets, which registers a prepare writes, and what
 //! the checkpoint entry, the kubelet's answer and `status.preparedClaims` say. No I/O here;
 //! [`super::Preparer`] performs what these functions decide.
+//!
+//! Shares of a PF (consumable capacity): results with a `shareID` on one device coexist, each
+//! with its own consumed memory; the first share prepared on a device writes its register and
+//! the last one unprepared clears it. A share never coexists with a whole-device result.
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 
 use k8s_openapi::api::resource::v1::{AllocationResult, ResourceClaim};
 
@@ -13,6 +17,7 @@ use crate::{
     checkpoint::{Checkpoint, ClaimEntry, DeviceEntry, PrepareState},
     inventory::Inventory,
     plugin::{ClaimRef, HeldRegister, PreparedClaim, PreparedDevice},
+    slices::integer_quantity,
 };
 
 /// One allocation result of this driver, checked against this node.
@@ -25,6 +30,9 @@ pub struct PlannedDevice {
     pub request_name: String,
     pub admin_access: bool,
     pub share_id: Option<String>,
+    /// Bytes of the device's memory this result consumes (consumable capacity), as the
+    /// scheduler recorded it in `consumedCapacity`.
+    pub consumed_memory: Option<u64>,
 }
 
 /// What preparing a claim takes.
@@ -34,17 +42,26 @@ pub struct Plan {
     pub devices: Vec<PlannedDevice>,
     /// Opaque parameter keys given for this driver, which it does not define.
     pub ignored_parameters: Vec<String>,
+    /// Devices of which other claims hold shares already: their register is set, and a share of
+    /// this claim leaves it alone.
+    pub shared_elsewhere: BTreeSet<String>,
 }
 
 impl Plan {
-    /// Sysfs names of the registers this prepare writes: each non-admin device once.
+    /// Sysfs names of the registers this prepare writes: each non-admin device once, except
+    /// shared devices whose register an earlier share set.
     pub fn register_writes(&self) -> Vec<&str> {
         let mut seen = BTreeSet::new();
         self.devices
             .iter()
-            .filter(|d| !d.admin_access && seen.insert(d.sysfs_name.as_str()))
+            .filter(|d| self.writes_register(d) && seen.insert(d.sysfs_name.as_str()))
             .map(|d| d.sysfs_name.as_str())
             .collect()
+    }
+
+    fn writes_register(&self, d: &PlannedDevice) -> bool {
+        let joins_a_share = d.share_id.is_some() && self.shared_elsewhere.contains(&d.device);
+        !d.admin_access && !joins_a_share
     }
 }
 
@@ -110,6 +127,8 @@ pub fn plan_devices(
         }
     }
 
+    plan.shared_elsewhere = shared_elsewhere(prepared, &claim.uid);
+    let memory_capacity = format!("{driver}/memory");
     let node_prefix = format!("{node}/");
     let results = devices
         .and_then(|d| d.results.as_ref())
@@ -143,7 +162,9 @@ pub fn plan_devices(
             });
         }
         let admin_access = result.admin_access.unwrap_or(false);
-        if !admin_access && let Some(holder) = holder_of(prepared, &device.name, &claim.uid) {
+        let shared = result.share_id.is_some();
+        if !admin_access && let Some(holder) = holder_of(prepared, &device.name, &claim.uid, shared)
+        {
             return Err(PrepareError::AlreadyAllocated {
                 claim: claim_name,
                 device: device.name.clone(),
@@ -157,13 +178,52 @@ pub fn plan_devices(
             request_name: base_request(&result.request).to_string(),
             admin_access,
             share_id: result.share_id.clone(),
+            consumed_memory: consumed_memory(
+                claim,
+                result.consumed_capacity.as_ref(),
+                &memory_capacity,
+                &device.name,
+            )?,
         });
     }
     Ok(plan)
 }
 
-/// The claim (other than `uid`) holding `device` without admin access, as `ns/name (uid …)`.
-fn holder_of(prepared: &Checkpoint, device: &str, uid: &str) -> Option<String> {
+/// Bytes of `<driver>/memory` in a result's `consumedCapacity`, when it has that entry.
+fn consumed_memory(
+    claim: &ClaimRef,
+    consumed: Option<&BTreeMap<String, k8s_openapi::apimachinery::pkg::api::resource::Quantity>>,
+    capacity: &str,
+    device: &str,
+) -> Result<Option<u64>, PrepareError> {
+    let Some(q) = consumed.and_then(|c| c.get(capacity)) else {
+        return Ok(None);
+    };
+    integer_quantity(&q.0)
+        .and_then(|n| u64::try_from(n).ok())
+        .map(Some)
+        .ok_or_else(|| PrepareError::ConsumedCapacity {
+            claim: claim.to_string(),
+            device: device.to_string(),
+            quantity: q.0.clone(),
+        })
+}
+
+/// Devices of which claims other than `uid` hold shares.
+pub(super) fn shared_elsewhere(prepared: &Checkpoint, uid: &str) -> BTreeSet<String> {
+    prepared
+        .claims
+        .values()
+        .filter(|e| e.uid != uid)
+        .flat_map(|e| e.devices.iter())
+        .filter(|d| d.share_id.is_some() && !d.admin_access)
+        .map(|d| d.device.clone())
+        .collect()
+}
+
+/// The claim (other than `uid`) holding `device` without admin access, as `ns/name (uid …)`;
+/// for a share (`shared`), only a claim holding the whole device counts.
+fn holder_of(prepared: &Checkpoint, device: &str, uid: &str, shared: bool) -> Option<String> {
     prepared
         .claims
         .values()
@@ -171,7 +231,7 @@ fn holder_of(prepared: &Checkpoint, device: &str, uid: &str) -> Option<String> {
         .find(|e| {
             e.devices
                 .iter()
-                .any(|d| d.device == device && !d.admin_access)
+                .any(|d| d.device == device && !d.admin_access && !(shared && d.share_id.is_some()))
         })
         .map(entry_claim)
 }
@@ -206,8 +266,9 @@ pub(super) fn new_entry(
         .devices
         .iter()
         .map(|d| {
-            // Only the first ordinary result of a device writes its register.
-            let writes = !d.admin_access && recorded.insert(d.sysfs_name.clone());
+            // Only the first ordinary result of a device writes its register (for a share: the
+            // first share on the device).
+            let writes = plan.writes_register(d) && recorded.insert(d.sysfs_name.clone());
             DeviceEntry {
                 device: d.device.clone(),
                 sysfs_name: d.sysfs_name.clone(),
@@ -215,6 +276,7 @@ pub(super) fn new_entry(
                 request_names: vec![d.request_name.clone()],
                 admin_access: d.admin_access,
                 share_id: d.share_id.clone(),
+                consumed_memory: d.consumed_memory,
                 register_previous: if writes {
                     previous.get(&d.sysfs_name).copied()
                 } else {
@@ -291,15 +353,21 @@ pub(super) fn prepared_status(cp: &Checkpoint) -> Vec<PreparedClaim> {
     out
 }
 
+/// Device → the claim holding it (`namespace/name`); the shares of a device list their claims
+/// sorted and comma-separated.
 pub(super) fn allocated_map(cp: &Checkpoint) -> HashMap<String, String> {
-    cp.claims
-        .values()
-        .flat_map(|e| {
-            e.devices
-                .iter()
-                .filter(|d| !d.admin_access)
-                .map(move |d| (d.device.clone(), e.claim_key()))
-        })
+    let mut holders: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
+    for e in cp.claims.values() {
+        for d in e.devices.iter().filter(|d| !d.admin_access) {
+            holders
+                .entry(d.device.clone())
+                .or_default()
+                .insert(e.claim_key());
+        }
+    }
+    holders
+        .into_iter()
+        .map(|(device, claims)| (device, claims.into_iter().collect::<Vec<_>>().join(",")))
         .collect()
 }
 

@@ -319,6 +319,7 @@ mod tests {
                 request_names: vec!["pf".into()],
                 admin_access: false,
                 share_id: None,
+                consumed_memory: None,
                 register_previous: Some(0),
             }],
             cdi_device_ids: vec![],
