@@ -52,7 +52,7 @@ const (
 
 type options struct {
 	kubeconfig, ours, peer, work, cdiRoot, node, namespace, jsonOut string
-	cycles, mark, starts, blocks, perBlock, devices                int
+	cycles, mark, starts, blocks, perBlock, devices                 int
 	settle                                                          time.Duration
 }
 
