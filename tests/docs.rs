@@ -1148,7 +1148,7 @@ fn code_words(md: &Markdown) -> Vec<(usize, String)> {
     out
 }
 
-const REPO_DIRS: [&str; 10] = [
+const REPO_DIRS: [&str; 11] = [
     "src/",
     "config/",
     "crds/",
@@ -1157,6 +1157,7 @@ const REPO_DIRS: [&str; 10] = [
     "tests/",
     "kustomize/",
     "benches/",
+    "bench/",
     "proto/",
     ".ci/",
 ];
