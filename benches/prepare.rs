@@ -227,6 +227,7 @@ async fn run(label: &str, dir: &Path, warmup: usize, cycles: usize, full: bool) 
         dev_root: dir.join("dev"),
         cdi_dir: dir.join("cdi"),
         plugin_dir: plugin.plugin_dir.clone(),
+        layout: Default::default(),
     };
     let metrics = PrepareMetrics::register(&mut Registry::default());
     let preparer = Arc::new(Preparer::new(config, inventory, SyntheticClaims, metrics)?);

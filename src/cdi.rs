@@ -8,10 +8,13 @@
 //! whose schema covers the content, because runtimes built with an older CDI library refuse
 //! versions they do not know.
 //!
-//! Per device the spec sets `MOCK_ACCEL_UUID`, `MOCK_ACCEL_PCI` and `MOCK_ACCEL_DEVICE` (the
-//! sysfs name), bind-mounts the device's sysfs directory read-only at the same place in the
-//! container, and adds the character device `/dev/<sysfs name>` when the host has one. The
-//! spec-level edits set `MOCK_ACCEL_DEVICES`, the comma-separated sysfs names of the claim.
+//! Per device the spec sets `MOCK_ACCEL_UUID`, `MOCK_ACCEL_PCI`, `MOCK_ACCEL_DEVICE` (the
+//! sysfs name) and `MOCK_ACCEL_SYSFS` (where its sysfs directory is in the container),
+//! bind-mounts the device's sysfs directory read-only there, and adds the character device
+//! `/dev/<sysfs name>` when the host has one. The directory is `/sys/class/mock-accel/<name>`
+//! for the kernel module's devices and `/var/run/mock-accel/<name>` for simulated ones
+//! ([`ContainerLayout`]). The spec-level edits set `MOCK_ACCEL_DEVICES`, the comma-separated
+//! sysfs names of the claim, and `MOCK_ACCEL_SYSFS_DIR`, the directory holding them.
 
 use std::path::{Path, PathBuf};
 
@@ -24,6 +27,35 @@ pub const CDI_CLASS: &str = "accel";
 
 /// Container path of the class directory, as in the kernel's sysfs.
 const CONTAINER_CLASS_DIR: &str = "/sys/class/mock-accel";
+/// Container directory of simulated devices: a container's `/sys` is a read-only sysfs of its
+/// own, without `class/mock-accel` unless the kernel module is loaded on the host, so runc
+/// cannot create a mount target there. Below `/var/run` the runtime can create one.
+const CONTAINER_SIMULATED_DIR: &str = "/var/run/mock-accel";
+/// Host path of a simulated device's character device: a simulated device has none of its
+/// own, and a runtime refuses a CDI device node whose host path is not a device node, so the
+/// container gets the host's `/dev/null` under the device's name (`/dev/<sysfs name>`).
+pub const SIMULATED_DEV_NODE: &str = "/dev/null";
+
+/// Where a device's sysfs directory appears inside the container.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum ContainerLayout {
+    /// `/sys/class/mock-accel/<name>`, where the kernel module shows it (the container's own
+    /// sysfs has the directory, so the bind mount has a target).
+    #[default]
+    Kernel,
+    /// `/var/run/mock-accel/<name>`: devices of a simulated tree (`node-agent --simulate`).
+    Simulated,
+}
+
+impl ContainerLayout {
+    /// The container directory holding the devices' sysfs directories (`MOCK_ACCEL_SYSFS_DIR`).
+    pub fn container_dir(self) -> &'static str {
+        match self {
+            ContainerLayout::Kernel => CONTAINER_CLASS_DIR,
+            ContainerLayout::Simulated => CONTAINER_SIMULATED_DIR,
+        }
+    }
+}
 
 /// Why a spec cannot be built, written or removed.
 #[derive(Debug, thiserror::Error)]
@@ -177,6 +209,7 @@ pub fn claim_spec(
     driver: &str,
     claim_uid: &str,
     sysfs_root: &Path,
+    layout: ContainerLayout,
     devices: &[SpecDevice],
 ) -> Result<Spec, CdiError> {
     check_vendor(driver)?;
@@ -191,7 +224,7 @@ pub fn claim_spec(
         check_device_name(&name)?;
         cdi_devices.push(Device {
             name,
-            container_edits: device_edits(sysfs_root, d),
+            container_edits: device_edits(sysfs_root, layout, d),
         });
     }
     let all: Vec<&str> = devices.iter().map(|d| d.sysfs_name.as_str()).collect();
@@ -200,7 +233,10 @@ pub fn claim_spec(
         kind: kind(driver),
         devices: cdi_devices,
         container_edits: ContainerEdits {
-            env: vec![format!("MOCK_ACCEL_DEVICES={}", all.join(","))],
+            env: vec![
+                format!("MOCK_ACCEL_DEVICES={}", all.join(",")),
+                format!("MOCK_ACCEL_SYSFS_DIR={}", layout.container_dir()),
+            ],
             ..ContainerEdits::default()
         },
     };
@@ -208,13 +244,15 @@ pub fn claim_spec(
     Ok(spec)
 }
 
-fn device_edits(sysfs_root: &Path, d: &SpecDevice) -> ContainerEdits {
+fn device_edits(sysfs_root: &Path, layout: ContainerLayout, d: &SpecDevice) -> ContainerEdits {
     let host_dir = sysfs_root.join("class/mock-accel").join(&d.sysfs_name);
+    let container_dir = format!("{}/{}", layout.container_dir(), d.sysfs_name);
     ContainerEdits {
         env: vec![
             format!("MOCK_ACCEL_UUID={}", d.uuid),
             format!("MOCK_ACCEL_PCI={}", d.pci_address),
             format!("MOCK_ACCEL_DEVICE={}", d.sysfs_name),
+            format!("MOCK_ACCEL_SYSFS={container_dir}"),
         ],
         device_nodes: d
             .dev_node
@@ -232,7 +270,7 @@ fn device_edits(sysfs_root: &Path, d: &SpecDevice) -> ContainerEdits {
         // the required version to 0.4.0 for nothing.
         mounts: vec![Mount {
             host_path: host_dir.display().to_string(),
-            container_path: format!("{CONTAINER_CLASS_DIR}/{}", d.sysfs_name),
+            container_path: container_dir,
             mount_type: None,
             options: ["ro", "nosuid", "nodev", "bind"].map(String::from).to_vec(),
         }],
@@ -369,6 +407,7 @@ mod tests {
             DRIVER,
             UID_LETTER,
             Path::new("/sys"),
+            ContainerLayout::Kernel,
             &[device(
                 "mock0-vf0",
                 "mock0_vf0",
@@ -386,7 +425,8 @@ mod tests {
             vec![
                 "MOCK_ACCEL_UUID=uuid-of-mock0_vf0",
                 "MOCK_ACCEL_PCI=0000:11:00.1",
-                "MOCK_ACCEL_DEVICE=mock0_vf0"
+                "MOCK_ACCEL_DEVICE=mock0_vf0",
+                "MOCK_ACCEL_SYSFS=/sys/class/mock-accel/mock0_vf0"
             ]
         );
         assert_eq!(
@@ -407,7 +447,10 @@ mod tests {
         );
         assert_eq!(
             spec.container_edits.env,
-            vec!["MOCK_ACCEL_DEVICES=mock0_vf0"]
+            vec![
+                "MOCK_ACCEL_DEVICES=mock0_vf0",
+                "MOCK_ACCEL_SYSFS_DIR=/sys/class/mock-accel"
+            ]
         );
 
         let loaded = validate_with_cdi_crate(&spec);
@@ -426,6 +469,7 @@ mod tests {
             DRIVER,
             UID_LETTER,
             Path::new("/sys"),
+            ContainerLayout::Kernel,
             &[
                 device("mock0", "mock0", None),
                 device("mock1", "mock1", None),
@@ -440,7 +484,10 @@ mod tests {
         );
         assert_eq!(
             spec.container_edits.env,
-            vec!["MOCK_ACCEL_DEVICES=mock0,mock1"]
+            vec![
+                "MOCK_ACCEL_DEVICES=mock0,mock1",
+                "MOCK_ACCEL_SYSFS_DIR=/sys/class/mock-accel"
+            ]
         );
         let loaded = validate_with_cdi_crate(&spec);
         assert_eq!(loaded.get_devices().len(), 2);
@@ -452,6 +499,7 @@ mod tests {
             DRIVER,
             UID_DIGIT,
             Path::new("/sys"),
+            ContainerLayout::Kernel,
             &[device("mock0", "mock0", None)],
         )
         .unwrap();
@@ -465,6 +513,7 @@ mod tests {
             DRIVER,
             UID_DIGIT,
             Path::new("/sim/sys"),
+            ContainerLayout::Kernel,
             &[device("mock1", "mock1", node("mock1", None))],
         )
         .unwrap();
@@ -478,11 +527,53 @@ mod tests {
     }
 
     #[test]
+    fn simulated_devices_mount_below_var_run_and_get_dev_null_as_their_node() {
+        let spec = claim_spec(
+            DRIVER,
+            UID_LETTER,
+            Path::new("/var/run/mock-accel/sim"),
+            ContainerLayout::Simulated,
+            &[device(
+                "mock1",
+                "mock1",
+                Some(DevNode {
+                    host_path: PathBuf::from(SIMULATED_DEV_NODE),
+                    numbers: None,
+                }),
+            )],
+        )
+        .unwrap();
+        let edits = &spec.devices[0].container_edits;
+        assert_eq!(
+            edits.mounts[0].host_path,
+            "/var/run/mock-accel/sim/class/mock-accel/mock1"
+        );
+        assert_eq!(edits.mounts[0].container_path, "/var/run/mock-accel/mock1");
+        assert!(
+            edits
+                .env
+                .contains(&"MOCK_ACCEL_SYSFS=/var/run/mock-accel/mock1".to_string())
+        );
+        assert!(
+            spec.container_edits
+                .env
+                .contains(&"MOCK_ACCEL_SYSFS_DIR=/var/run/mock-accel".to_string())
+        );
+        let n = &edits.device_nodes[0];
+        assert_eq!(
+            (n.path.as_str(), n.host_path.as_deref(), n.major),
+            ("/dev/mock1", Some("/dev/null"), None)
+        );
+        validate_with_cdi_crate(&spec);
+    }
+
+    #[test]
     fn version_rules_follow_the_reference_crate() {
         let base = claim_spec(
             DRIVER,
             UID_LETTER,
             Path::new("/sys"),
+            ContainerLayout::Kernel,
             &[device("m", "m", None)],
         )
         .unwrap();
@@ -535,19 +626,33 @@ mod tests {
     fn bad_names_are_refused() {
         let d = [device("mock0", "mock0", None)];
         for uid in ["../../etc/x", "uid with space", "-leading"] {
-            let err = claim_spec(DRIVER, uid, Path::new("/sys"), &d).unwrap_err();
+            let err = claim_spec(DRIVER, uid, Path::new("/sys"), ContainerLayout::Kernel, &d)
+                .unwrap_err();
             assert!(matches!(err, CdiError::InvalidName { .. }), "{uid}: {err}");
             assert!(err.to_string().contains(uid), "{err}");
         }
         for driver in ["", "1driver.example.com", "driver.example.com-", "a/b"] {
-            let err = claim_spec(driver, UID_LETTER, Path::new("/sys"), &d).unwrap_err();
+            let err = claim_spec(
+                driver,
+                UID_LETTER,
+                Path::new("/sys"),
+                ContainerLayout::Kernel,
+                &d,
+            )
+            .unwrap_err();
             assert!(
                 matches!(err, CdiError::InvalidName { .. }),
                 "{driver}: {err}"
             );
         }
         assert!(matches!(
-            claim_spec(DRIVER, UID_LETTER, Path::new("/sys"), &[]),
+            claim_spec(
+                DRIVER,
+                UID_LETTER,
+                Path::new("/sys"),
+                ContainerLayout::Kernel,
+                &[]
+            ),
             Err(CdiError::NoDevices { .. })
         ));
     }
@@ -561,6 +666,7 @@ mod tests {
                 DRIVER,
                 uid,
                 Path::new("/sys"),
+                ContainerLayout::Kernel,
                 &[device("mock0", "mock0", node("mock0", Some((240, 0))))],
             )
             .unwrap();

@@ -157,6 +157,18 @@ pub struct NodeAgentArgs {
     /// Interval of the heartbeat written into MockAccelNode.status.agent.
     #[arg(long, default_value = "10s", value_parser = parse_duration, env = "HEARTBEAT_INTERVAL")]
     pub heartbeat_interval: Duration,
+    /// Build and keep a simulated device tree under --sim-root (from the node's
+    /// MockAccelNode spec.simulation, the canonical layout by default) instead of reading the
+    /// kernel module's devices under --sysfs-root.
+    #[arg(long, env = "SIMULATE")]
+    pub simulate: bool,
+    /// With --simulate: the simulated tree (its `class/mock-accel`). Must be the same path on
+    /// the host and in the agent's container: CDI specs name it as the host path of mounts.
+    #[arg(long, default_value = "/var/run/mock-accel/sim", env = "SIM_ROOT")]
+    pub sim_root: PathBuf,
+    /// With --simulate: the node number in the simulated UUIDs (`NODE<N>-NUMA0-PF`), 1-9.
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=9), env = "SIM_NODE_INDEX")]
+    pub sim_node_index: u32,
     #[command(flatten)]
     pub api: ApiClientArgs,
 }

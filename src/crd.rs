@@ -5,8 +5,10 @@
 //! the node agent owns `devices`, the counters, `preparedClaims`, `agent` and the conditions
 //! `DevicesDiscovered` and `PluginRegistered`; the controller owns `pools` and the conditions
 //! `SlicesPublished` and `Ready`. The agent also reports `SpecValid`: whether the fixture
-//! fields of `spec` (module [`crate::fixture`]) are valid for the node. `conditions` is a list map keyed by `type` so both can apply
-//! their own entries without erasing the other's.
+//! fields of `spec` (module [`crate::fixture`]) are valid for the node; and, under a field
+//! manager of its own ([`SRIOV_FIELD_MANAGER`]), `sriov` and `SriovReconciled`.
+//! `conditions` is a list map keyed by `type` so each can apply its own entries without
+//! erasing the others'.
 
 use jiff::Timestamp;
 pub use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
@@ -32,6 +34,11 @@ pub const CONDITION_SLICES_PUBLISHED: &str = "SlicesPublished";
 /// Node agent: whether `spec` is valid for this node (reason `Valid` or `Invalid`, the message
 /// lists every problem).
 pub const CONDITION_SPEC_VALID: &str = "SpecValid";
+/// Node agent: whether every PF of `spec.sriov` has its `numVFs` (reasons `Reconciled`,
+/// `PreparedVFs` when a change would remove prepared VFs, `Failed`).
+pub const CONDITION_SRIOV_RECONCILED: &str = "SriovReconciled";
+/// Field manager of the node agent's SR-IOV report (`status.sriov` and its condition).
+pub const SRIOV_FIELD_MANAGER: &str = "mock-accel-node-agent-sriov";
 
 /// Desired state of a node's accelerators: the programmable test fixture. Users (cluster
 /// admins) write `spec`; the node agent only creates the object with `nodeName` and never
@@ -108,9 +115,25 @@ pub struct MockAccelNodeStatus {
     #[schemars(with = "Option<Vec<ConditionSchema>>")]
     #[schemars(extend("x-kubernetes-list-type" = "map", "x-kubernetes-list-map-keys" = ["type"]))]
     pub conditions: Option<Vec<Condition>>,
+    /// SR-IOV: desired and actual VF count of each PF listed in `spec.sriov` (node agent).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sriov: Option<Vec<SriovStatus>>,
     /// Generation of the object the controller last reconciled.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub observed_generation: Option<i64>,
+}
+
+/// Desired and actual VF count of one PF of `spec.sriov`.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Deserialize, Serialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct SriovStatus {
+    /// DRA device name of the PF.
+    pub pf: String,
+    /// `spec.sriov[].numVFs`.
+    pub desired: i64,
+    /// The PF's `sriov_numvfs` as last read; absent when the PF is not on the node.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub actual: Option<i64>,
 }
 
 /// One device as the node agent last saw it.

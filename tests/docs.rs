@@ -504,6 +504,39 @@ fn parse_expectation(line: &str) -> Result<Expectation, String> {
     Ok(e)
 }
 
+/// A fixture example (`# expect: fixture=<node>, devices=pf:N,vf:M`) programs a node: it holds
+/// exactly that node's MockAccelNode, whose spec names the node.
+fn check_fixture_example(line: &str, docs: &[Json]) -> Result<(), String> {
+    let body = line.trim_start_matches("# expect: ");
+    let mut node = None;
+    let mut devices = false;
+    for pair in body.split(", ") {
+        match pair.split_once('=') {
+            Some(("fixture", n)) if !n.is_empty() => node = Some(n),
+            Some(("devices", d)) => {
+                devices = d.split(',').all(|p| {
+                    p.split_once(':')
+                        .is_some_and(|(t, n)| (t == "pf" || t == "vf") && n.parse::<u64>().is_ok())
+                })
+            }
+            _ => return Err(format!("fixture expectation: bad pair {pair:?}")),
+        }
+    }
+    let (Some(node), true) = (node, devices) else {
+        return Err(format!(
+            "fixture expectation needs fixture=<node> and devices=pf:N,vf:M: {line:?}"
+        ));
+    };
+    match docs {
+        [d] if kind(d) == "MockAccelNode" && name(d) == node && d["spec"]["nodeName"] == node => {
+            Ok(())
+        }
+        _ => Err(format!(
+            "a fixture example holds exactly the MockAccelNode {node} with spec.nodeName {node}"
+        )),
+    }
+}
+
 // ---------------------------------------------------------------------------------------------
 // Tests
 // ---------------------------------------------------------------------------------------------
@@ -667,6 +700,12 @@ fn examples_follow_the_conventions_and_fit_the_canonical_node() {
             .filter(|l| l.starts_with("# expect:"))
             .collect();
         let expectation = match expect_lines.as_slice() {
+            [line] if line.starts_with("# expect: fixture=") => {
+                if let Err(e) = check_fixture_example(line, &objects(&label, &text)) {
+                    report(e);
+                }
+                continue;
+            }
             [line] => match parse_expectation(line) {
                 Ok(e) => e,
                 Err(e) => {

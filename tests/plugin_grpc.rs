@@ -537,6 +537,7 @@ mod real {
                 dev_root: root.join("dev"),
                 cdi_dir: root.join("run/cdi"),
                 plugin_dir: config(&root).plugin_dir,
+                layout: Default::default(),
             };
             sim::create(
                 &preparer.sysfs_root,

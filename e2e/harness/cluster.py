@@ -35,6 +35,10 @@ from harness.manifests import Workload  # noqa: E402
 from harness.procs import Supervisor  # noqa: E402
 
 DEFAULT_NODES = ("node1", "node2")
+# Nodes whose agent builds its own simulated tree (`node-agent --simulate`, the settings of
+# kustomize/simulated); the others get a tree created outside the agent, as the kernel module
+# would, with `sim watch` playing the kernel.
+SIMULATED_NODES = ("node1",)
 CONTROLLER_REPLICAS = 2
 TOKEN_DURATION = "8760h"
 
@@ -137,10 +141,13 @@ class Cluster:
         agent, controller = manifests.workloads(self.kubectl)
         progress.step(f"node agent settings from {agent.source}; controller settings from {controller.source}")
         self.info["agent_workload"] = agent.to_json()
+        simulated = manifests.simulated_agent(self.kubectl)
+        progress.step(f"simulated nodes' agent settings from {simulated.source}")
+        self.info["agent_workload_simulated"] = simulated.to_json()
         self.info["controller_workload"] = controller.to_json()
         self.save()
         for i, name in enumerate(node_names, start=1):
-            self.add_node(name, "canonical", i, wait=False)
+            self.add_node(name, "canonical", i, wait=False, simulate=name in SIMULATED_NODES)
         for i in range(CONTROLLER_REPLICAS):
             self.start_controller(i)
         for name in node_names:
@@ -246,20 +253,26 @@ class Cluster:
     # ---- nodes ------------------------------------------------------------------------------
 
     def add_node(self, name: str, topology: str = "canonical", index: int | None = None,
-                 wait: bool = True, expected_devices: int | None = None) -> nodes.NodePaths:
+                 wait: bool = True, expected_devices: int | None = None, simulate: bool = False) -> nodes.NodePaths:
+        """`simulate`: the node agent builds the tree itself (`--simulate`, canonical layout
+        unless the node's spec.simulation says otherwise); `topology` then only names it."""
         if name in self.info.get("nodes", {}):
             raise ClusterError(f"node {name} already exists in {self.state}")
         if index is None:
             index = len(self.info.get("nodes", {})) + 1
         paths = self.node_paths(name)
-        progress.step(f"{name}: simulated sysfs ({topology} topology, node index {index}) in {paths.sys}")
-        nodes.create_sysfs(self.binaries.driver, paths, topology, index)
+        if simulate:
+            progress.step(f"{name}: the node agent simulates its devices (--simulate, node index {index}) in {paths.sys}")
+        else:
+            progress.step(f"{name}: simulated sysfs ({topology} topology, node index {index}) in {paths.sys}")
+            nodes.create_sysfs(self.binaries.driver, paths, topology, index)
         self.info.setdefault("nodes", {})[name] = {
             "topology": topology, "index": index, "kubelet_real": str(paths.kubelet_real),
-            "agent_metrics_port": controlplane.free_port(),
+            "agent_metrics_port": controlplane.free_port(), "simulate": simulate,
         }
         self.save()
-        self.start_kernel(name)
+        if not simulate:
+            self.start_kernel(name)
         self.start_fakelet(name)
         self.wait_node_ready(name)
         wl = Workload.from_json(self.info["agent_workload"])
@@ -298,7 +311,9 @@ class Cluster:
         (a second instance of the same node's agent, as during a rolling update)."""
         paths = self.node_paths(node)
         n = self.info["nodes"][node]
-        wl = Workload.from_json(self.info["agent_workload"])
+        simulated = n.get("simulate", False)
+        wl = Workload.from_json(self.info["agent_workload_simulated" if simulated else "agent_workload"])
+        sim_args = [f"--sim-root={paths.sys}", f"--sim-node-index={n['index']}"] if simulated else []
         default = f"agent-{node}"
         process = process or default
         # A second instance needs a metrics port of its own.
@@ -313,6 +328,7 @@ class Cluster:
             f"--registry-dir={paths.registry_dir}",
             f"--plugin-dir={paths.plugin_dir}",
             f"--metrics-addr=127.0.0.1:{port}",
+            *sim_args,
         ], env={**wl.env, "KUBECONFIG": n["kubeconfig"]})
 
     def stop_node(self, node: str) -> None:
@@ -363,7 +379,7 @@ class Cluster:
             restarted.append(name)
         running = {p.name for p in self.sup.running()}
         for node in self.node_names():
-            if f"kernel-{node}" not in running:
+            if f"kernel-{node}" not in running and not self.info["nodes"][node].get("simulate"):
                 self.start_kernel(node)
                 restarted.append(f"kernel-{node}")
             if f"fakelet-{node}" not in running:

@@ -14,6 +14,8 @@ from harness.builds import REPO
 from harness.kube import Kubectl, KubectlError, parse_objects
 
 LOCAL_OVERLAY = REPO / "kustomize" / "local"
+# The users' overlay for simulated devices: the harness's simulated nodes run its agent settings.
+SIMULATED_OVERLAY = REPO / "kustomize" / "simulated"
 CONFIG = REPO / "config"
 NAMESPACE = "mock-device"
 CRD_NAME = "mockaccelnodes.mock-accel.example.com"
@@ -21,11 +23,11 @@ CRD_NAME = "mockaccelnodes.mock-accel.example.com"
 # Flags whose values the harness sets itself (all take a value).
 LOCAL_FLAGS = {
     "--node-name", "--sysfs-root", "--dev-root", "--cdi-dir", "--registry-dir", "--plugin-dir",
-    "--metrics-addr", "--identity", "--lease-namespace",
+    "--metrics-addr", "--identity", "--lease-namespace", "--sim-root", "--sim-node-index",
 }
 # Environment variables that name pod-local paths or pod identity; replaced by flags.
 LOCAL_ENV = {"NODE_NAME", "SYSFS_ROOT", "DEV_ROOT", "CDI_DIR", "REGISTRY_DIR", "PLUGIN_DIR",
-             "METRICS_ADDR", "POD_NAME", "POD_NAMESPACE"}
+             "METRICS_ADDR", "POD_NAME", "POD_NAMESPACE", "SIM_ROOT", "SIM_NODE_INDEX"}
 
 
 class ManifestError(RuntimeError):
@@ -115,6 +117,23 @@ def workloads(kubectl: Kubectl) -> tuple[Workload, Workload]:
         elif o.get("kind") == "Deployment":
             controller = _workload(o, "controller")
     return agent, controller
+
+
+def simulated_agent(kubectl: Kubectl) -> Workload:
+    """The node agent's settings in kustomize/simulated (`--simulate` among its arguments), for
+    the nodes whose agent builds its own simulated tree."""
+    try:
+        objs = render(kubectl, SIMULATED_OVERLAY)
+    except KubectlError as e:
+        raise ManifestError(f"kustomize/simulated does not render: {e}") from e
+    for o in objs:
+        if o.get("kind") == "DaemonSet":
+            wl = _workload(o, "node-agent")
+            wl.source = f"DaemonSet/{o['metadata']['name']} in kustomize/simulated"
+            if "--simulate" not in wl.args:
+                raise ManifestError(f"kustomize/simulated: the node agent is not started with --simulate ({wl.args})")
+            return wl
+    raise ManifestError("kustomize/simulated renders no DaemonSet")
 
 
 def apply_local(kubectl: Kubectl, driver: Path | None) -> str:

@@ -1,6 +1,7 @@
 """A real node: kubelet v1.37.2 and containerd v2.4.2 (runc from the distribution) join the
 local control plane as node `real1`, and the driver's node agent runs there as the DaemonSet's
-pod, from an image built locally and deployed with the kustomize overlay.
+pod, from an image built locally and deployed with the kustomize overlay for simulated devices
+(`kustomize/simulated`: the agent builds its own device tree).
 
 Isolation (nothing on the host changes, everything goes on `cluster.py down`):
 - a holder process (`ns-<node>`) owns a private mount namespace; containerd and the kubelet
@@ -468,18 +469,19 @@ def shim_pids(sock: Path) -> list[int]:
     return out
 
 
-def overlay(cluster, node: RealNode) -> Path:
-    """A kustomize overlay on `kustomize/default` (the users' overlay, image name included) with
-    what this test node needs: the node agent on the host network (the node's pods get loopback
-    only) reaching the apiserver on 127.0.0.1, on this node only, with the node's simulated
-    sysfs, /dev, CDI and kubelet directories mounted at the same paths inside and outside (the
-    CDI specs and the registration name host paths), and a free metrics port."""
+def overlay(cluster, node: RealNode, index: int) -> Path:
+    """A kustomize overlay on `kustomize/simulated` (the users' overlay for nodes without the
+    kernel module: `node-agent --simulate`, image name from kustomize/default) with what this
+    test node needs: the node agent on the host network (the node's pods get loopback only)
+    reaching the apiserver on 127.0.0.1, on this node only, with its simulated tree (`sys/`,
+    built by the agent), /dev, CDI and kubelet directories mounted at the same paths inside and
+    outside (the CDI specs and the registration name host paths), and a free metrics port."""
     p = node.paths
     port = node.info.setdefault("agent_metrics_port", controlplane.free_port())
     cluster.save()
     base = "/spec/template/spec"
     ctr = f"{base}/containers/0"
-    vols = [("sys", p.sys), ("dev", p.dev), ("plugins-registry", p.registry_dir), ("plugin-dir", p.plugin_dir),
+    vols = [("sim", p.sys), ("dev", p.dev), ("plugins-registry", p.registry_dir), ("plugin-dir", p.plugin_dir),
             ("cdi", p.cdi)]
     ops: list[dict] = [
         {"op": "add", "path": f"{base}/hostNetwork", "value": True},
@@ -491,7 +493,9 @@ def overlay(cluster, node: RealNode) -> Path:
         {"op": "add", "path": f"{ctr}/env/-",
          "value": {"name": "KUBERNETES_SERVICE_PORT", "value": str(cluster.info["ports"]["apiserver"])}},
         {"op": "add", "path": f"{ctr}/args/-", "value": f"--metrics-addr={node.info['ip']}:{port}"},
-        {"op": "add", "path": f"{ctr}/args/-", "value": f"--sysfs-root={p.sys}"},
+        {"op": "test", "path": f"{ctr}/args/2", "value": "--sim-root=/var/run/mock-accel/sim"},
+        {"op": "replace", "path": f"{ctr}/args/2", "value": f"--sim-root={p.sys}"},
+        {"op": "add", "path": f"{ctr}/args/-", "value": f"--sim-node-index={index}"},
         {"op": "add", "path": f"{ctr}/args/-", "value": f"--dev-root={p.dev}"},
         {"op": "add", "path": f"{ctr}/args/-", "value": f"--cdi-dir={p.cdi}"},
         {"op": "add", "path": f"{ctr}/args/-", "value": f"--registry-dir={p.registry_dir}"},
@@ -506,7 +510,7 @@ def overlay(cluster, node: RealNode) -> Path:
     d.mkdir(parents=True, exist_ok=True)
     (d / "kustomization.yaml").write_text(json.dumps({
         "apiVersion": "kustomize.config.k8s.io/v1beta1", "kind": "Kustomization",
-        "resources": [os.path.relpath(REPO / "kustomize/default", d)],
+        "resources": [os.path.relpath(REPO / "kustomize/simulated", d)],
         "patches": [{"target": {"kind": "DaemonSet", "name": "mock-accel-node-agent"}, "patch": json.dumps(ops)}],
     }, indent=2))
     return d
@@ -546,13 +550,11 @@ def add(cluster, name: str = NODE) -> RealNode:
     node = RealNode(cluster, name)
     index = len(cluster.info.get("nodes", {})) + 1
     paths = node.paths
-    progress.step(f"{name}: simulated sysfs (canonical topology, node index {index}) in {paths.sys}")
-    nodes.create_sysfs(cluster.binaries.driver, paths, "canonical", index)
-    cluster.sup.start(f"kernel-{name}", nodes.kernel_argv(cluster.binaries.driver, paths))
+    progress.step(f"{name}: the node agent simulates its devices (--simulate, node index {index}) in {paths.sys}")
     node.start(cluster.binaries.driver, kubelet, containerd, pause)
     cluster.wait_node_ready(name, timeout=120)
-    d = overlay(cluster, node)
-    progress.step(f"{name}: kubectl apply -k {d} (kustomize/default, image {node.info['driver_image']})")
+    d = overlay(cluster, node, index)
+    progress.step(f"{name}: kubectl apply -k {d} (kustomize/simulated, image {node.info['driver_image']})")
     cluster.kubectl.run("apply", "-k", str(d))
     p = wait_agent_ready(cluster, name)
     progress.step(f"{name}: node agent pod {p['metadata']['name']} Ready")

@@ -1,7 +1,8 @@
 """Scenario 11: every YAML file in docs/examples/ is applied and checked against its
 `# expect:` line. Scenario 12: every YAML under docs/ and config/ (files, and fenced ```yaml
 blocks in the Markdown that hold whole objects) is accepted by the API server in a server-side
-dry run, as are the kustomizations config/, kustomize/default and kustomize/local.
+dry run, as are the kustomizations config/, kustomize/default, kustomize/local and
+kustomize/simulated.
 
 The `# expect:` line (docs/testing-guide.md), exactly one per example:
 
@@ -16,6 +17,14 @@ Pairs are `key=value`, separated by a comma and a space; `devices` entries by a 
 - `distinct=<attribute>` (optional, repeatable): within each claim all values differ.
 After the pods are deleted, every claim is unprepared (register 0, CDI spec gone).
 
+A fixture example programs a node instead (a `MockAccelNode` with fixture fields in its spec):
+
+    # expect: fixture=node1, devices=pf:2,vf:2
+
+It is applied server-side; then the node must publish exactly N PFs and M VFs within
+FIXTURE_TIMEOUT seconds. Afterwards the fixture fields are removed again (the suite's field
+manager gives them up) and the node is back at the canonical 6 devices.
+
 A YAML under docs/ that is deliberately invalid (showing a wrong shape) carries the line
 `# expect: rejected`; scenario 12 then checks that the API server refuses it. Examples carry no
 `metadata.namespace`: the suite applies each into its own namespace.
@@ -23,12 +32,13 @@ A YAML under docs/ that is deliberately invalid (showing a wrong shape) carries 
 
 import json
 import re
+import time
 from pathlib import Path
 
 from harness import kube
 from harness.builds import REPO
 from harness.kube import KubectlError
-from harness.wait import Failure, check, equal
+from harness.wait import Failure, check, equal, until
 
 from scenarios.framework import Context, say, scenario, sysfs_name, verify_released, wait_prepared
 
@@ -67,9 +77,47 @@ def parse_expect(line: str) -> dict:
     return out
 
 
+# A fixture example's devices must be published this fast.
+FIXTURE_TIMEOUT = 15
+FIXTURE_MANAGER = "e2e-fixture-example"
+
+
+def run_fixture_example(ctx: Context, path: Path, line: str) -> str:
+    """Applies a MockAccelNode spec and waits for the node's published device counts."""
+    pairs = dict(p.strip().partition("=")[::2] for p in line.split(", "))
+    node = pairs.get("fixture", "")
+    want = parse_expect(f"pods-running=0, devices={pairs.get('devices', '')}")["devices"]
+    objs = kube.parse_objects(ctx.k.run("create", "--dry-run=client", "-o", "json", "-f", str(path)))
+    check([(o["kind"], o["metadata"]["name"]) for o in objs] == [("MockAccelNode", node)],
+          f"{path.name}: a fixture example holds exactly the MockAccelNode {node}", objs)
+
+    def published():
+        counts = {"pf": 0, "vf": 0}
+        for d in ctx.slice_devices().values():
+            if d["node"] == node:
+                t = kube.attr(d, "deviceType")
+                counts[t] = counts.get(t, 0) + 1
+        return counts == want, counts
+    start = time.monotonic()
+    ctx.k.run("apply", "--server-side", f"--field-manager={FIXTURE_MANAGER}", "-f", str(path))
+    try:
+        until(f"{path.name}: {node} to publish {want}", published, FIXTURE_TIMEOUT, 0.2)
+        took = time.monotonic() - start
+    finally:
+        # Applying only nodeName gives up every fixture field this manager set.
+        ctx.k.run("apply", "--server-side", f"--field-manager={FIXTURE_MANAGER}", "-f", "-",
+                  input=json.dumps({"apiVersion": objs[0]["apiVersion"], "kind": "MockAccelNode",
+                                    "metadata": {"name": node}, "spec": {"nodeName": node}}))
+    until(f"{path.name}: {node} back to the canonical devices",
+          lambda: ((c := published()[1]) == {"pf": 2, "vf": 4}, c), FIXTURE_TIMEOUT, 0.2)
+    return f"{node} published {want} {took:.1f}s after the apply; fixture fields removed again"
+
+
 def run_example(ctx: Context, path: Path) -> str:
     lines = expectation_lines(path.read_text())
     check(len(lines) == 1, f"{path.name}: needs exactly one '# expect:' line", lines)
+    if lines[0].startswith("fixture="):
+        return run_fixture_example(ctx, path, lines[0])
     exp = parse_expect(lines[0])
     try:
         planned = kube.parse_objects(ctx.k.run("apply", "-n", ctx.ns, "--dry-run=server", "-f", str(path), "-o", "json"))
@@ -129,7 +177,7 @@ def check_claim(path: Path, c: dict, devs: list[dict], exp: dict) -> None:
               f"{path.name}: claim {name}'s devices share values of {a}", values)
 
 
-@scenario("11", "docs/examples: every example applied, its declared outcome checked")
+@scenario("11", "docs/examples: every example applied, its declared outcome checked", cost=85)
 def examples(ctx: Context) -> None:
     files = sorted(EXAMPLES.glob("*.yaml")) + sorted(EXAMPLES.glob("*.yml"))
     check(bool(files), f"no examples in {EXAMPLES}")
@@ -181,7 +229,7 @@ def yaml_documents() -> list[tuple[str, str]]:
     return out
 
 
-@scenario("12", "docs/ and config/: every YAML accepted by the API server (server-side dry run)")
+@scenario("12", "docs/ and config/: every YAML accepted by the API server (server-side dry run)", cost=15)
 def dry_run(ctx: Context) -> None:
     docs = yaml_documents()
     check(bool(docs), "no YAML found under docs/ and config/")
@@ -197,7 +245,7 @@ def dry_run(ctx: Context) -> None:
                 rejected_ok += 1
         elif code != 0:
             failures.append(f"{label}: {err.strip()}")
-    for kdir in ("config", "kustomize/default", "kustomize/local"):
+    for kdir in ("config", "kustomize/default", "kustomize/local", "kustomize/simulated"):
         if (REPO / kdir / "kustomization.yaml").is_file():
             code, _, err = ctx.k.try_run("apply", "--dry-run=server", "--server-side", "--force-conflicts",
                                          "--field-manager=e2e-dry-run", "-k", str(REPO / kdir), timeout=120)

@@ -6,12 +6,13 @@ A scenario is a function `fn(ctx)` decorated with `@scenario(id, title)`; it rai
 `wait.Failure` (through `check`, `equal`, `until`) when an expectation does not hold.
 """
 
+import contextlib
 import json
 import subprocess
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 from harness import kube, nodes, wait
 from harness.cluster import Cluster
@@ -32,6 +33,8 @@ class Scenario:
     needs_driver: bool
     # Runs only on a cluster with the real node (`make e2e-node`), never in `make e2e`.
     real_node: bool = False
+    # Estimated seconds on a warm idle machine: `run.py --jobs N` balances the shards by it.
+    cost: float = 10.0
 
     @property
     def label(self) -> str:
@@ -49,9 +52,9 @@ def ordered() -> list[Scenario]:
     return sorted(REGISTRY, key=key)
 
 
-def scenario(id: str, title: str, needs_driver: bool = True, real_node: bool = False):
+def scenario(id: str, title: str, needs_driver: bool = True, real_node: bool = False, cost: float = 10.0):
     def register(fn):
-        REGISTRY.append(Scenario(id, title, fn, needs_driver, real_node))
+        REGISTRY.append(Scenario(id, title, fn, needs_driver, real_node, cost))
         return fn
     return register
 
@@ -227,6 +230,18 @@ def prepared_entry(ctx: Context, node: str, claim_uid: str) -> dict:
         if c["uid"] == claim_uid:
             return c
     raise Failure(f"claim {claim_uid} is not in {node}'s preparedClaims: {wait.show(st.get('preparedClaims'))}")
+
+
+@contextlib.contextmanager
+def extra_node(ctx: "Context", name: str, topology: str) -> Iterator[nodes.NodePaths]:
+    """A simulated node added for one scenario (tree made outside the agent in `topology`),
+    stopped and deleted at its end whatever happens."""
+    paths = ctx.cluster.add_node(name, topology)
+    try:
+        yield paths
+    finally:
+        ctx.cluster.forget_node(name)
+        ctx.k.delete("node", name, wait=True, timeout=30)
 
 
 def verify_prepared(ctx: Context, pod_name: str, pod_claim: str, container: str = "main") -> tuple[str, dict, list[dict]]:

@@ -3,9 +3,10 @@ harness/realnode.py; `make e2e-node`): the node agent from the DaemonSet registe
 kubelet's plugin manager, a claim's container that prints its environment, prepare and
 unprepare, and a node-agent pod restart while a claim is prepared.
 
-The claim pods mount an emptyDir over /sys: the CDI spec bind-mounts the device's directory at
-/sys/class/mock-accel/<name>, which exists on a host with the kernel module but not inside a
-container's own read-only sysfs on a simulated node (runc cannot create the mount target there).
+The node agent runs as `kustomize/simulated` installs it (`--simulate`), so the claim pods
+get simulated devices as any cluster without the kernel module would: the device's sysfs
+directory mounted at /var/run/mock-accel/<name> (`$MOCK_ACCEL_SYSFS`) and /dev/<name> as an
+alias of the host's /dev/null, both created by runc in an unmodified container.
 """
 
 from harness import kube, nodes, realnode
@@ -30,11 +31,10 @@ def printing_pod(name: str, claim_name: str) -> dict:
             "containers": [{
                 "name": "main", "image": realnode.BUSYBOX_IMAGE, "imagePullPolicy": "Never",
                 "command": ["/bin/sh", "-c", "env | sort; echo ---; ls /dev; echo ---; "
-                            "ls /sys/class/mock-accel; echo READY; exec sleep 3600"],
+                            "ls \"$MOCK_ACCEL_SYSFS_DIR\"; echo ---; cat \"$MOCK_ACCEL_SYSFS/uuid\"; "
+                            "echo ---; echo READY; exec sleep 3600"],
                 "resources": {"claims": [{"name": "accel"}]},
-                "volumeMounts": [{"name": "sys", "mountPath": "/sys"}],
             }],
-            "volumes": [{"name": "sys", "emptyDir": {}}],
         },
     }
 
@@ -46,8 +46,10 @@ def logs(ctx: Context, pod: str) -> str:
 def printed_env(ctx: Context, pod: str) -> dict[str, str]:
     """The container's environment as it printed it, read through `kubectl logs` (apiserver →
     kubelet → containerd's log file)."""
-    text = until(f"pod {pod} to print its environment (kubectl logs)",
-                 lambda: ("READY" in (t := logs(ctx, pod)), t[-400:] if t else t), 60)
+    # The probe shows only the tail when it times out; the whole log is read once READY is in.
+    until(f"pod {pod} to print its environment (kubectl logs)",
+          lambda: ("READY" in (t := logs(ctx, pod)), t[-400:] if t else t), 60)
+    text = logs(ctx, pod)
     env_part = text.split("---", 1)[0]
     ctx.save(f"{pod}.log", text)
     return dict(line.split("=", 1) for line in env_part.splitlines() if "=" in line)
@@ -106,12 +108,14 @@ def run_claim_pod(ctx: Context, pod: str, claim_name: str) -> tuple[dict, dict, 
     equal(env.get("MOCK_ACCEL_PCI"), kube.attr(d, "pciAddress"), "MOCK_ACCEL_PCI printed by the container")
     check(name in (env.get("MOCK_ACCEL_DEVICES") or "").split(","), "MOCK_ACCEL_DEVICES printed by the container",
           env.get("MOCK_ACCEL_DEVICES"))
+    equal(env.get("MOCK_ACCEL_SYSFS"), f"/var/run/mock-accel/{name}", "MOCK_ACCEL_SYSFS printed by the container")
     text = logs(ctx, pod)
-    dev_list, sys_list = text.split("---")[1], text.split("---")[2]
+    dev_list, sys_list, uuid_text = text.split("---")[1:4]
     paths = realnode.RealNode(ctx.cluster).paths
-    if (paths.dev / name).exists():
-        check(name in dev_list.split(), f"/dev/{name} is not in the container", dev_list)
-    check(name in sys_list.split(), f"/sys/class/mock-accel/{name} is not mounted in the container", sys_list)
+    check(name in dev_list.split(), f"/dev/{name} is not in the container", dev_list)
+    check(name in sys_list.split(), f"/var/run/mock-accel/{name} is not mounted in the container", sys_list)
+    equal(uuid_text.strip(), nodes.read_attr(paths, name, "uuid"),
+          f"uuid read by the container through $MOCK_ACCEL_SYSFS (the node's {name}/uuid)")
     equal(nodes.read_register(paths, name), 1, f"status register of real1/{name} while prepared")
     wait_prepared(ctx, NODE, c["metadata"]["uid"])
     return c, d, name
@@ -126,7 +130,7 @@ def real_node_claim(ctx: Context) -> None:
     c, d, name = run_claim_pod(ctx, "printer", "accel")
     uid = c["metadata"]["uid"]
     say(f"container printed MOCK_ACCEL_DEVICE={name} and the device's UUID and PCI address; /dev/{name} and "
-        f"/sys/class/mock-accel/{name} present; register 1")
+        f"/var/run/mock-accel/{name} present, its uuid readable; register 1")
     ctx.delete_pod_and_wait("printer")
     wait_unprepared(ctx, NODE, uid)
     until(f"status register of real1/{name} back at 0",

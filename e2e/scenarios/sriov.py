@@ -9,7 +9,7 @@ from harness import kube, nodes
 from harness.kube import claim, match, pod, request
 from harness.wait import check, equal, until
 
-from scenarios.framework import Context, say, scenario, sysfs_name, verify_prepared, verify_released
+from scenarios.framework import Context, extra_node, say, scenario, sysfs_name, verify_prepared, verify_released
 
 PHYSFN = "mock-accel.example.com/physfn"
 SRIOV_NODE = "node3"
@@ -21,7 +21,7 @@ def node_devices(ctx: Context, node: str) -> dict[str, dict]:
     return {d["name"]: d for (pool, _), d in ctx.slice_devices().items() if d["node"] == node}
 
 
-@scenario("6", "SR-IOV: VFs of one physfn; runtime VFs in the SR-IOV layout published and allocated")
+@scenario("6", "SR-IOV: VFs of one physfn; runtime VFs in the SR-IOV layout published and allocated", cost=12)
 def sriov(ctx: Context) -> None:
     ctx.apply(claim("same-parent", [request("vfs", "mock-accel-vf", count=2)], [match(PHYSFN)]),
               pod("same-parent", claims={"accel": "same-parent"}))
@@ -33,13 +33,8 @@ def sriov(ctx: Context) -> None:
     ctx.delete_pod_and_wait("same-parent")
     verify_released(ctx, node, c["metadata"]["uid"], devs)
 
-    cluster = ctx.cluster
-    paths = cluster.add_node(SRIOV_NODE, "sriov")
-    try:
+    with extra_node(ctx, SRIOV_NODE, "sriov") as paths:
         run_sriov_node(ctx, paths)
-    finally:
-        cluster.forget_node(SRIOV_NODE)
-        ctx.k.delete("node", SRIOV_NODE, wait=True, timeout=30)
 
 
 def run_sriov_node(ctx: Context, paths: nodes.NodePaths) -> None:

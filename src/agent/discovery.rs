@@ -41,13 +41,15 @@ pub fn scan_once(root: &Path) -> Result<Discovered, SysfsError> {
 
 /// Watches `root` until `shutdown`, publishing every changed scan on `tx` (and its inventory on
 /// `inventory_tx`, which the prepare state machine reads). Each scan reports to `scans` (the
-/// caller's metric hook) whether it succeeded.
+/// caller's metric hook) whether it succeeded. A message on `kicks` asks for a rescan now (a
+/// kernel uevent, or the agent's own write to `sriov_numvfs`).
 pub async fn run(
     root: PathBuf,
     resync: Duration,
     tx: watch::Sender<Discovered>,
     inventory_tx: watch::Sender<Arc<Inventory>>,
     scans: impl Fn(bool) + Send + 'static,
+    mut kicks: mpsc::UnboundedReceiver<()>,
     shutdown: CancellationToken,
 ) {
     let (ev_tx, mut ev_rx) = mpsc::unbounded_channel::<()>();
@@ -70,6 +72,10 @@ pub async fn run(
                 // Fold a burst of events into one scan.
                 tokio::time::sleep(DEBOUNCE).await;
                 while ev_rx.try_recv().is_ok() {}
+            }
+            Some(()) = kicks.recv() => {
+                tokio::time::sleep(DEBOUNCE).await;
+                while kicks.try_recv().is_ok() {}
             }
         }
         let root2 = root.clone();
@@ -147,6 +153,7 @@ mod tests {
         discovered: watch::Receiver<Discovered>,
         inventory: watch::Receiver<Arc<Inventory>>,
         scans: mpsc::UnboundedReceiver<bool>,
+        kick: mpsc::UnboundedSender<()>,
         shutdown: CancellationToken,
         task: JoinHandle<()>,
     }
@@ -156,6 +163,7 @@ mod tests {
         let (inventory_tx, inventory) = watch::channel(first.inventory.clone());
         let (tx, discovered) = watch::channel(first);
         let (scan_tx, scans) = mpsc::unbounded_channel();
+        let (kick, kicks) = mpsc::unbounded_channel();
         let shutdown = CancellationToken::new();
         let task = tokio::spawn(run(
             root.to_path_buf(),
@@ -165,12 +173,14 @@ mod tests {
             move |ok| {
                 let _ = scan_tx.send(ok);
             },
+            kicks,
             shutdown.clone(),
         ));
         Running {
             discovered,
             inventory,
             scans,
+            kick,
             shutdown,
             task,
         }
@@ -230,6 +240,20 @@ mod tests {
             found.inventory,
             "the prepare state machine sees the same inventory"
         );
+        running.stop().await;
+    }
+
+    #[tokio::test]
+    async fn a_kick_rescans_at_once() {
+        let dir = tempfile::tempdir().unwrap();
+        sim::create(dir.path(), None, &TopologySpec::canonical(1)).unwrap();
+        // Neither inotify (an attribute write) nor the periodic rescan (an hour) sees this.
+        let mut running = start(dir.path(), Duration::from_secs(3600));
+        assert!(running.next_scan().await);
+        sysfs::write_status(dir.path(), "mock2", 0).unwrap();
+        running.kick.send(()).unwrap();
+        let found = running.next_inventory().await;
+        assert_eq!(found.inventory.get("mock2").unwrap().status, 0);
         running.stop().await;
     }
 

@@ -5,15 +5,22 @@
 //! (`plugin::server`) in front of the prepare state machine, and the status writer
 //! (`status_writer`), which applies the agent's share of the status (computed in `status`)
 //! only when it changed or a heartbeat is due. `spec_watch` follows the node's
-//! `MockAccelNode.spec`, the fixture fields the status reports on. The agent's metrics are in `metrics`; this
-//! module only wires the parts together.
+//! `MockAccelNode.spec`, the fixture fields the status reports on. With `--simulate`,
+//! `simulate` builds the device tree itself and follows `spec.simulation`; `sriov` makes each
+//! listed PF's `sriov_numvfs` equal `spec.sriov[].numVFs` (decisions in `sriov_plan`). The
+//! `uevents` turns kernel uevents of the class into rescans. The agent's metrics are in
+//! `metrics`; this module only wires the parts together.
 
 pub mod claim_status;
 pub mod discovery;
 pub mod metrics;
+pub mod simulate;
 pub mod spec_watch;
+pub mod sriov;
+pub mod sriov_plan;
 pub mod status;
 pub mod status_writer;
+pub mod uevents;
 
 use std::sync::Arc;
 
@@ -26,6 +33,7 @@ use self::{
     status_writer::StatusWriter,
 };
 use crate::{
+    cdi::ContainerLayout,
     cli::NodeAgentArgs,
     plugin::{
         claims::KubeClaimSource,
@@ -67,12 +75,23 @@ pub async fn run(args: NodeAgentArgs) -> Result<(), Error> {
     let clients = crate::kube_client::clients(args.api.timeouts(), None).await?;
     let client = clients.requests;
 
-    let first = discovery::scan_once(&args.sysfs_root).map_err(|source| Error::Sysfs {
-        root: args.sysfs_root.clone(),
+    // With --simulate the agent scans the tree it builds itself; that tree must exist before
+    // the first scan, so it is built from the spec as it is now (the watch follows changes).
+    let (sysfs_root, simulator) = if args.simulate {
+        let simulator = simulate::Simulator::new(args.sim_root.clone(), args.sim_node_index);
+        let spec = simulate::read_spec(client.clone(), &args.node_name).await;
+        simulator.apply_logged(spec).await;
+        (args.sim_root.clone(), Some(simulator))
+    } else {
+        (args.sysfs_root.clone(), None)
+    };
+    let first = discovery::scan_once(&sysfs_root).map_err(|source| Error::Sysfs {
+        root: sysfs_root.clone(),
         source,
     })?;
     tracing::info!(node = %args.node_name, devices = first.inventory.devices.len(),
-        skipped = first.warnings.len(), root = %args.sysfs_root.display(), "initial scan");
+        skipped = first.warnings.len(), root = %sysfs_root.display(), simulated = args.simulate,
+        "initial scan");
     for w in &first.warnings {
         tracing::warn!(warning = %w, "device skipped");
     }
@@ -87,10 +106,15 @@ pub async fn run(args: NodeAgentArgs) -> Result<(), Error> {
             PreparerConfig {
                 driver_name: args.driver_name.clone(),
                 node_name: args.node_name.clone(),
-                sysfs_root: args.sysfs_root.clone(),
+                sysfs_root: sysfs_root.clone(),
                 dev_root: args.dev_root.clone(),
                 cdi_dir: args.cdi_dir.clone(),
                 plugin_dir: args.plugin_dir.clone(),
+                layout: if args.simulate {
+                    ContainerLayout::Simulated
+                } else {
+                    ContainerLayout::Kernel
+                },
             },
             inv_rx,
             KubeClaimSource::new(client.clone()),
@@ -125,12 +149,16 @@ pub async fn run(args: NodeAgentArgs) -> Result<(), Error> {
 
     let claim_inventory = inv_tx.subscribe();
     let scan_metrics = metrics.clone();
+    // Rescans on demand: after the agent's own sriov_numvfs writes, and on kernel uevents.
+    let (rescan, rescans) = tokio::sync::mpsc::unbounded_channel();
+    let sriov_inventory = inv_tx.subscribe();
     let discovery = tokio::spawn(discovery::run(
-        args.sysfs_root.clone(),
+        sysfs_root.clone(),
         args.resync_interval,
         disc_tx,
         inv_tx,
         move |ok| scan_metrics.scanned(ok),
+        rescans,
         shutdown.clone(),
     ));
 
@@ -149,6 +177,36 @@ pub async fn run(args: NodeAgentArgs) -> Result<(), Error> {
         clients.watch,
         args.node_name.clone(),
         spec_tx,
+        shutdown.clone(),
+    ));
+
+    // Hotplug of the kernel module's devices: a rescan on each of its uevents.
+    match uevents::UeventSocket::open()
+        .and_then(|socket| uevents::spawn_listener(socket, rescan.clone(), shutdown.clone()))
+    {
+        Ok(_) => tracing::info!("listening for mock-accel uevents"),
+        Err(e) => tracing::warn!(error = %e,
+            "cannot listen for kernel uevents; hotplug is seen by inotify and the periodic rescan only"),
+    }
+
+    let simulation = simulator
+        .clone()
+        .map(|simulator| tokio::spawn(simulate::run(simulator, spec_rx.clone(), shutdown.clone())));
+
+    let sriov = tokio::spawn(sriov::run(
+        sriov::SriovContext {
+            client: client.clone(),
+            node: args.node_name.clone(),
+            kernel: match &simulator {
+                Some(sim) => sriov::Kernel::Simulated(sim.clone()),
+                None => sriov::Kernel::Sysfs(sysfs_root.clone()),
+            },
+            preparer: preparer.clone(),
+            rescan: rescan.clone(),
+        },
+        spec_rx.clone(),
+        sriov_inventory,
+        preparer.subscribe(),
         shutdown.clone(),
     ));
 
@@ -174,6 +232,10 @@ pub async fn run(args: NodeAgentArgs) -> Result<(), Error> {
     let _ = status.await;
     let _ = claim_status.await;
     let _ = spec.await;
+    let _ = sriov.await;
+    if let Some(simulation) = simulation {
+        let _ = simulation.await;
+    }
     http.stopped().await;
     plugin_result?;
     tracing::info!("node agent stopped; sockets removed");

@@ -126,6 +126,7 @@ pub fn agent_status(
         conditions: Some(conditions),
         pools: None,
         observed_generation: None,
+        sriov: None,
     }
 }
 

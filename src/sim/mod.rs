@@ -10,6 +10,8 @@
 //!   half-made device through the class directory; and it reads devices back to change them
 //!   (`set-numvfs`, `add-device`, `remove-device`, `set-status`).
 //! - [`watch`] is the daemon behind `sim watch`.
+//! - [`rebuild`] brings an existing tree in line with a topology, keeping the devices that
+//!   still exist (what `node-agent --simulate` does when `spec.simulation` changes).
 //!
 //! What plain files cannot do by themselves: a kernel attribute reacts to a write (`status`
 //! normalises to `0x%08x`, `sriov_numvfs` creates and removes VFs); a file just stores the text.
@@ -18,6 +20,7 @@
 //! flags live with the other subcommands' in [`crate::cli`]; this module turns them into calls.
 
 pub mod model;
+pub mod rebuild;
 pub mod tree;
 pub mod watch;
 
@@ -33,6 +36,7 @@ pub use self::{
         SimDevice, TopologySpec, VF_MEMORY, build_topology, device_entries, format_uuid,
         numvfs_entries, skeleton_entries, sriov_vf, uuid_bytes, uuid_string, vf_uuid_string,
     },
+    rebuild::{RebuildPlan, rebuild},
     tree::{add_device, create, remove_device, set_numvfs, set_status, write_entries},
     watch::watch,
 };
@@ -142,8 +146,7 @@ fn topology_spec(a: &CreateArgs) -> Result<TopologySpec, SimError> {
                 vfs_per_pf: vfs,
                 sriov: a.sriov,
                 total_vfs: vfs,
-                numa_known: true,
-                pf_memory_zero: false,
+                ..TopologySpec::canonical(a.node_index)
             }
         }
     };

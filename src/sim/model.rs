@@ -100,6 +100,9 @@ pub struct TopologySpec {
     /// `false`: every `numa_node` reads -1.
     pub numa_known: bool,
     pub pf_memory_zero: bool,
+    /// `memory_size` of each PF and of each VF the topology creates, in bytes.
+    pub pf_memory: u64,
+    pub vf_memory: u64,
 }
 
 impl TopologySpec {
@@ -114,6 +117,8 @@ impl TopologySpec {
             total_vfs: 2,
             numa_known: true,
             pf_memory_zero: false,
+            pf_memory: PF_MEMORY,
+            vf_memory: VF_MEMORY,
         }
     }
 
@@ -256,7 +261,11 @@ pub fn build_topology(spec: &TopologySpec) -> Result<Vec<SimDevice>, SimError> {
         Ok(uuid_bytes(&s))
     };
     let numa_of = |numa: u32| if spec.numa_known { numa as i32 } else { -1 };
-    let pf_memory = if spec.pf_memory_zero { 0 } else { PF_MEMORY };
+    let pf_memory = if spec.pf_memory_zero {
+        0
+    } else {
+        spec.pf_memory
+    };
 
     let mut boot = Vec::with_capacity(spec.device_count() as usize);
     for numa in 0..spec.numa_nodes {
@@ -284,7 +293,7 @@ pub fn build_topology(spec: &TopologySpec) -> Result<Vec<SimDevice>, SimError> {
                         parent_dir: parent.clone(),
                         role: Role::StaticVf,
                         uuid: uuid_of(numa, pf, Some(i))?,
-                        memory: VF_MEMORY,
+                        memory: spec.vf_memory,
                         numa_node: numa_of(numa),
                         minor: 0,
                         status: 1,
@@ -303,7 +312,9 @@ pub fn build_topology(spec: &TopologySpec) -> Result<Vec<SimDevice>, SimError> {
         let pfs: Vec<SimDevice> = boot.clone();
         for pf in &pfs {
             for i in 0..spec.vfs_per_pf {
-                boot.push(sriov_vf(pf, i, next_minor));
+                let mut vf = sriov_vf(pf, i, next_minor);
+                vf.memory = spec.vf_memory;
+                boot.push(vf);
                 next_minor += 1;
             }
         }
@@ -737,7 +748,7 @@ mod tests {
             sriov: false,
             total_vfs: 7,
             numa_known: true,
-            pf_memory_zero: false,
+            ..TopologySpec::canonical(1)
         };
         let devs = build_topology(&spec).unwrap();
         assert_eq!(devs.len(), 4096);

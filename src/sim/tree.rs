@@ -273,7 +273,11 @@ fn class_names_of_function(root: &Path, parent_dir: &str, bdf: Bdf) -> Vec<Strin
 }
 
 /// Removes one device's files, the class link first.
-fn remove_entries(root: &Path, dev_root: Option<&Path>, dev: &SimDevice) -> Result<(), SimError> {
+pub(super) fn remove_entries(
+    root: &Path,
+    dev_root: Option<&Path>,
+    dev: &SimDevice,
+) -> Result<(), SimError> {
     let remove_link = |p: PathBuf| -> Result<(), SimError> {
         match fs::remove_file(&p) {
             Ok(()) => Ok(()),

@@ -106,6 +106,9 @@ pub struct PreparerConfig {
     pub cdi_dir: PathBuf,
     /// The plugin's private data directory: checkpoint and lock file.
     pub plugin_dir: PathBuf,
+    /// Kernel devices, or a simulated tree (`--simulate`): where CDI specs mount the devices
+    /// in the container, and whether `/dev/<name>` is the host's node or `/dev/null`.
+    pub layout: cdi::ContainerLayout,
 }
 
 /// What a rollback or an unprepare writes back into the registers prepare changed.
@@ -220,6 +223,28 @@ impl<S: ClaimSource> Preparer<S> {
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner())
             .clone()
+    }
+
+    /// Runs `work` on the blocking pool while no prepare or unprepare of this process runs,
+    /// with the devices prepared at that moment (DRA name → `namespace/name` of the claim).
+    /// For changes that must never remove a prepared device, such as writing `sriov_numvfs`:
+    /// no prepare can start between the check and the change. `Err` when the task panicked.
+    pub async fn while_no_prepare<T: Send + 'static>(
+        &self,
+        work: impl FnOnce(&HashMap<String, String>) -> T + Send + 'static,
+    ) -> Result<T, String> {
+        self.locked(
+            move |core| {
+                let prepared = core
+                    .allocated
+                    .lock()
+                    .unwrap_or_else(|poisoned| poisoned.into_inner())
+                    .clone();
+                Ok(work(&prepared))
+            },
+            Err,
+        )
+        .await
     }
 
     /// GETs one claim within [`FETCH_TIMEOUT`].
@@ -587,6 +612,7 @@ impl Core {
             &self.config.driver_name,
             &entry.uid,
             &self.config.sysfs_root,
+            self.config.layout,
             &devices,
         )
         .map_err(cdi_error)?;
@@ -600,8 +626,15 @@ impl Core {
         Ok(())
     }
 
-    /// The host's character device for `sysfs_name`, when it exists.
+    /// The host's character device for `sysfs_name`, when it exists; for a simulated device,
+    /// which has none, the host's `/dev/null` (see [`cdi::SIMULATED_DEV_NODE`]).
     fn dev_node(&self, sysfs_name: &str) -> Option<cdi::DevNode> {
+        if self.config.layout == cdi::ContainerLayout::Simulated {
+            return Some(cdi::DevNode {
+                host_path: PathBuf::from(cdi::SIMULATED_DEV_NODE),
+                numbers: None,
+            });
+        }
         let host_path = sysfs::dev_node_path(&self.config.dev_root, sysfs_name);
         host_path.exists().then(|| cdi::DevNode {
             numbers: sysfs::read_dev_numbers(&self.config.sysfs_root, sysfs_name),
@@ -824,6 +857,7 @@ mod tests {
                 dev_root: tmp.path().join("dev"),
                 cdi_dir: tmp.path().join("run/cdi"),
                 plugin_dir: tmp.path().join("plugins/mock-accel.example.com"),
+                layout: Default::default(),
             };
             let devices = vec![
                 device("mock0", DeviceType::Pf, Some(0), 0),
@@ -1081,7 +1115,10 @@ mod tests {
         assert_eq!(spec.devices.len(), 3);
         assert_eq!(
             spec.container_edits.env,
-            vec!["MOCK_ACCEL_DEVICES=mock0,mock0_vf0,mock1"]
+            vec![
+                "MOCK_ACCEL_DEVICES=mock0,mock0_vf0,mock1",
+                "MOCK_ACCEL_SYSFS_DIR=/sys/class/mock-accel"
+            ]
         );
         assert!(
             spec.devices[2].container_edits.device_nodes.is_empty(),
