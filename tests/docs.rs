@@ -1243,7 +1243,7 @@ fn code_words(md: &Markdown) -> Vec<(usize, String)> {
     out
 }
 
-const REPO_DIRS: [&str; 10] = [
+const REPO_DIRS: [&str; 11] = [
     "src/",
     "config/",
     "crds/",
@@ -1252,6 +1252,7 @@ const REPO_DIRS: [&str; 10] = [
     "tests/",
     "kustomize/",
     "benches/",
+    "bench/",
     "proto/",
     ".ci/",
 ];

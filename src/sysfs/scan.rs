@@ -403,13 +403,24 @@ impl AttrReader {
         })
     }
 
+    /// Reads a register; one found empty is read again, up to [`EMPTY_REGISTER_REREADS`]
+    /// times. Real sysfs never shows an empty attribute, but in a simulated tree the register is
+    /// a regular file that the driver's own write truncates before it writes: a scan between
+    /// the two would see nothing and drop the device, failing a prepare that runs meanwhile.
     fn register(
         &mut self,
         dirs: &Dirs<'_>,
         sysfs_name: &str,
         attr: &str,
     ) -> Result<u32, SysfsError> {
-        let text = self.read(dirs, sysfs_name, attr)?;
+        let mut rereads = 0;
+        while self.read(dirs, sysfs_name, attr)?.is_empty() && rereads < EMPTY_REGISTER_REREADS {
+            rereads += 1;
+            // Long enough for a writer that was preempted between its truncate and its write
+            // (a loaded node) to finish; scans run on the blocking pool.
+            std::thread::sleep(EMPTY_REGISTER_PAUSE);
+        }
+        let text = self.text(dirs)?;
         parse_register(text)
             .map_err(|reason| SysfsError::parse(&dirs.attr_path(sysfs_name, attr), text, reason))
     }
@@ -429,6 +440,12 @@ impl AttrReader {
         }
     }
 }
+
+/// How often [`AttrReader::register`] reads an empty register again before it reports it, and
+/// the pause before each reread: at most 100 ms per register (a writer preempted on a loaded
+/// node), spent only on simulated trees and only while a write is in flight.
+const EMPTY_REGISTER_REREADS: u32 = 200;
+const EMPTY_REGISTER_PAUSE: std::time::Duration = std::time::Duration::from_micros(500);
 
 /// The target of the symlink `rel` under `dir`, in one `readlinkat` into `buf`.
 fn read_link_at<'b>(buf: &'b mut [u8], dir: impl AsFd, rel: &str) -> std::io::Result<&'b Path> {
@@ -648,6 +665,37 @@ mod tests {
 
     fn warnings(scan: &Scan) -> String {
         scan.warnings.iter().map(|w| format!("{w}\n")).collect()
+    }
+
+    /// A prepare writes the status register while the agent's resync scans: on a simulated tree
+    /// (regular files) the write truncates first, and the scan must not take the empty file
+    /// for a broken device.
+    #[test]
+    fn a_register_write_during_a_scan_does_not_drop_the_device() {
+        let dir = canonical();
+        let root = dir.path().to_path_buf();
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let writer = {
+            let (root, stop) = (root.clone(), std::sync::Arc::clone(&stop));
+            std::thread::spawn(move || {
+                let mut value = 0;
+                while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                    write_status(&root, "mock1", value).unwrap();
+                    value ^= 1;
+                    // Prepares come one at a time, each with other work around its write.
+                    std::thread::sleep(std::time::Duration::from_micros(200));
+                }
+            })
+        };
+        let mut dropped = 0;
+        for _ in 0..300 {
+            if scan(&root).unwrap().inventory.get("mock1").is_none() {
+                dropped += 1;
+            }
+        }
+        stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        writer.join().unwrap();
+        assert_eq!(dropped, 0, "scans that lost mock1 during register writes");
     }
 
     #[test]
