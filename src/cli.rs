@@ -37,6 +37,9 @@ pub enum Command {
     Sim(SimArgs),
     /// Print the MockAccelNode CustomResourceDefinition YAML.
     Crd,
+    /// Simulate many accelerator nodes (Nodes, Leases, MockAccelNodes with agent status) from
+    /// one process, for load tests; `--delete` removes them.
+    Fleet(FleetArgs),
 }
 
 /// Parses durations such as `30s`, `2m`, `500ms`.
@@ -157,6 +160,34 @@ pub struct NodeAgentArgs {
     /// Interval of the heartbeat written into MockAccelNode.status.agent.
     #[arg(long, default_value = "10s", value_parser = parse_duration, env = "HEARTBEAT_INTERVAL")]
     pub heartbeat_interval: Duration,
+    #[command(flatten)]
+    pub api: ApiClientArgs,
+}
+
+#[derive(Args, Debug, Clone)]
+pub struct FleetArgs {
+    /// Number of simulated nodes to create and keep fresh (required unless --delete).
+    #[arg(long, required_unless_present = "delete")]
+    pub nodes: Option<usize>,
+    /// Devices per node: cards of a PF and two static VFs alternating between NUMA 0 and 1 (6
+    /// is the canonical node).
+    #[arg(long, default_value_t = 6)]
+    pub devices_per_node: usize,
+    /// Interval of each node's heartbeat (its MockAccelNode agent status and its node Lease);
+    /// must stay below the controller's --agent-grace-period.
+    #[arg(long, default_value = "10s", value_parser = parse_duration)]
+    pub heartbeat: Duration,
+    /// Node name prefix; the nodes are `<prefix>0000`, `<prefix>0001`, ... and the fleet's name
+    /// (label value of everything it creates) is the prefix without a trailing `-`.
+    #[arg(long, default_value = "fleet-")]
+    pub prefix: String,
+    /// Requests in flight at once, while creating and while beating.
+    #[arg(long, default_value_t = 16)]
+    pub concurrency: usize,
+    /// Delete the fleet of --prefix (its Nodes, Leases and MockAccelNodes, by label) and wait
+    /// until its slices are withdrawn, instead of creating one.
+    #[arg(long, conflicts_with_all = ["nodes"])]
+    pub delete: bool,
     #[command(flatten)]
     pub api: ApiClientArgs,
 }
