@@ -9,7 +9,7 @@ KUSTOMIZATION := kustomize/default/kustomization.yaml
 IMAGE := $(shell sed -n 's/^ *newName: *//p' $(KUSTOMIZATION)):$(shell sed -n 's/^ *newTag: *//p' $(KUSTOMIZATION))
 IMAGE_TAR ?= /tmp/mock-accel-dra-image.tar
 
-.PHONY: help bin build test lint fmt fmt-check crd bench image-name build-image save-image load-image \
+.PHONY: help bin build test lint fmt fmt-check crd bench bench-scale image-name build-image save-image load-image \
         deploy undeploy k8s-bins e2e e2e-node fakelet-test dev-cluster dev-cluster-env dev-cluster-down demo
 
 help: ## list the targets
@@ -44,8 +44,16 @@ crd: bin ## regenerate crds/ from the Rust types
 # The bench profile (release settings, see Cargo.toml) builds the benches and the binary that
 # agent_memory starts. --bench '*' runs only the benches: a plain `cargo bench` also builds the
 # unit tests in that profile and lists each as ignored.
-bench: ## benchmarks, optimised build: discovery, prepare/unprepare latency, agent memory
+bench: ## benchmarks, optimised build: discovery, prepare/unprepare latency, agent memory (also: bench-scale)
 	$(CARGO) bench --locked --bench '*'
+	@echo "bench: the controller at 100 to 3,000 simulated nodes is a separate target: make bench-scale (about 45 min)"
+
+# Not part of `make bench` (it needs the local control plane and most of an hour): the
+# controller against `mock-accel-dra fleet` nodes, release build. SCALE_ARGS="--runs 100x6
+# --steady 60" for a short pass. Results: docs/bench/scale.{json,svg,md}, see BENCHMARKS.md.
+SCALE_ARGS ?=
+bench-scale: ## controller at 100/1,000/3,000 fleet nodes on the local control plane: publish time, API load, RSS, SVG
+	MOCK_ACCEL_PROFILE=release $(HARNESS) benches/scale/run.py $(SCALE_ARGS)
 
 image-name: ## print the image name and tag (from kustomize/default/kustomization.yaml)
 	@echo $(IMAGE)

@@ -160,6 +160,11 @@ pub struct NodeAgentArgs {
     /// Interval of the heartbeat written into MockAccelNode.status.agent.
     #[arg(long, default_value = "10s", value_parser = parse_duration, env = "HEARTBEAT_INTERVAL")]
     pub heartbeat_interval: Duration,
+    /// Shortest time between two MockAccelNode status writes: changes (prepares, unprepares,
+    /// rescans) that arrive sooner are coalesced into one write at the end of it, so a node's
+    /// status writes per second stay bounded whatever the prepare rate. 0 writes every change.
+    #[arg(long, default_value = "1s", value_parser = parse_duration, env = "STATUS_MIN_INTERVAL")]
+    pub status_min_interval: Duration,
     #[command(flatten)]
     pub api: ApiClientArgs,
 }

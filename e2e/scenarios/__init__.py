@@ -19,4 +19,5 @@ from scenarios import (  # noqa: F401 - imported for their @scenario registratio
     kubelet,
     realnode,
     fixture,
+    fleet,
 )
