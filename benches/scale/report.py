@@ -191,7 +191,7 @@ def markdown_tables(runs: list[dict]) -> str:
     """The per-run table, the steady-state request table and the growth line."""
     lines = [
         "| nodes | devices/node | slices | time to publish | requests/min (steady) | "
-        "ResourceSlice writes/min (steady) | requests per node per heartbeat | "
+        "ResourceSlice writes/min (steady) | per node and heartbeat: requests, API server CPU, controller CPU | "
         "controller RSS | controller CPU (steady) | reconcile p99 | API server CPU (steady) | late beats |",
         "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
@@ -200,7 +200,8 @@ def markdown_tables(runs: list[dict]) -> str:
         lines.append(
             f"| {r['nodes']:,} | {r['devices_per_node']} | {r['slices']:,} | {r['publish_s']:.1f} s | "
             f"{r['requests_per_min']:,.0f} | {r['slice_writes_per_min']:.0f} | "
-            f"{r['requests_per_node_per_beat']:.2f} | {r['controller_rss_mib']:.0f} MiB | "
+            f"{r['requests_per_node_per_beat']:.2f}, {r['apiserver_cpu_ms_per_beat']:.2f} ms, "
+            f"{r['controller_cpu_ms_per_beat']:.2f} ms | {r['controller_rss_mib']:.0f} MiB | "
             f"{r['controller_cpu_pct']:.1f} % | {'≤ ' + _ms(p99) if p99 is not None else 'n/a'} | "
             f"{r['apiserver_cpu_pct']:.0f} % | {r['max_late_s']:.1f} s |")
     out = "\n".join(lines) + "\n"

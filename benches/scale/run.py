@@ -77,9 +77,10 @@ def _duration_s(v: str) -> float:
 
 
 class Bench:
-    def __init__(self, state: Path, steady: float):
+    def __init__(self, state: Path, steady: float, controller_bin: str | None):
         self.c = cluster_mod.Cluster(state, die_with_parent=True)
         self.steady = steady
+        self.controller_bin = controller_bin
 
     def up(self) -> None:
         # No simulated nodes; the two controller replicas `up` starts are stopped again, each run
@@ -96,7 +97,7 @@ class Bench:
         args = cluster_mod._without_flag(list(wl.args), "--leader-elect")
         port = controlplane.free_port()
         self.c.sup.start("bench-controller", [
-            str(self.c.binaries.driver), "controller", *args, "--leader-elect=false",
+            self.controller_bin or str(self.c.binaries.driver), "controller", *args, "--leader-elect=false",
             f"--metrics-addr=127.0.0.1:{port}",
         ], env={**wl.env, "KUBECONFIG": str(kubeconfig)})
         return port
@@ -188,6 +189,9 @@ class Bench:
                 report.sum_by(c1, "mock_accel_controller_api_writes_total", ("kind", "verb")), secs),
             "max_late_s": fleet_max_late(log, log_at),
         }
+        # The cost of one node's heartbeat, in API requests and CPU of both sides.
+        result["apiserver_cpu_ms_per_beat"] = (api1 - api0) * 1000 / (secs / HEARTBEAT_S) / nodes
+        result["controller_cpu_ms_per_beat"] = (cpu1 - cpu0) * 1000 / (secs / HEARTBEAT_S) / nodes
         result["controller_writes_per_min"] = {" ".join(k): v for k, v in result["controller_writes_per_min"].items()}
         progress.step(f"{nodes}×{devices}: publish {publish_s:.1f}s, {total:,.0f} req/min, "
                       f"{slice_writes:.0f} slice writes/min, controller {result['controller_rss_mib']:.0f} MiB "
@@ -204,13 +208,15 @@ def main() -> int:
                     help="comma-separated NODESxDEVICES (default 100x6,1000x6,3000x6,100x64)")
     ap.add_argument("--steady", type=float, default=300, help="steady window in seconds (default 300)")
     ap.add_argument("--state", default="/tmp/mock-accel-bench-scale", help="cluster state directory")
+    ap.add_argument("--controller-bin", default=None,
+                    help="run this mock-accel-dra binary as the controller (an A/B of two versions)")
     ap.add_argument("--out", default=str(HERE.parents[1] / "docs" / "bench"),
                     help="where scale.json, scale.svg and scale.md go (default docs/bench)")
     args = ap.parse_args()
     runs = [tuple(int(x) for x in r.split("x")) for r in args.runs.split(",") if r]
     progress.set_prefix("bench-scale")
     cluster_mod.install_signal_handlers()
-    bench = Bench(Path(args.state), args.steady)
+    bench = Bench(Path(args.state), args.steady, args.controller_bin)
     results = []
     try:
         bench.up()

@@ -58,6 +58,20 @@ class ReportTest(unittest.TestCase):
         self.assertEqual(len(root.findall(f"{ns}circle")), 3 * 3 + 1)
         self.assertEqual(len([r for r in root.findall(f"{ns}rect") if r.get("fill") == "#d62728"]), 3 + 1)
 
+    def test_markdown_has_a_row_per_run_and_the_growth(self):
+        def run(n, cpu):
+            return {"nodes": n, "devices_per_node": 6, "slices": 4 * n, "publish_s": n / 50, "steady_s": 120.0,
+                    "requests_per_min": 24.0 * n, "slice_writes_per_min": 0.0, "requests_per_node_per_beat": 4.0,
+                    "apiserver_cpu_ms_per_beat": 2.0, "controller_cpu_ms_per_beat": 0.5,
+                    "controller_rss_mib": 20 + n / 100, "controller_cpu_pct": cpu, "reconcile_p99_s": 0.04,
+                    "apiserver_cpu_pct": cpu * 4, "max_late_s": 0.1,
+                    "requests_by_verb_resource": {("GET", "nodes"): 6.0 * n, ("WATCH", "nodes"): 0.1}}
+        md = report.markdown_tables([run(100, 1.0), run(1000, 10.0)])
+        self.assertIn("| 1,000 | 6 | 4,000 | 20.0 s | 24,000 | 0 | 4.00, 2.00 ms, 0.50 ms | 30 MiB |", md)
+        self.assertIn("| GET | nodes | 6,000 |", md)
+        self.assertNotIn("WATCH", md)
+        self.assertIn("- controller CPU: k = 1.00", md)
+
 
 if __name__ == "__main__":
     unittest.main()

@@ -386,7 +386,7 @@ async fn delete(client: &Client, prefix: &str) -> Result<(), FleetError> {
             left_slices,
             "waiting for the fleet to go"
         );
-        tokio::time::sleep(Duration::from_secs(2)).await;
+        tokio::time::sleep(Duration::from_millis(500)).await;
     }
 }
 
