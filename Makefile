@@ -10,7 +10,7 @@ IMAGE := $(shell sed -n 's/^ *newName: *//p' $(KUSTOMIZATION)):$(shell sed -n 's
 IMAGE_TAR ?= /tmp/mock-accel-dra-image.tar
 
 .PHONY: help bin build test lint fmt fmt-check crd bench bench-scale image-name build-image save-image load-image \
-        deploy undeploy k8s-bins e2e e2e-node fakelet-test dev-cluster dev-cluster-env dev-cluster-down demo
+        deploy undeploy k8s-bins e2e e2e-node fakelet-test harness-test dev-cluster dev-cluster-env dev-cluster-down demo
 
 help: ## list the targets
 	@grep -E '^[a-z0-9-]+:.*## ' $(MAKEFILE_LIST) | sed -E 's/:.*## /\t/' | column -t -s $$'\t'
@@ -103,8 +103,14 @@ dev-cluster-down: ## stop the local cluster
 demo: ## allocate a PF to a pod on the local cluster and show what it gets (KEEP=1 keeps the cluster)
 	@$(HARNESS) e2e/demo.py --state $(DEV_CLUSTER) $(if $(KEEP),--keep)
 
-e2e: fakelet-test ## every end-to-end scenario on a fresh local cluster (E2E_ARGS="-k 3" selects)
-	@$(HARNESS) e2e/run.py $(E2E_ARGS)
+# Clusters side by side for `make e2e`, each running a share of the scenarios (e2e/harness/shards.py).
+E2E_JOBS ?= 2
+
+e2e: fakelet-test harness-test ## every end-to-end scenario on fresh local clusters (E2E_ARGS="-k 3" selects, E2E_JOBS=1 one cluster)
+	@$(HARNESS) e2e/run.py --jobs $(E2E_JOBS) $(E2E_ARGS)
+
+harness-test: ## the e2e harness's own tests (no cluster): processes, manifests, sharding
+	@$(HARNESS) -m unittest discover -s e2e -p 'test_*.py'
 
 # Not part of `make e2e` nor .ci/run: a real kubelet and containerd (built once, cached), see
 # docs/testing-guide.md for how long it takes.

@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """`make e2e`: every scenario on a fresh local cluster.
 
-    e2e/run.py [--state DIR] [--keep] [-k PATTERN]... [--control-plane-only] [--real-node] [--list]
+    e2e/run.py [--state DIR] [--keep] [-k PATTERN]... [--jobs N] [--control-plane-only] [--real-node] [--list]
 
 Starts a cluster in a new temporary state directory, runs the scenarios in order, each in its
 own namespace, and always tears the cluster down. The last line is `N passed, M failed`; the
@@ -9,12 +9,16 @@ exit code is non-zero when anything failed. The state directory (logs of every p
 per failing scenario a dump of the cluster under `failures/<id>/`) is kept when something
 failed, or with --keep, and its path is printed.
 
+`--jobs N` (`make e2e` passes E2E_JOBS, default 2): N clusters side by side, each running a
+share of the scenarios (harness/shards.py); the summary counts them all.
+
 `--real-node` (`make e2e-node`): a cluster with only node `real1` (a real kubelet and
 containerd, harness/realnode.py) and the scenarios marked for it (ids 20*); without it those
 are left out.
 """
 
 import argparse
+import os
 import re
 import shutil
 import sys
@@ -25,7 +29,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from harness import nodes, procs, progress  # noqa: E402
+from harness import nodes, procs, progress, shards  # noqa: E402
 from harness.cluster import Cluster, install_signal_handlers  # noqa: E402
 from harness.kube import KubectlError, namespace  # noqa: E402
 from harness.wait import Failure  # noqa: E402
@@ -139,10 +143,16 @@ def main() -> int:
     ap.add_argument("--real-node", action="store_true",
                     help="only node real1 (real kubelet and containerd) and the scenarios for it")
     ap.add_argument("--list", action="store_true", help="list the scenarios and exit")
+    ap.add_argument("--jobs", type=int, default=int(os.environ.get("E2E_JOBS") or 1),
+                    help="clusters side by side, each running a share of the scenarios (default: E2E_JOBS or 1)")
+    # A shard's share (harness/shards.py): exactly these scenario ids.
+    ap.add_argument("--ids", help=argparse.SUPPRESS)
     args = ap.parse_args()
 
+    only = set(args.ids.split(",")) if args.ids else None
     selected = [s for s in ordered()
                 if (not args.patterns or any(p.lower() in f"{s.id} {s.title}".lower() for p in args.patterns))
+                and (only is None or s.id in only)
                 and (s.needs_driver is False or not args.control_plane_only)
                 and s.real_node == args.real_node]
     if args.list:
@@ -157,6 +167,8 @@ def main() -> int:
     progress.set_prefix("e2e")
     install_signal_handlers()
     state = Path(args.state) if args.state else Path(tempfile.mkdtemp(prefix="mock-accel-e2e-"))
+    if args.jobs > 1 and len(selected) > 1 and not args.real_node and not args.control_plane_only:
+        return run_sharded(selected, args.jobs, state, args.keep)
     cluster = Cluster(state, die_with_parent=True)
     passed: list[str] = []
     failed: list[str] = []
@@ -192,6 +204,29 @@ def main() -> int:
         print("failed: " + "; ".join(failed), flush=True)
     if failed or interrupted or args.keep:
         print(f"logs and state kept in {state} (process logs in {state / 'logs'})", flush=True)
+    else:
+        shutil.rmtree(state, ignore_errors=True)
+    print(f"{len(passed)} passed, {len(failed)} failed", flush=True)
+    return 0 if not failed and not interrupted else 1
+
+
+def run_sharded(selected: list[Scenario], jobs: int, state: Path, keep: bool) -> int:
+    started = time.monotonic()
+    interrupted = False
+    passed: list[str] = []
+    failed: list[str] = []
+    try:
+        passed, failed = shards.run([(s.id, s.cost) for s in selected], jobs, state, Path(__file__).resolve(),
+                                    keep, {s.id: s.label for s in selected})
+    except KeyboardInterrupt:
+        interrupted = True
+        print("interrupted", flush=True)
+    progress.step(f"all shards done in {time.monotonic() - started:.0f}s")
+    if failed:
+        print("failed: " + "; ".join(failed), flush=True)
+    if failed or interrupted or keep:
+        print(f"logs and state kept in {state} (one directory per shard: shard-N/, process logs in shard-N/logs)",
+              flush=True)
     else:
         shutil.rmtree(state, ignore_errors=True)
     print(f"{len(passed)} passed, {len(failed)} failed", flush=True)

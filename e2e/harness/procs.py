@@ -21,7 +21,7 @@ from harness import progress
 _PR_SET_PDEATHSIG = 1
 
 
-def _die_with_parent() -> None:
+def die_with_parent() -> None:
     """preexec hook: the kernel sends SIGKILL to the child when the harness dies, so an e2e run
     killed with SIGKILL leaves nothing behind. Not used for the long-lived dev cluster."""
     try:
@@ -130,7 +130,7 @@ class Supervisor:
                     env=full_env,
                     cwd=str(cwd) if cwd else None,
                     start_new_session=True,
-                    preexec_fn=_die_with_parent if self.die_with_parent else None,
+                    preexec_fn=die_with_parent if self.die_with_parent else None,
                 )
             except OSError as e:
                 raise ProcessError(f"cannot start {name} ({argv[0]}): {e}") from e

@@ -15,7 +15,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from harness import builds, kube, manifests, nodes, pki, procs, wait  # noqa: E402
+from harness import builds, kube, manifests, nodes, pki, procs, shards, wait  # noqa: E402
 from scenarios import examples  # noqa: E402
 from scenarios.discovery import uuid_of  # noqa: E402
 
@@ -258,6 +258,38 @@ class CacheChoiceTest(unittest.TestCase):
         with tempfile.TemporaryDirectory() as d:
             c = self.choice(MOCK_ACCEL_SYSTEM_CACHE=f"{d}/sys", XDG_CACHE_HOME=f"{d}/xdg")
             self.assertEqual(c["root"], f"{d}/sys")
+
+
+
+class ShardPartitionTest(unittest.TestCase):
+    """`run.py --jobs N` splits the suite by estimated cost and keeps each share in order."""
+
+    def test_balances_by_cost_longest_first(self):
+        items = [("0", 5), ("1", 10), ("11", 85), ("13a", 170), ("13b", 90), ("14", 75), ("2", 10)]
+        groups = shards.partition(items, 2)
+        self.assertEqual(sorted(i for g in groups for i in g), sorted(i for i, _ in items))
+        costs = dict(items)
+        loads = sorted(sum(costs[i] for i in g) for g in groups)
+        # Longest-first is within a third of the best split (here 220/225): never worse than 300.
+        self.assertEqual(sum(loads), 445)
+        self.assertLessEqual(loads[-1], 300)
+        # The longest scenario and the next two longest do not all land together.
+        self.assertNotIn("13b", next(g for g in groups if "13a" in g))
+
+    def test_each_share_keeps_the_suite_order(self):
+        items = [(str(i), float(i % 4 + 1)) for i in range(12)]
+        for group in shards.partition(items, 3):
+            self.assertEqual(group, sorted(group, key=int))
+
+    def test_never_more_groups_than_items_and_none_empty(self):
+        self.assertEqual(shards.partition([("a", 1)], 4), [["a"]])
+        self.assertEqual(shards.partition([], 2), [])
+
+    def test_results_are_read_from_a_shards_output(self):
+        m = shards.RESULT.match("PASS [3b] claim device status: Ready (6.4s)")
+        self.assertEqual((m.group(1), m.group(2)), ("PASS", "[3b] claim device status: Ready"))
+        m = shards.RESULT.match("FAIL [13a] outage: a (b) c (167.0s)")
+        self.assertEqual((m.group(1), m.group(2)), ("FAIL", "[13a] outage: a (b) c"))
 
 
 if __name__ == "__main__":

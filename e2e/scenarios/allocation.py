@@ -64,7 +64,7 @@ def mixed(ctx: Context) -> None:
     verify_released(ctx, node, c["metadata"]["uid"], devs)
 
 
-@scenario("8", "ResourceClaimTemplate per pod; one claim shared by two pods on one node")
+@scenario("8", "ResourceClaimTemplate per pod; one claim shared by two pods on one node", cost=12)
 def templates_and_sharing(ctx: Context) -> None:
     ctx.apply(claim_template("one-vf", [request("vf", "mock-accel-vf")]),
               pod("tpl-a", templates={"accel": "one-vf"}), pod("tpl-b", templates={"accel": "one-vf"}))

@@ -18,7 +18,7 @@ PROMISES = {
 }
 
 
-@scenario("2", "device classes: pf, vf, vf-2gb allocate what they promise; too many stays pending")
+@scenario("2", "device classes: pf, vf, vf-2gb allocate what they promise; too many stays pending", cost=13)
 def device_classes(ctx: Context) -> None:
     for name in PROMISES:
         dc = ctx.k.get_or_none("deviceclass", name)

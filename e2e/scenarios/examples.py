@@ -129,7 +129,7 @@ def check_claim(path: Path, c: dict, devs: list[dict], exp: dict) -> None:
               f"{path.name}: claim {name}'s devices share values of {a}", values)
 
 
-@scenario("11", "docs/examples: every example applied, its declared outcome checked")
+@scenario("11", "docs/examples: every example applied, its declared outcome checked", cost=85)
 def examples(ctx: Context) -> None:
     files = sorted(EXAMPLES.glob("*.yaml")) + sorted(EXAMPLES.glob("*.yml"))
     check(bool(files), f"no examples in {EXAMPLES}")
@@ -181,7 +181,7 @@ def yaml_documents() -> list[tuple[str, str]]:
     return out
 
 
-@scenario("12", "docs/ and config/: every YAML accepted by the API server (server-side dry run)")
+@scenario("12", "docs/ and config/: every YAML accepted by the API server (server-side dry run)", cost=15)
 def dry_run(ctx: Context) -> None:
     docs = yaml_documents()
     check(bool(docs), "no YAML found under docs/ and config/")

@@ -32,6 +32,8 @@ class Scenario:
     needs_driver: bool
     # Runs only on a cluster with the real node (`make e2e-node`), never in `make e2e`.
     real_node: bool = False
+    # Estimated seconds on a warm idle machine: `run.py --jobs N` balances the shards by it.
+    cost: float = 10.0
 
     @property
     def label(self) -> str:
@@ -49,9 +51,9 @@ def ordered() -> list[Scenario]:
     return sorted(REGISTRY, key=key)
 
 
-def scenario(id: str, title: str, needs_driver: bool = True, real_node: bool = False):
+def scenario(id: str, title: str, needs_driver: bool = True, real_node: bool = False, cost: float = 10.0):
     def register(fn):
-        REGISTRY.append(Scenario(id, title, fn, needs_driver, real_node))
+        REGISTRY.append(Scenario(id, title, fn, needs_driver, real_node, cost))
         return fn
     return register
 

@@ -45,7 +45,7 @@ def lingering_pod(name: str, claim_name: str, node: str) -> dict:
     return p
 
 
-@scenario("14", "kubelet code: fake kubelet restart; the DRA manager's checkpoint replays the prepared claims")
+@scenario("14", "kubelet code: fake kubelet restart; the DRA manager's checkpoint replays the prepared claims", cost=75)
 def restart_replays_checkpoint(ctx: Context) -> None:
     node = "node1"
     ctx.apply(claim("kept", [request("pf", "mock-accel-pf")]), claim("leaving", [request("vf", "mock-accel-vf")]),
@@ -120,7 +120,7 @@ def events(ctx: Context, pod_name: str, reason: str) -> list[dict]:
     return ctx.k.items("events", ctx.ns, field_selector=f"involvedObject.name={pod_name},reason={reason}")
 
 
-@scenario("15", "kubelet code: plugin re-registers (rolling update) while NodePrepareResources is in flight")
+@scenario("15", "kubelet code: plugin re-registers (rolling update) while NodePrepareResources is in flight", cost=25)
 def reregister_during_prepare(ctx: Context) -> None:
     node = "node2"
     paths = ctx.node_paths(node)
@@ -176,7 +176,8 @@ def allocated_health(ctx: Context, pod_name: str, container: str = "main") -> di
     return {}
 
 
-@scenario("16", "kubelet code: device health in the pod's allocatedResourcesStatus; a removed device turns Unknown")
+@scenario("16", "kubelet code: device health in the pod's allocatedResourcesStatus; a removed device turns Unknown",
+          cost=40)
 def device_health(ctx: Context) -> None:
     node = "node5"
     paths = ctx.cluster.add_node(node, "canonical")

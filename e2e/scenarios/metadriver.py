@@ -26,7 +26,8 @@ CPU_DRIVER = "cpu.e2e.example.com"
 CPU_CLASS = "e2e-cpu"
 
 
-@scenario("4b", "meta-driver: a coordinator-shaped claim (class = driver name, generated request, CEL on NUMA 1)")
+@scenario("4b", "meta-driver: a coordinator-shaped claim (class = driver name, generated request, CEL on NUMA 1)",
+          cost=10)
 def coordinator_claim(ctx: Context) -> None:
     c = claim("partition", [request(PARTITION_REQUEST, DRIVER, count=2, selectors=[COORDINATOR_NUMA1])])
     # Opaque configuration addressed to another driver rides along in coordinator claims; ours
@@ -95,7 +96,8 @@ def _cpu_slice(node: str) -> dict:
     }
 
 
-@scenario("4c", "meta-driver: one claim aligns our VFs with another driver's CPU on resource.kubernetes.io/numaNode")
+@scenario("4c", "meta-driver: one claim aligns our VFs with another driver's CPU on resource.kubernetes.io/numaNode",
+          cost=11)
 def cross_driver_alignment(ctx: Context) -> None:
     node = ctx.cluster.node_names()[0]
     cpu_class = {"apiVersion": kube.RESOURCE_API, "kind": "DeviceClass", "metadata": {"name": CPU_CLASS},
@@ -140,7 +142,8 @@ def cross_driver_alignment(ctx: Context) -> None:
         ctx.k.delete("resourceclaim", name, ctx.ns, wait=True, timeout=60)
 
 
-@scenario("4d", "meta-driver: a device with numa_node -1 has no numaNode and is never picked under a NUMA constraint")
+@scenario("4d", "meta-driver: a device with numa_node -1 has no numaNode and is never picked under a NUMA constraint",
+          cost=13)
 def numa_none_device(ctx: Context) -> None:
     node = ctx.cluster.node_names()[1]
     paths = ctx.node_paths(node)

@@ -203,11 +203,13 @@ def outage(ctx: Context, component: str, sig: int, how: str, ready_check: str) -
     ctx.delete_pod_and_wait("after")
 
 
-@scenario("13a", "outage: kube-apiserver stopped longer than the grace period; nothing withdrawn, all reconnect")
+@scenario("13a", "outage: kube-apiserver stopped longer than the grace period; nothing withdrawn, all reconnect",
+          cost=170)
 def apiserver_outage(ctx: Context) -> None:
     outage(ctx, "kube-apiserver", signal.SIGTERM, "stopped (SIGTERM)", "kube-apiserver")
 
 
-@scenario("13b", "outage: etcd killed with SIGKILL for longer than the grace period; nothing withdrawn, all reconnect")
+@scenario("13b", "outage: etcd killed with SIGKILL for longer than the grace period; nothing withdrawn, all reconnect",
+          cost=90)
 def etcd_kill(ctx: Context) -> None:
     outage(ctx, "etcd", signal.SIGKILL, "killed (SIGKILL)", "kube-apiserver (with etcd)")

@@ -49,7 +49,7 @@ def device(ctx: Context, claim_name: str) -> dict:
     return devs[0]
 
 
-@scenario("18a", "partitionable devices: a PF and its own VFs exclude each other (shared counters)")
+@scenario("18a", "partitionable devices: a PF and its own VFs exclude each other (shared counters)", cost=20)
 def partitionable(ctx: Context) -> None:
     minor = controlplane.kube_minor(ctx.cluster.binaries)
     lines = decision_lines(ctx)

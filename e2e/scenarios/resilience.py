@@ -73,7 +73,7 @@ def agent_restart(ctx: Context) -> None:
     say("unprepare after the restart released register, CDI spec and record")
 
 
-@scenario("9b", "resilience: node agent down past the grace period withdraws slices; they return with it")
+@scenario("9b", "resilience: node agent down past the grace period withdraws slices; they return with it", cost=40)
 def agent_grace(ctx: Context) -> None:
     node = "node2"
     grace = grace_seconds(ctx)
@@ -95,7 +95,7 @@ def lease_holder(ctx: Context, namespace: str) -> str | None:
     return (lease or {}).get("spec", {}).get("holderIdentity")
 
 
-@scenario("9c", "resilience: controller leader killed; the other replica takes over, slices untouched")
+@scenario("9c", "resilience: controller leader killed; the other replica takes over, slices untouched", cost=14)
 def controller_failover(ctx: Context) -> None:
     ns = ctx.cluster.info["controller_workload"]["namespace"]
     ids = {ctx.cluster.controller_identity_name(i): i for i in ctx.cluster.info["controllers"]}

@@ -21,7 +21,7 @@ def node_devices(ctx: Context, node: str) -> dict[str, dict]:
     return {d["name"]: d for (pool, _), d in ctx.slice_devices().items() if d["node"] == node}
 
 
-@scenario("6", "SR-IOV: VFs of one physfn; runtime VFs in the SR-IOV layout published and allocated")
+@scenario("6", "SR-IOV: VFs of one physfn; runtime VFs in the SR-IOV layout published and allocated", cost=12)
 def sriov(ctx: Context) -> None:
     ctx.apply(claim("same-parent", [request("vfs", "mock-accel-vf", count=2)], [match(PHYSFN)]),
               pod("same-parent", claims={"accel": "same-parent"}))

@@ -44,7 +44,7 @@ def stays_unschedulable(ctx: Context, name: str, why: str) -> None:
     ctx.delete_pod(name)
 
 
-@scenario("4", "NUMA locality: matchAttribute keeps devices on one NUMA node; per-NUMA requests spread")
+@scenario("4", "NUMA locality: matchAttribute keeps devices on one NUMA node; per-NUMA requests spread", cost=13)
 def numa(ctx: Context) -> None:
     # Two rounds, so that no order of scheduling can exhaust a NUMA node another claim needs.
     ctx.apply(
@@ -84,7 +84,7 @@ def numa(ctx: Context) -> None:
     stays_unschedulable(ctx, "three-numa", "3 VFs on one NUMA node; each has 2")
 
 
-@scenario("5", "PCIe locality: matchAttribute on resource.kubernetes.io/pcieRoot")
+@scenario("5", "PCIe locality: matchAttribute on resource.kubernetes.io/pcieRoot", cost=12)
 def pcie(ctx: Context) -> None:
     # A PF and a VF behind one root are a PF and its own VF: with shared counters published
     # (partitionable devices) that pair is never allocated, which scenario 18a checks.
