@@ -5,6 +5,7 @@ scheduler allocates a claim on one of them for a pod that tolerates the fleet's 
 """
 
 import subprocess
+import time
 
 from harness import kube
 from harness.kube import claim, pod, request
@@ -22,7 +23,8 @@ def fleet_argv(ctx: Context, *args: str) -> list[str]:
     return [str(ctx.cluster.binaries.driver), "fleet", f"--prefix={PREFIX}", *args]
 
 
-@scenario("22a", "fleet: 3 simulated nodes get slices, a claim is allocated on one, fleet --delete removes them")
+@scenario("22a", "fleet: 3 simulated nodes get slices, a claim is allocated on one, fleet --delete removes them",
+          cost=30)
 def fleet_nodes(ctx: Context) -> None:
     c = ctx.cluster
     names = [f"{PREFIX}{i:04d}" for i in range(NODES)]
@@ -61,6 +63,7 @@ def fleet_nodes(ctx: Context) -> None:
     finally:
         c.sup.stop(PROCESS)
 
+    began = time.monotonic()
     done = subprocess.run(fleet_argv(ctx, "--delete"), env={"KUBECONFIG": str(c.kubeconfig)},
                           capture_output=True, text=True, timeout=150)
     check(done.returncode == 0, f"fleet --delete failed ({done.returncode}): {done.stderr[-2000:]}")
@@ -69,4 +72,4 @@ def fleet_nodes(ctx: Context) -> None:
     equal(ctx.k.items("leases", namespace="kube-node-lease", selector=LABEL), [], "fleet Leases after --delete")
     left = [s["metadata"]["name"] for s in c.slices() if s["spec"].get("nodeName", "").startswith(PREFIX)]
     equal(left, [], "fleet slices after --delete")
-    say(f"fleet --delete removed {NODES} nodes and their slices")
+    say(f"fleet --delete removed {NODES} nodes and their slices in {time.monotonic() - began:.1f}s")
