@@ -155,11 +155,12 @@ class Bench:
                 published = report.value(controller_metrics(port), "mock_accel_controller_slices_published")
             except OSError:
                 published = 0
-            if per_node is None and published > 0:
-                first = self.c.kubectl.items("resourceslices", field_selector="spec.nodeName=scale-0000")
-                per_node = len(first) or None
-            if per_node and published >= nodes * per_node:
-                break
+            # A node's slices are written one after the other: count the first node's again
+            # whenever the total says every node might be done.
+            if published > 0 and (per_node is None or published >= nodes * per_node):
+                per_node = len(self.c.kubectl.items("resourceslices", field_selector="spec.nodeName=scale-0000"))
+                if per_node and published == nodes * per_node:
+                    break
             time.sleep(0.25)
         publish_s = time.monotonic() - started
         progress.step(f"{int(published)} slices published in {publish_s:.1f}s; settling")
