@@ -198,7 +198,7 @@ def markdown_tables(runs: list[dict]) -> str:
     for r in sorted(runs, key=lambda r: (r["devices_per_node"], r["nodes"])):
         p99 = r.get("reconcile_p99_s")
         lines.append(
-            f"| {r['nodes']:,} | {r['devices_per_node']} | {r['slices']:,} | {r['publish_s']:.1f} s | "
+            f"| {r['nodes']:,} | {r['devices_per_node']} | {r['slices']:,} | {_publish(r)} | "
             f"{r['requests_per_min']:,.0f} | {r['slice_writes_per_min']:.0f} | "
             f"{r['requests_per_node_per_beat']:.2f}, {r['apiserver_cpu_ms_per_beat']:.2f} ms, "
             f"{r['controller_cpu_ms_per_beat']:.2f} ms | {r['controller_rss_mib']:.0f} MiB | "
@@ -220,6 +220,12 @@ def markdown_tables(runs: list[dict]) -> str:
             k = growth_exponent([(r["nodes"], r[key]) for r in base])
             out += f"- {label}: k = {k:.2f}\n" if k is not None else f"- {label}: n/a\n"
     return out
+
+
+def _publish(r: dict) -> str:
+    if r.get("publish_complete", True):
+        return f"{r['publish_s']:.1f} s"
+    return f"> {r['publish_s']:.0f} s ({r.get('published_fraction', 0) * 100:.0f} % published)"
 
 
 def _ms(seconds: float) -> str:

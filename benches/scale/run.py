@@ -15,6 +15,7 @@ Benchmarks are not tests: this is not part of `make test`, `make e2e` nor CI.
 import argparse
 import json
 import os
+import re
 import sys
 import time
 from pathlib import Path
@@ -32,6 +33,8 @@ import report  # noqa: E402
 # default). Set by --heartbeat: at the default 10 s this 2-core machine's API server falls
 # behind at 1,000 nodes (see BENCHMARKS.md).
 HEARTBEAT_S = 10
+# Colour codes of the fleet's text log.
+_ANSI = re.compile(r"\x1b\[[0-9;]*m")
 
 
 def scrape(kubectl, path: str) -> list:
@@ -62,6 +65,7 @@ def fleet_max_late(log: Path, since: int) -> float:
     with log.open() as f:
         f.seek(since)
         for line in f:
+            line = _ANSI.sub("", line)
             if "max_late=" not in line:
                 continue
             v = line.split("max_late=", 1)[1].split()[0]
@@ -88,7 +92,8 @@ def _duration_s(v: str) -> float:
 
 
 class Bench:
-    def __init__(self, state: Path, steady: float, controller_bin: str | None):
+    def __init__(self, state: Path, steady: float, controller_bin: str | None, publish_timeout: float):
+        self.publish_timeout = publish_timeout
         self.c = cluster_mod.Cluster(state, die_with_parent=True)
         self.steady = steady
         self.controller_bin = controller_bin
@@ -146,9 +151,13 @@ class Bench:
         port = self.start_controller()
         pid = self.c.sup.get("bench-controller").pid
         per_node = None
+        complete = True
         while True:
-            if time.monotonic() - started > 1800:
-                raise RuntimeError("slices not all published within 30 minutes")
+            if time.monotonic() - started > self.publish_timeout:
+                # Measured as it is: the steady window then shows what keeps the rest waiting.
+                complete = False
+                progress.warn(f"not every slice published within {self.publish_timeout:.0f}s")
+                break
             if not self.c.sup.get("bench-controller").alive():
                 raise RuntimeError(f"controller exited: {self.c.sup.get('bench-controller').log_tail(10)}")
             try:
@@ -186,6 +195,8 @@ class Bench:
             "devices_per_node": devices,
             "slices": int(published),
             "publish_s": publish_s,
+            "publish_complete": complete,
+            "published_fraction": published / (nodes * per_node) if per_node else 0.0,
             "steady_s": secs,
             "requests_per_min": total,
             "slice_writes_per_min": slice_writes,
@@ -223,6 +234,8 @@ def main() -> int:
                     help="comma-separated NODESxDEVICES (default 100x6,1000x6,3000x6,100x64)")
     ap.add_argument("--heartbeat", type=int, default=10,
                     help="fleet heartbeat in seconds; the controller's grace period is 4 times it (default 10)")
+    ap.add_argument("--publish-timeout", type=float, default=1800,
+                    help="give up waiting for every slice after this many seconds and measure anyway (default 1800)")
     ap.add_argument("--steady", type=float, default=300, help="steady window in seconds (default 300)")
     ap.add_argument("--state", default="/tmp/mock-accel-bench-scale", help="cluster state directory")
     ap.add_argument("--controller-bin", default=None,
@@ -235,22 +248,29 @@ def main() -> int:
     HEARTBEAT_S = args.heartbeat
     progress.set_prefix("bench-scale")
     cluster_mod.install_signal_handlers()
-    bench = Bench(Path(args.state), args.steady, args.controller_bin)
+    bench = Bench(Path(args.state), args.steady, args.controller_bin, args.publish_timeout)
     results = []
     try:
         bench.up()
         for nodes, devices in runs:
             results.append(bench.run(nodes, devices))
+            write(Path(args.out), results, sys.argv[1:])
     finally:
         bench.c.down()
-    out = Path(args.out)
+    write(Path(args.out), results, sys.argv[1:])
+    print((Path(args.out) / "scale.md").read_text())
+    return 0
+
+
+def write(out: Path, results: list[dict], argv: list[str]) -> None:
+    """Writes the results so far: JSON, SVG and Markdown."""
     out.mkdir(parents=True, exist_ok=True)
     meta = {
         "date": time.strftime("%Y-%m-%d"),
         "kubernetes": os.environ.get("K8S_VERSION", "v1.37.2"),
         "cores": os.cpu_count(),
         "load_average": os.getloadavg(),
-        "command": "make bench-scale" + (f" SCALE_ARGS='{' '.join(sys.argv[1:])}'" if sys.argv[1:] else ""),
+        "command": "make bench-scale" + (f" SCALE_ARGS='{' '.join(argv)}'" if argv else ""),
         "heartbeat_s": HEARTBEAT_S,
     }
     (out / "scale.json").write_text(json.dumps({"meta": meta, "runs": results}, indent=2) + "\n")
@@ -261,8 +281,6 @@ def main() -> int:
                                             for k, v in r["requests_by_verb_resource"].items()}}
         for r in results]))
     progress.step(f"wrote {out / 'scale.json'}, {out / 'scale.svg'}, {out / 'scale.md'}")
-    print((out / "scale.md").read_text())
-    return 0
 
 
 if __name__ == "__main__":
