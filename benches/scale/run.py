@@ -236,6 +236,8 @@ def main() -> int:
                     help="fleet heartbeat in seconds; the controller's grace period is 4 times it (default 10)")
     ap.add_argument("--publish-timeout", type=float, default=1800,
                     help="give up waiting for every slice after this many seconds and measure anyway (default 1800)")
+    ap.add_argument("--append", action="store_true",
+                    help="keep the runs already in OUT/scale.json and add these (a separate pass)")
     ap.add_argument("--steady", type=float, default=300, help="steady window in seconds (default 300)")
     ap.add_argument("--state", default="/tmp/mock-accel-bench-scale", help="cluster state directory")
     ap.add_argument("--controller-bin", default=None,
@@ -250,6 +252,8 @@ def main() -> int:
     cluster_mod.install_signal_handlers()
     bench = Bench(Path(args.state), args.steady, args.controller_bin, args.publish_timeout)
     results = []
+    if args.append and (Path(args.out) / "scale.json").is_file():
+        results = json.loads((Path(args.out) / "scale.json").read_text())["runs"]
     try:
         bench.up()
         for nodes, devices in runs:
