@@ -9,7 +9,7 @@ KUSTOMIZATION := kustomize/default/kustomization.yaml
 IMAGE := $(shell sed -n 's/^ *newName: *//p' $(KUSTOMIZATION)):$(shell sed -n 's/^ *newTag: *//p' $(KUSTOMIZATION))
 IMAGE_TAR ?= /tmp/mock-accel-dra-image.tar
 
-.PHONY: help bin build test fuzz lint fmt fmt-check crd bench bench-peer image-name build-image save-image load-image \
+.PHONY: help bin build test fuzz lint fmt fmt-check crd bench bench-peer bench-scale image-name build-image save-image load-image \
         deploy undeploy k8s-bins e2e e2e-node fakelet-test harness-test dev-cluster dev-cluster-env dev-cluster-down demo
 
 help: ## list the targets
@@ -50,15 +50,22 @@ crd: bin ## regenerate crds/ from the Rust types
 # The bench profile (release settings, see Cargo.toml) builds the benches and the binary that
 # agent_memory starts. --bench '*' runs only the benches: a plain `cargo bench` also builds the
 # unit tests in that profile and lists each as ignored.
-bench: ## benchmarks, optimised build: discovery, prepare/unprepare latency, agent memory (see also bench-peer)
+bench: ## benchmarks, optimised build: discovery, prepare/unprepare latency, agent memory (also: bench-peer, bench-scale)
 	$(CARGO) bench --locked --bench '*'
-	@echo "make bench: done. Beside a peer on a local control plane: make bench-peer (BENCHMARKS.md)"
+	@echo "make bench: done. Beside a peer on a local control plane: make bench-peer; the controller at 100 to 3,000 simulated nodes: make bench-scale (about 45 min) (BENCHMARKS.md)"
 
 # The peer comparison needs a control plane and two Go builds, so it is a target of its own.
 # It runs the binary the benches start (same profile, target/release), copied into .bench-peer/.
 bench-peer: ## our kubelet plugin against the Kubernetes DRA test driver, on a local control plane (~5 min warm)
 	$(CARGO) bench --locked --no-run --bench agent_memory
 	@$(HARNESS) bench/peer/run.py --ours $(TARGET_DIR)/release/mock-accel-dra $(BENCH_PEER_ARGS)
+
+# Not part of `make bench` (it needs the local control plane and most of an hour): the
+# controller against `mock-accel-dra fleet` nodes, release build. SCALE_ARGS="--runs 100x6
+# --steady 60" for a short pass. Results: docs/bench/scale.{json,svg,md}, see BENCHMARKS.md.
+SCALE_ARGS ?=
+bench-scale: ## controller at 100/1,000/3,000 fleet nodes on the local control plane: publish time, API load, RSS, SVG
+	MOCK_ACCEL_PROFILE=release $(HARNESS) benches/scale/run.py $(SCALE_ARGS)
 
 image-name: ## print the image name and tag (from kustomize/default/kustomization.yaml)
 	@echo $(IMAGE)

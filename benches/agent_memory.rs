@@ -189,11 +189,19 @@ async fn run(plan: &Plan, dir: &Path, place: &str) -> BenchResult<()> {
 
     let mut latencies = Vec::with_capacity(2 * plan.cycles);
     let mut after = Vec::new();
+    // Status applies while cycling, and how long the cycling took: the writes per second a
+    // node's churn costs the API server (the status writer coalesces them).
+    let mut cycle_time = Duration::ZERO;
+    let mut churn_applies = 0;
     for phase in 0..2 {
+        let cycling = std::time::Instant::now();
+        let applies_before = api.applied.borrow().status_applies;
         for i in 0..plan.cycles {
             let name = format!("claim-{}", phase * plan.cycles + i);
             latencies.push(cycle(&api, &mut client, &name).await?);
         }
+        cycle_time += cycling.elapsed();
+        churn_applies += api.applied.borrow().status_applies - applies_before;
         // Read once the status writer has caught up with the last unprepare (a write of an
         // earlier claim still in flight ends within the settle time).
         api.wait_applied("no prepared claims", |a| a.prepared_claims == 0)
@@ -293,6 +301,14 @@ async fn run(plan: &Plan, dir: &Path, place: &str) -> BenchResult<()> {
         api.status_gets.load(Ordering::Relaxed),
         api.applied.borrow().status_applies,
         api.unexpected.load(Ordering::Relaxed),
+    );
+    println!(
+        "  status applies while cycling: {churn_applies} in {:.1?} ({:.1}/s at {:.0} cycles/s; \
+         --status-min-interval {})",
+        cycle_time,
+        churn_applies as f64 / cycle_time.as_secs_f64(),
+        (2 * plan.cycles) as f64 / cycle_time.as_secs_f64(),
+        std::env::var("STATUS_MIN_INTERVAL").unwrap_or_else(|_| "1s (default)".into()),
     );
     println!(
         "  SIGTERM: {exit}; sockets left behind: {}",

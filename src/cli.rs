@@ -37,6 +37,9 @@ pub enum Command {
     Sim(SimArgs),
     /// Print the MockAccelNode CustomResourceDefinition YAML.
     Crd,
+    /// Simulate many accelerator nodes (Nodes, Leases, MockAccelNodes with agent status) from
+    /// one process, for load tests; `--delete` removes them.
+    Fleet(FleetArgs),
 }
 
 /// Parses durations such as `30s`, `2m`, `500ms`.
@@ -199,6 +202,39 @@ pub struct NodeAgentArgs {
     /// With --simulate: the node number in the simulated UUIDs (`NODE<N>-NUMA0-PF`), 1-9.
     #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=9), env = "SIM_NODE_INDEX")]
     pub sim_node_index: u32,
+    /// Shortest time between two MockAccelNode status writes: changes (prepares, unprepares,
+    /// rescans) that arrive sooner are coalesced into one write at the end of it, so a node's
+    /// status writes per second stay bounded whatever the prepare rate. 0 writes every change.
+    #[arg(long, default_value = "1s", value_parser = parse_duration, env = "STATUS_MIN_INTERVAL")]
+    pub status_min_interval: Duration,
+    #[command(flatten)]
+    pub api: ApiClientArgs,
+}
+
+#[derive(Args, Debug, Clone)]
+pub struct FleetArgs {
+    /// Number of simulated nodes to create and keep fresh (required unless --delete).
+    #[arg(long, required_unless_present = "delete")]
+    pub nodes: Option<usize>,
+    /// Devices per node: cards of a PF and two static VFs alternating between NUMA 0 and 1 (6
+    /// is the canonical node).
+    #[arg(long, default_value_t = 6)]
+    pub devices_per_node: usize,
+    /// Interval of each node's heartbeat (its MockAccelNode agent status and its node Lease);
+    /// must stay below the controller's --agent-grace-period.
+    #[arg(long, default_value = "10s", value_parser = parse_duration)]
+    pub heartbeat: Duration,
+    /// Node name prefix; the nodes are `<prefix>0000`, `<prefix>0001`, ... and the fleet's name
+    /// (label value of everything it creates) is the prefix without a trailing `-`.
+    #[arg(long, default_value = "fleet-")]
+    pub prefix: String,
+    /// Requests in flight at once, while creating and while beating.
+    #[arg(long, default_value_t = 16)]
+    pub concurrency: usize,
+    /// Delete the fleet of --prefix (its Nodes, Leases and MockAccelNodes, by label) and wait
+    /// until its slices are withdrawn, instead of creating one.
+    #[arg(long, conflicts_with_all = ["nodes"])]
+    pub delete: bool,
     #[command(flatten)]
     pub api: ApiClientArgs,
 }

@@ -16,6 +16,7 @@ pub mod controller;
 pub mod crd;
 pub mod discover;
 pub mod fixture;
+pub mod fleet;
 pub mod health;
 pub mod inventory;
 pub mod kube_client;

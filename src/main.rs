@@ -5,7 +5,7 @@ use clap::Parser;
 use mock_accel_dra::{
     agent,
     cli::{Cli, Command},
-    controller, crd, discover, sim, telemetry,
+    controller, crd, discover, fleet, sim, telemetry,
 };
 
 fn main() -> anyhow::Result<()> {
@@ -25,6 +25,7 @@ fn main() -> anyhow::Result<()> {
             runtime()?.block_on(async { Ok(controller::run(args).await?) })
         }
         Command::NodeAgent(args) => runtime()?.block_on(async { Ok(agent::run(args).await?) }),
+        Command::Fleet(args) => runtime()?.block_on(async { Ok(fleet::run(args).await?) }),
     }
 }
 

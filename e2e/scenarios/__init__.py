@@ -25,4 +25,5 @@ from scenarios import (  # noqa: F401 - imported for their @scenario registratio
     reliability,
     faults,
     health,
+    fleet,
 )

@@ -32,6 +32,7 @@ pub struct AgentMetrics {
     scans: Family<OutcomeLabels, Counter>,
     devices: Family<DeviceLabels, Gauge>,
     status_writes: Family<OutcomeLabels, Counter>,
+    status_deferred: Counter,
 }
 
 impl AgentMetrics {
@@ -41,6 +42,7 @@ impl AgentMetrics {
             scans: Family::default(),
             devices: Family::default(),
             status_writes: Family::default(),
+            status_deferred: Counter::default(),
         };
         registry.register("discovery_scans", "sysfs scans by outcome", m.scans.clone());
         registry.register(
@@ -52,6 +54,11 @@ impl AgentMetrics {
             "status_writes",
             "MockAccelNode status applies by outcome",
             m.status_writes.clone(),
+        );
+        registry.register(
+            "status_writes_deferred",
+            "Status changes held back by the minimum interval between writes (coalesced into the next write)",
+            m.status_deferred.clone(),
         );
         m
     }
@@ -69,6 +76,11 @@ impl AgentMetrics {
         self.status_writes
             .get_or_create(&Outcome::from_ok(ok).into())
             .inc();
+    }
+
+    /// A changed status waits for the minimum interval between writes.
+    pub fn status_coalesced(&self) {
+        self.status_deferred.inc();
     }
 
     /// Sets the device gauge from what the agent is about to report.

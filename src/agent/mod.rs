@@ -254,6 +254,7 @@ pub async fn run(args: NodeAgentArgs) -> Result<(), Error> {
         client,
         args.node_name.clone(),
         args.heartbeat_interval,
+        args.status_min_interval,
         metrics,
         ready,
     );

@@ -2,8 +2,16 @@
 //! (owned by the Node) on the first write, then server-side applies the status computed by
 //! [`super::status::agent_status`] whenever the inputs change or a heartbeat is due, retrying
 //! failed writes with the shared [`Backoff`].
+//!
+//! Writes are coalesced: at most one apply is in flight, the changes that arrive meanwhile are
+//! one pending write of the latest state (the inputs are `watch` channels, which keep only the
+//! latest value), and two writes are at least the minimum interval apart. Under any rate of
+//! prepares a node thus costs at most one status write per minimum interval, and the status
+//! still converges to the truth: the write after the interval carries everything that changed.
+//! A caller that must know its change is stored before it goes on asks a [`StatusFlush`],
+//! which skips the interval.
 
-use std::time::Duration;
+use std::{sync::Arc, time::Duration};
 
 use jiff::Timestamp;
 use k8s_openapi::{api::core::v1::Node, apimachinery::pkg::apis::meta::v1::OwnerReference};
@@ -39,8 +47,45 @@ pub struct StatusWriter {
     nodes: Api<Node>,
     node: String,
     heartbeat: Duration,
+    min_interval: Duration,
     metrics: AgentMetrics,
     ready: Readiness,
+    /// Flush requests, numbered; the writer keeps a sender so the channel never closes.
+    flush_requested: Arc<watch::Sender<u64>>,
+    /// The highest flush request a successful write covered.
+    flush_done: Arc<watch::Sender<u64>>,
+}
+
+/// Asks the status writer to write the current state now, skipping the minimum interval, and
+/// waits until a write that started after the request succeeded.
+#[derive(Clone)]
+pub struct StatusFlush {
+    requested: Arc<watch::Sender<u64>>,
+    done: watch::Receiver<u64>,
+}
+
+/// Why a flush did not complete.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum FlushError {
+    #[error("the MockAccelNode status writer stopped before the status was written")]
+    WriterStopped,
+}
+
+impl StatusFlush {
+    /// Returns once the state as of this call is stored; failed writes are retried by the
+    /// writer meanwhile, so bound the wait with a deadline of your own.
+    pub async fn flush(&self) -> Result<(), FlushError> {
+        let mut wanted = 0;
+        self.requested.send_modify(|n| {
+            *n += 1;
+            wanted = *n;
+        });
+        let mut done = self.done.clone();
+        done.wait_for(|d| *d >= wanted)
+            .await
+            .map(|_| ())
+            .map_err(|_| FlushError::WriterStopped)
+    }
 }
 
 /// What the writer follows of the fixture: the node's spec and what the agent derives from it.
@@ -54,12 +99,14 @@ pub struct FixtureInputs {
 }
 
 impl StatusWriter {
-    /// A writer for `node`'s object that re-applies an unchanged status every `heartbeat`, and
-    /// sets `ready` to whether the kubelet confirmed the plugin after each successful apply.
+    /// A writer for `node`'s object that re-applies an unchanged status every `heartbeat`,
+    /// writes changes at most once per `min_interval` (coalesced), and sets `ready` to whether
+    /// the kubelet confirmed the plugin after each successful apply.
     pub fn new(
         client: Client,
         node: String,
         heartbeat: Duration,
+        min_interval: Duration,
         metrics: AgentMetrics,
         ready: Readiness,
     ) -> Self {
@@ -68,8 +115,19 @@ impl StatusWriter {
             nodes: Api::all(client),
             node,
             heartbeat,
+            min_interval,
             metrics,
             ready,
+            flush_requested: Arc::new(watch::channel(0).0),
+            flush_done: Arc::new(watch::channel(0).0),
+        }
+    }
+
+    /// A handle to force the next write (see [`StatusFlush`]).
+    pub fn flush_handle(&self) -> StatusFlush {
+        StatusFlush {
+            requested: self.flush_requested.clone(),
+            done: self.flush_done.subscribe(),
         }
     }
 
@@ -93,7 +151,9 @@ impl StatusWriter {
         let mut last_write = tokio::time::Instant::now();
         let mut backoff = Backoff::new(RETRY_FIRST, RETRY_MAX);
         let mut retry_in = None;
+        let mut flush = self.flush_requested.subscribe();
         loop {
+            let flush_wanted = *flush.borrow_and_update();
             let report = {
                 let d = discovered.borrow_and_update().clone();
                 let reg = registration.borrow_and_update().clone();
@@ -109,7 +169,12 @@ impl StatusWriter {
                 }
             };
             self.metrics.observe_devices(&report);
-            let due = last.as_ref() != Some(&report) || last_write.elapsed() >= self.heartbeat;
+            let flushing = flush_wanted > *self.flush_done.borrow();
+            let changed = last.as_ref() != Some(&report);
+            // The first write and flushes are never held back; a change waits out the minimum
+            // interval since the last write, then goes out with whatever else changed meanwhile.
+            let held = last.is_some() && !flushing && last_write.elapsed() < self.min_interval;
+            let due = (changed || flushing || last_write.elapsed() >= self.heartbeat) && !held;
             if due {
                 let result = async {
                     if !created {
@@ -127,6 +192,11 @@ impl StatusWriter {
                         last_write = tokio::time::Instant::now();
                         backoff.reset();
                         retry_in = None;
+                        self.flush_done.send_if_modified(|done| {
+                            let covered = flush_wanted > *done;
+                            *done = (*done).max(flush_wanted);
+                            covered
+                        });
                     }
                     Err(e) => {
                         self.metrics.status_written(false);
@@ -137,23 +207,30 @@ impl StatusWriter {
                         retry_in = Some(delay);
                     }
                 }
+            } else if changed {
+                self.metrics.status_coalesced();
             }
             let retrying = retry_in.is_some();
+            // Held back: changes that arrive before the interval ends join the pending write.
+            let pending = !due && changed;
             let wait = match retry_in.take() {
                 Some(delay) => delay,
+                None if pending => self.min_interval.saturating_sub(last_write.elapsed()),
                 None => self.heartbeat.saturating_sub(last_write.elapsed()),
             };
+            let listen = !retrying && !pending;
             // While backing off, a change must not cut the wait short: the next attempt reads
             // the latest of everything anyway, and a failing API server gets its pause.
             tokio::select! {
                 _ = shutdown.cancelled() => return,
                 _ = tokio::time::sleep(wait) => {},
-                r = discovered.changed(), if !retrying => if r.is_err() { return },
-                r = prepared.changed(), if !retrying => if r.is_err() { return },
-                r = registration.changed(), if !retrying => if r.is_err() { return },
-                r = spec.changed(), if !retrying => if r.is_err() { return },
-                r = fault_hits.changed(), if !retrying => if r.is_err() { return },
-                r = health.changed(), if !retrying => if r.is_err() { return },
+                r = discovered.changed(), if listen => if r.is_err() { return },
+                r = prepared.changed(), if listen => if r.is_err() { return },
+                r = registration.changed(), if listen => if r.is_err() { return },
+                r = spec.changed(), if listen => if r.is_err() { return },
+                r = fault_hits.changed(), if listen => if r.is_err() { return },
+                r = health.changed(), if listen => if r.is_err() { return },
+                _ = flush.changed(), if !retrying => {},
             }
         }
     }
@@ -260,12 +337,14 @@ mod tests {
     const NODE_UID: &str = "node-uid-1";
     const OBJECT: &str = "/apis/mock-accel.example.com/v1alpha1/mockaccelnodes/node1";
     const HEARTBEAT: Duration = Duration::from_secs(10);
+    const MIN_INTERVAL: Duration = Duration::from_secs(1);
 
     /// The writer's inputs and outputs, with the writer running.
     struct Agent {
         discovered: watch::Sender<Discovered>,
         registration: watch::Sender<RegistrationState>,
-        _prepared: watch::Sender<Vec<PreparedClaim>>,
+        prepared: watch::Sender<Vec<PreparedClaim>>,
+        flush: StatusFlush,
         _spec: watch::Sender<Option<crate::crd::MockAccelNodeSpec>>,
         _fault_hits: watch::Sender<FaultHits>,
         _health: watch::Sender<NodeHealth>,
@@ -300,7 +379,15 @@ mod tests {
         let (fault_hits_tx, fault_hits_rx) = watch::channel(FaultHits::default());
         let (health_tx, health_rx) = watch::channel(NodeHealth::default());
         let shutdown = CancellationToken::new();
-        let writer = StatusWriter::new(client, NODE.into(), HEARTBEAT, metrics, ready.clone());
+        let writer = StatusWriter::new(
+            client,
+            NODE.into(),
+            HEARTBEAT,
+            MIN_INTERVAL,
+            metrics,
+            ready.clone(),
+        );
+        let flush = writer.flush_handle();
         let task = tokio::spawn(writer.run(
             discovered_rx,
             prepared_rx,
@@ -315,7 +402,8 @@ mod tests {
         let agent = Agent {
             discovered: discovered_tx,
             registration: registration_tx,
-            _prepared: prepared_tx,
+            prepared: prepared_tx,
+            flush,
             _spec: spec_tx,
             _fault_hits: fault_hits_tx,
             _health: health_tx,
@@ -557,6 +645,175 @@ mod tests {
         get_status(&mut api, json!([])).await;
         apply_status(&mut api).await;
         agent.stop(api).await;
+    }
+
+    fn claims(n: usize) -> Vec<PreparedClaim> {
+        (0..n)
+            .map(|i| PreparedClaim {
+                uid: format!("uid-{i}"),
+                namespace: "default".into(),
+                name: format!("claim-{i}"),
+                devices: vec![format!("mock{}", i % 2)],
+                cdi_device_ids: Vec::new(),
+                prepared_at: "2026-01-01T00:00:00Z".into(),
+                registers: Vec::new(),
+            })
+            .collect()
+    }
+
+    /// The writer's first write: object, condition read, status.
+    async fn first_write(api: &mut ApiServer) {
+        get_node(api).await;
+        apply_object(api).await;
+        get_status(api, json!([])).await;
+        apply_status(api).await;
+    }
+
+    /// Under churn (a prepare or unprepare every 10 ms for 5 s) the writer applies at most one
+    /// status per minimum interval, and the last write carries the final prepared set. Without
+    /// coalescing it applied one status per change, 500 here.
+    #[tokio::test(start_paused = true)]
+    async fn churn_costs_one_write_per_interval_and_the_status_converges() {
+        let (agent, mut api) = start(2, true);
+        first_write(&mut api).await;
+        let began = Instant::now();
+        let prepared = agent.prepared.clone();
+        let churn = tokio::spawn(async move {
+            for i in 0..500 {
+                prepared.send_replace(claims(i % 7));
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+            prepared.send_replace(claims(3));
+        });
+        let mut writes = Vec::new();
+        loop {
+            let call = api.expect(Method::PATCH, &format!("{OBJECT}/status")).await;
+            assert_agent_apply(&call);
+            let status = call.body["status"].clone();
+            call.ok(&object(status.clone()));
+            writes.push((began.elapsed(), status));
+            if churn.is_finished()
+                && writes
+                    .last()
+                    .is_some_and(|(_, s)| s["preparedClaimCount"] == 3)
+            {
+                break;
+            }
+        }
+        churn.await.expect("churn ends");
+        let churn_time = Duration::from_secs(5);
+        assert!(
+            writes.len() <= 6,
+            "{} writes in {churn_time:?} of churn: {:?}",
+            writes.len(),
+            writes.iter().map(|(t, _)| *t).collect::<Vec<_>>()
+        );
+        for pair in writes.windows(2) {
+            assert!(
+                pair[1].0 - pair[0].0 >= MIN_INTERVAL,
+                "writes {:?} apart",
+                pair[1].0 - pair[0].0
+            );
+        }
+        let (at, last) = writes.last().expect("writes");
+        assert!(*at <= churn_time + MIN_INTERVAL, "converged only at {at:?}");
+        let names: Vec<&Value> = last["preparedClaims"]
+            .as_array()
+            .expect("preparedClaims")
+            .iter()
+            .map(|c| &c["name"])
+            .collect();
+        assert_eq!(
+            names,
+            [&json!("claim-0"), &json!("claim-1"), &json!("claim-2")]
+        );
+        let text = agent.metrics();
+        assert!(text.contains("status_writes_deferred_total"), "{text}");
+        // Quiet again: the next write is the heartbeat, a full interval after the last write.
+        let heartbeat = api.expect(Method::PATCH, &format!("{OBJECT}/status")).await;
+        assert_eq!(began.elapsed(), *at + HEARTBEAT);
+        heartbeat.ok(&object(json!({})));
+        agent.stop(api).await;
+    }
+
+    /// A single change after a quiet spell is written at once; one that follows a write within
+    /// the minimum interval waits for its end.
+    #[tokio::test(start_paused = true)]
+    async fn a_change_right_after_a_write_waits_for_the_minimum_interval() {
+        let (agent, mut api) = start(1, true);
+        first_write(&mut api).await;
+        tokio::time::sleep(Duration::from_secs(3)).await;
+        let changed = Instant::now();
+        agent.prepared.send_replace(claims(1));
+        let status = apply_status(&mut api).await;
+        assert_eq!(
+            changed.elapsed(),
+            Duration::ZERO,
+            "a change after a quiet spell goes out at once"
+        );
+        assert_eq!(status["preparedClaimCount"], 1);
+        let written = Instant::now();
+        agent.prepared.send_replace(claims(2));
+        let status = apply_status(&mut api).await;
+        assert_eq!(written.elapsed(), MIN_INTERVAL);
+        assert_eq!(status["preparedClaimCount"], 2);
+        agent.stop(api).await;
+    }
+
+    /// A flush skips the minimum interval and returns only once a write with the state as of
+    /// the flush succeeded, retries included.
+    #[tokio::test(start_paused = true)]
+    async fn a_flush_writes_at_once_and_waits_for_success() {
+        let (agent, mut api) = start(1, true);
+        first_write(&mut api).await;
+        agent.prepared.send_replace(claims(2));
+        let flush = agent.flush.clone();
+        let flushed = tokio::spawn(async move { flush.flush().await });
+        let asked = Instant::now();
+        api.expect(Method::PATCH, &format!("{OBJECT}/status"))
+            .await
+            .fail(503, "ServiceUnavailable");
+        assert_eq!(
+            asked.elapsed(),
+            Duration::ZERO,
+            "the flush does not wait for the interval"
+        );
+        tokio::task::yield_now().await;
+        assert!(
+            !flushed.is_finished(),
+            "a failed write does not complete the flush"
+        );
+        get_node(&mut api).await;
+        apply_object(&mut api).await;
+        get_status(&mut api, json!([])).await;
+        let status = apply_status(&mut api).await;
+        assert_eq!(status["preparedClaimCount"], 2);
+        flushed
+            .await
+            .expect("the flush task ends")
+            .expect("the flush completes after the successful write");
+        agent.stop(api).await;
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_flush_fails_when_the_writer_stops() {
+        let (agent, mut api) = start(1, true);
+        first_write(&mut api).await;
+        let flush = agent.flush.clone();
+        // Shut down while the flush's write is in flight: the flush is never confirmed.
+        let write = {
+            let flushed = tokio::spawn(async move { flush.flush().await });
+            let call = api.expect(Method::PATCH, &format!("{OBJECT}/status")).await;
+            agent.shutdown.cancel();
+            // The request fails unanswered; the writer then sees the shutdown instead of retrying.
+            drop(call);
+            agent.task.await.expect("the writer ends cleanly");
+            flushed
+        };
+        assert_eq!(
+            write.await.expect("flush task"),
+            Err(FlushError::WriterStopped)
+        );
     }
 
     /// A failing API server gets the writer's backoff even while the inventory keeps changing:

@@ -380,9 +380,12 @@ async fn reconcile_node(node: &MockAccelNode, ctx: &Context) -> Result<Action, R
 }
 
 async fn list_node_slices(ctx: &Context, node: &str) -> Result<Vec<ResourceSlice>, ReconcileError> {
+    // `spec.nodeName` is indexed in the API server's watch cache: with it, the list costs the
+    // node's own slices; with labels alone it filters every slice of the cluster, so a round of
+    // heartbeats cost the API server O(nodes²).
     let lp = ListParams::default()
         .labels(&node_label_selector(node))
-        .fields(&format!("spec.driver={}", ctx.driver));
+        .fields(&format!("spec.nodeName={node},spec.driver={}", ctx.driver));
     let list = ctx
         .slices()
         .list(&lp)

@@ -206,7 +206,7 @@ impl ApiServer {
         );
         assert_eq!(
             call.param("fieldSelector").as_deref(),
-            Some(format!("spec.driver={DRIVER}").as_str())
+            Some(format!("spec.nodeName=node1,spec.driver={DRIVER}").as_str())
         );
         call.ok(&json!({
             "apiVersion": "resource.k8s.io/v1", "kind": "ResourceSliceList",
