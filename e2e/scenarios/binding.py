@@ -47,7 +47,7 @@ def device_conditions(c: dict) -> list[tuple[str, str, str]]:
             for d in (c.get("status") or {}).get("devices") or [] for x in d.get("conditions") or []]
 
 
-@scenario("18c", "binding conditions: a pod binds once its devices are attached; a failed attach is retried elsewhere", cost=30)
+@scenario("18c", "binding conditions: a pod binds once its devices are attached; a failed attach is retried elsewhere", cost=45)
 def binding_conditions(ctx: Context) -> None:
     skipped, lines, minor = skipped_before_136(ctx, DECISION)
     if skipped:

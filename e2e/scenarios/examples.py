@@ -253,7 +253,7 @@ def check_claim(path: Path, c: dict, devs: list[dict], exp: dict) -> None:
               f"{path.name}: claim {name}'s devices share values of {a}", values)
 
 
-@scenario("11", "docs/examples: every example applied, its declared outcome checked", cost=100)
+@scenario("11", "docs/examples: every example applied, its declared outcome checked", cost=150)
 def examples(ctx: Context) -> None:
     files = sorted(EXAMPLES.glob("*.yaml")) + sorted(EXAMPLES.glob("*.yml"))
     check(bool(files), f"no examples in {EXAMPLES}")

@@ -24,7 +24,7 @@ def fleet_argv(ctx: Context, *args: str) -> list[str]:
 
 
 @scenario("22a", "fleet: 3 simulated nodes get slices, a claim is allocated on one, fleet --delete removes them",
-          cost=30)
+          cost=10)
 def fleet_nodes(ctx: Context) -> None:
     c = ctx.cluster
     names = [f"{PREFIX}{i:04d}" for i in range(NODES)]

@@ -73,7 +73,7 @@ def agent_restart(ctx: Context) -> None:
     say("unprepare after the restart released register, CDI spec and record")
 
 
-@scenario("9b", "resilience: node agent down past the grace period withdraws slices; they return with it", cost=40)
+@scenario("9b", "resilience: node agent down past the grace period withdraws slices; they return with it", cost=44)
 def agent_grace(ctx: Context) -> None:
     node = "node2"
     grace = grace_seconds(ctx)

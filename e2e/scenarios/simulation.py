@@ -100,7 +100,7 @@ def wait_vfs(ctx: Context, want: set[str]) -> None:
 
 
 @scenario("19b", "SR-IOV through spec.sriov: VFs published and withdrawn; a shrink that would remove a prepared VF "
-                 "is refused (condition, Event) and the claim keeps working", cost=13)
+                 "is refused (condition, Event) and the claim keeps working", cost=18)
 def sriov_spec(ctx: Context) -> None:
     with extra_node(ctx, SRIOV_NODE, "sriov") as paths:
         run_sriov_spec(ctx, paths)
