@@ -70,6 +70,8 @@ pub enum Feature {
     ConsumableCapacity,
     /// Devices with binding conditions (`--binding-conditions`).
     BindingConditions,
+    /// Device taints of unhealthy devices: always probed (no flag).
+    DeviceTaints,
 }
 
 impl Feature {
@@ -78,6 +80,8 @@ impl Feature {
             Feature::PartitionableDevices => "--partitionable",
             Feature::ConsumableCapacity => "--consumable-capacity",
             Feature::BindingConditions => "--binding-conditions",
+            // Never decided by a flag: `decide_for` sees only `auto` for it.
+            Feature::DeviceTaints => "device taints",
         }
     }
 
@@ -86,6 +90,7 @@ impl Feature {
             Feature::PartitionableDevices => "DRAPartitionableDevices",
             Feature::ConsumableCapacity => "DRAConsumableCapacity",
             Feature::BindingConditions => "DRADeviceBindingConditions",
+            Feature::DeviceTaints => "DRADeviceTaints",
         }
     }
 
@@ -94,6 +99,7 @@ impl Feature {
             Feature::PartitionableDevices => "shared counters",
             Feature::ConsumableCapacity => "a device with allowMultipleAllocations",
             Feature::BindingConditions => "a device with bindingConditions",
+            Feature::DeviceTaints => "a device taint",
         }
     }
 }
@@ -138,6 +144,9 @@ pub fn decide_for(feature: Feature, mode: FeatureMode, probe: Option<&ProbeOutco
                 ),
                 Feature::BindingConditions => {
                     format!("the API server rejected a device with bindingConditions: {msg}")
+                }
+                Feature::DeviceTaints => {
+                    format!("the API server rejected a device with a taint: {msg}")
                 }
             },
         ),
@@ -234,65 +243,22 @@ async fn probe(client: &Client, dry_runs: Vec<(ResourceSlice, &'static str)>) ->
 }
 
 /// Whether the API server keeps a device taint in a ResourceSlice (`DRADeviceTaints`: GA in
-/// 1.37, beta in 1.36, alpha and off by default before): one server-side dry run. A server
-/// that drops the field would make every reconcile see a difference and write again, so the
-/// controller publishes taints only when this says so.
+/// 1.37, beta in 1.36, alpha and off by default before), through the same probe as the other
+/// features. A server that drops the field would make every reconcile see a difference and
+/// write again, so the controller publishes taints only when this says so.
 pub async fn probe_device_taints(client: &Client, driver: &str) -> Decision {
-    let api = Api::<ResourceSlice>::all(client.clone());
-    let params = PostParams {
-        dry_run: true,
-        field_manager: Some(crate::crd::CONTROLLER_FIELD_MANAGER.to_string()),
-    };
-    let slice = taint_probe_slice(driver);
-    let (enabled, reason) =
-        match tokio::time::timeout(PROBE_TIMEOUT, api.create(&params, &slice)).await {
-            Err(_) => (false, "the dry run of a tainted slice timed out; restart the controller to ask again".to_string()),
-            Ok(Err(e)) => (false, format!("the dry run of a tainted slice failed: {e}")),
-            Ok(Ok(back)) if taint_kept(&back) => (
-                true,
-                "the API server kept a device taint in a server-side dry run".to_string(),
-            ),
-            Ok(Ok(_)) => (
-                false,
-                "the API server dropped the device taint in a server-side dry run (turn on the DRADeviceTaints feature gate)".to_string(),
-            ),
-        };
-    Decision { enabled, reason }
-}
-
-fn taint_kept(slice: &ResourceSlice) -> bool {
-    slice
-        .spec
-        .devices
-        .iter()
-        .flatten()
-        .any(|d| d.taints.as_ref().is_some_and(|t| !t.is_empty()))
+    resolve(Feature::DeviceTaints, FeatureMode::Auto, client, driver).await
 }
 
 /// A slice with one device carrying the health taint.
 pub fn taint_probe_slice(driver: &str) -> ResourceSlice {
-    ResourceSlice {
-        metadata: ObjectMeta {
-            name: Some(format!("{PROBE_NODE}-taints")),
-            ..ObjectMeta::default()
-        },
-        spec: ResourceSliceSpec {
-            driver: driver.to_string(),
-            node_name: Some(PROBE_NODE.to_string()),
-            pool: ResourcePool {
-                name: PROBE_NODE.to_string(),
-                generation: 1,
-                resource_slice_count: 1,
-            },
-            devices: Some(vec![Device {
-                name: "probe".into(),
-                taints: crate::slices::taints::health_taint(driver, "Unknown", None)
-                    .map(|t| vec![t]),
-                ..Device::default()
-            }]),
-            ..ResourceSliceSpec::default()
-        },
-    }
+    let mut slice = probe_slice(driver, "taints", 1, ResourceSliceSpec::default());
+    slice.spec.devices = Some(vec![Device {
+        name: "probe".into(),
+        taints: crate::slices::taints::health_taint(driver, "Unknown", None).map(|t| vec![t]),
+        ..Device::default()
+    }]);
+    slice
 }
 
 /// Runs the probe for `auto` (retrying an unanswered one with a doubling delay) and returns
@@ -318,6 +284,9 @@ pub async fn resolve(
             Feature::PartitionableDevices => probe_partitionable(client, driver).await,
             Feature::ConsumableCapacity => probe_consumable_capacity(client, driver).await,
             Feature::BindingConditions => probe_binding_conditions(client, driver).await,
+            Feature::DeviceTaints => {
+                probe(client, vec![(taint_probe_slice(driver), "taints")]).await
+            }
         };
         let ProbeOutcome::Unknown(msg) = &outcome else {
             break;
@@ -344,6 +313,12 @@ fn kept(slice: &ResourceSlice, field: &str) -> bool {
                     .as_ref()
                     .is_some_and(|c| !c.is_empty())
         }),
+        "taints" => slice
+            .spec
+            .devices
+            .iter()
+            .flatten()
+            .any(|d| d.taints.as_ref().is_some_and(|t| !t.is_empty())),
         "allowMultipleAllocations" => slice.spec.devices.iter().flatten().any(|d| {
             d.allow_multiple_allocations == Some(true)
                 && d.capacity
@@ -525,6 +500,7 @@ mod tests {
         for keeps in [true, false] {
             let (client, mut api) = mock_client();
             let probe = tokio::spawn(async move { probe_device_taints(&client, DRIVER).await });
+            discovery(&mut api, &["resourceslices"]).await;
             dry_run(&mut api, |mut b| {
                 assert_eq!(
                     b["spec"]["devices"][0]["taints"][0]["key"],
