@@ -50,6 +50,16 @@ class ControlPlaneFaultTest(unittest.TestCase):
         self.assertNotEqual(again.pid, first.pid)
         self.assertEqual(c.info["stopped_components"], {})
 
+    def test_the_scheduler_gets_the_binding_timeout_only_where_it_is_accepted(self):
+        from harness import controlplane
+        kubeconfig = Path("/state dir/kubeconfig")
+        for minor, timeout in [("1.34", None), ("1.35", 15), ("1.36", 15), ("1.37", 15)]:
+            self.assertEqual(controlplane.binding_timeout(minor), timeout, minor)
+            config = controlplane.scheduler_config(minor, kubeconfig)
+            self.assertIn('kubeconfig: "/state dir/kubeconfig"', config)
+            self.assertIn("leaderElect: false", config)
+            self.assertEqual("bindingTimeout: 15s" in config, timeout is not None, config)
+
     def test_the_etcd_key_range_covers_exactly_the_prefix(self):
         from harness import controlplane
         self.assertEqual(controlplane.prefix_range("/registry/a/"), (b"/registry/a/", b"/registry/a0"))
