@@ -173,7 +173,8 @@ class ParsingTest(unittest.TestCase):
         self.assertEqual(examples.parse_expect(examples.expectation_lines(text)[0]),
                          {"pods": 1, "devices": {"pf": 1, "vf": 1},
                           "same": ["resource.kubernetes.io/numaNode"], "distinct": [], "avoids": [],
-                          "fault-hits": None, "node_label": None, "min_kubernetes": None})
+                          "fault-hits": None, "node_label": None, "min_kubernetes": None, "value": [],
+                          "device_status": None})
         fixture = examples.parse_expect("pods-running=1, devices=vf:2, avoids=mock2, fault-hits=2")
         self.assertEqual((fixture["avoids"], fixture["fault-hits"]), (["mock2"], 2))
         self.assertEqual(examples.parse_expect("pods-running=2, devices=vf:1")["devices"], {"pf": 0, "vf": 1})
@@ -185,6 +186,13 @@ class ParsingTest(unittest.TestCase):
             examples.parse_expect("pods-running=1")
         with self.assertRaises(wait.Failure):
             examples.parse_expect("pods-running=1, devices=gpu:1")
+        meta = examples.parse_expect("pods-running=1, devices=any:2, value=resource.kubernetes.io/numaNode:1, "
+                                     "device-status=Ready")
+        self.assertEqual((meta["devices"], meta["value"], meta["device_status"]),
+                         ({"any": 2}, [("resource.kubernetes.io/numaNode", "1")], "Ready"))
+        for bad in ("devices=any:2,vf:1", "devices=vf:1, value=numaNode", "devices=vf:1, value=:1"):
+            with self.assertRaises(wait.Failure, msg=bad):
+                examples.parse_expect(f"pods-running=1, {bad}")
 
     def test_kubectl_json_streams(self):
         self.assertEqual(kube.parse_objects('{"kind":"A"}\n{"kind":"B"}\n'), [{"kind": "A"}, {"kind": "B"}])
