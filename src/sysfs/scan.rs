@@ -201,7 +201,7 @@ struct Outcome {
     soft: Vec<SysfsError>,
 }
 
-/// Devices per reading thread. Reading a device takes about 25 µs of system calls, so 64 of
+/// Devices per reading thread. Reading a device takes about 30 µs of system calls, so 64 of
 /// them outweigh starting a thread (tens of µs) many times over; below that a thread costs
 /// more than it saves.
 const DEVICES_PER_THREAD: usize = 64;
