@@ -980,6 +980,24 @@ mod tests {
         assert!(write_status(root, "..", 1).is_err());
     }
 
+    /// A class entry whose target is gone (a device removed between listing and reading) is
+    /// reported as itself, not as its first file.
+    #[test]
+    fn a_dangling_class_entry_skips_that_device_and_names_the_entry() {
+        let dir = canonical();
+        let root = dir.path();
+        let entry = root.join(CLASS_DIR).join("mock1");
+        fs::remove_file(&entry).unwrap();
+        std::os::unix::fs::symlink("../../devices/gone/mock-accel/mock1", &entry).unwrap();
+        let scan = scan(root).unwrap();
+        assert_eq!(names(&scan), ["mock0", "mock2", "mock3", "mock4", "mock5"]);
+        let w = warnings(&scan);
+        assert_eq!(scan.warnings.len(), 1, "{w}");
+        assert_eq!(scan.warnings[0].path(), entry, "{w}");
+        assert!(w.contains("No such file"), "{w}");
+        assert!(w.contains("device mock1 skipped"), "{w}");
+    }
+
     #[test]
     fn two_class_devices_on_one_function_keep_the_first() {
         let dir = canonical();
