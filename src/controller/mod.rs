@@ -3,9 +3,12 @@
 //! This module wires the pieces: a kube client, the `/healthz` `/readyz` `/metrics` server,
 //! leader election ([`leader`]), and the kube-runtime `Controller` over `MockAccelNode` that
 //! also watches the slices it owns and the Nodes. The reconcile pipeline lives in
-//! [`reconcile`], its pure decisions in [`plan`], the metrics in [`metrics`].
+//! [`reconcile`], its pure decisions in [`plan`], the metrics in [`metrics`]. What triggers a
+//! reconcile (not an agent's heartbeat) is decided in [`triggers`]; the reconcile reads Nodes
+//! and slices from the watch caches of [`caches`].
 
 pub mod attach;
+pub mod caches;
 pub mod capabilities;
 pub mod leader;
 pub mod metrics;
@@ -13,6 +16,7 @@ pub mod plan;
 pub mod reconcile;
 #[cfg(test)]
 mod scenarios;
+pub mod triggers;
 
 use std::{sync::Arc, time::Duration};
 
@@ -20,10 +24,11 @@ use futures::StreamExt;
 use k8s_openapi::api::{core::v1::Node, resource::v1::ResourceSlice};
 use kube::{
     Api, Client, ResourceExt,
+    api::PartialObjectMeta,
     runtime::{
-        Controller,
+        Controller, WatchStreamExt,
         controller::{self, Config},
-        reflector::ObjectRef,
+        reflector::{self, ObjectRef},
         watcher,
     },
 };
@@ -31,6 +36,7 @@ use prometheus_client::registry::Registry;
 use tokio_util::sync::CancellationToken;
 
 use self::{
+    caches::Caches,
     leader::{LeaderError, LeaseConfig},
     metrics::{METRICS_PREFIX, Metrics},
     reconcile::{Context, error_policy, managed_by_selector, reconcile, system_clock},
@@ -221,12 +227,61 @@ async fn run_controller(
     });
     let client = watch_client;
     let watch_config = || watcher::Config::default().timeout(WATCH_TIMEOUT_SECS);
-    let controller = Controller::new(
-        Api::<MockAccelNode>::all(client.clone()),
-        watch_config().any_semantic(),
+    // Nothing here reads the managed fields; leaving them out of the stores halves them.
+    let strip = |meta: &mut kube::api::ObjectMeta| meta.managed_fields = None;
+
+    // Every event updates the stores; only the ones that change what a reconcile would write
+    // trigger one (an agent's heartbeat does not, see `triggers`).
+    let (store, writer) = reflector::store::<MockAccelNode>();
+    let mock_nodes = reflector::reflector(
+        writer,
+        watcher(
+            Api::<MockAccelNode>::all(client.clone()),
+            watch_config().any_semantic(),
+        )
+        .modify(move |n: &mut MockAccelNode| strip(&mut n.metadata)),
     );
-    let store = controller.store();
-    let node_store = store.clone();
+    let (node_store, node_writer) = reflector::store();
+    let nodes = reflector::reflector(
+        node_writer,
+        watcher(
+            Api::<PartialObjectMeta<Node>>::all(client.clone()),
+            watch_config().any_semantic(),
+        )
+        .modify(move |n| strip(&mut n.metadata)),
+    );
+    let (slice_store, slice_writer) = reflector::store::<ResourceSlice>();
+    let slices = reflector::reflector(
+        slice_writer,
+        watcher(
+            Api::<ResourceSlice>::all(client.clone()),
+            watch_config().labels(&managed_by_selector()),
+        )
+        .modify(move |s: &mut ResourceSlice| strip(&mut s.metadata)),
+    );
+    let controller = Controller::for_stream(
+        triggers::changed_objects(mock_nodes, triggers::node_trigger_key),
+        store.clone(),
+    );
+    let mapping_store = store.clone();
+
+    // The reconcile reads from the caches once both are synced; until then from the API server.
+    let caches = {
+        let ctx = ctx.clone();
+        let stop = stop.clone();
+        let (nodes, slices) = (node_store.clone(), slice_store.clone());
+        tokio::spawn(async move {
+            tokio::select! {
+                _ = stop.cancelled() => {}
+                (n, s) = futures::future::join(nodes.wait_until_ready(), slices.wait_until_ready()) => {
+                    if n.is_ok() && s.is_ok() {
+                        ctx.set_caches(Some(Arc::new(Caches::new(nodes, slices, ctx.driver.clone()))));
+                        tracing::debug!("reading Nodes and slices from the watch caches");
+                    }
+                }
+            }
+        })
+    };
 
     // Ready once the MockAccelNode cache is synced; then remove slices of objects that were
     // deleted while nobody was leading (the watch will not report those deletions).
@@ -253,16 +308,17 @@ async fn run_controller(
         // The slices carry the MockAccelNode as a (non-controller) owner; `owns` maps every
         // owner reference of the right kind, so a slice deleted by someone else (the kubelet
         // wipes them on restart) brings its node back at once.
-        .owns(
-            Api::<ResourceSlice>::all(client.clone()),
-            watch_config().labels(&managed_by_selector()),
-        )
+        .owns_stream(slices.touched_objects())
         // A Node appearing gives the slices their owner UID; only nodes with a MockAccelNode
-        // are mapped, so the many Nodes without an agent cost nothing.
-        .watches(Api::<Node>::all(client), watch_config().any_semantic(), move |n: Node| {
-            let r = ObjectRef::<MockAccelNode>::new(&n.name_any());
-            node_store.get(&r).map(|_| r)
-        })
+        // are mapped, so the many Nodes without an agent cost nothing, and only changes of
+        // what the reconcile reads (not the kubelet's status updates) count.
+        .watches_stream(
+            triggers::changed_objects(nodes, |n| triggers::kube_node_trigger_key(&n.metadata)),
+            move |n| {
+                let r = ObjectRef::<MockAccelNode>::new(&n.name_any());
+                mapping_store.get(&r).map(|_| r)
+            },
+        )
         .trigger_backoff(TriggerBackoff::default())
         .with_config(Config::default().concurrency(CONCURRENCY))
         .graceful_shutdown_on(stop.clone().cancelled_owned())
@@ -288,6 +344,9 @@ async fn run_controller(
         })
         .await;
     sync.abort();
+    caches.abort();
+    // The next term (if any) builds caches of its own; until they are synced it reads the API.
+    ctx.set_caches(None);
     if let Some(attacher) = attacher {
         // It stops on the same token; wait so that no write outlives the leadership.
         let _ = attacher.await;
