@@ -133,6 +133,7 @@ class Bench:
 
     def run(self, nodes: int, devices: int) -> dict:
         progress.step(f"run: {nodes} nodes × {devices} devices")
+        load_before = os.getloadavg()[0]
         log = self.c.state / "logs" / "bench-fleet.log"
         # The log of a fleet started again is appended to: read only this run's part.
         log_start = log.stat().st_size if log.exists() else 0
@@ -214,6 +215,9 @@ class Bench:
                 report.sum_by(c0, "mock_accel_controller_api_writes_total", ("kind", "verb")),
                 report.sum_by(c1, "mock_accel_controller_api_writes_total", ("kind", "verb")), secs),
             "max_late_s": fleet_max_late(log, log_at),
+            # The machine is shared: what else ran shows here (1-minute load average).
+            "load_before": load_before,
+            "load_after": os.getloadavg()[0],
         }
         # The cost of one node's heartbeat, in API requests and CPU of both sides.
         result["apiserver_cpu_ms_per_beat"] = (api1 - api0) * 1000 / (secs / HEARTBEAT_S) / nodes
@@ -242,6 +246,9 @@ def main() -> int:
     ap.add_argument("--state", default="/tmp/mock-accel-bench-scale", help="cluster state directory")
     ap.add_argument("--controller-bin", default=None,
                     help="run this mock-accel-dra binary as the controller (an A/B of two versions)")
+    ap.add_argument("--baseline", default=None,
+                    help="scale.json of another build (e.g. before a change): drawn dashed in the SVG, "
+                         "and a before → after table added to scale.md")
     ap.add_argument("--out", default=str(HERE.parents[1] / "docs" / "bench"),
                     help="where scale.json, scale.svg and scale.md go (default docs/bench)")
     args = ap.parse_args()
@@ -258,16 +265,18 @@ def main() -> int:
         bench.up()
         for nodes, devices in runs:
             results.append(bench.run(nodes, devices))
-            write(Path(args.out), results, sys.argv[1:])
+            write(Path(args.out), results, sys.argv[1:], args.baseline)
     finally:
         bench.c.down()
-    write(Path(args.out), results, sys.argv[1:])
+    write(Path(args.out), results, sys.argv[1:], args.baseline)
     print((Path(args.out) / "scale.md").read_text())
     return 0
 
 
-def write(out: Path, results: list[dict], argv: list[str]) -> None:
-    """Writes the results so far: JSON, SVG and Markdown."""
+def write(out: Path, results: list[dict], argv: list[str], baseline: str | None = None) -> None:
+    """Writes the results so far: JSON, SVG and Markdown (with `baseline`, a scale.json of
+    another build, drawn beside them and compared in a table)."""
+    before = json.loads(Path(baseline).read_text())["runs"] if baseline else []
     out.mkdir(parents=True, exist_ok=True)
     meta = {
         "date": time.strftime("%Y-%m-%d"),
@@ -279,11 +288,15 @@ def write(out: Path, results: list[dict], argv: list[str]) -> None:
     }
     (out / "scale.json").write_text(json.dumps({"meta": meta, "runs": results}, indent=2) + "\n")
     (out / "scale.svg").write_text(report.svg_chart(
-        results, f"mock-accel controller at scale (Kubernetes {meta['kubernetes']}, {meta['date']})"))
-    (out / "scale.md").write_text(report.markdown_tables([
-        {**r, "requests_by_verb_resource": {tuple(k.split(" ", 1)): v
-                                            for k, v in r["requests_by_verb_resource"].items()}}
-        for r in results]))
+        results, f"mock-accel controller at scale (Kubernetes {meta['kubernetes']}, {meta['date']})",
+        before, ("this build", "baseline") if before else ("", "")))
+    comparison = report.comparison_table(before, results)
+    (out / "scale.md").write_text(
+        (f"Before → after (baseline {baseline}):\n\n{comparison}\n" if comparison else "")
+        + report.markdown_tables([
+            {**r, "requests_by_verb_resource": {tuple(k.split(" ", 1)): v
+                                                for k, v in r["requests_by_verb_resource"].items()}}
+            for r in results]))
     progress.step(f"wrote {out / 'scale.json'}, {out / 'scale.svg'}, {out / 'scale.md'}")
 
 
