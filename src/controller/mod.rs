@@ -304,7 +304,7 @@ async fn run_controller(
         })
     };
 
-    controller
+    let run = controller
         // The slices carry the MockAccelNode as a (non-controller) owner; `owns` maps every
         // owner reference of the right kind, so a slice deleted by someone else (the kubelet
         // wipes them on restart) brings its node back at once.
@@ -341,8 +341,8 @@ async fn run_controller(
                     Err(e) => tracing::warn!(error = %e, "controller error"),
                 }
             }
-        })
-        .await;
+        });
+    until_stopped(run, &store, &stop).await;
     sync.abort();
     caches.abort();
     // The next term (if any) builds caches of its own; until they are synced it reads the API.
@@ -352,6 +352,36 @@ async fn run_controller(
         let _ = attacher.await;
     }
     tracing::info!("reconciler stopped");
+}
+
+/// Runs a kube-runtime Controller's stream `run` until it ends.
+///
+/// kube-runtime holds reconciles until the Controller's cache (`store`) is synced, and when it is
+/// stopped before that, it waits for a sync that its stopped watch never brings: a replica told
+/// to stop right after it took the lead hung until it was killed (seen when the scale bench
+/// stopped a replica 27 ms after it took the lead). No reconcile can have started before the
+/// sync, so then `run` is dropped instead of drained.
+pub(crate) async fn until_stopped<K>(
+    run: impl std::future::Future<Output = ()>,
+    store: &kube::runtime::reflector::Store<K>,
+    stop: &CancellationToken,
+) where
+    K: kube::Resource + Clone + 'static,
+    K::DynamicType: Eq + std::hash::Hash + Clone,
+{
+    use futures::FutureExt;
+    tokio::pin!(run);
+    let unsynced_stop = async {
+        stop.cancelled().await;
+        if store.wait_until_ready().now_or_never().is_some() {
+            // Synced: the graceful shutdown finishes the reconciles in flight.
+            std::future::pending::<()>().await;
+        }
+    };
+    tokio::select! {
+        () = &mut run => {}
+        () = unsynced_stop => tracing::debug!("stopped before the watch cache synced; no reconcile had run"),
+    }
 }
 
 /// Identity in the Lease when no `--identity`/`POD_NAME` is given.
@@ -369,6 +399,37 @@ mod tests {
     use super::*;
     use kube::runtime::utils::Backoff;
     use std::time::Duration;
+
+    #[tokio::test]
+    async fn a_controller_stopped_before_its_cache_synced_ends_at_once() {
+        let (store, _writer) = kube::runtime::reflector::store::<MockAccelNode>();
+        let stop = CancellationToken::new();
+        stop.cancel();
+        // A run that never ends, as kube-runtime's waits for a sync that cannot come.
+        let stopped = tokio::time::timeout(
+            Duration::from_secs(5),
+            until_stopped(std::future::pending(), &store, &stop),
+        );
+        assert!(stopped.await.is_ok(), "the stop was not honoured");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_controller_stopped_after_its_cache_synced_drains_its_run() {
+        let (store, mut writer) = kube::runtime::reflector::store::<MockAccelNode>();
+        writer.apply_watcher_event(&watcher::Event::InitDone);
+        let stop = CancellationToken::new();
+        stop.cancel();
+        let drained = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let run = {
+            let drained = drained.clone();
+            async move {
+                tokio::time::sleep(Duration::from_secs(30)).await;
+                drained.store(true, std::sync::atomic::Ordering::SeqCst);
+            }
+        };
+        until_stopped(run, &store, &stop).await;
+        assert!(drained.load(std::sync::atomic::Ordering::SeqCst));
+    }
 
     #[test]
     fn watch_backoff_stays_well_below_the_connect_deadline_and_resets() {
