@@ -10,6 +10,11 @@ and the API server's CPU. Writes a JSON file, the SVG chart and the Markdown tab
 Benchmarks are not tests: this is not part of `make test`, `make e2e` nor CI.
 
     benches/scale/run.py [--runs 100x6,1000x6,3000x6,100x64] [--steady 300] [--out DIR]
+
+Before and after a change: run once with `--controller-bin` the old build and `--out` a
+directory of its own, then with the new build and `--baseline OLD/scale.json`: the SVG draws
+the old runs dashed, and scale.md starts with a before → after table. `MOCK_ACCEL_DRA_BIN`
+points the harness (and so the fleet) at a build too.
 """
 
 import argparse
