@@ -120,7 +120,8 @@ pub struct ControllerArgs {
     #[arg(long, value_enum, default_value_t = FeatureMode::Auto, env = "BINDING_CONDITIONS")]
     pub binding_conditions: FeatureMode,
     /// How long after a claim's allocation the attacher reports its devices attached (or,
-    /// when the claim's `mock-accel.example.com/attach-fail` annotation names the node, failed).
+    /// when the claim's `mock-accel.example.com/attach-fail` annotation names the node, failed;
+    /// never on the nodes its `mock-accel.example.com/attach-never` annotation names).
     #[arg(long, default_value = "3s", value_parser = parse_duration, env = "ATTACH_DELAY")]
     pub attach_delay: Duration,
     #[command(flatten)]

@@ -3,6 +3,7 @@
 //! controller's watches are synced) and `/metrics` (Prometheus text format).
 
 use std::{
+    io::IsTerminal,
     net::SocketAddr,
     sync::{
         Arc,
@@ -52,8 +53,14 @@ pub fn init_logging(format: LogFormat, filter: &str) -> Result<(), TelemetryErro
     })?;
     let registry = tracing_subscriber::registry().with(env_filter);
     let result = match format {
+        // Colours only on a terminal: a log file or `kubectl logs` would otherwise carry the
+        // escape sequences around every field name.
         LogFormat::Text => registry
-            .with(fmt::layer().with_writer(std::io::stderr))
+            .with(
+                fmt::layer()
+                    .with_ansi(std::io::stderr().is_terminal())
+                    .with_writer(std::io::stderr),
+            )
             .try_init(),
         LogFormat::Json => registry
             .with(

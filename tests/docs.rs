@@ -476,6 +476,8 @@ struct Expectation {
     node_label: Option<String>,
     /// `min-kubernetes=<minor>`: older control planes skip the example.
     min_kubernetes: Option<String>,
+    /// `value=<attribute>:<value>`: every allocated device has this attribute value.
+    values: Vec<(String, String)>,
 }
 
 /// The node labels an example may ask for: shared PFs, and devices that wait for attachment.
@@ -499,12 +501,17 @@ fn parse_expectation(line: &str) -> Result<Expectation, String> {
                 for part in value.split(',') {
                     let (t, n) = part
                         .split_once(':')
-                        .filter(|(t, _)| *t == "pf" || *t == "vf")
-                        .ok_or_else(|| format!("devices entry {part:?} is not pf:N or vf:N"))?;
+                        .filter(|(t, _)| ["pf", "vf", "any"].contains(t))
+                        .ok_or_else(|| {
+                            format!("devices entry {part:?} is not pf:N, vf:N or any:N")
+                        })?;
                     let n = n.parse().map_err(|_| format!("devices entry {part:?}"))?;
                     if e.devices.insert(t.to_string(), n).is_some() {
                         return Err(format!("devices lists {t} twice"));
                     }
+                }
+                if e.devices.contains_key("any") && e.devices.len() > 1 {
+                    return Err(format!("devices={value}: any:N stands alone"));
                 }
             }
             "same" | "distinct" => {
@@ -523,6 +530,18 @@ fn parse_expectation(line: &str) -> Result<Expectation, String> {
             // Fixture examples: a device name the claims must not get, and the total of
             // `status.faults[].hits` (checked by scenario 11 only).
             "avoids" if !value.is_empty() && !value.contains('/') => {}
+            "value" => {
+                let (attribute, wanted) = value
+                    .split_once(':')
+                    .filter(|(a, v)| a.contains('/') && !v.is_empty())
+                    .ok_or_else(|| {
+                        format!("value={value}: not <fully qualified attribute>:<value>")
+                    })?;
+                e.values.push((attribute.to_string(), wanted.to_string()));
+            }
+            // The node agent's condition in the claim's device status (checked by scenario 11).
+            "device-status" if value == "Ready" => {}
+            "device-status" => return Err(format!("device-status={value}: only Ready")),
             "fault-hits" => {
                 value
                     .parse::<u64>()
@@ -854,6 +873,23 @@ fn examples_follow_the_conventions_and_fit_the_canonical_node() {
                         matching.len()
                     ));
                 }
+                for (attribute, wanted) in &expectation.values {
+                    let expression = value_expression(attribute, wanted);
+                    for d in &matching {
+                        match evaluate(&expression, d) {
+                            Ok(true) => {}
+                            Ok(false) => report(format!(
+                                "expect value={attribute}:{wanted} but request {} matches {}",
+                                r.name, d.name
+                            )),
+                            Err(e) => report(format!("value={attribute}:{wanted}: {e}")),
+                        }
+                    }
+                }
+                if expectation.devices.contains_key("any") {
+                    *counted.entry("any".into()).or_default() += r.count;
+                    continue;
+                }
                 let types: BTreeSet<&str> = matching.iter().map(|d| d.device_type).collect();
                 match types.into_iter().collect::<Vec<_>>().as_slice() {
                     [t] => *counted.entry(t.to_string()).or_default() += r.count,
@@ -887,6 +923,20 @@ fn examples_follow_the_conventions_and_fit_the_canonical_node() {
     fail_with(&problems);
 }
 
+/// CEL that holds for a device whose `attribute` (`domain/id`) equals `wanted` (a number, or
+/// else a string).
+fn value_expression(attribute: &str, wanted: &str) -> String {
+    let (domain, id) = attribute.split_once('/').unwrap_or(("", attribute));
+    let literal = if wanted.parse::<i64>().is_ok() {
+        wanted.to_string()
+    } else {
+        format!("{wanted:?}")
+    };
+    format!(
+        "has(device.attributes[{domain:?}].{id}) && device.attributes[{domain:?}].{id} == {literal}"
+    )
+}
+
 #[test]
 fn expectation_lines_parse_strictly() {
     let e = parse_expectation(
@@ -899,6 +949,18 @@ fn expectation_lines_parse_strictly() {
         BTreeMap::from([("pf".into(), 1), ("vf".into(), 2)])
     );
     assert_eq!(e.same, vec!["resource.kubernetes.io/numaNode".to_string()]);
+    let any = parse_expectation(
+        "# expect: pods-running=1, devices=any:2, value=resource.kubernetes.io/numaNode:1, device-status=Ready",
+    )
+    .unwrap();
+    assert_eq!(any.devices, BTreeMap::from([("any".into(), 2)]));
+    assert_eq!(
+        any.values,
+        vec![(
+            "resource.kubernetes.io/numaNode".to_string(),
+            "1".to_string()
+        )]
+    );
     for bad in [
         "# expect: devices=pf:1",
         "# expect: pods-running=1, devices=gpu:1",
@@ -907,6 +969,9 @@ fn expectation_lines_parse_strictly() {
         "# expect: pods-running=1, devices=pf:1, color=blue",
         "# expect: pods-running=1, devices=pf:1, node-label=color=blue",
         "# expect: pods-running=1, devices=pf:1, min-kubernetes=1.x",
+        "# expect: pods-running=1, devices=any:2,vf:1",
+        "# expect: pods-running=1, devices=any:2, value=numaNode:1",
+        "# expect: pods-running=1, devices=vf:1, device-status=Broken",
     ] {
         assert!(parse_expectation(bad).is_err(), "{bad} was accepted");
     }

@@ -38,6 +38,47 @@ FEATURE_GATES = {
     "1.37": "",
 }
 
+# The scheduler's binding timeout (`bindingTimeout` of the DynamicResources plugin arguments):
+# how long PreBind waits for a device's binding conditions, counted from the claim's
+# `allocationTimestamp`, before the allocation is given up (600 s by default). Short here so
+# that scenario 18d sees it pass. The field exists from 1.35 and is accepted only with the
+# DRADeviceBindingConditions gate on (1.35 by the list above, 1.36+ by default); 1.34's
+# scheduler rejects it, so 1.34 runs without it.
+BINDING_TIMEOUT_SECONDS = 15
+BINDING_TIMEOUT_FROM = (1, 35)
+
+
+def binding_timeout(minor: str) -> int | None:
+    """The binding timeout the harness gives kube-scheduler on Kubernetes `minor`, or None
+    where the scheduler does not accept the setting."""
+    major_minor = tuple(int(x) for x in minor.split("."))
+    return BINDING_TIMEOUT_SECONDS if major_minor >= BINDING_TIMEOUT_FROM else None
+
+
+def scheduler_config(minor: str, kubeconfig: Path) -> str:
+    """kube-scheduler's configuration file: the flags' connection and leader-election settings
+    (a config file replaces them) and, where accepted, the binding timeout."""
+    lines = [
+        "apiVersion: kubescheduler.config.k8s.io/v1",
+        "kind: KubeSchedulerConfiguration",
+        "clientConnection:",
+        f"  kubeconfig: {json.dumps(str(kubeconfig))}",
+        "leaderElection:",
+        "  leaderElect: false",
+    ]
+    timeout = binding_timeout(minor)
+    if timeout is not None:
+        lines += [
+            "profiles:",
+            "- schedulerName: default-scheduler",
+            "  pluginConfig:",
+            "  - name: DynamicResources",
+            "    args:",
+            f"      bindingTimeout: {timeout}s",
+        ]
+    return "\n".join(lines) + "\n"
+
+
 # Controllers the DRA flow needs (see reference/k8s-harness.md §4); never the node-lifecycle one.
 KCM_CONTROLLERS = [
     "resourceclaim-controller",
@@ -208,10 +249,14 @@ def start(state: Path, binaries: Binaries, pki: Pki, ports: Ports, etcd_dir: Pat
         "--kube-api-burst=200",
         "-v=2",
     ])
-    progress.step("starting kube-scheduler")
+    timeout = binding_timeout(minor)
+    progress.step("starting kube-scheduler" + (f" (binding timeout {timeout} s)" if timeout else ""))
+    config = state / "kube-scheduler.yaml"
+    config.write_text(scheduler_config(minor, kubeconfig))
     sup.start("kube-scheduler", [
         str(binaries.k("kube-scheduler")),
         *common,
+        f"--config={config}",
         f"--secure-port={ports.scheduler}",
         f"--cert-dir={state / 'pki' / 'scheduler'}",
         "-v=2",

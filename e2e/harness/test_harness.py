@@ -50,6 +50,16 @@ class ControlPlaneFaultTest(unittest.TestCase):
         self.assertNotEqual(again.pid, first.pid)
         self.assertEqual(c.info["stopped_components"], {})
 
+    def test_the_scheduler_gets_the_binding_timeout_only_where_it_is_accepted(self):
+        from harness import controlplane
+        kubeconfig = Path("/state dir/kubeconfig")
+        for minor, timeout in [("1.34", None), ("1.35", 15), ("1.36", 15), ("1.37", 15)]:
+            self.assertEqual(controlplane.binding_timeout(minor), timeout, minor)
+            config = controlplane.scheduler_config(minor, kubeconfig)
+            self.assertIn('kubeconfig: "/state dir/kubeconfig"', config)
+            self.assertIn("leaderElect: false", config)
+            self.assertEqual("bindingTimeout: 15s" in config, timeout is not None, config)
+
     def test_the_etcd_key_range_covers_exactly_the_prefix(self):
         from harness import controlplane
         self.assertEqual(controlplane.prefix_range("/registry/a/"), (b"/registry/a/", b"/registry/a0"))
@@ -163,7 +173,8 @@ class ParsingTest(unittest.TestCase):
         self.assertEqual(examples.parse_expect(examples.expectation_lines(text)[0]),
                          {"pods": 1, "devices": {"pf": 1, "vf": 1},
                           "same": ["resource.kubernetes.io/numaNode"], "distinct": [], "avoids": [],
-                          "fault-hits": None, "node_label": None, "min_kubernetes": None})
+                          "fault-hits": None, "node_label": None, "min_kubernetes": None, "value": [],
+                          "device_status": None})
         fixture = examples.parse_expect("pods-running=1, devices=vf:2, avoids=mock2, fault-hits=2")
         self.assertEqual((fixture["avoids"], fixture["fault-hits"]), (["mock2"], 2))
         self.assertEqual(examples.parse_expect("pods-running=2, devices=vf:1")["devices"], {"pf": 0, "vf": 1})
@@ -175,6 +186,13 @@ class ParsingTest(unittest.TestCase):
             examples.parse_expect("pods-running=1")
         with self.assertRaises(wait.Failure):
             examples.parse_expect("pods-running=1, devices=gpu:1")
+        meta = examples.parse_expect("pods-running=1, devices=any:2, value=resource.kubernetes.io/numaNode:1, "
+                                     "device-status=Ready")
+        self.assertEqual((meta["devices"], meta["value"], meta["device_status"]),
+                         ({"any": 2}, [("resource.kubernetes.io/numaNode", "1")], "Ready"))
+        for bad in ("devices=any:2,vf:1", "devices=vf:1, value=numaNode", "devices=vf:1, value=:1"):
+            with self.assertRaises(wait.Failure, msg=bad):
+                examples.parse_expect(f"pods-running=1, {bad}")
 
     def test_kubectl_json_streams(self):
         self.assertEqual(kube.parse_objects('{"kind":"A"}\n{"kind":"B"}\n'), [{"kind": "A"}, {"kind": "B"}])

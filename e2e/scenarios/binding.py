@@ -9,14 +9,21 @@ controller's attacher sets `Attached` `--attach-delay` (3 s) after the allocatio
 Checked: the pod stays unbound while the delay runs and binds after it, with `Attached` in the
 claim's device status; a claim whose attach fails on node1 while node2's matching PF is held by
 another pod is retried by the scheduler (allocation given up, device status cleared) and, once
-node2's PF is free, runs there. The binding timeout (the scheduler's `bindingTimeout`, 600 s by
-default in v1.37) is not waited for: the scenario asserts instead that every allocation of such
-a device carries the `allocationTimestamp` the timeout is measured from.
+node2's PF is free, runs there; every allocation carries the `allocationTimestamp` the binding
+timeout is measured from.
+
+Scenario 18d: the binding timeout. The harness gives kube-scheduler `bindingTimeout: 15s`
+(`DynamicResources` plugin arguments, 600 s by default; see `controlplane.binding_timeout`). A
+claim annotated `mock-accel.example.com/attach-never: "*"` is never attached (neither condition
+is written). Checked: the pod stays unbound with a `BindingConditionsPending` Event; no sooner
+than the timeout after `allocationTimestamp` the scheduler gives the allocation up (a
+`FailedScheduling` Event names the binding timeout) and allocates again; once the annotation is removed, the new allocation is attached and the pod runs.
 """
 
 import time
+from datetime import datetime
 
-from harness import kube
+from harness import controlplane, kube
 from harness.kube import claim, pod, request
 from harness.wait import check, equal, stays, until
 
@@ -27,6 +34,7 @@ LABEL = "mock-accel.example.com/attachment"
 ATTACHED = "mock-accel.example.com/Attached"
 FAILED = "mock-accel.example.com/AttachFailed"
 FAIL_ANNOTATION = "mock-accel.example.com/attach-fail"
+NEVER_ANNOTATION = "mock-accel.example.com/attach-never"
 DECISION = "binding conditions:"
 DELAY = 3.0
 ON_MOCK0 = ['device.attributes["mock-accel.example.com"].sysfsName == "mock0"']
@@ -112,6 +120,74 @@ def binding_conditions(ctx: Context) -> None:
         check(("node2/numa0/mock0", ATTACHED, "True") in conds, "device status of the final allocation", conds)
         say(f"retry: allocated again and bound on node2 {time.monotonic() - started:.0f} s after node2's PF was freed")
         ctx.delete_pod_and_wait("retry")
+    finally:
+        label_nodes(ctx, None)
+    until("devices without binding conditions again", lambda: (not (w := waiting_devices(ctx)), len(w)), 30)
+
+
+def epoch(timestamp: str) -> float:
+    """Seconds since the epoch of an API timestamp (`2026-11-30T12:00:00Z`)."""
+    return datetime.fromisoformat(timestamp.replace("Z", "+00:00")).timestamp()
+
+
+@scenario("18d", "binding timeout: a device never attached is given up after the scheduler's bindingTimeout and allocated again", cost=35)
+def binding_timeout(ctx: Context) -> None:
+    skipped, lines, minor = skipped_before_136(ctx, DECISION)
+    timeout = controlplane.binding_timeout(minor)
+    if skipped or timeout is None:
+        why = "the controller skipped binding conditions" if skipped else "the scheduler takes no bindingTimeout"
+        say(f"Kubernetes {minor}: skipped, {why}")
+        return
+
+    label_nodes(ctx, "fabric")
+    try:
+        until("every device published with binding conditions",
+              lambda: (len(w := waiting_devices(ctx)) == len(ctx.slice_devices()), len(w)), 30)
+        stalled = claim("stall", [request("vf", "mock-accel-vf")])
+        stalled["metadata"]["annotations"] = {NEVER_ANNOTATION: "*"}
+        ctx.apply(stalled, pod("stall", claims={"accel": "stall"}))
+        c = until("claim stall to be allocated",
+                  lambda: (bool(((c := ctx.claim("stall")).get("status") or {}).get("allocation")), c), 30)
+        first = c["status"]["allocation"]
+        allocated_at = first["allocationTimestamp"]
+        until("a BindingConditionsPending Event on pod stall", lambda: (bool(e := ctx.k.items(
+            "events", ctx.ns, field_selector="involvedObject.name=stall,reason=BindingConditionsPending")), e), 15)
+
+        # Until the timeout: unbound, the allocation kept, no condition written.
+        bound_early: list[str] = []
+        def given_up():
+            c = ctx.claim("stall")
+            if n := ctx.pod("stall")["spec"].get("nodeName"):
+                bound_early.append(n)
+            alloc = (c.get("status") or {}).get("allocation")
+            return alloc is None or alloc.get("allocationTimestamp") != allocated_at, (time.time(), c)
+        seen_at, c = until(f"the scheduler to give up claim stall's allocation ({timeout} s binding timeout)",
+                           given_up, timeout + 30, interval=0.25)
+        check(not bound_early, "pod stall bound although its device was never attached", bound_early)
+        waited = seen_at - epoch(allocated_at)
+        check(waited >= timeout, f"allocation given up {waited:.1f} s after allocationTimestamp, "
+              f"before the {timeout} s binding timeout", c.get("status"))
+        failures = until("a FailedScheduling Event naming the binding timeout", lambda: (bool(e := [
+            ev for ev in ctx.k.items("events", ctx.ns, field_selector="involvedObject.name=stall,reason=FailedScheduling")
+            if "binding timeout" in (ev.get("message") or "")]), e), 15)
+        say(f"stall: allocated {first['devices']['results'][0]['device']} at {allocated_at}, given up "
+            f"{waited:.1f} s later (timeout {timeout} s): {failures[0]['message'][:160]}")
+
+        # The scheduler allocates again; without the annotation the new allocation is attached.
+        again = until("claim stall allocated again", lambda: (
+            (a := (ctx.claim("stall").get("status") or {}).get("allocation") or {}).get("allocationTimestamp")
+            not in (None, allocated_at), a), 30)
+        ctx.k.run("annotate", "resourceclaim", "stall", "-n", ctx.ns, f"{NEVER_ANNOTATION}-")
+        p = ctx.wait_running("stall")
+        final = ctx.claim("stall")["status"]["allocation"]
+        check(epoch(final["allocationTimestamp"]) >= epoch(again["allocationTimestamp"]),
+              "pod stall runs on an allocation older than the re-allocation", final)
+        conds = device_conditions(ctx.claim("stall"))
+        check(any(t == ATTACHED and s == "True" for _, t, s in conds), "no Attached condition after the re-allocation", conds)
+        say(f"stall: allocated again at {again['allocationTimestamp']} "
+            f"({epoch(again['allocationTimestamp']) - epoch(allocated_at):.0f} s after the first), "
+            f"attached once the annotation was removed, running on {p['spec']['nodeName']}")
+        ctx.delete_pod_and_wait("stall")
     finally:
         label_nodes(ctx, None)
     until("devices without binding conditions again", lambda: (not (w := waiting_devices(ctx)), len(w)), 30)

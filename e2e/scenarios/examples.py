@@ -13,6 +13,12 @@ Pairs are `key=value`, separated by a comma and a space; `devices` entries by a 
   prepared by the driver, their claim-using containers got MOCK_ACCEL_* env);
 - `devices=pf:N,vf:M` (required): every ResourceClaim the pods use (direct or from a template)
   is allocated exactly N PFs and M VFs (by `mock-accel.example.com/deviceType`; absent = 0);
+  `devices=any:N`: exactly N devices, of either type (for claims whose PF/VF mix depends on
+  whether the cluster serves shared counters);
+- `value=<attribute>:<value>` (optional, repeatable): every device of each claim has this value
+  of the attribute (`resource.kubernetes.io/numaNode:1`);
+- `device-status=<condition>` (optional): the node agent reports every allocated device in the
+  claim's `status.devices[]` with this condition `True` and the device's uuid in `data`;
 - `same=<attribute>` (optional, repeatable): within each claim all devices share its value;
 - `distinct=<attribute>` (optional, repeatable): within each claim all values differ;
 - `avoids=<device>` (optional, repeatable): no claim is allocated a device of that DRA name;
@@ -67,7 +73,7 @@ def parse_expect(line: str) -> dict:
     """`pods-running=1, devices=pf:1,vf:1, same=A` → {"pods": 1, "devices": {"pf": 1, "vf": 1},
     "same": [A], "distinct": []}."""
     out: dict = {"pods": None, "devices": None, "same": [], "distinct": [], "avoids": [], "fault-hits": None,
-                 "node_label": None, "min_kubernetes": None}
+                 "node_label": None, "min_kubernetes": None, "value": [], "device_status": None}
     for pair in line.split(", "):
         key, sep, value = pair.strip().partition("=")
         if not sep:
@@ -78,12 +84,22 @@ def parse_expect(line: str) -> dict:
             counts = {}
             for entry in value.split(","):
                 t, _, n = entry.partition(":")
-                if t not in ("pf", "vf") or not n.isdigit():
-                    raise Failure(f"'# expect:' devices entry {entry!r} is not pf:N or vf:N")
+                if t not in ("pf", "vf", "any") or not n.isdigit():
+                    raise Failure(f"'# expect:' devices entry {entry!r} is not pf:N, vf:N or any:N")
                 counts[t] = int(n)
-            out["devices"] = {"pf": counts.get("pf", 0), "vf": counts.get("vf", 0)}
+            if "any" in counts and len(counts) > 1:
+                raise Failure(f"'# expect:' devices={value!r}: any:N stands alone")
+            out["devices"] = ({"any": counts["any"]} if "any" in counts
+                              else {"pf": counts.get("pf", 0), "vf": counts.get("vf", 0)})
         elif key in ("same", "distinct", "avoids"):
             out[key].append(value)
+        elif key == "value":
+            attribute, colon, wanted = value.partition(":")
+            if not colon or not attribute or not wanted:
+                raise Failure(f"'# expect:' value={value!r} is not <attribute>:<value>")
+            out["value"].append((attribute, wanted))
+        elif key == "device-status":
+            out["device_status"] = value
         elif key == "fault-hits":
             out[key] = int(value)
         elif key == "node-label":
@@ -185,6 +201,8 @@ def apply_and_check(ctx: Context, path: Path, exp: dict) -> str:
                 for d in devs:
                     equal(ctx.register(node, sysfs_name(d)), 1, f"{path.name}: register of {node}/{sysfs_name(d)}")
                 wait_prepared(ctx, node, uid)
+                if exp["device_status"]:
+                    check_device_status(ctx, path, c, devs, exp["device_status"])
                 claims[uid] = (node, c, devs)
             for ctr in p["spec"]["containers"]:
                 if (ctr.get("resources") or {}).get("claims"):
@@ -241,7 +259,14 @@ def check_claim(path: Path, c: dict, devs: list[dict], exp: dict) -> None:
     for d in devs:
         t = kube.attr(d, "deviceType")
         counts[t] = counts.get(t, 0) + 1
-    equal(counts, exp["devices"], f"{path.name}: device types allocated to claim {name}")
+    if "any" in exp["devices"]:
+        equal(len(devs), exp["devices"]["any"], f"{path.name}: devices allocated to claim {name} ({counts})")
+    else:
+        equal(counts, exp["devices"], f"{path.name}: device types allocated to claim {name}")
+    for a, wanted in exp["value"]:
+        values = [json.dumps(kube.attr(d, a)) for d in devs]
+        check(all(str(kube.attr(d, a)) == wanted for d in devs),
+              f"{path.name}: claim {name}'s devices do not all have {a} {wanted}", values)
     for a in exp["same"]:
         values = {json.dumps(kube.attr(d, a)) for d in devs}
         check(len(values) == 1 and "null" not in values, f"{path.name}: claim {name}'s devices differ in {a}", values)
@@ -251,6 +276,21 @@ def check_claim(path: Path, c: dict, devs: list[dict], exp: dict) -> None:
         values = [json.dumps(kube.attr(d, a)) for d in devs]
         check(len(set(values)) == len(values) and "null" not in values,
               f"{path.name}: claim {name}'s devices share values of {a}", values)
+
+
+def check_device_status(ctx: Context, path: Path, c: dict, devs: list[dict], condition: str) -> None:
+    """Every allocated device has a `status.devices[]` entry with `condition` True and its uuid."""
+    name = c["metadata"]["name"]
+
+    def missing():
+        entries = {(e["pool"], e["device"]): e
+                   for e in (ctx.claim(name).get("status") or {}).get("devices") or [] if e.get("driver") == kube.DRIVER}
+        lacking = [d["name"] for d in devs
+                   if not (e := entries.get((d["pool"], d["name"])))
+                   or not any(x["type"] == condition and x["status"] == "True" for x in e.get("conditions") or [])
+                   or (e.get("data") or {}).get("uuid") != kube.attr(d, "uuid")]
+        return not lacking, {"lacking": lacking, "entries": list(entries.values())}
+    until(f"{path.name}: claim {name}'s status.devices to report {condition} for every device", missing, 20)
 
 
 @scenario("11", "docs/examples: every example applied, its declared outcome checked", cost=150)

@@ -7,9 +7,10 @@ it."""
 import time
 
 from harness.kube import claim, pod, request
-from harness.wait import check, equal, until
+from harness.wait import check, equal, stays, until
 
 from scenarios.fixture import NODE, merge_spec
+from scenarios.partitionable import skipped_before_136
 from scenarios.framework import Context, elapsed, say, scenario
 
 DEVICE = "mock2"  # a VF of mock0 on NUMA node 0 (canonical layout)
@@ -38,11 +39,39 @@ def wait_taint(ctx: Context, effect: str | None, what: str) -> float:
     return time.monotonic() - start
 
 
+def without_taints(ctx: Context, minor: str, decision: str, only_it: str) -> None:
+    """Before 1.36 (`DRADeviceTaints` alpha and off) the controller skips taints with one log
+    line: a declared Unhealthy device still shows in the MockAccelNode's status, its slices
+    stay as they were (no taint, nothing rejected), and the scheduler may still pick it."""
+    k = ctx.k
+    say(f"Kubernetes {minor}: taints skipped by the controller: {decision[-200:]}")
+    try:
+        merge_spec(k, {"health": [{"device": DEVICE, "state": "Unhealthy", "message": "simulated ECC error"}]})
+        until(f"status.devices[{DEVICE}].health Unhealthy",
+              lambda: ((h := device_status(ctx).get("health")) == "Unhealthy", h), 10, 0.1)
+        stays(f"{DEVICE} untainted", lambda: (not (t := taints(ctx)), t), 3)
+        ctx.apply(claim("h1", [request("vf", "mock-accel-vf", selectors=[only_it])]),
+                  pod("h1", claims={"accel": "h1"}, node=NODE))
+        ctx.wait_running("h1", timeout=60)
+        say(f"{DEVICE} Unhealthy in status.devices, no taint in its slice, pod h1 runs on it (taints skipped)")
+    finally:
+        merge_spec(k, {"health": None})
+        k.delete("pod", "h1", ctx.ns)
+        ctx.wait_gone("pod", "h1")
+        k.delete("resourceclaim", "h1", ctx.ns)
+    until("UNHEALTHY back to 0", lambda: (
+        (n := (ctx.mock_node(NODE).get("status") or {}).get("unhealthyDeviceCount")) == 0, n), 10, 0.2)
+
+
 @scenario("17c", "health: a device declared Unhealthy is tainted within 2 s and avoided; Healthy clears it; "
                  "NoExecute evicts the pod using it", cost=10)
 def declared_health(ctx: Context) -> None:
     k = ctx.k
     only_it = f'device.attributes["mock-accel.example.com"].sysfsName == "{SYSFS}"'
+    skipped, lines, minor = skipped_before_136(ctx, "device taints:")
+    if skipped:
+        without_taints(ctx, minor, lines[0], only_it)
+        return
     try:
         merge_spec(k, {"health": [{"device": DEVICE, "state": "Unhealthy", "message": "simulated ECC error"}]})
         took = wait_taint(ctx, "NoSchedule", f"{DEVICE} tainted NoSchedule")

@@ -8,9 +8,9 @@ import signal
 import time
 from pathlib import Path
 
-from harness import nodes
+from harness import controlplane, nodes
 from harness.kube import DRIVER, claim, pod, request
-from harness.wait import check, equal, until
+from harness.wait import check, equal, stays, until
 
 from scenarios.framework import (Context, elapsed, prepared_entry, say, scenario, sysfs_name,
                                  verify_prepared, verify_released, wait_unprepared)
@@ -179,6 +179,13 @@ def allocated_health(ctx: Context, pod_name: str, container: str = "main") -> di
     return {}
 
 
+def pod_health_served(ctx: Context) -> bool:
+    """Whether the API server keeps a pod's allocatedResourcesStatus (ResourceHealthStatus:
+    beta and on by default from 1.36, alpha and off before)."""
+    minor = controlplane.kube_minor(ctx.cluster.binaries)
+    return tuple(int(x) for x in minor.split(".")) >= (1, 36)
+
+
 @scenario("16", "kubelet code: device health in the pod's allocatedResourcesStatus; a removed prepared device turns Unhealthy",
           cost=12)
 def device_health(ctx: Context) -> None:
@@ -199,6 +206,21 @@ def device_health(ctx: Context) -> None:
                 h = allocated_health(ctx, "watched").get("claim:accel") or {}
                 return bool(h) and set(h) <= set(ids) and all(r.get("health") == want for r in h.values()), h
             return probe
+        if not pod_health_served(ctx):
+            minor = controlplane.kube_minor(ctx.cluster.binaries)
+            # Before 1.36 ResourceHealthStatus is alpha and off: the API server drops the pod's
+            # allocatedResourcesStatus. What the driver still owes there: the node agent's own
+            # health, which turns Unhealthy when the prepared device vanishes.
+            stays("the pod's allocatedResourcesStatus empty (ResourceHealthStatus off)",
+                  lambda: (not (h := allocated_health(ctx, "watched")), h), 3)
+            nodes.remove_device(ctx.cluster.binaries.driver, paths, device)
+            until(f"{node}'s unhealthyDeviceCount 1 after {device} vanished", lambda: (
+                (n := (ctx.mock_node(node).get("status") or {}).get("unhealthyDeviceCount")) == 1, n), 30, 0.5)
+            say(f"Kubernetes {minor}: ResourceHealthStatus is off, the pod's allocatedResourcesStatus stays "
+                f"empty (pod part skipped); {device} hot-removed: the node agent counts it Unhealthy")
+            ctx.delete_pod_and_wait("watched")
+            wait_unprepared(ctx, node, uid)
+            return
         healthy = until("the claim's device Healthy in the pod's allocatedResourcesStatus", health_is("Healthy"), 30)
         check(any(device in (r.get("message") or "") for r in healthy.values()),
               f"the health message does not come from the plugin (no mention of {device})", healthy)

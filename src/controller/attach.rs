@@ -7,7 +7,10 @@
 //! claim's device status: condition `<driver>/Attached` `True`, or `<driver>/AttachFailed`
 //! `True` for devices on a node that the claim's annotation [`ANNOTATION_ATTACH_FAIL`] names
 //! (comma-separated node names, `*` for every node). The scheduler, waiting in PreBind, then
-//! binds the pod, or gives the allocation up and schedules the pod again.
+//! binds the pod, or gives the allocation up and schedules the pod again. Devices on a node that
+//! the annotation [`ANNOTATION_ATTACH_NEVER`] names get neither condition: they stay unattached
+//! until the scheduler's binding timeout (its `bindingTimeout`, counted from the
+//! `allocationTimestamp`) gives the allocation up, which is how the timeout is tested.
 //!
 //! Writes are server-side applies of the status subresource with [`FIELD_MANAGER`], which owns
 //! only the attach conditions; the node agent's `Ready` condition and data on the same entries
@@ -31,6 +34,10 @@ use crate::{kube_client::WATCH_TIMEOUT_SECS, slices::binding};
 
 /// Claim annotation that makes attaching fail on the nodes it names (`node1,node2` or `*`).
 pub const ANNOTATION_ATTACH_FAIL: &str = "mock-accel.example.com/attach-fail";
+/// Claim annotation that makes the attacher leave devices on the nodes it names unattached
+/// (no condition at all), so that only the scheduler's binding timeout ends the wait. Same
+/// syntax as [`ANNOTATION_ATTACH_FAIL`]; where both name a node, this one wins.
+pub const ANNOTATION_ATTACH_NEVER: &str = "mock-accel.example.com/attach-never";
 /// Field manager of the attacher's status writes.
 pub const FIELD_MANAGER: &str = "mock-accel-attacher";
 /// Delay before a failed write is tried again.
@@ -45,6 +52,18 @@ pub enum Attach {
     After(Duration),
     /// Apply this status body; `failed` lists the devices reported as failed.
     Report { body: Value, failed: Vec<String> },
+    /// Leave these devices unattached, as the claim's [`ANNOTATION_ATTACH_NEVER`] asks.
+    Withheld(Vec<String>),
+}
+
+/// Whether a node-list annotation value (`node1,node2` or `*`) names the node of `pool`
+/// (pools of this driver are `<node>/...`).
+fn names_pool_node(value: &str, pool: &str) -> bool {
+    let node = pool.split('/').next().unwrap_or_default();
+    value
+        .split(',')
+        .map(str::trim)
+        .any(|n| n == "*" || (!n.is_empty() && n == node))
 }
 
 /// Decides what the attacher does about `claim` at `now`.
@@ -54,7 +73,15 @@ pub fn plan_attach(claim: &ResourceClaim, driver: &str, now: Timestamp, delay: D
     };
     let attached = binding::attached_condition(driver);
     let failed_type = binding::attach_failed_condition(driver);
-    let waiting: Vec<_> = allocation
+    let annotation = |name: &str| {
+        claim
+            .annotations()
+            .get(name)
+            .map(String::as_str)
+            .unwrap_or_default()
+    };
+    let never_on = annotation(ANNOTATION_ATTACH_NEVER);
+    let (withheld, waiting): (Vec<_>, Vec<_>) = allocation
         .devices
         .iter()
         .flat_map(|d| d.results.iter().flatten())
@@ -64,9 +91,13 @@ pub fn plan_attach(claim: &ResourceClaim, driver: &str, now: Timestamp, delay: D
                     .as_ref()
                     .is_some_and(|c| c.contains(&attached))
         })
-        .collect();
+        .partition(|r| names_pool_node(never_on, &r.pool));
     if waiting.is_empty() {
-        return Attach::Nothing;
+        return if withheld.is_empty() {
+            Attach::Nothing
+        } else {
+            Attach::Withheld(withheld.iter().map(|r| r.device.clone()).collect())
+        };
     }
     let statuses = claim
         .status
@@ -98,18 +129,8 @@ pub fn plan_attach(claim: &ResourceClaim, driver: &str, now: Timestamp, delay: D
         let wait = Duration::try_from(due.duration_since(now)).unwrap_or(Duration::ZERO);
         return Attach::After(wait);
     }
-    let fail_on = claim
-        .annotations()
-        .get(ANNOTATION_ATTACH_FAIL)
-        .map(String::as_str)
-        .unwrap_or_default();
-    let fails = |pool: &str| {
-        let node = pool.split('/').next().unwrap_or_default();
-        fail_on
-            .split(',')
-            .map(str::trim)
-            .any(|n| n == "*" || (!n.is_empty() && n == node))
-    };
+    let fail_on = annotation(ANNOTATION_ATTACH_FAIL);
+    let fails = |pool: &str| names_pool_node(fail_on, pool);
     let mut failed = Vec::new();
     let entries: Vec<Value> = waiting
         .iter()
@@ -188,6 +209,10 @@ async fn reconcile(
     );
     match plan_attach(&claim, &ctx.driver, Timestamp::now(), ctx.delay) {
         Attach::Nothing => Ok(Action::await_change()),
+        Attach::Withheld(devices) => {
+            tracing::info!(claim = %key, ?devices, "not attaching, as the claim's {ANNOTATION_ATTACH_NEVER} annotation asks: the scheduler's binding timeout ends the wait");
+            Ok(Action::await_change())
+        }
         Attach::After(wait) => Ok(Action::requeue(wait)),
         Attach::Report { body, failed } => {
             let api = Api::<ResourceClaim>::namespaced(
@@ -331,6 +356,38 @@ mod tests {
                 "mock-accel.example.com/Attached"
             };
             assert_eq!(ctype, want, "{value:?}");
+        }
+    }
+
+    #[test]
+    fn the_never_annotation_leaves_the_devices_on_the_nodes_it_names_unattached() {
+        for (never, fail, want) in [
+            ("node1", "", "withheld"),
+            ("*", "", "withheld"),
+            ("node2,node1", "node1", "withheld"),
+            ("node2", "", "mock-accel.example.com/Attached"),
+            ("node2", "node1", "mock-accel.example.com/AttachFailed"),
+            ("", "", "mock-accel.example.com/Attached"),
+        ] {
+            let mut claim = waiting_claim();
+            let annotations = claim.metadata.annotations.get_or_insert_default();
+            annotations.insert(ANNOTATION_ATTACH_NEVER.into(), never.into());
+            annotations.insert(ANNOTATION_ATTACH_FAIL.into(), fail.into());
+            // Long after the delay: the delay is not what holds the attach back.
+            let got = match plan_attach(&claim, DRIVER, t("2026-11-30T12:10:00Z"), DELAY) {
+                Attach::Withheld(devices) => {
+                    assert_eq!(devices, ["mock0"], "{never:?}");
+                    "withheld".to_string()
+                }
+                Attach::Report { body, .. } => {
+                    body["status"]["devices"][0]["conditions"][0]["type"]
+                        .as_str()
+                        .unwrap()
+                        .to_string()
+                }
+                other => panic!("{never:?}: {other:?}"),
+            };
+            assert_eq!(got, want, "never={never:?} fail={fail:?}");
         }
     }
 
