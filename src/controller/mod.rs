@@ -227,7 +227,7 @@ async fn run_controller(
     });
     let client = watch_client;
     let watch_config = || watcher::Config::default().timeout(WATCH_TIMEOUT_SECS);
-    // Nothing here reads the managed fields; leaving them out of the stores halves them.
+    // Nothing here reads the managed fields; the stores keep every object, so leave them out.
     let strip = |meta: &mut kube::api::ObjectMeta| meta.managed_fields = None;
 
     // Every event updates the stores; only the ones that change what a reconcile would write
