@@ -246,7 +246,6 @@ class Bench:
                       f"{result['controller_cpu_pct']:.1f}% CPU, API server {result['apiserver_cpu_pct']:.0f}% CPU")
         self.c.sup.stop("bench-controller")
         self.c.sup.stop("bench-fleet")
-        self.fleet_delete()
         return result
 
 
@@ -281,9 +280,12 @@ def main() -> int:
         results = json.loads((Path(args.out) / "scale.json").read_text())["runs"]
     try:
         bench.up()
-        for nodes, devices in runs:
+        for i, (nodes, devices) in enumerate(runs):
             results.append(bench.run(nodes, devices))
+            # Written before the clean-up, which takes minutes at 3,000 nodes.
             write(Path(args.out), results, sys.argv[1:], args.baseline)
+            if i + 1 < len(runs):
+                bench.fleet_delete()
     finally:
         bench.c.down()
     write(Path(args.out), results, sys.argv[1:], args.baseline)
