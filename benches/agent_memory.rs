@@ -346,8 +346,8 @@ async fn main() -> BenchResult<()> {
             full,
         }
     };
-    // tmpfs, as on a real node (CDI specs in /var/run), and so that the checkpoint's fsync
-    // does not turn the latency into a disk benchmark.
+    // tmpfs, as on a real node (CDI specs in /var/run), and so that the checkpoint's file
+    // creations on a busy disk do not turn the latency into a disk benchmark.
     let shm = Path::new("/dev/shm");
     let (base, place) = if shm.is_dir() {
         (shm.to_path_buf(), "tmpfs")

@@ -1,9 +1,12 @@
 //! Discovery time for 6, 256 and 4096 simulated devices (`make bench`). Prints the best and
 //! median of 20 warm scans of a tree built by the simulator (the aim for 4096 devices is under
-//! 60 ms), and the system calls one scan makes per device, counted by `strace -c -f` on a child
-//! run of this bench that scans once, minus a child that does everything but the scan.
+//! 60 ms), the median CPU time of a scan (all its threads; on a shared machine it moves less
+//! than the wall time), and the system calls one scan makes per device, counted by
+//! `strace -c -f` on a child run of this bench that scans once, minus a child that does
+//! everything but the scan, in total and by call.
 
 use std::{
+    collections::BTreeMap,
     path::Path,
     process::Command,
     time::{Duration, Instant},
@@ -28,9 +31,9 @@ fn spec(numa_nodes: u32, pfs_per_numa: u32, vfs_per_pf: u32) -> TopologySpec {
 const CHILD_TREE: &str = "MOCK_ACCEL_BENCH_SCAN_TREE";
 const CHILD_SCANS: &str = "MOCK_ACCEL_BENCH_SCAN_ONCE";
 
-/// System calls of one child run under `strace -c -f`, `None` when strace is missing or fails
-/// (it needs ptrace, which some containers forbid).
-fn counted_calls(tree: &Path, scan: bool) -> Option<u64> {
+/// System calls of one child run under `strace -c -f`, by call and as `total`; `None` when
+/// strace is missing or fails (it needs ptrace, which some containers forbid).
+fn counted_calls(tree: &Path, scan: bool) -> Option<BTreeMap<String, u64>> {
     let out = tempfile::NamedTempFile::new().ok()?;
     let status = Command::new("strace")
         .args(["-f", "-c", "-qq", "-o"])
@@ -43,13 +46,48 @@ fn counted_calls(tree: &Path, scan: bool) -> Option<u64> {
     if !status.success() {
         return None;
     }
-    // The summary's last line: `100.00 <seconds> <usecs/call> <calls> [<errors>] total`.
+    // Rows `<% time> <seconds> <usecs/call> <calls> [<errors>] <syscall>`, the last one
+    // `... total`; the header and the rules do not parse.
     let text = std::fs::read_to_string(out.path()).ok()?;
-    let total = text
+    let calls: BTreeMap<String, u64> = text
         .lines()
-        .rev()
-        .find(|l| l.trim_end().ends_with("total"))?;
-    total.split_whitespace().nth(3)?.parse().ok()
+        .filter_map(|line| {
+            let cols: Vec<&str> = line.split_whitespace().collect();
+            let calls = cols.get(3)?.parse().ok()?;
+            Some((cols.last()?.to_string(), calls))
+        })
+        .collect();
+    calls.contains_key("total").then_some(calls)
+}
+
+/// Calls per device of a scan: the scanning child's count minus the idle child's, as
+/// `<total> (<call> <n>, ...)` for the calls that make up at least 0.05 per device.
+fn per_device(
+    with: &BTreeMap<String, u64>,
+    without: &BTreeMap<String, u64>,
+    found: usize,
+) -> String {
+    let per = |name: &str| {
+        with.get(name)
+            .copied()
+            .unwrap_or(0)
+            .saturating_sub(without.get(name).copied().unwrap_or(0)) as f64
+            / found.max(1) as f64
+    };
+    let by_call: Vec<String> = with
+        .keys()
+        .filter(|name| *name != "total")
+        .map(|name| (name, per(name)))
+        .filter(|(_, n)| *n >= 0.05)
+        .map(|(name, n)| format!("{name} {n:.1}"))
+        .collect();
+    format!("{:.1} ({})", per("total"), by_call.join(", "))
+}
+
+/// CPU time of this process so far, all threads (the scan's readers included).
+fn process_cpu() -> Duration {
+    let t = rustix::time::clock_gettime(rustix::time::ClockId::ProcessCPUTime);
+    Duration::new(t.tv_sec as u64, t.tv_nsec as u32)
 }
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
@@ -83,34 +121,35 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         sim::create(dir.path(), None, &spec)?;
         let built = start.elapsed();
         let mut times: Vec<Duration> = Vec::with_capacity(runs);
+        let mut cpu: Vec<Duration> = Vec::with_capacity(runs);
         // Warm: the first scan brings the tree into the dentry and page caches, untimed.
         let mut found = sysfs::scan(dir.path())?.inventory.devices.len();
         for _ in 0..runs {
-            let start = Instant::now();
+            let (start, cpu_start) = (Instant::now(), process_cpu());
             let scan = sysfs::scan(dir.path())?;
             times.push(start.elapsed());
+            cpu.push(process_cpu().saturating_sub(cpu_start));
             found = scan.inventory.devices.len();
             assert!(scan.warnings.is_empty(), "{:?}", scan.warnings);
         }
         times.sort();
-        let per_device = if full {
+        cpu.sort();
+        let calls = if full {
             match (
                 counted_calls(dir.path(), true),
                 counted_calls(dir.path(), false),
             ) {
-                (Some(with), Some(without)) => format!(
-                    "{:.1}",
-                    with.saturating_sub(without) as f64 / found.max(1) as f64
-                ),
+                (Some(with), Some(without)) => per_device(&with, &without, found),
                 _ => "n/a (strace missing or not permitted)".to_string(),
             }
         } else {
             "not counted".to_string()
         };
         println!(
-            "discovery {label:<30} devices={found:<5} best={:>9.2?} median={:>9.2?} syscalls/device={per_device} (tree built in {built:.2?})",
+            "discovery {label:<30} devices={found:<5} best={:>9.2?} median={:>9.2?} cpu/scan(median)={:>9.2?} syscalls/device={calls} (tree built in {built:.2?})",
             times[0],
-            times[runs / 2]
+            times[runs / 2],
+            cpu[runs / 2]
         );
         if found >= 4096 {
             let aim = Duration::from_millis(60);

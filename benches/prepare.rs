@@ -6,8 +6,9 @@
 //!
 //! Each cycle prepares and then unprepares a fresh claim (new UID, one VF). Plugin data and
 //! CDI directories live on tmpfs (`/dev/shm`) and, in the full run, also on the temp dir's
-//! disk, where the checkpoint's fsync dominates. `cargo test --all-targets` runs one short
-//! pass to prove the bench still works.
+//! disk, where the checkpoint's file creations and renames cost more (it is not flushed to
+//! disk: see `atomic_file`). `cargo test --all-targets` runs one short pass to prove the bench
+//! still works.
 
 use std::{
     path::{Path, PathBuf},

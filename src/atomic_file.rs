@@ -1,6 +1,15 @@
 //! Replacing a file so that a reader (or a crash) sees either the old content or the new one,
 //! never a mix: the CDI specs the container runtime reads and the plugin's checkpoint both rely
 //! on it.
+//!
+//! How far a replace must survive is the caller's choice ([`Durability`]). A crash of the
+//! process needs nothing beyond the rename: the page cache belongs to the kernel, so every later
+//! reader, the restarted process included, sees the old file or the new one. Only a power loss
+//! or a kernel crash can lose a rename that was not flushed, and that means a reboot, after which
+//! the status registers and `/var/run/cdi` (a tmpfs) are gone and the kubelet prepares its pods'
+//! claims again: the checkpoint and the CDI specs are written for the process crash only (the
+//! checkpoint is set aside when the boot changed, see `plugin::prepare::boot`), which spares
+//! every prepare and unprepare the disk flushes that dominated their latency.
 
 use std::{
     ffi::OsString,
@@ -22,11 +31,23 @@ pub fn temp_path(path: &Path) -> PathBuf {
     path.with_file_name(name)
 }
 
-/// Writes `bytes` to a temporary sibling, flushes it to disk, renames it over `path` and
-/// flushes the directory, so that the rename itself survives a power loss.
-pub fn write_atomically(path: &Path, bytes: &[u8]) -> io::Result<()> {
+/// What a replace or a removal must survive.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Durability {
+    /// A crash of this process: the rename alone gives it, with no flush to disk. For files
+    /// that describe state a reboot clears anyway.
+    ProcessCrash,
+    /// A power loss or a kernel crash too: the file is flushed before the rename and the
+    /// directory after it.
+    PowerLoss,
+}
+
+/// Writes `bytes` to a temporary sibling and renames it over `path`; with
+/// [`Durability::PowerLoss`] the file is flushed to disk first and the directory after, so
+/// that the rename itself survives a power loss.
+pub fn write_atomically(path: &Path, bytes: &[u8], durability: Durability) -> io::Result<()> {
     let tmp = temp_path(path);
-    let result = write_and_rename(&tmp, path, bytes);
+    let result = write_and_rename(&tmp, path, bytes, durability);
     if result.is_err() {
         // Best effort: a leftover temp file is harmless (never loaded), only untidy.
         let _ = std::fs::remove_file(&tmp);
@@ -34,25 +55,37 @@ pub fn write_atomically(path: &Path, bytes: &[u8]) -> io::Result<()> {
     result
 }
 
-fn write_and_rename(tmp: &Path, path: &Path, bytes: &[u8]) -> io::Result<()> {
+fn write_and_rename(
+    tmp: &Path,
+    path: &Path,
+    bytes: &[u8],
+    durability: Durability,
+) -> io::Result<()> {
     let mut file = OpenOptions::new()
         .write(true)
         .create(true)
         .truncate(true)
         .open(tmp)?;
     file.write_all(bytes)?;
-    file.sync_all()?;
+    if durability == Durability::PowerLoss {
+        file.sync_all()?;
+    }
     drop(file);
     std::fs::rename(tmp, path)?;
-    sync_parent(path)
+    if durability == Durability::PowerLoss {
+        sync_parent(path)?;
+    }
+    Ok(())
 }
 
-/// Removes `path` if it exists and flushes the directory. `Ok(false)` when there was nothing to
-/// remove.
-pub fn remove(path: &Path) -> io::Result<bool> {
+/// Removes `path` if it exists; with [`Durability::PowerLoss`] the directory is flushed after.
+/// `Ok(false)` when there was nothing to remove.
+pub fn remove(path: &Path, durability: Durability) -> io::Result<bool> {
     match std::fs::remove_file(path) {
         Ok(()) => {
-            sync_parent(path)?;
+            if durability == Durability::PowerLoss {
+                sync_parent(path)?;
+            }
             Ok(true)
         }
         Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(false),
@@ -89,8 +122,8 @@ mod tests {
     fn replaces_content_and_leaves_no_temp_file() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("spec.json");
-        write_atomically(&path, b"one").unwrap();
-        write_atomically(&path, b"two").unwrap();
+        write_atomically(&path, b"one", Durability::PowerLoss).unwrap();
+        write_atomically(&path, b"two", Durability::ProcessCrash).unwrap();
         assert_eq!(std::fs::read(&path).unwrap(), b"two");
         let names: Vec<_> = std::fs::read_dir(dir.path())
             .unwrap()
@@ -109,7 +142,9 @@ mod tests {
     fn failed_write_keeps_the_old_file() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("missing-dir/spec.json");
-        assert!(write_atomically(&path, b"x").is_err());
+        for durability in [Durability::ProcessCrash, Durability::PowerLoss] {
+            assert!(write_atomically(&path, b"x", durability).is_err());
+        }
         assert!(!path.exists());
     }
 
@@ -118,7 +153,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("f");
         std::fs::write(&path, b"x").unwrap();
-        assert!(remove(&path).unwrap());
-        assert!(!remove(&path).unwrap());
+        assert!(remove(&path, Durability::ProcessCrash).unwrap());
+        assert!(!remove(&path, Durability::PowerLoss).unwrap());
     }
 }

@@ -350,17 +350,22 @@ pub fn write_spec(
         path: path.clone(),
         source,
     })?;
-    atomic_file::write_atomically(&path, &bytes).map_err(|source| CdiError::Io {
-        path: path.clone(),
-        source,
-    })?;
+    // `/var/run/cdi` is a tmpfs, emptied by the reboot a power loss means: a process crash is
+    // all a spec must survive (see `atomic_file`).
+    atomic_file::write_atomically(&path, &bytes, atomic_file::Durability::ProcessCrash).map_err(
+        |source| CdiError::Io {
+            path: path.clone(),
+            source,
+        },
+    )?;
     Ok(path)
 }
 
 /// Removes the claim's spec; `Ok(false)` when there was none.
 pub fn remove_spec(cdi_dir: &Path, driver: &str, claim_uid: &str) -> Result<bool, CdiError> {
     let path = spec_path(cdi_dir, driver, claim_uid);
-    atomic_file::remove(&path).map_err(|source| CdiError::Io { path, source })
+    atomic_file::remove(&path, atomic_file::Durability::ProcessCrash)
+        .map_err(|source| CdiError::Io { path, source })
 }
 
 pub fn spec_exists(cdi_dir: &Path, driver: &str, claim_uid: &str) -> bool {

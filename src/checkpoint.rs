@@ -10,7 +10,13 @@
 //! The file is versioned and checksummed: `{"version": 1, "checksum": "sha256:<hex>",
 //! "payload": {...}}`, the checksum covering the canonical JSON (object keys sorted, no
 //! whitespace) of the payload. Encoding and decoding are pure; `load` and `store` are the thin
-//! file edges (atomic replace, flushed file and directory).
+//! file edges (atomic replace by a rename, not flushed to disk).
+//!
+//! The file has to survive a crash of the node agent, not a power loss: what it records (status
+//! registers written, CDI specs in `/var/run/cdi`) is gone after a reboot, when the kubelet
+//! prepares its pods' claims again, and a checkpoint written in an earlier boot is set aside at
+//! start (`plugin::prepare::boot`). An atomic rename without `fsync` gives exactly that (see
+//! `atomic_file`); the flushes it saves were most of a prepare's time.
 
 use std::{
     collections::BTreeMap,
@@ -256,12 +262,20 @@ pub fn load(path: &Path) -> Result<Checkpoint, CheckpointError> {
     })
 }
 
-/// Replaces the checkpoint atomically (temp file, fsync, rename, fsync of the directory).
+/// Replaces the checkpoint atomically (temp file, rename; see the module comment for why it is
+/// not flushed to disk).
 pub fn store(path: &Path, checkpoint: &Checkpoint) -> Result<(), CheckpointError> {
-    atomic_file::write_atomically(path, &encode(checkpoint)).map_err(|source| CheckpointError::Io {
-        path: path.to_path_buf(),
-        source,
-    })
+    store_encoded(path, &encode(checkpoint))
+}
+
+/// [`store`] for content already [`encode`]d.
+pub fn store_encoded(path: &Path, bytes: &[u8]) -> Result<(), CheckpointError> {
+    atomic_file::write_atomically(path, bytes, atomic_file::Durability::ProcessCrash).map_err(
+        |source| CheckpointError::Io {
+            path: path.to_path_buf(),
+            source,
+        },
+    )
 }
 
 #[cfg(test)]

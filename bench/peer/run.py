@@ -106,7 +106,8 @@ def main(argv: list[str] | None = None) -> int:
         json_out = state / "result.json"
         argv_bench = [
             str(driver), f"--kubeconfig={cluster.kubeconfig}", f"--ours={own}", f"--peer={peer}",
-            f"--work={work}", f"--cdi-root={cdi_root}", f"--node={NODE}", f"--json={json_out}",
+            f"--work={work}", f"--cdi-root={cdi_root}", f"--node-root={cdi_root / 'ours-node'}",
+            f"--node={NODE}", f"--json={json_out}",
             f"--cycles={args.cycles}", f"--mark={args.mark}", f"--starts={args.starts}",
             f"--per-block={args.per_block}",
         ]

@@ -2,7 +2,9 @@
 //!
 //! Scanning reads a fixed number of files per device and resolves parents through one map from
 //! BDF to device, so its cost grows linearly with the number of devices (no directory walks).
-//! Large trees are read on a few threads.
+//! Each device's files are looked up relative to a handle on its own class directory, so a
+//! lookup is one path component instead of the class symlink's whole target. Large trees are
+//! read on a few threads.
 
 use std::{
     collections::{HashMap, hash_map::Entry},
@@ -108,15 +110,16 @@ pub fn scan(root: &Path) -> Result<Scan, SysfsError> {
     });
 
     let mut raws: Vec<RawDevice> = Vec::with_capacity(names.len());
-    let mut by_name: HashMap<String, String> = HashMap::with_capacity(names.len());
+    // DRA name -> index in `raws` of the device that holds it.
+    let mut by_name: HashMap<String, usize> = HashMap::with_capacity(names.len());
     let mut by_bdf: HashMap<Bdf, usize> = HashMap::with_capacity(names.len());
-    for outcome in read_all(&dirs, &names) {
+    for (sysfs_name, outcome) in names.iter().zip(read_all(&dirs, &names)) {
         warnings.extend(outcome.soft);
         let raw = match outcome.result {
             Ok(raw) => raw,
             Err(e) => {
                 warnings.push(SysfsError::DeviceSkipped {
-                    device: outcome.sysfs_name,
+                    device: sysfs_name.clone(),
                     source: Box::new(e),
                 });
                 continue;
@@ -124,20 +127,18 @@ pub fn scan(root: &Path) -> Result<Scan, SysfsError> {
         };
         match by_name.entry(raw.name.clone()) {
             Entry::Occupied(first) => {
+                let first = &raws[*first.get()].sysfs_name;
                 warnings.push(SysfsError::invalid(
                     &device_dir(root, &raw.sysfs_name),
                     format!(
-                        "maps to DRA device name {:?}, already taken by {:?}; {} skipped, {} kept",
-                        raw.name,
-                        first.get(),
-                        raw.sysfs_name,
-                        first.get()
+                        "maps to DRA device name {:?}, already taken by {first:?}; {} skipped, {first} kept",
+                        raw.name, raw.sysfs_name,
                     ),
                 ));
                 continue;
             }
             Entry::Vacant(slot) => {
-                slot.insert(raw.sysfs_name.clone());
+                slot.insert(raws.len());
             }
         }
         match by_bdf.entry(raw.bdf) {
@@ -161,27 +162,32 @@ pub fn scan(root: &Path) -> Result<Scan, SysfsError> {
         raws.push(raw);
     }
 
-    let mut devices = Vec::with_capacity(raws.len());
-    for raw in &raws {
-        let physfn = match raw.device_type {
+    let parents: Vec<Option<String>> = raws
+        .iter()
+        .map(|raw| match raw.device_type {
             DeviceType::Pf => None,
             DeviceType::Vf => resolve_parent(root, raw, &raws, &by_bdf, &mut warnings),
-        };
-        devices.push(Device {
-            name: raw.name.clone(),
-            sysfs_name: raw.sysfs_name.clone(),
+        })
+        .collect();
+    // The strings read for a device move into it: no second copy per device.
+    let devices = raws
+        .into_iter()
+        .zip(parents)
+        .map(|(raw, physfn)| Device {
+            name: raw.name,
+            sysfs_name: raw.sysfs_name,
             device_type: raw.device_type,
-            uuid: raw.uuid.clone(),
+            uuid: raw.uuid,
             memory: raw.memory,
             pci_address: raw.bdf.to_string(),
-            pcie_root: raw.pcie_root.clone(),
+            pcie_root: raw.pcie_root,
             numa_node: raw.numa_node,
             physfn,
             capabilities: raw.capabilities,
             status: raw.status,
-            fw_version: raw.fw_version.clone(),
-        });
-    }
+            fw_version: raw.fw_version,
+        })
+        .collect();
     Ok(Scan {
         inventory: Inventory::new(devices),
         warnings,
@@ -191,14 +197,14 @@ pub fn scan(root: &Path) -> Result<Scan, SysfsError> {
 /// What reading one class entry gave: the device or the reason to skip it, plus warnings that
 /// do not cost the device its place.
 struct Outcome {
-    sysfs_name: String,
     result: Result<RawDevice, SysfsError>,
     soft: Vec<SysfsError>,
 }
 
-/// Devices per reading thread. Reading is a couple of dozen system calls per device, so below
-/// this a thread costs more than it saves.
-const DEVICES_PER_THREAD: usize = 256;
+/// Devices per reading thread. Reading a device takes about 30 µs of system calls, so 64 of
+/// them outweigh starting a thread (tens of µs) many times over; below that a thread costs
+/// more than it saves.
+const DEVICES_PER_THREAD: usize = 64;
 
 /// Reads every named class device, in order. Large trees are split across threads: the work
 /// is all path lookups and small reads, which scale with cores.
@@ -233,11 +239,7 @@ fn read_chunk(dirs: &Dirs<'_>, names: &[String]) -> Vec<Outcome> {
         .map(|name| {
             let mut soft = Vec::new();
             let result = read_device(dirs, name, &mut reader, &mut soft);
-            Outcome {
-                sysfs_name: name.clone(),
-                result,
-                soft,
-            }
+            Outcome { result, soft }
         })
         .collect()
 }
@@ -279,9 +281,8 @@ fn resolve_parent(
     }
 }
 
-/// The directories every per-device lookup starts from, opened once per scan. A lookup relative
-/// to the class directory is one or two components (`mock3/uuid`), where a lookup from the
-/// root would walk every component of the root's path for each of the ~20 files of a device.
+/// The directories every scan starts from, opened once per scan: the class directory, whose
+/// entries each device's handle is opened from, and the PCI bus links.
 struct Dirs<'a> {
     root: &'a Path,
     class: OwnedFd,
@@ -290,15 +291,30 @@ struct Dirs<'a> {
     bus: Result<OwnedFd, std::io::Error>,
 }
 
-impl Dirs<'_> {
-    /// The path a relative name stands for, for error messages only.
-    fn class_path(&self, rel: &str) -> PathBuf {
-        self.root.join(CLASS_DIR).join(rel)
+/// One class device's directory, opened once (`O_PATH`, through the class symlink): each of its
+/// ~10 files is then one path component away (`uuid`, `device/device`), where a lookup from the
+/// class directory (`mock3/uuid`) would walk the class symlink's target, eight components, for
+/// every file again.
+struct DeviceDir<'a> {
+    root: &'a Path,
+    sysfs_name: &'a str,
+    fd: OwnedFd,
+}
+
+impl<'a> DeviceDir<'a> {
+    fn open(dirs: &Dirs<'a>, sysfs_name: &'a str) -> Result<Self, SysfsError> {
+        let fd = open_dir(&dirs.class, Path::new(sysfs_name))
+            .map_err(|source| SysfsError::io(&device_dir(dirs.root, sysfs_name), source))?;
+        Ok(DeviceDir {
+            root: dirs.root,
+            sysfs_name,
+            fd,
+        })
     }
 
     /// `<root>/class/mock-accel/<sysfs name>/<attr>`, for error messages only.
-    fn attr_path(&self, sysfs_name: &str, attr: &str) -> PathBuf {
-        device_dir(self.root, sysfs_name).join(attr)
+    fn path(&self, attr: &str) -> PathBuf {
+        device_dir(self.root, self.sysfs_name).join(attr)
     }
 }
 
@@ -316,88 +332,91 @@ fn open_dir(dir: impl AsFd, path: &Path) -> std::io::Result<OwnedFd> {
 /// Longest symlink target read; the kernel's `PATH_MAX`.
 const LINK_MAX: usize = 4096;
 
-/// Reads small attribute files and symlinks relative to the scan's directory handles, into
+/// First read size: sysfs hands out an attribute (at most a page) in one read.
+const READ_BUF: usize = 4096;
+
+/// Reads small attribute files and symlinks relative to a device's directory handle, into
 /// buffers reused for every device: three system calls per file (open, one read, close), one
-/// per link, and no allocation unless something fails.
+/// per link, and no allocation unless something fails or a file is longer than a page.
 struct AttrReader {
-    /// `<sysfs name>/<attribute>`, rebuilt for each file.
-    rel: String,
+    /// The file `buf` holds, relative to the device directory (for error messages).
+    attr: &'static str,
+    /// Read straight into; `len` bytes are the file's text. Zeroed once, when it grows.
     buf: Vec<u8>,
+    len: usize,
     link: Vec<u8>,
+    /// A BDF as text, the name of its `bus/pci/devices` link.
+    bdf: String,
 }
 
 impl Default for AttrReader {
     fn default() -> Self {
         AttrReader {
-            rel: String::with_capacity(64),
-            buf: Vec::with_capacity(LINK_MAX),
+            attr: "",
+            buf: vec![0; READ_BUF],
+            len: 0,
             link: vec![0; LINK_MAX],
+            bdf: String::with_capacity(12),
         }
     }
 }
 
 impl AttrReader {
-    fn set_rel(&mut self, sysfs_name: &str, attr: &str) {
-        self.rel.clear();
-        self.rel.push_str(sysfs_name);
-        self.rel.push('/');
-        self.rel.push_str(attr);
-    }
-
-    /// The text of `<class>/<sysfs name>/<attr>`, or the I/O error naming the file.
-    fn read(&mut self, dirs: &Dirs<'_>, sysfs_name: &str, attr: &str) -> Result<&str, SysfsError> {
-        self.set_rel(sysfs_name, attr);
-        self.fill(dirs)
-            .map_err(|source| SysfsError::io(&dirs.class_path(&self.rel), source))?;
-        self.text(dirs)
+    /// The text of `<device>/<attr>`, or the I/O error naming the file.
+    fn read(&mut self, dev: &DeviceDir<'_>, attr: &'static str) -> Result<&str, SysfsError> {
+        self.fill(dev, attr)
+            .map_err(|source| SysfsError::io(&dev.path(attr), source))?;
+        self.text(dev)
     }
 
     /// Like [`AttrReader::read`], but `None` when the file does not exist.
     fn read_optional(
         &mut self,
-        dirs: &Dirs<'_>,
-        sysfs_name: &str,
-        attr: &str,
+        dev: &DeviceDir<'_>,
+        attr: &'static str,
     ) -> Result<Option<&str>, SysfsError> {
-        self.set_rel(sysfs_name, attr);
-        match self.fill(dirs) {
-            Ok(()) => self.text(dirs).map(Some),
+        match self.fill(dev, attr) {
+            Ok(()) => self.text(dev).map(Some),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
-            Err(source) => Err(SysfsError::io(&dirs.class_path(&self.rel), source)),
+            Err(source) => Err(SysfsError::io(&dev.path(attr), source)),
         }
     }
 
-    /// Reads the file `rel` names into `buf`.
-    fn fill(&mut self, dirs: &Dirs<'_>) -> std::io::Result<()> {
+    /// Reads the file `attr` of the device into `buf`.
+    fn fill(&mut self, dev: &DeviceDir<'_>, attr: &'static str) -> std::io::Result<()> {
+        self.attr = attr;
+        self.len = 0;
         let fd = rustix::fs::openat(
-            &dirs.class,
-            self.rel.as_str(),
+            &dev.fd,
+            attr,
             OFlags::RDONLY | OFlags::CLOEXEC,
             Mode::empty(),
         )?;
         // sysfs hands out a whole attribute (at most a page) in one read, and a local file
         // read that comes back short is at its end, so a short read needs no second call.
-        let mut chunk = [0u8; 4096];
-        self.buf.clear();
         loop {
-            match rustix::io::read(&fd, &mut chunk) {
+            match rustix::io::read(&fd, &mut self.buf[self.len..]) {
                 Ok(0) => return Ok(()),
-                Ok(n) if n < chunk.len() => {
-                    self.buf.extend_from_slice(&chunk[..n]);
-                    return Ok(());
+                Ok(n) => {
+                    self.len += n;
+                    if self.len < self.buf.len() {
+                        return Ok(());
+                    }
+                    // A full buffer: a simulated tree's file may hold more than a page.
+                    self.buf.resize(self.buf.len() * 2, 0);
                 }
-                Ok(n) => self.buf.extend_from_slice(&chunk[..n]),
                 Err(Errno::INTR) => {}
                 Err(e) => return Err(e.into()),
             }
         }
     }
 
-    fn text(&self, dirs: &Dirs<'_>) -> Result<&str, SysfsError> {
-        std::str::from_utf8(&self.buf).map_err(|_| {
+    fn text(&self, dev: &DeviceDir<'_>) -> Result<&str, SysfsError> {
+        let bytes = &self.buf[..self.len];
+        std::str::from_utf8(bytes).map_err(|_| {
             SysfsError::parse(
-                &dirs.class_path(&self.rel),
-                &String::from_utf8_lossy(&self.buf),
+                &dev.path(self.attr),
+                &String::from_utf8_lossy(bytes),
                 "not UTF-8 text",
             )
         })
@@ -407,36 +426,24 @@ impl AttrReader {
     /// times. Real sysfs never shows an empty attribute, but in a simulated tree the register is
     /// a regular file that the driver's own write truncates before it writes: a scan between
     /// the two would see nothing and drop the device, failing a prepare that runs meanwhile.
-    fn register(
-        &mut self,
-        dirs: &Dirs<'_>,
-        sysfs_name: &str,
-        attr: &str,
-    ) -> Result<u32, SysfsError> {
+    fn register(&mut self, dev: &DeviceDir<'_>, attr: &'static str) -> Result<u32, SysfsError> {
         let mut rereads = 0;
-        while self.read(dirs, sysfs_name, attr)?.is_empty() && rereads < EMPTY_REGISTER_REREADS {
+        while self.read(dev, attr)?.is_empty() && rereads < EMPTY_REGISTER_REREADS {
             rereads += 1;
             // Long enough for a writer that was preempted between its truncate and its write
             // (a loaded node) to finish; scans run on the blocking pool.
             std::thread::sleep(EMPTY_REGISTER_PAUSE);
         }
-        let text = self.text(dirs)?;
-        parse_register(text)
-            .map_err(|reason| SysfsError::parse(&dirs.attr_path(sysfs_name, attr), text, reason))
+        let text = self.text(dev)?;
+        parse_register(text).map_err(|reason| SysfsError::parse(&dev.path(attr), text, reason))
     }
 
-    /// The target of the symlink `<class>/<sysfs name>/<attr>`, `None` when there is none.
-    fn class_link(
-        &mut self,
-        dirs: &Dirs<'_>,
-        sysfs_name: &str,
-        attr: &str,
-    ) -> Result<Option<&Path>, SysfsError> {
-        self.set_rel(sysfs_name, attr);
-        match read_link_at(&mut self.link, &dirs.class, &self.rel) {
+    /// The target of the symlink `<device>/<attr>`, `None` when there is none.
+    fn link(&mut self, dev: &DeviceDir<'_>, attr: &str) -> Result<Option<&Path>, SysfsError> {
+        match read_link_at(&mut self.link, &dev.fd, attr) {
             Ok(target) => Ok(Some(target)),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
-            Err(source) => Err(SysfsError::io(&dirs.class_path(&self.rel), source)),
+            Err(source) => Err(SysfsError::io(&dev.path(attr), source)),
         }
     }
 }
@@ -469,8 +476,9 @@ fn read_device(
     let root = dirs.root;
     let name = dra_device_name(sysfs_name)
         .map_err(|e| SysfsError::invalid(&root.join(CLASS_DIR).join(sysfs_name), e.to_string()))?;
+    let dev = DeviceDir::open(dirs, sysfs_name)?;
 
-    let bdf = match r.class_link(dirs, sysfs_name, "device")? {
+    let bdf = match r.link(&dev, "device")? {
         Some(target) => link_basename(target),
         None => Err(std::io::Error::from(Errno::NOENT).to_string()),
     };
@@ -479,47 +487,44 @@ fn read_device(
             b.parse::<Bdf>()
                 .map_err(|reason| format!("link target: {reason}"))
         })
-        .map_err(|problem| SysfsError::invalid(&dirs.class_path(&r.rel), problem))?;
+        .map_err(|problem| SysfsError::invalid(&dev.path("device"), problem))?;
 
     let uuid = {
-        let text = r.read(dirs, sysfs_name, "uuid")?;
-        parse_uuid(text).map_err(|reason| {
-            SysfsError::parse(&dirs.attr_path(sysfs_name, "uuid"), text, reason)
-        })?
+        let text = r.read(&dev, "uuid")?;
+        parse_uuid(text).map_err(|reason| SysfsError::parse(&dev.path("uuid"), text, reason))?
     };
 
     let memory = {
-        let text = r.read(dirs, sysfs_name, "memory_size")?;
+        let text = r.read(&dev, "memory_size")?;
         text.trim().parse::<u64>().map_err(|e| {
             SysfsError::parse(
-                &dirs.attr_path(sysfs_name, "memory_size"),
+                &dev.path("memory_size"),
                 text,
                 format!("not a decimal byte count: {e}"),
             )
         })?
     };
 
-    let capabilities = r.register(dirs, sysfs_name, "capabilities")?;
-    let status = r.register(dirs, sysfs_name, "status")?;
+    let capabilities = r.register(&dev, "capabilities")?;
+    let status = r.register(&dev, "status")?;
 
     let numa_node = {
         let mut attr = "numa_node";
-        if r.read_optional(dirs, sysfs_name, attr)?.is_none() {
+        if r.read_optional(&dev, attr)?.is_none() {
             attr = "device/numa_node";
-            r.read(dirs, sysfs_name, attr)?;
+            r.read(&dev, attr)?;
         }
-        let text = r.text(dirs)?;
-        parse_numa(text)
-            .map_err(|reason| SysfsError::parse(&dirs.attr_path(sysfs_name, attr), text, reason))?
+        let text = r.text(&dev)?;
+        parse_numa(text).map_err(|reason| SysfsError::parse(&dev.path(attr), text, reason))?
     };
 
-    let fw_version = match r.read_optional(dirs, sysfs_name, "fw_version") {
+    let fw_version = match r.read_optional(&dev, "fw_version") {
         Ok(None) => None,
         Ok(Some(text)) => match parse_fw_version(text) {
             Ok(v) => Some(v),
             Err(reason) => {
                 warnings.push(SysfsError::parse(
-                    &dirs.attr_path(sysfs_name, "fw_version"),
+                    &dev.path("fw_version"),
                     text,
                     format!("{reason}; firmware version left out"),
                 ));
@@ -532,14 +537,14 @@ fn read_device(
         }
     };
 
-    let physfn_bdf = match r.class_link(dirs, sysfs_name, "device/physfn")? {
+    let physfn_bdf = match r.link(&dev, "device/physfn")? {
         Some(target) => Some(
             link_basename(target)
                 .and_then(|b| {
                     b.parse::<Bdf>()
                         .map_err(|reason| format!("link target: {reason}"))
                 })
-                .map_err(|problem| SysfsError::invalid(&dirs.class_path(&r.rel), problem))?,
+                .map_err(|problem| SysfsError::invalid(&dev.path("device/physfn"), problem))?,
         ),
         None => None,
     };
@@ -548,12 +553,12 @@ fn read_device(
     // read only for functions without one (PFs and static VFs): three calls fewer per SR-IOV VF.
     let device_type = match physfn_bdf {
         Some(_) => DeviceType::Vf,
-        None => match r.read(dirs, sysfs_name, "device/device")?.trim() {
+        None => match r.read(&dev, "device/device")?.trim() {
             PCI_DEVICE_VF => DeviceType::Vf,
             PCI_DEVICE_PF => DeviceType::Pf,
             other => {
                 return Err(SysfsError::parse(
-                    &dirs.attr_path(sysfs_name, "device/device"),
+                    &dev.path("device/device"),
                     other,
                     format!(
                         "not a mock-accel PCI device id ({PCI_DEVICE_PF} PF or {PCI_DEVICE_VF} VF)"
@@ -610,13 +615,17 @@ fn link_basename(target: &Path) -> Result<&str, String> {
 /// `pci<domain>:<bus>` from a `bus/pci/devices/<BDF>` link: the first component after
 /// `devices/` in its target (`../../../devices/pci0000:10/0000:10:00.0/0000:11:00.0`).
 fn pcie_root_of(dirs: &Dirs<'_>, r: &mut AttrReader, bdf: Bdf) -> Result<String, SysfsError> {
-    let name = bdf.to_string();
-    let bus_link = || dirs.root.join(PCI_BUS_DEVICES_DIR).join(&name);
+    use std::fmt::Write as _;
+    r.bdf.clear();
+    // Writing into a String cannot fail.
+    let _ = write!(r.bdf, "{bdf}");
+    let name = r.bdf.as_str();
+    let bus_link = || dirs.root.join(PCI_BUS_DEVICES_DIR).join(name);
     let bus = match &dirs.bus {
         Ok(fd) => fd,
         Err(e) => return Err(SysfsError::io(&bus_link(), clone_error(e))),
     };
-    let target = read_link_at(&mut r.link, bus, &name)
+    let target = read_link_at(&mut r.link, bus, name)
         .map_err(|source| SysfsError::io(&bus_link(), source))?;
     pcie_root_from_target(target).ok_or_else(|| {
         SysfsError::invalid(
@@ -969,6 +978,24 @@ mod tests {
         assert!(check_sysfs_name(root, "mock0_vf0").is_ok());
         assert!(read_status(root, "../../etc").is_err());
         assert!(write_status(root, "..", 1).is_err());
+    }
+
+    /// A class entry whose target is gone (a device removed between listing and reading) is
+    /// reported as itself, not as its first file.
+    #[test]
+    fn a_dangling_class_entry_skips_that_device_and_names_the_entry() {
+        let dir = canonical();
+        let root = dir.path();
+        let entry = root.join(CLASS_DIR).join("mock1");
+        fs::remove_file(&entry).unwrap();
+        std::os::unix::fs::symlink("../../devices/gone/mock-accel/mock1", &entry).unwrap();
+        let scan = scan(root).unwrap();
+        assert_eq!(names(&scan), ["mock0", "mock2", "mock3", "mock4", "mock5"]);
+        let w = warnings(&scan);
+        assert_eq!(scan.warnings.len(), 1, "{w}");
+        assert_eq!(scan.warnings[0].path(), entry, "{w}");
+        assert!(w.contains("No such file"), "{w}");
+        assert!(w.contains("device mock1 skipped"), "{w}");
     }
 
     #[test]

@@ -51,9 +51,9 @@ const (
 )
 
 type options struct {
-	kubeconfig, ours, peer, work, cdiRoot, node, namespace, jsonOut string
-	cycles, mark, starts, blocks, perBlock, devices                 int
-	settle                                                          time.Duration
+	kubeconfig, ours, peer, work, cdiRoot, nodeRoot, node, namespace, jsonOut string
+	cycles, mark, starts, blocks, perBlock, devices                           int
+	settle                                                                    time.Duration
 }
 
 func main() {
@@ -61,8 +61,9 @@ func main() {
 	flag.StringVar(&o.kubeconfig, "kubeconfig", "", "kubeconfig of the API server both plugins use (admin)")
 	flag.StringVar(&o.ours, "ours", "", "the mock-accel-dra binary (an optimised build)")
 	flag.StringVar(&o.peer, "peer", "", "the DRA test driver binary (bench/peer/build.sh peer)")
-	flag.StringVar(&o.work, "work", "", "directory for the plugins' sysfs tree, sockets, checkpoints and logs (keep it short: socket paths are limited to 108 bytes)")
+	flag.StringVar(&o.work, "work", "", "directory for the plugins' sockets, checkpoints and logs, and our sysfs tree without --node-root (keep it short: socket paths are limited to 108 bytes)")
 	flag.StringVar(&o.cdiRoot, "cdi-root", "", "directory for the two CDI directories (tmpfs, as /var/run/cdi is on a node); default <work>/cdi")
+	flag.StringVar(&o.nodeRoot, "node-root", "", "directory for our simulated sysfs tree and /dev (tmpfs, as sysfs is a RAM file system: on a disk shared with other jobs each status register write would measure the disk); default <work>/ours")
 	flag.StringVar(&o.node, "node", "bench1", "the Node both plugins serve (must exist)")
 	flag.StringVar(&o.namespace, "namespace", "peerbench", "namespace of the ResourceClaims")
 	flag.StringVar(&o.jsonOut, "json", "", "also write the results as JSON to this file")
@@ -200,9 +201,15 @@ func runBench(ctx context.Context, o options) (err error) {
 // and returns the node agent and one VF per claim.
 func oursPlugin(ctx context.Context, o options) (*plugin, []device, error) {
 	dir := filepath.Join(o.work, "ours")
-	sys, dev := filepath.Join(dir, "sys"), filepath.Join(dir, "dev")
-	if err := os.RemoveAll(dir); err != nil {
-		return nil, nil, fmt.Errorf("clear %s: %w", dir, err)
+	nodeRoot := o.nodeRoot
+	if nodeRoot == "" {
+		nodeRoot = dir
+	}
+	sys, dev := filepath.Join(nodeRoot, "sys"), filepath.Join(nodeRoot, "dev")
+	for _, d := range []string{dir, sys, dev} {
+		if err := os.RemoveAll(d); err != nil {
+			return nil, nil, fmt.Errorf("clear %s: %w", d, err)
+		}
 	}
 	create := exec.CommandContext(ctx, o.ours, "sim", "create", "--root", sys, "--dev-root", dev,
 		"--topology", "custom", "--numa-nodes", "1", "--pfs-per-numa", "2", "--vfs-per-pf", "7")

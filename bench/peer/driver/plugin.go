@@ -183,9 +183,12 @@ func notifyRegistered(ctx context.Context, socket string) error {
 }
 
 // memory is what /proc/<pid>/status says about resident memory, in KiB.
+// RSS is Anon (heap, stacks, arenas: what the process allocated) plus File (the mapped binary
+// and shared libraries, page cache the kernel can drop and share) plus Shmem.
 type memory struct {
 	RSS  uint64 `json:"rssKiB"`
 	Anon uint64 `json:"rssAnonKiB"`
+	File uint64 `json:"rssFileKiB"`
 }
 
 func readMemory(pid int) (memory, error) {
@@ -206,7 +209,7 @@ func readMemory(pid int) (memory, error) {
 			}
 		}
 	}
-	m := memory{RSS: fields["VmRSS"], Anon: fields["RssAnon"]}
+	m := memory{RSS: fields["VmRSS"], Anon: fields["RssAnon"], File: fields["RssFile"]}
 	if m.RSS == 0 {
 		return memory{}, fmt.Errorf("no VmRSS in %s", path)
 	}

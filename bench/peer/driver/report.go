@@ -109,6 +109,14 @@ func rows(ours, peer *result, cycles, mark int, concurrencies []int) []row {
 			peer: float64(peer.AfterMark.RSS), format: mib, aim: rssAim},
 		row{name: fmt.Sprintf("RSS after %s cycles", thousands(cycles)), ours: float64(ours.AfterAll.RSS),
 			peer: float64(peer.AfterAll.RSS), format: mib, aim: rssAim},
+		// What the RSS is made of: a binary's mapped text counts in full once the kernel maps it
+		// in large page-cache folios, whatever part of it runs.
+		row{name: "of the RSS idle: RssAnon (heap, stacks)", ours: float64(ours.Idle.Anon),
+			peer: float64(peer.Idle.Anon), format: mib},
+		row{name: "of the RSS idle: RssFile (mapped binary, libraries)", ours: float64(ours.Idle.File),
+			peer: float64(peer.Idle.File), format: mib},
+		row{name: fmt.Sprintf("of the RSS after %s cycles: RssAnon", thousands(cycles)), ours: float64(ours.AfterAll.Anon),
+			peer: float64(peer.AfterAll.Anon), format: mib},
 		row{name: fmt.Sprintf("heap+stack growth (RssAnon), %s to %s cycles", thousands(mark), thousands(cycles)),
 			ours: float64(ours.AfterAll.Anon) - float64(ours.AfterMark.Anon),
 			peer: float64(peer.AfterAll.Anon) - float64(peer.AfterMark.Anon), format: kib},

@@ -40,7 +40,7 @@ func TestTableJudgesTheAims(t *testing.T) {
 	ours, peer := newResult("ours"), newResult("peer")
 	ours.latencies = []time.Duration{time.Millisecond, 2 * time.Millisecond}
 	peer.latencies = []time.Duration{5 * time.Millisecond, 9 * time.Millisecond}
-	ours.Idle, peer.Idle = memory{RSS: 10 << 10}, memory{RSS: 20 << 10}
+	ours.Idle, peer.Idle = memory{RSS: 10 << 10, Anon: 2 << 10, File: 8 << 10}, memory{RSS: 20 << 10, Anon: 12 << 10, File: 8 << 10}
 	ours.AfterMark, peer.AfterMark = memory{RSS: 10 << 10, Anon: 4000}, memory{RSS: 40 << 10, Anon: 9000}
 	ours.AfterAll, peer.AfterAll = memory{RSS: 10 << 10, Anon: 4500}, memory{RSS: 48 << 10, Anon: 17000}
 	ours.summarize()
@@ -52,6 +52,8 @@ func TestTableJudgesTheAims(t *testing.T) {
 		"| prepare+unprepare p99 | 2.00 ms | 9.00 ms | 0.22 | ≤ 0.33: met |",
 		"| RSS idle | 10.0 MiB | 20.0 MiB | 0.50 | ≤ 0.25: **missed** |",
 		"| RSS after 10,000 cycles | 10.0 MiB | 48.0 MiB | 0.21 | ≤ 0.25: met |",
+		"| of the RSS idle: RssAnon (heap, stacks) | 2.0 MiB | 12.0 MiB | 0.17 |  |",
+		"| of the RSS idle: RssFile (mapped binary, libraries) | 8.0 MiB | 8.0 MiB | 1.00 |  |",
 		"| heap+stack growth (RssAnon), 1,000 to 10,000 cycles | +500 KiB | +8000 KiB | – | none (≤ 128 KiB): **missed** |",
 	} {
 		if !strings.Contains(table, want) {

@@ -7,8 +7,16 @@
 //! that is not called would keep writing an old list into the status at every heartbeat. Each
 //! agent therefore re-reads the checkpoint whenever the file is replaced (inotify on the plugin
 //! directory) and, as a safety net, every [`REFRESH_INTERVAL`], and publishes what it found.
+//!
+//! Most events are the agent's own writes (three per prepare+unprepare), which it has published
+//! already: a re-read would take the in-process guard, a blocking-pool hop and a checksum for
+//! nothing, while the kubelet's next call waits. The watcher's thread therefore compares the
+//! file with the content this process last stored and signals only when they differ.
 
-use std::{sync::Arc, time::Duration};
+use std::{
+    sync::{Arc, Mutex},
+    time::Duration,
+};
 
 use notify::{RecommendedWatcher, RecursiveMode, Watcher};
 use tokio::sync::mpsc;
@@ -43,7 +51,8 @@ impl<S: ClaimSource> Preparer<S> {
     /// Re-publishes the checkpoint whenever it is replaced, until `shutdown`.
     pub async fn follow_checkpoint(self: Arc<Self>, shutdown: CancellationToken) {
         let (tx, mut rx) = mpsc::unbounded_channel();
-        let _watcher = match watch_checkpoint(&self.core.checkpoint_path(), tx) {
+        let stored = Arc::clone(&self.core.stored);
+        let _watcher = match watch_checkpoint(&self.core.checkpoint_path(), stored, tx) {
             Ok(w) => Some(w),
             Err(e) => {
                 tracing::warn!(error = %e, interval = ?REFRESH_INTERVAL,
@@ -66,9 +75,12 @@ impl<S: ClaimSource> Preparer<S> {
 }
 
 /// Watches the checkpoint's directory (the file is replaced by a rename, so a watch on the file
-/// itself would end with the first write) and signals events that name the checkpoint.
+/// itself would end with the first write) and signals events that name the checkpoint, unless
+/// the file holds what this process last stored (`stored`). The comparison reads the file on
+/// the watcher's own thread, never on a runtime thread.
 fn watch_checkpoint(
     path: &std::path::Path,
+    stored: Arc<Mutex<Vec<u8>>>,
     tx: mpsc::UnboundedSender<()>,
 ) -> notify::Result<RecommendedWatcher> {
     let file = path.to_path_buf();
@@ -76,6 +88,7 @@ fn watch_checkpoint(
         if let Ok(ev) = res
             && !matches!(ev.kind, notify::EventKind::Access(_))
             && ev.paths.contains(&file)
+            && !holds_own_write(&file, &stored)
         {
             let _ = tx.send(());
         }
@@ -83,4 +96,36 @@ fn watch_checkpoint(
     let dir = path.parent().unwrap_or(path);
     watcher.watch(dir, RecursiveMode::NonRecursive)?;
     Ok(watcher)
+}
+
+/// Whether `file` holds exactly the content this process last stored: then there is nothing new
+/// to publish. An unreadable or missing file is news (another process may have removed it).
+fn holds_own_write(file: &std::path::Path, stored: &Mutex<Vec<u8>>) -> bool {
+    let Ok(content) = std::fs::read(file) else {
+        return false;
+    };
+    let stored = stored
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner());
+    !stored.is_empty() && *stored == content
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_a_file_holding_the_last_own_write_is_skipped() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("checkpoint.json");
+        let stored = Mutex::new(Vec::new());
+        std::fs::write(&file, b"v1").unwrap();
+        assert!(!holds_own_write(&file, &stored), "nothing stored yet");
+        *stored.lock().unwrap() = b"v1".to_vec();
+        assert!(holds_own_write(&file, &stored));
+        std::fs::write(&file, b"v2 by another agent").unwrap();
+        assert!(!holds_own_write(&file, &stored));
+        std::fs::remove_file(&file).unwrap();
+        assert!(!holds_own_write(&file, &stored));
+    }
 }

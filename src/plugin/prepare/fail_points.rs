@@ -29,6 +29,7 @@ pub const UNPREPARE_STEPS: [&str; 3] = [
 pub const ROLLBACK_RELEASED: &str = "rollback/released";
 
 /// Every point, for the environment variable's check.
+#[cfg(any(test, feature = "fail-points"))]
 pub const ALL: [&str; 8] = [
     PREPARE_STEPS[0],
     PREPARE_STEPS[1],
@@ -41,6 +42,7 @@ pub const ALL: [&str; 8] = [
 ];
 
 /// The environment variable that arms points in a process built with the `fail-points` feature.
+#[cfg(any(test, feature = "fail-points"))]
 pub const ENV: &str = "MOCK_ACCEL_FAIL_POINTS";
 
 /// Passes the fail point `name` of the preparer working in `plugin_dir`.

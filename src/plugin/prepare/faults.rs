@@ -162,13 +162,15 @@ impl Core {
     fn store_hits(&self, hits: &FaultHits) -> Result<(), String> {
         let path = self.fault_hits_path();
         let bytes = serde_json::to_vec_pretty(hits).map_err(|e| e.to_string())?;
-        atomic_file::write_atomically(&path, &bytes).map_err(|e| {
-            format!(
-                "cannot record injected-fault hits in {}: {e} ({})",
-                path.display(),
-                atomic_file::remedy(&e, "check the plugin directory's permissions")
-            )
-        })?;
+        atomic_file::write_atomically(&path, &bytes, atomic_file::Durability::PowerLoss).map_err(
+            |e| {
+                format!(
+                    "cannot record injected-fault hits in {}: {e} ({})",
+                    path.display(),
+                    atomic_file::remedy(&e, "check the plugin directory's permissions")
+                )
+            },
+        )?;
         self.fault_hits.send_replace(hits.clone());
         Ok(())
     }

@@ -39,6 +39,7 @@
 //! [`PrepareError`] (in `error`) is the one error type; the metrics live in
 //! [`super::metrics`].
 
+pub mod boot;
 mod checkpoint_watch;
 mod error;
 mod fail_points;
@@ -156,6 +157,9 @@ struct Core {
     allocated: Mutex<HashMap<String, String>>,
     /// Hits per injected-fault entry, as last stored in the plugin directory.
     fault_hits: watch::Sender<FaultHits>,
+    /// The checkpoint content this process last stored, recorded before the rename: the
+    /// checkpoint watch skips the file events of its own writes (see `checkpoint_watch`).
+    stored: Arc<Mutex<Vec<u8>>>,
 }
 
 /// A claim of a prepare call with the outcome of its GET, taken before the locks.
@@ -196,8 +200,10 @@ impl<S: ClaimSource> Preparer<S> {
             prepared,
             allocated: Mutex::new(HashMap::new()),
             fault_hits: watch::channel(FaultHits::default()).0,
+            stored: Arc::default(),
         };
         let lock = core.lock_plugin_dir()?;
+        core.forget_earlier_boot();
         core.recover();
         match core.load_hits() {
             Ok(hits) => {
@@ -332,6 +338,38 @@ impl Core {
 
     fn lock_path(&self) -> PathBuf {
         self.config.plugin_dir.join(LOCK_FILE)
+    }
+
+    /// Stores `cp`, recording its content first for the checkpoint watch.
+    fn store(&self, cp: &Checkpoint) -> Result<(), CheckpointError> {
+        let bytes = checkpoint::encode(cp);
+        self.stored
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .clone_from(&bytes);
+        checkpoint::store_encoded(&self.checkpoint_path(), &bytes)
+    }
+
+    /// Sets the checkpoint aside when it was written in an earlier boot (see [`boot`]).
+    fn forget_earlier_boot(&self) {
+        let Some(current) = boot::kernel_boot_id() else {
+            tracing::warn!(
+                "the kernel does not tell its boot id; a checkpoint of an earlier boot is kept"
+            );
+            return;
+        };
+        match boot::forget_earlier_boot(&self.config.plugin_dir, &self.checkpoint_path(), &current)
+        {
+            Ok(boot::BootCheck::Kept) => {}
+            Ok(boot::BootCheck::SetAside(aside)) => tracing::info!(
+                set_aside = ?aside,
+                "the node rebooted since the last start: the checkpoint's registers and CDI specs are gone, starting empty (the kubelet prepares its claims again)"
+            ),
+            Err(e) => tracing::error!(
+                dir = %self.config.plugin_dir.display(), error = %e,
+                "cannot compare the boot id recorded in the plugin directory with this boot's; the checkpoint is kept"
+            ),
+        }
     }
 
     fn recover(&self) {
@@ -554,7 +592,7 @@ impl Core {
         // Record the intent before the first side effect: a crash from here on is rolled back
         // at the next start.
         cp.claims.insert(claim.uid.clone(), entry.clone());
-        if let Err(source) = checkpoint::store(&self.checkpoint_path(), cp) {
+        if let Err(source) = self.store(cp) {
             cp.claims.remove(&claim.uid);
             return Err(PrepareError::Checkpoint {
                 claim: claim.to_string(),
@@ -569,7 +607,7 @@ impl Core {
         }
         entry.state = PrepareState::PrepareCompleted;
         cp.claims.insert(claim.uid.clone(), entry.clone());
-        if let Err(source) = checkpoint::store(&self.checkpoint_path(), cp) {
+        if let Err(source) = self.store(cp) {
             let cause = PrepareError::Checkpoint {
                 claim: claim.to_string(),
                 source,
@@ -697,7 +735,7 @@ impl Core {
         self.release(&entry, Release::Restore, &Default::default())?;
         self.fail_point(fail_points::ROLLBACK_RELEASED)?;
         cp.claims.remove(uid);
-        checkpoint::store(&self.checkpoint_path(), cp).map_err(|source| PrepareError::Checkpoint {
+        self.store(cp).map_err(|source| PrepareError::Checkpoint {
             claim: entry_claim(&entry),
             source,
         })
@@ -778,11 +816,9 @@ impl Core {
         let shared = shared_elsewhere(cp, &claim.uid);
         self.release(&entry, Release::Clear, &shared)?;
         cp.claims.remove(&claim.uid);
-        checkpoint::store(&self.checkpoint_path(), cp).map_err(|source| {
-            PrepareError::Checkpoint {
-                claim: claim.to_string(),
-                source,
-            }
+        self.store(cp).map_err(|source| PrepareError::Checkpoint {
+            claim: claim.to_string(),
+            source,
         })?;
         self.fail_point(fail_points::UNPREPARE_STEPS[2])
     }
@@ -1727,6 +1763,48 @@ mod tests {
         unprepare_one(&p, cref(uid, "boot")).await.unwrap();
         assert_eq!(node.register("mock0_vf0"), 0);
         assert!(node.spec(uid).is_none());
+    }
+
+    #[tokio::test]
+    async fn a_checkpoint_of_an_earlier_boot_is_set_aside_at_start() {
+        let mut node = TestNode::new();
+        let uid = "u-earlier";
+        node.source.put(allocated(
+            uid,
+            "earlier",
+            vec![result("a", "mock0-vf0", "node1/numa0")],
+        ));
+        let first = {
+            let p = node.preparer();
+            prepare_one(&p, cref(uid, "earlier")).await.unwrap()
+        };
+        let marker = node.config.plugin_dir.join(boot::BOOT_ID_FILE);
+        let this_boot = std::fs::read_to_string(&marker).unwrap();
+        assert_eq!(Some(this_boot.trim()), boot::kernel_boot_id().as_deref());
+
+        // A restart in the same boot keeps the record.
+        assert_eq!(node.preparer().subscribe().borrow().len(), 1);
+
+        // A reboot: the registers power on again, /var/run/cdi is empty, and the checkpoint
+        // (not flushed to disk) may be any version: it is set aside, not trusted.
+        std::fs::write(&marker, "an-earlier-boot\n").unwrap();
+        std::fs::remove_dir_all(&node.config.cdi_dir).unwrap();
+        node.set_register("mock0_vf0", 0);
+        let p = node.preparer();
+        assert!(
+            p.subscribe().borrow().is_empty(),
+            "nothing prepared after the reboot"
+        );
+        let aside = node.config.plugin_dir.join("checkpoint.json.previous-boot");
+        assert!(checkpoint::load(&aside).unwrap().claims.contains_key(uid));
+        assert_eq!(std::fs::read_to_string(&marker).unwrap(), this_boot);
+
+        // The kubelet prepares the claim again: register and spec as the first time.
+        let again = prepare_one(&p, cref(uid, "earlier")).await.unwrap();
+        assert_eq!(again, first);
+        assert_eq!(node.register("mock0_vf0"), 1);
+        assert!(node.spec(uid).is_some());
+        node.assert_consistent(&p);
     }
 
     #[tokio::test]
