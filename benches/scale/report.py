@@ -117,11 +117,15 @@ def _fmt(v: float) -> str:
     return f"{v:.1f}"
 
 
-def svg_chart(runs: list[dict], title: str) -> str:
+def svg_chart(runs: list[dict], title: str, baseline: list[dict] | None = None,
+              labels: tuple[str, str] = ("", "")) -> str:
     """Three panels side by side, each a line over N on a logarithmic axis: time from controller
     start to every slice published, API requests per minute at steady state, controller RSS.
     `runs`: dicts with nodes, devices_per_node, publish_s, requests_per_min, controller_rss_mib;
-    runs with other than 6 devices per node are drawn as separate marked points."""
+    runs with other than 6 devices per node are drawn as separate marked points. `baseline`
+    (runs of another build, e.g. before a change) is drawn as a grey dashed line and hollow
+    marks; `labels` name the two in the legend."""
+    baseline = baseline or []
     panels = [
         ("publish_s", "time to publish all slices (s)"),
         ("requests_per_min", "API requests per minute, steady state"),
@@ -132,7 +136,9 @@ def svg_chart(runs: list[dict], title: str) -> str:
     height = mt + ph + mb + 24
     base = sorted((r for r in runs if r["devices_per_node"] == 6), key=lambda r: r["nodes"])
     other = [r for r in runs if r["devices_per_node"] != 6]
-    ns = sorted({r["nodes"] for r in runs}) or [1]
+    old_base = sorted((r for r in baseline if r["devices_per_node"] == 6), key=lambda r: r["nodes"])
+    old_other = [r for r in baseline if r["devices_per_node"] != 6]
+    ns = sorted({r["nodes"] for r in runs + baseline}) or [1]
     lo, hi = math.log10(min(ns)), math.log10(max(ns))
     if hi - lo < 1e-9:
         lo, hi = lo - 0.5, hi + 0.5
@@ -143,7 +149,7 @@ def svg_chart(runs: list[dict], title: str) -> str:
     for p, (key, label) in enumerate(panels):
         x0 = ml + p * (pw + gap + ml)
         y0 = mt
-        vmax = _nice_max(max([r.get(key) or 0 for r in runs] + [0]))
+        vmax = _nice_max(max([r.get(key) or 0 for r in runs + baseline] + [0]))
 
         def sx(n, x0=x0):
             return x0 + (math.log10(n) - lo) / (hi - lo) * pw
@@ -163,6 +169,18 @@ def svg_chart(runs: list[dict], title: str) -> str:
             out.append(f'<line x1="{x:.1f}" y1="{y0}" x2="{x:.1f}" y2="{y0 + ph}" stroke="#eee"/>')
             out.append(f'<text x="{x:.1f}" y="{y0 + ph + 14}" text-anchor="middle">{_fmt(n)}</text>')
         out.append(f'<text x="{x0 + pw / 2}" y="{y0 + ph + 30}" text-anchor="middle">nodes (N, log scale)</text>')
+        old = [(sx(r["nodes"]), sy(r[key])) for r in old_base if r.get(key) is not None]
+        if len(old) > 1:
+            path = " ".join(f"{x:.1f},{y:.1f}" for x, y in old)
+            out.append(f'<polyline points="{path}" fill="none" stroke="#999" stroke-width="2" '
+                       'stroke-dasharray="5,4"/>')
+        for x, y in old:
+            out.append(f'<circle cx="{x:.1f}" cy="{y:.1f}" r="3.5" fill="white" stroke="#999" stroke-width="1.5"/>')
+        for r in old_other:
+            if r.get(key) is None:
+                continue
+            x, y = sx(r["nodes"]), sy(r[key])
+            out.append(f'<rect x="{x - 4:.1f}" y="{y - 4:.1f}" width="8" height="8" fill="white" stroke="#999" stroke-width="1.5"/>')
         pts = [(sx(r["nodes"]), sy(r[key])) for r in base if r.get(key) is not None]
         if len(pts) > 1:
             path = " ".join(f"{x:.1f},{y:.1f}" for x, y in pts)
@@ -175,12 +193,17 @@ def svg_chart(runs: list[dict], title: str) -> str:
             x, y = sx(r["nodes"]), sy(r[key])
             out.append(f'<rect x="{x - 4:.1f}" y="{y - 4:.1f}" width="8" height="8" fill="#d62728"/>')
     ly = mt + ph + mb + 10
+    now, before = labels
+    suffix = f" ({now})" if now else ""
     out.append(f'<circle cx="{ml + 6}" cy="{ly - 4}" r="3.5" fill="#1f77b4"/>'
-               f'<text x="{ml + 14}" y="{ly}">6 devices per node</text>')
+               f'<text x="{ml + 14}" y="{ly}">6 devices per node{escape(suffix)}</text>')
     if other:
         m = sorted({r["devices_per_node"] for r in other})
-        out.append(f'<rect x="{ml + 150}" y="{ly - 8}" width="8" height="8" fill="#d62728"/>'
-                   f'<text x="{ml + 162}" y="{ly}">{", ".join(map(str, m))} devices per node</text>')
+        out.append(f'<rect x="{ml + 250}" y="{ly - 8}" width="8" height="8" fill="#d62728"/>'
+                   f'<text x="{ml + 262}" y="{ly}">{", ".join(map(str, m))} devices per node{escape(suffix)}</text>')
+    if baseline:
+        out.append(f'<circle cx="{ml + 506}" cy="{ly - 4}" r="3.5" fill="white" stroke="#999" stroke-width="1.5"/>'
+                   f'<text x="{ml + 514}" y="{ly}">{escape(before or "baseline")}, dashed</text>')
     out.append("</svg>")
     return "\n".join(out) + "\n"
 
@@ -192,8 +215,9 @@ def markdown_tables(runs: list[dict]) -> str:
     lines = [
         "| nodes | devices/node | slices | time to publish | requests/min (steady) | "
         "ResourceSlice writes/min (steady) | per node and heartbeat: requests, API server CPU, controller CPU | "
-        "controller RSS | controller CPU (steady) | reconcile p99 | API server CPU (steady) | late beats |",
-        "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+        "reconciles/min (steady) | controller RSS | controller CPU (steady) | reconcile p99 | "
+        "API server CPU (steady) | late beats | load average (1 min) before, after |",
+        "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for r in sorted(runs, key=lambda r: (r["devices_per_node"], r["nodes"])):
         p99 = r.get("reconcile_p99_s")
@@ -201,9 +225,10 @@ def markdown_tables(runs: list[dict]) -> str:
             f"| {r['nodes']:,} | {r['devices_per_node']} | {r['slices']:,} | {_publish(r)} | "
             f"{r['requests_per_min']:,.0f} | {r['slice_writes_per_min']:.0f} | "
             f"{r['requests_per_node_per_beat']:.2f}, {r['apiserver_cpu_ms_per_beat']:.2f} ms, "
-            f"{r['controller_cpu_ms_per_beat']:.2f} ms | {r['controller_rss_mib']:.0f} MiB | "
+            f"{r['controller_cpu_ms_per_beat']:.2f} ms | {r.get('reconciles_per_min', 0):,.0f} | "
+            f"{r['controller_rss_mib']:.0f} MiB | "
             f"{r['controller_cpu_pct']:.1f} % | {'≤ ' + _ms(p99) if p99 is not None else 'n/a'} | "
-            f"{r['apiserver_cpu_pct']:.0f} % | {r['max_late_s']:.1f} s |")
+            f"{r['apiserver_cpu_pct']:.0f} % | {r['max_late_s']:.1f} s | {_loads(r)} |")
     out = "\n".join(lines) + "\n"
     for r in sorted(runs, key=lambda r: (r["devices_per_node"], r["nodes"])):
         rows = sorted(r["requests_by_verb_resource"].items(), key=lambda kv: -kv[1])
@@ -222,10 +247,46 @@ def markdown_tables(runs: list[dict]) -> str:
     return out
 
 
+def comparison_table(before: list[dict], after: list[dict]) -> str:
+    """Before and after, one row per size measured in both, each cell `before → after`."""
+    rows = []
+    for a in sorted(after, key=lambda r: (r["devices_per_node"], r["nodes"])):
+        b = next((r for r in before if (r["nodes"], r["devices_per_node"]) == (a["nodes"], a["devices_per_node"])), None)
+        if b is None:
+            continue
+
+        def cell(key, fmt):
+            return f"{fmt(b[key])} → {fmt(a[key])}"
+
+        def p99(r):
+            v = r.get("reconcile_p99_s")
+            return "≤ " + _ms(v) if v is not None else "n/a"
+
+        rows.append(
+            f"| {a['nodes']:,} × {a['devices_per_node']} | {_publish(b)} → {_publish(a)} | "
+            f"{cell('requests_per_min', lambda v: f'{v:,.0f}')} | "
+            f"{cell('requests_per_node_per_beat', lambda v: f'{v:.2f}')} | "
+            f"{cell('reconciles_per_min', lambda v: f'{v:,.0f}')} | "
+            f"{cell('controller_rss_mib', lambda v: f'{v:.0f} MiB')} | "
+            f"{cell('controller_cpu_pct', lambda v: f'{v:.1f} %')} | "
+            f"{p99(b)} → {p99(a)} | {cell('apiserver_cpu_pct', lambda v: f'{v:.0f} %')} |")
+    if not rows:
+        return ""
+    return ("| nodes × devices | time to publish | requests/min (steady) | requests per node and heartbeat | "
+            "reconciles/min (steady) | controller RSS | controller CPU | reconcile p99 | API server CPU |\n"
+            "|---|---:|---:|---:|---:|---:|---:|---:|---:|\n" + "\n".join(rows) + "\n")
+
+
 def _publish(r: dict) -> str:
     if r.get("publish_complete", True):
         return f"{r['publish_s']:.1f} s"
     return f"> {r['publish_s']:.0f} s (not all published)"
+
+
+def _loads(r: dict) -> str:
+    if "load_before" not in r:
+        return "n/a"
+    return f"{r['load_before']:.1f}, {r['load_after']:.1f}"
 
 
 def _ms(seconds: float) -> str:

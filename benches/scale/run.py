@@ -10,6 +10,11 @@ and the API server's CPU. Writes a JSON file, the SVG chart and the Markdown tab
 Benchmarks are not tests: this is not part of `make test`, `make e2e` nor CI.
 
     benches/scale/run.py [--runs 100x6,1000x6,3000x6,100x64] [--steady 300] [--out DIR]
+
+Before and after a change: run once with `--controller-bin` the old build and `--out` a
+directory of its own, then with the new build and `--baseline OLD/scale.json`: the SVG draws
+the old runs dashed, and scale.md starts with a before → after table. `MOCK_ACCEL_DRA_BIN`
+points the harness (and so the fleet) at a build too.
 """
 
 import argparse
@@ -124,15 +129,29 @@ class Bench:
                          env={"KUBECONFIG": str(self.c.kubeconfig)})
 
     def fleet_delete(self) -> None:
-        self.fleet("--delete", "--prefix=scale-", name="bench-fleet-delete")
+        # At 3,000 nodes one delete-collection can outlast the fleet's 10 s read deadline (the
+        # API server goes on deleting): run it again until nothing of the fleet is left, or the
+        # next run would start beside the last one's nodes and slices.
         deadline = time.monotonic() + 600
-        while self.c.sup.get("bench-fleet-delete").alive():
+        while True:
+            self.fleet("--delete", "--prefix=scale-", name="bench-fleet-delete")
+            while self.c.sup.get("bench-fleet-delete").alive():
+                if time.monotonic() > deadline:
+                    raise RuntimeError("fleet --delete did not finish within 10 minutes")
+                time.sleep(1)
+            left = sum(len(self.c.kubectl.items(kind, selector="mock-accel.example.com/fleet=scale"))
+                       for kind in ("mockaccelnodes", "nodes"))
+            left += len(self.c.kubectl.items("resourceslices", selector="app.kubernetes.io/managed-by=mock-accel-controller"))
+            if left == 0:
+                return
             if time.monotonic() > deadline:
-                raise RuntimeError("fleet --delete did not finish within 10 minutes")
-            time.sleep(1)
+                raise RuntimeError(f"{left} objects of the fleet left 10 minutes after fleet --delete")
+            progress.step(f"{left} objects of the fleet left; deleting again")
+            time.sleep(5)
 
     def run(self, nodes: int, devices: int) -> dict:
         progress.step(f"run: {nodes} nodes × {devices} devices")
+        load_before = os.getloadavg()[0]
         log = self.c.state / "logs" / "bench-fleet.log"
         # The log of a fleet started again is appended to: read only this run's part.
         log_start = log.stat().st_size if log.exists() else 0
@@ -214,6 +233,9 @@ class Bench:
                 report.sum_by(c0, "mock_accel_controller_api_writes_total", ("kind", "verb")),
                 report.sum_by(c1, "mock_accel_controller_api_writes_total", ("kind", "verb")), secs),
             "max_late_s": fleet_max_late(log, log_at),
+            # The machine is shared: what else ran shows here (1-minute load average).
+            "load_before": load_before,
+            "load_after": os.getloadavg()[0],
         }
         # The cost of one node's heartbeat, in API requests and CPU of both sides.
         result["apiserver_cpu_ms_per_beat"] = (api1 - api0) * 1000 / (secs / HEARTBEAT_S) / nodes
@@ -224,7 +246,6 @@ class Bench:
                       f"{result['controller_cpu_pct']:.1f}% CPU, API server {result['apiserver_cpu_pct']:.0f}% CPU")
         self.c.sup.stop("bench-controller")
         self.c.sup.stop("bench-fleet")
-        self.fleet_delete()
         return result
 
 
@@ -242,6 +263,9 @@ def main() -> int:
     ap.add_argument("--state", default="/tmp/mock-accel-bench-scale", help="cluster state directory")
     ap.add_argument("--controller-bin", default=None,
                     help="run this mock-accel-dra binary as the controller (an A/B of two versions)")
+    ap.add_argument("--baseline", default=None,
+                    help="scale.json of another build (e.g. before a change): drawn dashed in the SVG, "
+                         "and a before → after table added to scale.md")
     ap.add_argument("--out", default=str(HERE.parents[1] / "docs" / "bench"),
                     help="where scale.json, scale.svg and scale.md go (default docs/bench)")
     args = ap.parse_args()
@@ -256,18 +280,23 @@ def main() -> int:
         results = json.loads((Path(args.out) / "scale.json").read_text())["runs"]
     try:
         bench.up()
-        for nodes, devices in runs:
+        for i, (nodes, devices) in enumerate(runs):
             results.append(bench.run(nodes, devices))
-            write(Path(args.out), results, sys.argv[1:])
+            # Written before the clean-up, which takes minutes at 3,000 nodes.
+            write(Path(args.out), results, sys.argv[1:], args.baseline)
+            if i + 1 < len(runs):
+                bench.fleet_delete()
     finally:
         bench.c.down()
-    write(Path(args.out), results, sys.argv[1:])
+    write(Path(args.out), results, sys.argv[1:], args.baseline)
     print((Path(args.out) / "scale.md").read_text())
     return 0
 
 
-def write(out: Path, results: list[dict], argv: list[str]) -> None:
-    """Writes the results so far: JSON, SVG and Markdown."""
+def write(out: Path, results: list[dict], argv: list[str], baseline: str | None = None) -> None:
+    """Writes the results so far: JSON, SVG and Markdown (with `baseline`, a scale.json of
+    another build, drawn beside them and compared in a table)."""
+    before = json.loads(Path(baseline).read_text())["runs"] if baseline else []
     out.mkdir(parents=True, exist_ok=True)
     meta = {
         "date": time.strftime("%Y-%m-%d"),
@@ -279,11 +308,15 @@ def write(out: Path, results: list[dict], argv: list[str]) -> None:
     }
     (out / "scale.json").write_text(json.dumps({"meta": meta, "runs": results}, indent=2) + "\n")
     (out / "scale.svg").write_text(report.svg_chart(
-        results, f"mock-accel controller at scale (Kubernetes {meta['kubernetes']}, {meta['date']})"))
-    (out / "scale.md").write_text(report.markdown_tables([
-        {**r, "requests_by_verb_resource": {tuple(k.split(" ", 1)): v
-                                            for k, v in r["requests_by_verb_resource"].items()}}
-        for r in results]))
+        results, f"mock-accel controller at scale (Kubernetes {meta['kubernetes']}, {meta['date']})",
+        before, ("this build", "baseline") if before else ("", "")))
+    comparison = report.comparison_table(before, results)
+    (out / "scale.md").write_text(
+        (f"Before → after (baseline {baseline}):\n\n{comparison}\n" if comparison else "")
+        + report.markdown_tables([
+            {**r, "requests_by_verb_resource": {tuple(k.split(" ", 1)): v
+                                                for k, v in r["requests_by_verb_resource"].items()}}
+            for r in results]))
     progress.step(f"wrote {out / 'scale.json'}, {out / 'scale.svg'}, {out / 'scale.md'}")
 
 

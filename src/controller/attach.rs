@@ -258,16 +258,18 @@ pub async fn run(
         driver,
         delay,
     });
-    Controller::new(
+    let controller = Controller::new(
         Api::<ResourceClaim>::all(watch_client),
         watcher::Config::default()
             .timeout(WATCH_TIMEOUT_SECS)
             .any_semantic(),
-    )
-    .graceful_shutdown_on(stop.cancelled_owned())
-    .run(reconcile, error_policy, ctx)
-    .for_each(|_| async {})
-    .await;
+    );
+    let store = controller.store();
+    let run = controller
+        .graceful_shutdown_on(stop.clone().cancelled_owned())
+        .run(reconcile, error_policy, ctx)
+        .for_each(|_| async {});
+    super::until_stopped(run, &store, &stop).await;
     tracing::info!("attacher stopped");
 }
 

@@ -3,9 +3,12 @@
 //! This module wires the pieces: a kube client, the `/healthz` `/readyz` `/metrics` server,
 //! leader election ([`leader`]), and the kube-runtime `Controller` over `MockAccelNode` that
 //! also watches the slices it owns and the Nodes. The reconcile pipeline lives in
-//! [`reconcile`], its pure decisions in [`plan`], the metrics in [`metrics`].
+//! [`reconcile`], its pure decisions in [`plan`], the metrics in [`metrics`]. What triggers a
+//! reconcile (not an agent's heartbeat) is decided in [`triggers`]; the reconcile reads Nodes
+//! and slices from the watch caches of [`caches`].
 
 pub mod attach;
+pub mod caches;
 pub mod capabilities;
 pub mod leader;
 pub mod metrics;
@@ -13,6 +16,7 @@ pub mod plan;
 pub mod reconcile;
 #[cfg(test)]
 mod scenarios;
+pub mod triggers;
 
 use std::{sync::Arc, time::Duration};
 
@@ -20,10 +24,11 @@ use futures::StreamExt;
 use k8s_openapi::api::{core::v1::Node, resource::v1::ResourceSlice};
 use kube::{
     Api, Client, ResourceExt,
+    api::PartialObjectMeta,
     runtime::{
-        Controller,
+        Controller, WatchStreamExt,
         controller::{self, Config},
-        reflector::ObjectRef,
+        reflector::{self, ObjectRef},
         watcher,
     },
 };
@@ -31,6 +36,7 @@ use prometheus_client::registry::Registry;
 use tokio_util::sync::CancellationToken;
 
 use self::{
+    caches::Caches,
     leader::{LeaderError, LeaseConfig},
     metrics::{METRICS_PREFIX, Metrics},
     reconcile::{Context, error_policy, managed_by_selector, reconcile, system_clock},
@@ -221,12 +227,61 @@ async fn run_controller(
     });
     let client = watch_client;
     let watch_config = || watcher::Config::default().timeout(WATCH_TIMEOUT_SECS);
-    let controller = Controller::new(
-        Api::<MockAccelNode>::all(client.clone()),
-        watch_config().any_semantic(),
+    // Nothing here reads the managed fields; the stores keep every object, so leave them out.
+    let strip = |meta: &mut kube::api::ObjectMeta| meta.managed_fields = None;
+
+    // Every event updates the stores; only the ones that change what a reconcile would write
+    // trigger one (an agent's heartbeat does not, see `triggers`).
+    let (store, writer) = reflector::store::<MockAccelNode>();
+    let mock_nodes = reflector::reflector(
+        writer,
+        watcher(
+            Api::<MockAccelNode>::all(client.clone()),
+            watch_config().any_semantic(),
+        )
+        .modify(move |n: &mut MockAccelNode| strip(&mut n.metadata)),
     );
-    let store = controller.store();
-    let node_store = store.clone();
+    let (node_store, node_writer) = reflector::store();
+    let nodes = reflector::reflector(
+        node_writer,
+        watcher(
+            Api::<PartialObjectMeta<Node>>::all(client.clone()),
+            watch_config().any_semantic(),
+        )
+        .modify(move |n| strip(&mut n.metadata)),
+    );
+    let (slice_store, slice_writer) = reflector::store::<ResourceSlice>();
+    let slices = reflector::reflector(
+        slice_writer,
+        watcher(
+            Api::<ResourceSlice>::all(client.clone()),
+            watch_config().labels(&managed_by_selector()),
+        )
+        .modify(move |s: &mut ResourceSlice| strip(&mut s.metadata)),
+    );
+    let controller = Controller::for_stream(
+        triggers::changed_objects(mock_nodes, triggers::node_trigger_key),
+        store.clone(),
+    );
+    let mapping_store = store.clone();
+
+    // The reconcile reads from the caches once both are synced; until then from the API server.
+    let caches = {
+        let ctx = ctx.clone();
+        let stop = stop.clone();
+        let (nodes, slices) = (node_store.clone(), slice_store.clone());
+        tokio::spawn(async move {
+            tokio::select! {
+                _ = stop.cancelled() => {}
+                (n, s) = futures::future::join(nodes.wait_until_ready(), slices.wait_until_ready()) => {
+                    if n.is_ok() && s.is_ok() {
+                        ctx.set_caches(Some(Arc::new(Caches::new(nodes, slices, ctx.driver.clone()))));
+                        tracing::debug!("reading Nodes and slices from the watch caches");
+                    }
+                }
+            }
+        })
+    };
 
     // Ready once the MockAccelNode cache is synced; then remove slices of objects that were
     // deleted while nobody was leading (the watch will not report those deletions).
@@ -249,20 +304,21 @@ async fn run_controller(
         })
     };
 
-    controller
+    let run = controller
         // The slices carry the MockAccelNode as a (non-controller) owner; `owns` maps every
         // owner reference of the right kind, so a slice deleted by someone else (the kubelet
         // wipes them on restart) brings its node back at once.
-        .owns(
-            Api::<ResourceSlice>::all(client.clone()),
-            watch_config().labels(&managed_by_selector()),
-        )
+        .owns_stream(slices.touched_objects())
         // A Node appearing gives the slices their owner UID; only nodes with a MockAccelNode
-        // are mapped, so the many Nodes without an agent cost nothing.
-        .watches(Api::<Node>::all(client), watch_config().any_semantic(), move |n: Node| {
-            let r = ObjectRef::<MockAccelNode>::new(&n.name_any());
-            node_store.get(&r).map(|_| r)
-        })
+        // are mapped, so the many Nodes without an agent cost nothing, and only changes of
+        // what the reconcile reads (not the kubelet's status updates) count.
+        .watches_stream(
+            triggers::changed_objects(nodes, |n| triggers::kube_node_trigger_key(&n.metadata)),
+            move |n| {
+                let r = ObjectRef::<MockAccelNode>::new(&n.name_any());
+                mapping_store.get(&r).map(|_| r)
+            },
+        )
         .trigger_backoff(TriggerBackoff::default())
         .with_config(Config::default().concurrency(CONCURRENCY))
         .graceful_shutdown_on(stop.clone().cancelled_owned())
@@ -285,14 +341,47 @@ async fn run_controller(
                     Err(e) => tracing::warn!(error = %e, "controller error"),
                 }
             }
-        })
-        .await;
+        });
+    until_stopped(run, &store, &stop).await;
     sync.abort();
+    caches.abort();
+    // The next term (if any) builds caches of its own; until they are synced it reads the API.
+    ctx.set_caches(None);
     if let Some(attacher) = attacher {
         // It stops on the same token; wait so that no write outlives the leadership.
         let _ = attacher.await;
     }
     tracing::info!("reconciler stopped");
+}
+
+/// Runs a kube-runtime Controller's stream `run` until it ends.
+///
+/// kube-runtime holds reconciles until the Controller's cache (`store`) is synced, and when it is
+/// stopped before that, it waits for a sync that its stopped watch never brings: a replica told
+/// to stop right after it took the lead hung until it was killed (seen when the scale bench
+/// stopped a replica 27 ms after it took the lead). No reconcile can have started before the
+/// sync, so then `run` is dropped instead of drained.
+pub(crate) async fn until_stopped<K>(
+    run: impl std::future::Future<Output = ()>,
+    store: &kube::runtime::reflector::Store<K>,
+    stop: &CancellationToken,
+) where
+    K: kube::Resource + Clone + 'static,
+    K::DynamicType: Eq + std::hash::Hash + Clone,
+{
+    use futures::FutureExt;
+    tokio::pin!(run);
+    let unsynced_stop = async {
+        stop.cancelled().await;
+        if store.wait_until_ready().now_or_never().is_some() {
+            // Synced: the graceful shutdown finishes the reconciles in flight.
+            std::future::pending::<()>().await;
+        }
+    };
+    tokio::select! {
+        () = &mut run => {}
+        () = unsynced_stop => tracing::debug!("stopped before the watch cache synced; no reconcile had run"),
+    }
 }
 
 /// Identity in the Lease when no `--identity`/`POD_NAME` is given.
@@ -310,6 +399,37 @@ mod tests {
     use super::*;
     use kube::runtime::utils::Backoff;
     use std::time::Duration;
+
+    #[tokio::test]
+    async fn a_controller_stopped_before_its_cache_synced_ends_at_once() {
+        let (store, _writer) = kube::runtime::reflector::store::<MockAccelNode>();
+        let stop = CancellationToken::new();
+        stop.cancel();
+        // A run that never ends, as kube-runtime's waits for a sync that cannot come.
+        let stopped = tokio::time::timeout(
+            Duration::from_secs(5),
+            until_stopped(std::future::pending(), &store, &stop),
+        );
+        assert!(stopped.await.is_ok(), "the stop was not honoured");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_controller_stopped_after_its_cache_synced_drains_its_run() {
+        let (store, mut writer) = kube::runtime::reflector::store::<MockAccelNode>();
+        writer.apply_watcher_event(&watcher::Event::InitDone);
+        let stop = CancellationToken::new();
+        stop.cancel();
+        let drained = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let run = {
+            let drained = drained.clone();
+            async move {
+                tokio::time::sleep(Duration::from_secs(30)).await;
+                drained.store(true, std::sync::atomic::Ordering::SeqCst);
+            }
+        };
+        until_stopped(run, &store, &stop).await;
+        assert!(drained.load(std::sync::atomic::Ordering::SeqCst));
+    }
 
     #[test]
     fn watch_backoff_stays_well_below_the_connect_deadline_and_resets() {

@@ -26,6 +26,7 @@ use kube::{
 use serde_json::json;
 
 use super::{
+    caches::{Caches, Written},
     metrics::Metrics,
     plan::{self, Observed, SlicePlan, WriteOutcome},
 };
@@ -133,6 +134,9 @@ pub struct Context {
     /// The error backoff of each node that failed since its last success. An entry goes with
     /// the next success, or when its MockAccelNode is found deleted.
     failures: Mutex<HashMap<String, Backoff>>,
+    /// The watch caches of the current leadership term, once synced ([`super::caches`]);
+    /// without them every reconcile reads the Node and the node's slices from the API server.
+    caches: Mutex<Option<Arc<Caches>>>,
 }
 
 impl Context {
@@ -160,7 +164,20 @@ impl Context {
                 instance: Some(instance),
             },
             failures: Mutex::default(),
+            caches: Mutex::default(),
         }
+    }
+
+    /// Reads Nodes and slices from `caches` from now on (`None`: from the API server).
+    pub fn set_caches(&self, caches: Option<Arc<Caches>>) {
+        if let Ok(mut c) = self.caches.lock() {
+            *c = caches;
+        }
+    }
+
+    /// The synced caches, if any.
+    pub fn caches(&self) -> Option<Arc<Caches>> {
+        self.caches.lock().ok().and_then(|c| c.clone())
     }
 
     /// Judges heartbeats from when `view` last resumed (see [`plan::liveness`]).
@@ -269,26 +286,44 @@ pub fn error_policy(node: Arc<MockAccelNode>, err: &ReconcileError, ctx: Arc<Con
 async fn reconcile_node(node: &MockAccelNode, ctx: &Context) -> Result<Action, ReconcileError> {
     let name = node.metadata.name.clone().ok_or(ReconcileError::Unnamed)?;
 
-    // Read.
-    let k8s_node = Api::<Node>::all(ctx.client.clone())
-        .get_opt(&name)
-        .await
-        .map_err(|source| ReconcileError::Read {
-            node: name.clone(),
-            what: "Node",
-            source,
-        })?;
+    // Read: from the watch caches when they are synced (a reconcile that changes nothing then
+    // sends no request), from the API server otherwise.
+    let caches = ctx.caches();
+    let cached_node = caches.as_ref().and_then(|c| c.node(&name));
+    let k8s_node = match cached_node {
+        Some(meta) => Some(meta),
+        // Not in the cache: confirm with the API server before withdrawing anything (the Node's
+        // watch event may simply not have arrived yet).
+        None => Api::<Node>::all(ctx.client.clone())
+            .get_opt(&name)
+            .await
+            .map_err(|source| ReconcileError::Read {
+                node: name.clone(),
+                what: "Node",
+                source,
+            })?
+            .map(|n| n.metadata),
+    };
     let wants_shared =
-        sharing::node_wants_shared_pfs(k8s_node.as_ref().and_then(|n| n.metadata.labels.as_ref()));
+        sharing::node_wants_shared_pfs(k8s_node.as_ref().and_then(|n| n.labels.as_ref()));
     let wants_attachment =
-        binding::node_wants_attachment(k8s_node.as_ref().and_then(|n| n.metadata.labels.as_ref()));
-    let Some(node_uid) = k8s_node.and_then(|n| n.metadata.uid) else {
+        binding::node_wants_attachment(k8s_node.as_ref().and_then(|n| n.labels.as_ref()));
+    let Some(node_uid) = k8s_node.and_then(|n| n.uid) else {
         // Without its Node the devices cannot be used; the Node watch brings us back.
         let removed = withdraw_node(ctx, &name).await?;
         tracing::info!(node = %name, removed, "Node does not exist; its slices are withdrawn");
         return Ok(Action::await_change());
     };
-    let existing = list_node_slices(ctx, &name).await?;
+    let existing = match caches.as_ref().and_then(|c| c.node_slices(&name)) {
+        Some(cached) => cached,
+        None => {
+            let listed = list_node_slices(ctx, &name).await?;
+            if let Some(c) = &caches {
+                c.listed(&name, &listed);
+            }
+            listed
+        }
+    };
 
     // Decide.
     let now = (ctx.clock)();
@@ -334,7 +369,12 @@ async fn reconcile_node(node: &MockAccelNode, ctx: &Context) -> Result<Action, R
     };
 
     // Write slices: obsolete ones first, so a pool never shows more slices than it counts.
-    let write_error = match write_slices(ctx, &name, &plan).await {
+    let mut written = Written::default();
+    let result = write_slices(ctx, &name, &plan, &mut written).await;
+    if let Some(c) = &caches {
+        c.wrote(&name, written);
+    }
+    let write_error = match result {
         Ok(()) => None,
         Err(e) if e.is_conflict() => return Err(e),
         Err(e) => Some(e),
@@ -404,14 +444,22 @@ async fn list_node_slices(ctx: &Context, node: &str) -> Result<Vec<ResourceSlice
         .collect())
 }
 
-async fn write_slices(ctx: &Context, node: &str, plan: &SlicePlan) -> Result<(), ReconcileError> {
+/// Writes the plan's slices; `written` collects what was written, also when a write fails.
+async fn write_slices(
+    ctx: &Context,
+    node: &str,
+    plan: &SlicePlan,
+    written: &mut Written,
+) -> Result<(), ReconcileError> {
     for s in &plan.delete {
         delete_slice(ctx, node, s).await?;
+        written.delete(s);
     }
     let pp = PatchParams::apply(CONTROLLER_FIELD_MANAGER).force();
     for s in &plan.apply {
         let slice = s.name_any();
-        ctx.slices()
+        let stored = ctx
+            .slices()
             .patch(&slice, &pp, &Patch::Apply(s))
             .await
             .map_err(|source| ReconcileError::Apply {
@@ -419,6 +467,9 @@ async fn write_slices(ctx: &Context, node: &str, plan: &SlicePlan) -> Result<(),
                 slice: slice.clone(),
                 source,
             })?;
+        if let Some(rv) = stored.metadata.resource_version {
+            written.applied.push((slice.clone(), rv));
+        }
         ctx.metrics.api_write("ResourceSlice", "apply");
         tracing::debug!(node, slice, pool = %s.spec.pool.name, generation = s.spec.pool.generation, "applied");
     }
@@ -455,15 +506,26 @@ async fn delete_slice(ctx: &Context, node: &str, s: &ResourceSlice) -> Result<()
 /// were deleted.
 pub async fn node_deleted(ctx: &Context, node: &str) -> Result<usize, ReconcileError> {
     ctx.reset_backoff(node);
-    withdraw_node(ctx, node).await
+    let removed = withdraw_node(ctx, node).await;
+    if let Some(c) = ctx.caches() {
+        c.forget(node);
+    }
+    removed
 }
 
 /// Deletes every slice of `node` (its Node or its MockAccelNode is gone). Returns how many
 /// were deleted; listing first keeps a node without slices free of writes.
 pub async fn withdraw_node(ctx: &Context, node: &str) -> Result<usize, ReconcileError> {
     let existing = list_node_slices(ctx, node).await?;
+    let mut written = Written::default();
     for s in &existing {
         delete_slice(ctx, node, s).await?;
+        written.delete(s);
+    }
+    // The next reconcile (the agent or the Node back) must not plan on a cache that still
+    // shows these slices.
+    if let Some(c) = ctx.caches() {
+        c.wrote(node, written);
     }
     ctx.metrics.set_node_slices(node, 0);
     Ok(existing.len())

@@ -9,11 +9,17 @@ use std::{sync::Arc, time::Duration};
 
 use http::Method;
 use jiff::Timestamp;
+use k8s_openapi::api::core::v1::Node;
 use k8s_openapi::api::resource::v1::ResourceSlice;
-use kube::{Client, ResourceExt, runtime::controller::Action};
+use kube::{
+    Client, ResourceExt,
+    api::{ObjectMeta, PartialObjectMeta},
+    runtime::{controller::Action, reflector, watcher},
+};
 use serde_json::json;
 
 use super::{
+    caches::Caches,
     metrics::Metrics,
     plan::{self, Observed, WriteOutcome},
     reconcile::{Context, ReconcileError, error_policy, reconcile},
@@ -336,6 +342,21 @@ where
     Fut: Future<Output = T> + Send + 'static,
 {
     let (ctx, api) = mock_api(now);
+    run_on(ctx, api, node, scenario).await
+}
+
+/// [`run`] with a context of the caller's (e.g. one reading from watch caches).
+async fn run_on<T, F, Fut>(
+    ctx: Arc<Context>,
+    api: ApiServer,
+    node: MockAccelNode,
+    scenario: F,
+) -> Ran<T>
+where
+    T: Send + 'static,
+    F: FnOnce(ApiServer) -> Fut,
+    Fut: Future<Output = T> + Send + 'static,
+{
     let verifier = tokio::spawn(scenario(api));
     let node = Arc::new(node);
     let result = tokio::time::timeout(TIMEOUT, reconcile(node.clone(), ctx.clone()))
@@ -799,4 +820,94 @@ async fn sweep_deletes_only_slices_of_nodes_without_a_mockaccelnode() {
         .await
         .expect("scenario timed out")
         .expect("scenario assertions");
+}
+
+// ---------------------------------------------------------------------------------------------
+// With the watch caches of a synced term
+
+/// A context reading from caches that hold the Node and `slices`; the writer adds to the slices.
+fn cached_context(
+    now: &str,
+    slices: &[ResourceSlice],
+) -> (
+    Arc<Context>,
+    ApiServer,
+    reflector::store::Writer<ResourceSlice>,
+) {
+    let (ctx, api) = mock_api(now);
+    let (nodes, mut node_writer) = reflector::store::<PartialObjectMeta<Node>>();
+    node_writer.apply_watcher_event(&watcher::Event::Apply(PartialObjectMeta::<Node> {
+        types: None,
+        metadata: ObjectMeta {
+            name: Some(NODE.into()),
+            uid: Some(NODE_UID.into()),
+            ..Default::default()
+        },
+        _phantom: Default::default(),
+    }));
+    let (store, mut writer) = reflector::store::<ResourceSlice>();
+    for s in slices {
+        writer.apply_watcher_event(&watcher::Event::Apply(s.clone()));
+    }
+    ctx.set_caches(Some(Arc::new(Caches::new(nodes, store, DRIVER.into()))));
+    (ctx, api, writer)
+}
+
+#[tokio::test]
+async fn with_synced_caches_a_steady_reconcile_sends_no_request() {
+    let (node, existing) = published(&mk_node(), FRESH);
+    let (ctx, api, _writer) = cached_context("2026-01-01T00:00:20Z", &existing);
+    let ran = run_on(ctx, api, node, |api| api.done()).await;
+    assert_eq!(
+        ran.result.expect("reconcile succeeds"),
+        Action::requeue(Duration::from_secs(21))
+    );
+}
+
+#[tokio::test]
+async fn after_a_write_the_slices_are_listed_until_the_cache_shows_it() {
+    let (mut node, mut existing) = published(&mk_node(), FRESH);
+    // Older than what the apply answers (resourceVersion 7).
+    for s in &mut existing {
+        s.metadata.resource_version = Some("6".into());
+    }
+    devices_mut(&mut node).push(mk_device("mock0-vf0", Some(0)));
+    let (ctx, api, mut writer) = cached_context(FRESH, &existing);
+    let caches = ctx.caches();
+    // The write: no read before it.
+    let ran = run_on(ctx, api, node.clone(), |mut api| async move {
+        let slice = api.apply_slice().await;
+        let status = api.apply_status().await;
+        api.event().await;
+        api.done().await;
+        (slice, status)
+    })
+    .await;
+    ran.result.expect("reconcile succeeds");
+    let (slice, status) = ran.seen;
+    let written = stored(slice);
+    let s = node.status.as_mut().expect("fixture has a status");
+    s.pools = status.pools;
+    s.conditions = status.conditions;
+
+    // The cache still shows the pool's old slice: the next reconcile lists, and finds the write
+    // done (nothing is written twice).
+    let mut listed = existing.clone();
+    listed.retain(|s| s.name_any() != written.name_any());
+    listed.push(written.clone());
+    let (next, api) = mock_api(FRESH);
+    next.set_caches(caches.clone());
+    let ran = run_on(next, api, node.clone(), |mut api| async move {
+        api.list_slices(&listed).await;
+        api.done().await;
+    })
+    .await;
+    ran.result.expect("reconcile succeeds");
+
+    // Once the watch delivered it, the cache is trusted again.
+    writer.apply_watcher_event(&watcher::Event::Apply(written));
+    let (next, api) = mock_api(FRESH);
+    next.set_caches(caches.clone());
+    let ran = run_on(next, api, node, |api| api.done()).await;
+    ran.result.expect("reconcile succeeds");
 }
