@@ -39,6 +39,19 @@ def wait_taint(ctx: Context, effect: str | None, what: str) -> float:
     return time.monotonic() - start
 
 
+def clean_up(ctx: Context) -> None:
+    """The health declaration gone, pod and claim h1 deleted."""
+    merge_spec(ctx.k, {"health": None})
+    ctx.k.delete("pod", "h1", ctx.ns)
+    ctx.wait_gone("pod", "h1")
+    ctx.k.delete("resourceclaim", "h1", ctx.ns)
+
+
+def wait_healthy_count(ctx: Context) -> None:
+    until("UNHEALTHY back to 0", lambda: (
+        (n := (ctx.mock_node(NODE).get("status") or {}).get("unhealthyDeviceCount")) == 0, n), 10, 0.2)
+
+
 def without_taints(ctx: Context, minor: str, decision: str, only_it: str) -> None:
     """Before 1.36 (`DRADeviceTaints` alpha and off) the controller skips taints with one log
     line: a declared Unhealthy device still shows in the MockAccelNode's status, its slices
@@ -55,12 +68,8 @@ def without_taints(ctx: Context, minor: str, decision: str, only_it: str) -> Non
         ctx.wait_running("h1", timeout=60)
         say(f"{DEVICE} Unhealthy in status.devices, no taint in its slice, pod h1 runs on it (taints skipped)")
     finally:
-        merge_spec(k, {"health": None})
-        k.delete("pod", "h1", ctx.ns)
-        ctx.wait_gone("pod", "h1")
-        k.delete("resourceclaim", "h1", ctx.ns)
-    until("UNHEALTHY back to 0", lambda: (
-        (n := (ctx.mock_node(NODE).get("status") or {}).get("unhealthyDeviceCount")) == 0, n), 10, 0.2)
+        clean_up(ctx)
+    wait_healthy_count(ctx)
 
 
 @scenario("17c", "health: a device declared Unhealthy is tainted within 2 s and avoided; Healthy clears it; "
@@ -105,10 +114,6 @@ def declared_health(ctx: Context) -> None:
         ctx.wait_gone("pod", "h1", 60)
         say(f"NoExecute: pod h1 evicted {elapsed(start)} after the spec change")
     finally:
-        merge_spec(k, {"health": None})
-        k.delete("pod", "h1", ctx.ns)
-        ctx.wait_gone("pod", "h1")
-        k.delete("resourceclaim", "h1", ctx.ns)
+        clean_up(ctx)
     wait_taint(ctx, None, f"{DEVICE}'s taint removed at the end")
-    until("UNHEALTHY back to 0", lambda: (
-        (n := (ctx.mock_node(NODE).get("status") or {}).get("unhealthyDeviceCount")) == 0, n), 10, 0.2)
+    wait_healthy_count(ctx)

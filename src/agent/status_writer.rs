@@ -8,10 +8,8 @@
 //! latest value), and two writes are at least the minimum interval apart. Under any rate of
 //! prepares a node thus costs at most one status write per minimum interval, and the status
 //! still converges to the truth: the write after the interval carries everything that changed.
-//! A caller that must know its change is stored before it goes on asks a [`StatusFlush`],
-//! which skips the interval.
 
-use std::{sync::Arc, time::Duration};
+use std::time::Duration;
 
 use jiff::Timestamp;
 use k8s_openapi::{api::core::v1::Node, apimachinery::pkg::apis::meta::v1::OwnerReference};
@@ -50,42 +48,6 @@ pub struct StatusWriter {
     min_interval: Duration,
     metrics: AgentMetrics,
     ready: Readiness,
-    /// Flush requests, numbered; the writer keeps a sender so the channel never closes.
-    flush_requested: Arc<watch::Sender<u64>>,
-    /// The highest flush request a successful write covered.
-    flush_done: Arc<watch::Sender<u64>>,
-}
-
-/// Asks the status writer to write the current state now, skipping the minimum interval, and
-/// waits until a write that started after the request succeeded.
-#[derive(Clone)]
-pub struct StatusFlush {
-    requested: Arc<watch::Sender<u64>>,
-    done: watch::Receiver<u64>,
-}
-
-/// Why a flush did not complete.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum FlushError {
-    #[error("the MockAccelNode status writer stopped before the status was written")]
-    WriterStopped,
-}
-
-impl StatusFlush {
-    /// Returns once the state as of this call is stored; failed writes are retried by the
-    /// writer meanwhile, so bound the wait with a deadline of your own.
-    pub async fn flush(&self) -> Result<(), FlushError> {
-        let mut wanted = 0;
-        self.requested.send_modify(|n| {
-            *n += 1;
-            wanted = *n;
-        });
-        let mut done = self.done.clone();
-        done.wait_for(|d| *d >= wanted)
-            .await
-            .map(|_| ())
-            .map_err(|_| FlushError::WriterStopped)
-    }
 }
 
 /// What the writer follows of the fixture: the node's spec and what the agent derives from it.
@@ -118,16 +80,6 @@ impl StatusWriter {
             min_interval,
             metrics,
             ready,
-            flush_requested: Arc::new(watch::channel(0).0),
-            flush_done: Arc::new(watch::channel(0).0),
-        }
-    }
-
-    /// A handle to force the next write (see [`StatusFlush`]).
-    pub fn flush_handle(&self) -> StatusFlush {
-        StatusFlush {
-            requested: self.flush_requested.clone(),
-            done: self.flush_done.subscribe(),
         }
     }
 
@@ -151,9 +103,7 @@ impl StatusWriter {
         let mut last_write = tokio::time::Instant::now();
         let mut backoff = Backoff::new(RETRY_FIRST, RETRY_MAX);
         let mut retry_in = None;
-        let mut flush = self.flush_requested.subscribe();
         loop {
-            let flush_wanted = *flush.borrow_and_update();
             let report = {
                 let d = discovered.borrow_and_update().clone();
                 let reg = registration.borrow_and_update().clone();
@@ -169,12 +119,11 @@ impl StatusWriter {
                 }
             };
             self.metrics.observe_devices(&report);
-            let flushing = flush_wanted > *self.flush_done.borrow();
             let changed = last.as_ref() != Some(&report);
-            // The first write and flushes are never held back; a change waits out the minimum
-            // interval since the last write, then goes out with whatever else changed meanwhile.
-            let held = last.is_some() && !flushing && last_write.elapsed() < self.min_interval;
-            let due = (changed || flushing || last_write.elapsed() >= self.heartbeat) && !held;
+            // The first write is never held back; a change waits out the minimum interval since
+            // the last write, then goes out with whatever else changed meanwhile.
+            let held = last.is_some() && last_write.elapsed() < self.min_interval;
+            let due = (changed || last_write.elapsed() >= self.heartbeat) && !held;
             if due {
                 let result = async {
                     if !created {
@@ -192,11 +141,6 @@ impl StatusWriter {
                         last_write = tokio::time::Instant::now();
                         backoff.reset();
                         retry_in = None;
-                        self.flush_done.send_if_modified(|done| {
-                            let covered = flush_wanted > *done;
-                            *done = (*done).max(flush_wanted);
-                            covered
-                        });
                     }
                     Err(e) => {
                         self.metrics.status_written(false);
@@ -230,7 +174,6 @@ impl StatusWriter {
                 r = spec.changed(), if listen => if r.is_err() { return },
                 r = fault_hits.changed(), if listen => if r.is_err() { return },
                 r = health.changed(), if listen => if r.is_err() { return },
-                _ = flush.changed(), if !retrying => {},
             }
         }
     }
@@ -344,7 +287,6 @@ mod tests {
         discovered: watch::Sender<Discovered>,
         registration: watch::Sender<RegistrationState>,
         prepared: watch::Sender<Vec<PreparedClaim>>,
-        flush: StatusFlush,
         _spec: watch::Sender<Option<crate::crd::MockAccelNodeSpec>>,
         _fault_hits: watch::Sender<FaultHits>,
         _health: watch::Sender<NodeHealth>,
@@ -387,7 +329,6 @@ mod tests {
             metrics,
             ready.clone(),
         );
-        let flush = writer.flush_handle();
         let task = tokio::spawn(writer.run(
             discovered_rx,
             prepared_rx,
@@ -403,7 +344,6 @@ mod tests {
             discovered: discovered_tx,
             registration: registration_tx,
             prepared: prepared_tx,
-            flush,
             _spec: spec_tx,
             _fault_hits: fault_hits_tx,
             _health: health_tx,
@@ -758,62 +698,6 @@ mod tests {
         assert_eq!(written.elapsed(), MIN_INTERVAL);
         assert_eq!(status["preparedClaimCount"], 2);
         agent.stop(api).await;
-    }
-
-    /// A flush skips the minimum interval and returns only once a write with the state as of
-    /// the flush succeeded, retries included.
-    #[tokio::test(start_paused = true)]
-    async fn a_flush_writes_at_once_and_waits_for_success() {
-        let (agent, mut api) = start(1, true);
-        first_write(&mut api).await;
-        agent.prepared.send_replace(claims(2));
-        let flush = agent.flush.clone();
-        let flushed = tokio::spawn(async move { flush.flush().await });
-        let asked = Instant::now();
-        api.expect(Method::PATCH, &format!("{OBJECT}/status"))
-            .await
-            .fail(503, "ServiceUnavailable");
-        assert_eq!(
-            asked.elapsed(),
-            Duration::ZERO,
-            "the flush does not wait for the interval"
-        );
-        tokio::task::yield_now().await;
-        assert!(
-            !flushed.is_finished(),
-            "a failed write does not complete the flush"
-        );
-        get_node(&mut api).await;
-        apply_object(&mut api).await;
-        get_status(&mut api, json!([])).await;
-        let status = apply_status(&mut api).await;
-        assert_eq!(status["preparedClaimCount"], 2);
-        flushed
-            .await
-            .expect("the flush task ends")
-            .expect("the flush completes after the successful write");
-        agent.stop(api).await;
-    }
-
-    #[tokio::test(start_paused = true)]
-    async fn a_flush_fails_when_the_writer_stops() {
-        let (agent, mut api) = start(1, true);
-        first_write(&mut api).await;
-        let flush = agent.flush.clone();
-        // Shut down while the flush's write is in flight: the flush is never confirmed.
-        let write = {
-            let flushed = tokio::spawn(async move { flush.flush().await });
-            let call = api.expect(Method::PATCH, &format!("{OBJECT}/status")).await;
-            agent.shutdown.cancel();
-            // The request fails unanswered; the writer then sees the shutdown instead of retrying.
-            drop(call);
-            agent.task.await.expect("the writer ends cleanly");
-            flushed
-        };
-        assert_eq!(
-            write.await.expect("flush task"),
-            Err(FlushError::WriterStopped)
-        );
     }
 
     /// A failing API server gets the writer's backoff even while the inventory keeps changing:

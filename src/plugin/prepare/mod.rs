@@ -2560,6 +2560,10 @@ mod tests {
         let new = node.preparer();
         let shutdown = tokio_util::sync::CancellationToken::new();
         let follower = tokio::spawn(Arc::clone(&old).follow_checkpoint(shutdown.clone()));
+        // The follower installs its file watch on its first poll: let it run before the new
+        // agent writes, or the write may come before the watch and only the 10 s re-read
+        // would see it.
+        tokio::task::yield_now().await;
         let mut published = old.subscribe();
 
         prepare_one(&new, cref("a", "a")).await.unwrap();
