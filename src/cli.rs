@@ -203,9 +203,11 @@ pub struct NodeAgentArgs {
     /// With --simulate: the node number in the simulated UUIDs (`NODE<N>-NUMA0-PF`), 1-9.
     #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=9), env = "SIM_NODE_INDEX")]
     pub sim_node_index: u32,
-    /// Shortest time between two MockAccelNode status writes: changes (prepares, unprepares,
+    /// Shortest time between two MockAccelNode status writes, and between two rounds of
+    /// writes of the prepared claims' `status.devices`: changes (prepares, unprepares,
     /// rescans) that arrive sooner are coalesced into one write at the end of it, so a node's
-    /// status writes per second stay bounded whatever the prepare rate. 0 writes every change.
+    /// status writes per second stay bounded whatever the prepare rate. The first change after
+    /// a quiet spell is written at once. 0 writes every change.
     #[arg(long, default_value = "1s", value_parser = parse_duration, env = "STATUS_MIN_INTERVAL")]
     pub status_min_interval: Duration,
     #[command(flatten)]

@@ -107,7 +107,7 @@ def main(argv: list[str] | None = None) -> int:
         argv_bench = [
             str(driver), f"--kubeconfig={cluster.kubeconfig}", f"--ours={own}", f"--peer={peer}",
             f"--work={work}", f"--cdi-root={cdi_root}", f"--node-root={cdi_root / 'ours-node'}",
-            f"--node={NODE}", f"--json={json_out}",
+            f"--node={NODE}", f"--json={json_out}", f"--trace={state / 'cycles.csv'}",
             f"--cycles={args.cycles}", f"--mark={args.mark}", f"--starts={args.starts}",
             f"--per-block={args.per_block}",
         ]

@@ -6,7 +6,11 @@
 //! unprepared. This runs beside the kubelet's calls, not inside them: it follows the preparer's
 //! set of prepared claims (level-triggered, the same set `MockAccelNode.status.preparedClaims`
 //! shows), so a slow or failing API server never delays a prepare, and a failed write is
-//! retried until it lands.
+//! retried until it lands. After a round of writes the next round waits for the node's
+//! status interval (`--status-min-interval`): under churn, changes that arrive meanwhile are
+//! coalesced into the next round, so the API server gets a bounded number of writes from a node
+//! whatever its prepare rate (each is a server-side apply, which costs the API server far more
+//! than the kubelet's GET of a claim). A lone prepare after a quiet spell is written at once.
 //!
 //! Writes are server-side applies of the status subresource with this agent's field manager, so
 //! they own only our driver's entries. Since Kubernetes 1.36 the API server also requires the
@@ -185,18 +189,38 @@ impl ClaimStatusApi for KubeClaimStatusApi {
     }
 }
 
+/// Where the claim status writes go and how the agent paces them.
+pub struct Writer<A> {
+    pub api: A,
+    pub driver: String,
+    pub node: String,
+    /// Shortest time from one round of writes to the next.
+    pub min_interval: Duration,
+}
+
 /// Follows the prepared claims and the inventory until `stop`, keeping claim statuses in step.
 pub async fn run<A: ClaimStatusApi>(
-    api: A,
-    driver: String,
-    node: String,
+    writer: Writer<A>,
     mut prepared: watch::Receiver<Vec<PreparedClaim>>,
     mut inventory: watch::Receiver<Arc<Inventory>>,
     stop: CancellationToken,
 ) {
+    let Writer {
+        api,
+        driver,
+        node,
+        min_interval,
+    } = writer;
     let mut written: BTreeMap<String, ClaimDevices> = BTreeMap::new();
     let mut failing: BTreeSet<String> = BTreeSet::new();
+    let mut last_round: Option<tokio::time::Instant> = None;
     loop {
+        if let Some(at) = last_round {
+            tokio::select! {
+                _ = stop.cancelled() => return,
+                () = tokio::time::sleep_until(at + min_interval) => {}
+            }
+        }
         let desired: BTreeMap<String, ClaimDevices> = {
             let claims = prepared.borrow_and_update().clone();
             let inv = inventory.borrow_and_update().clone();
@@ -206,7 +230,11 @@ pub async fn run<A: ClaimStatusApi>(
                 .collect()
         };
         failing.clear();
-        for action in plan(&written, &desired) {
+        let actions = plan(&written, &desired);
+        if !actions.is_empty() {
+            last_round = Some(tokio::time::Instant::now());
+        }
+        for action in actions {
             let (uid, claim, clearing) = match action {
                 Action::Apply { uid, claim } => (uid, claim, false),
                 Action::Clear { uid, claim } => (uid, claim, true),
@@ -374,14 +402,7 @@ mod tests {
         let (prep_tx, prep_rx) = watch::channel(vec![]);
         let (_inv_tx, inv_rx) = watch::channel(Arc::new(inventory()));
         let stop = CancellationToken::new();
-        let task = tokio::spawn(run(
-            api.clone(),
-            "d".into(),
-            "n".into(),
-            prep_rx,
-            inv_rx,
-            stop.clone(),
-        ));
+        let task = tokio::spawn(run(writer(&api), prep_rx, inv_rx, stop.clone()));
         let writes = |api: &Recorder| api.writes.lock().unwrap().clone();
         let settle = || tokio::time::sleep(Duration::from_millis(10));
 
@@ -407,6 +428,58 @@ mod tests {
         assert_eq!(w.len(), 3);
         assert_eq!(w[2].name, "claim-u1");
         assert!(w[2].entries.is_empty(), "unprepare clears our entries");
+
+        stop.cancel();
+        task.await.unwrap();
+    }
+
+    const INTERVAL: Duration = Duration::from_secs(1);
+
+    fn writer(api: &Recorder) -> Writer<Recorder> {
+        Writer {
+            api: api.clone(),
+            driver: "d".into(),
+            node: "n".into(),
+            min_interval: INTERVAL,
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn churn_is_coalesced_into_one_round_per_interval_and_ends_in_the_last_state() {
+        let api = Recorder::default();
+        let (prep_tx, prep_rx) = watch::channel(vec![]);
+        let (_inv_tx, inv_rx) = watch::channel(Arc::new(inventory()));
+        let stop = CancellationToken::new();
+        let task = tokio::spawn(run(writer(&api), prep_rx, inv_rx, stop.clone()));
+        let writes = |api: &Recorder| api.writes.lock().unwrap().clone();
+
+        // A lone prepare is written at once.
+        prep_tx.send(vec![prepared("u1", &["mock0"])]).unwrap();
+        tokio::time::sleep(Duration::from_millis(1)).await;
+        assert_eq!(writes(&api).len(), 1, "the first change is not delayed");
+
+        // 3 s of a prepare and an unprepare every 5 ms (1,200 changes), then one more prepare.
+        for _ in 0..600 {
+            prep_tx.send(vec![]).unwrap();
+            tokio::time::sleep(Duration::from_micros(2500)).await;
+            prep_tx.send(vec![prepared("u1", &["mock0"])]).unwrap();
+            tokio::time::sleep(Duration::from_micros(2500)).await;
+        }
+        prep_tx.send(vec![prepared("u2", &["mock9"])]).unwrap();
+        let during = writes(&api).len();
+        assert!(
+            (2..=5).contains(&during),
+            "one round per {INTERVAL:?} over 3 s of churn, got {during} writes"
+        );
+        tokio::time::sleep(INTERVAL * 2).await;
+        let w = writes(&api);
+        let last_of = |uid: &str| w.iter().rev().find(|c| c.name == format!("claim-{uid}")).cloned();
+        assert!(
+            last_of("u1").is_some_and(|c| c.entries.is_empty()),
+            "u1 ended unprepared and its entries are cleared: {w:?}"
+        );
+        assert!(last_of("u2").is_some_and(|c| c.entries.len() == 1), "{w:?}");
+        assert!(w.len() <= during + 2, "the last state costs one more round: {w:?}");
 
         stop.cancel();
         task.await.unwrap();

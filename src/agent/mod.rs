@@ -187,9 +187,12 @@ pub async fn run(args: NodeAgentArgs) -> Result<(), Error> {
 
     // KEP-4817: each prepared claim's status.devices, kept in step with the prepared set.
     let claim_status = tokio::spawn(claim_status::run(
-        claim_status::KubeClaimStatusApi::new(client.clone()),
-        args.driver_name.clone(),
-        args.node_name.clone(),
+        claim_status::Writer {
+            api: claim_status::KubeClaimStatusApi::new(client.clone()),
+            driver: args.driver_name.clone(),
+            node: args.node_name.clone(),
+            min_interval: args.status_min_interval,
+        },
         preparer.subscribe(),
         claim_inventory,
         shutdown.clone(),

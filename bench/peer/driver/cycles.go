@@ -15,32 +15,46 @@ import (
 // callTimeout bounds each gRPC call, like the kubelet's deadline on plugin calls.
 const callTimeout = 10 * time.Second
 
+// timing is one cycle: when it began and how long each call took.
+type timing struct {
+	began     time.Time
+	prepare   time.Duration
+	unprepare time.Duration
+}
+
 // cycle prepares one claim and unprepares it again; it returns the time of both calls and
 // fails when either call or the claim's answer reports an error, or prepare returns no device.
 func cycle(ctx context.Context, dra drav1.DRAPluginClient, claim *drav1.Claim) (time.Duration, error) {
+	t, err := timedCycle(ctx, dra, claim)
+	return t.prepare + t.unprepare, err
+}
+
+// timedCycle is cycle with the time of each call.
+func timedCycle(ctx context.Context, dra drav1.DRAPluginClient, claim *drav1.Claim) (timing, error) {
 	began := time.Now()
 	pctx, cancel := context.WithTimeout(ctx, callTimeout)
 	prepared, err := dra.NodePrepareResources(pctx, &drav1.NodePrepareResourcesRequest{Claims: []*drav1.Claim{claim}})
 	cancel()
+	preparedAt := time.Now()
 	if err != nil {
-		return 0, fmt.Errorf("NodePrepareResources of claim %s/%s: %w", claim.Namespace, claim.Name, err)
+		return timing{}, fmt.Errorf("NodePrepareResources of claim %s/%s: %w", claim.Namespace, claim.Name, err)
 	}
 	uctx, cancel := context.WithTimeout(ctx, callTimeout)
 	unprepared, err := dra.NodeUnprepareResources(uctx, &drav1.NodeUnprepareResourcesRequest{Claims: []*drav1.Claim{claim}})
 	cancel()
-	elapsed := time.Since(began)
+	t := timing{began: began, prepare: preparedAt.Sub(began), unprepare: time.Since(preparedAt)}
 	if err != nil {
-		return 0, fmt.Errorf("NodeUnprepareResources of claim %s/%s: %w", claim.Namespace, claim.Name, err)
+		return timing{}, fmt.Errorf("NodeUnprepareResources of claim %s/%s: %w", claim.Namespace, claim.Name, err)
 	}
 	p := prepared.GetClaims()[claim.Uid]
 	if p == nil || p.Error != "" || len(p.Devices) != 1 {
-		return 0, fmt.Errorf("prepare of claim %s/%s answered %v, want one device and no error",
+		return timing{}, fmt.Errorf("prepare of claim %s/%s answered %v, want one device and no error",
 			claim.Namespace, claim.Name, p)
 	}
 	if u := unprepared.GetClaims()[claim.Uid]; u == nil || u.Error != "" {
-		return 0, fmt.Errorf("unprepare of claim %s/%s answered %v, want no error", claim.Namespace, claim.Name, u)
+		return timing{}, fmt.Errorf("unprepare of claim %s/%s answered %v, want no error", claim.Namespace, claim.Name, u)
 	}
-	return elapsed, nil
+	return t, nil
 }
 
 // run is one plugin's claims and its measurements.
@@ -61,16 +75,18 @@ func latencyPhase(ctx context.Context, runs []*run, cycles, mark int, progress f
 			return err
 		}
 		r.result.latencies = make([]time.Duration, 0, cycles)
+		r.result.timings = make([]timing, 0, cycles)
 	}
 	report := time.Now()
 	for n := 0; n < cycles; n++ {
 		for k := range runs {
 			r := runs[(n+k)%len(runs)]
-			d, err := cycle(ctx, r.dra, r.claims[0])
+			t, err := timedCycle(ctx, r.dra, r.claims[0])
 			if err != nil {
 				return fmt.Errorf("%s, cycle %d: %w", r.label, n+1, err)
 			}
-			r.result.latencies = append(r.result.latencies, d)
+			r.result.latencies = append(r.result.latencies, t.prepare+t.unprepare)
+			r.result.timings = append(r.result.timings, t)
 		}
 		if n+1 == mark {
 			for _, r := range runs {

@@ -51,9 +51,9 @@ const (
 )
 
 type options struct {
-	kubeconfig, ours, peer, work, cdiRoot, nodeRoot, node, namespace, jsonOut string
-	cycles, mark, starts, blocks, perBlock, devices                           int
-	settle                                                                    time.Duration
+	kubeconfig, ours, peer, work, cdiRoot, nodeRoot, node, namespace, jsonOut, traceOut string
+	cycles, mark, starts, blocks, perBlock, devices                                     int
+	settle                                                                              time.Duration
 }
 
 func main() {
@@ -67,6 +67,7 @@ func main() {
 	flag.StringVar(&o.node, "node", "bench1", "the Node both plugins serve (must exist)")
 	flag.StringVar(&o.namespace, "namespace", "peerbench", "namespace of the ResourceClaims")
 	flag.StringVar(&o.jsonOut, "json", "", "also write the results as JSON to this file")
+	flag.StringVar(&o.traceOut, "trace", "", "also write every latency cycle as CSV to this file (plugin, start in Unix ns, prepare and unprepare ns), to line the tail up with the plugins' logs")
 	flag.IntVar(&o.cycles, "cycles", 10000, "sequential prepare+unprepare cycles per plugin (latency, CPU, memory)")
 	flag.IntVar(&o.mark, "mark", 1000, "read memory after this many cycles too")
 	flag.IntVar(&o.starts, "starts", 5, "start-ups per plugin for the time to registered")
@@ -192,6 +193,11 @@ func runBench(ctx context.Context, o options) (err error) {
 		}
 		if err := os.WriteFile(o.jsonOut, data, 0o644); err != nil {
 			return fmt.Errorf("write %s: %w", o.jsonOut, err)
+		}
+	}
+	if o.traceOut != "" {
+		if err := os.WriteFile(o.traceOut, traceCSV(runs), 0o644); err != nil {
+			return fmt.Errorf("write %s: %w", o.traceOut, err)
 		}
 	}
 	return nil

@@ -35,6 +35,7 @@ type result struct {
 	P99             time.Duration   `json:"p99Ns"`
 	Max             time.Duration   `json:"maxNs"`
 	latencies       []time.Duration
+	timings         []timing
 }
 
 func newResult(label string) *result {
@@ -158,4 +159,16 @@ func writeTable(w io.Writer, rs []row, ours, peer *result) {
 		}
 		fmt.Fprintf(w, "| %s | %s | %s | %s | %s |\n", r.name, r.format(r.ours), r.format(r.peer), ratio, aim)
 	}
+}
+
+// traceCSV is every latency cycle of every plugin, a line each.
+func traceCSV(runs []*run) []byte {
+	var b strings.Builder
+	b.WriteString("plugin,start_unix_ns,prepare_ns,unprepare_ns\n")
+	for _, r := range runs {
+		for _, t := range r.result.timings {
+			fmt.Fprintf(&b, "%s,%d,%d,%d\n", r.label, t.began.UnixNano(), t.prepare.Nanoseconds(), t.unprepare.Nanoseconds())
+		}
+	}
+	return []byte(b.String())
 }

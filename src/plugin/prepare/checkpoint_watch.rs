@@ -86,7 +86,7 @@ fn watch_checkpoint(
     let file = path.to_path_buf();
     let mut watcher = notify::recommended_watcher(move |res: notify::Result<notify::Event>| {
         if let Ok(ev) = res
-            && !matches!(ev.kind, notify::EventKind::Access(_))
+            && names_a_new_version(&ev.kind)
             && ev.paths.contains(&file)
             && !holds_own_write(&file, &stored)
         {
@@ -96,6 +96,19 @@ fn watch_checkpoint(
     let dir = path.parent().unwrap_or(path);
     watcher.watch(dir, RecursiveMode::NonRecursive)?;
     Ok(watcher)
+}
+
+/// Whether an event of this kind can mean a new version of the file. Not reads, and not the
+/// `Both` event of a rename inside the directory: the `To` event of the same rename, which
+/// names the file too, follows it (each read costs a file open on a core the kubelet's next
+/// call may be waiting for).
+fn names_a_new_version(kind: &notify::EventKind) -> bool {
+    use notify::event::{ModifyKind, RenameMode};
+    !matches!(
+        kind,
+        notify::EventKind::Access(_)
+            | notify::EventKind::Modify(ModifyKind::Name(RenameMode::Both))
+    )
 }
 
 /// Whether `file` holds exactly the content this process last stored: then there is nothing new
@@ -113,6 +126,34 @@ fn holds_own_write(file: &std::path::Path, stored: &Mutex<Vec<u8>>) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A rename over the checkpoint, as `store` makes it, gives exactly one event that counts.
+    #[test]
+    fn a_replace_by_rename_is_one_event() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("checkpoint.json");
+        std::fs::write(&file, b"v1").unwrap();
+        let (tx, rx) = std::sync::mpsc::channel();
+        let mut watcher = notify::recommended_watcher(move |res: notify::Result<notify::Event>| {
+            if let Ok(ev) = res {
+                tx.send(ev).unwrap();
+            }
+        })
+        .unwrap();
+        watcher
+            .watch(dir.path(), RecursiveMode::NonRecursive)
+            .unwrap();
+        let tmp = dir.path().join(".checkpoint.json.tmp");
+        std::fs::write(&tmp, b"v2").unwrap();
+        std::fs::rename(&tmp, &file).unwrap();
+        std::thread::sleep(Duration::from_millis(200));
+        drop(watcher);
+        let counted: Vec<_> = rx
+            .try_iter()
+            .filter(|ev| names_a_new_version(&ev.kind) && ev.paths.contains(&file))
+            .collect();
+        assert_eq!(counted.len(), 1, "{counted:?}");
+    }
 
     #[test]
     fn only_a_file_holding_the_last_own_write_is_skipped() {
