@@ -23,3 +23,16 @@ pub fn build() -> io::Result<tokio::runtime::Runtime> {
     let cores = std::thread::available_parallelism().map_or(1, NonZeroUsize::get);
     builder(cores).build()
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_large_node_gets_two_workers_and_a_one_core_node_one() {
+        let workers = |cores| builder(cores).build().unwrap().metrics().num_workers();
+        assert_eq!(workers(96), WORKERS);
+        assert_eq!(workers(2), 2);
+        assert_eq!(workers(1), 1);
+    }
+}
