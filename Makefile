@@ -15,7 +15,7 @@ IMAGE_TAR ?= /tmp/mock-accel-dra-image.tar
 help: ## list the targets
 	@grep -E '^[a-z0-9-]+:.*## ' $(MAKEFILE_LIST) | sed -E 's/:.*## /\t/' | column -t -s $$'\t'
 
-build: ## build the mock-accel-dra binary (release)
+build: ## build the mock-accel-dra and mock-accel-node-agent binaries (release)
 	$(CARGO) build --release --locked
 
 test: fmt-check lint ## formatting, clippy, then every unit and in-process test
@@ -55,7 +55,8 @@ bench: ## benchmarks, optimised build: discovery, prepare/unprepare latency, age
 	@echo "make bench: done. Beside a peer on a local control plane: make bench-peer; the controller at 100 to 3,000 simulated nodes: make bench-scale (about 45 min) (BENCHMARKS.md)"
 
 # The peer comparison needs a control plane and two Go builds, so it is a target of its own.
-# It runs the binary the benches start (same profile, target/release), copied into .bench-peer/.
+# It runs the binaries the benches start (same profile, target/release), copied into
+# .bench-peer/: the node agent from mock-accel-node-agent, the simulated tree from mock-accel-dra.
 bench-peer: ## our kubelet plugin against the Kubernetes DRA test driver, on a local control plane (~5 min warm)
 	$(CARGO) bench --locked --no-run --bench agent_memory
 	@$(HARNESS) bench/peer/run.py --ours $(TARGET_DIR)/release/mock-accel-dra $(BENCH_PEER_ARGS)

@@ -15,14 +15,44 @@ use crate::{inventory::DEFAULT_DRIVER_NAME, telemetry::LogFormat};
     about = "Kubernetes DRA driver for mock-accel PCIe accelerators"
 )]
 pub struct Cli {
+    #[command(flatten)]
+    pub log: LogArgs,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// The logging flags of every subcommand, of both binaries.
+#[derive(Args, Debug, Clone)]
+pub struct LogArgs {
     /// Log format: human-readable text or one JSON object per line.
     #[arg(long, global = true, value_enum, default_value_t = LogFormat::Text, env = "LOG_FORMAT")]
     pub log_format: LogFormat,
     /// Log filter in `tracing` EnvFilter syntax (e.g. `info`, `mock_accel_dra=debug`).
     #[arg(long, global = true, default_value = "info", env = "LOG_LEVEL")]
     pub log_level: String,
+}
+
+/// Command line of `mock-accel-node-agent`, the node agent alone in a smaller binary: the same
+/// arguments as `mock-accel-dra` with its `node-agent` subcommand, so that a DaemonSet's
+/// `args` work with either binary.
+#[derive(Parser, Debug)]
+#[command(
+    name = "mock-accel-node-agent",
+    version,
+    about = "The node agent of the mock-accel DRA driver (`mock-accel-dra node-agent` alone)"
+)]
+pub struct NodeAgentCli {
+    #[command(flatten)]
+    pub log: LogArgs,
     #[command(subcommand)]
-    pub command: Command,
+    pub command: NodeAgentCommand,
+}
+
+/// The one subcommand of `mock-accel-node-agent`.
+#[derive(Subcommand, Debug)]
+pub enum NodeAgentCommand {
+    /// Run the per-node agent: discovery, MockAccelNode status, and the kubelet plugin.
+    NodeAgent(NodeAgentArgs),
 }
 
 #[derive(Subcommand, Debug)]

@@ -48,6 +48,14 @@ pub enum ClientError {
     Build(#[source] kube::Error),
 }
 
+/// Installs ring (kube's default) as the process's TLS crypto provider. Two providers end up
+/// linked when test-only dependencies unify features, and rustls panics on an ambiguous choice;
+/// each binary calls this once at start-up.
+pub fn install_crypto_provider() {
+    // An error means a provider is installed already, which is all this needs.
+    let _ = rustls::crypto::ring::default_provider().install_default();
+}
+
 /// The clients of one process.
 #[derive(Clone)]
 pub struct ClientSet {

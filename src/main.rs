@@ -5,15 +5,13 @@ use clap::Parser;
 use mock_accel_dra::{
     agent,
     cli::{Cli, Command},
-    controller, crd, discover, fleet, sim, telemetry,
+    controller, crd, discover, fleet, kube_client, sim, telemetry,
 };
 
 fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
-    // Two rustls crypto providers end up linked when test-only dependencies unify features;
-    // pick ring (kube's default) so TLS never panics on an ambiguous choice.
-    let _ = rustls::crypto::ring::default_provider().install_default();
-    telemetry::init_logging(cli.log_format, &cli.log_level)?;
+    kube_client::install_crypto_provider();
+    telemetry::init_logging(cli.log.log_format, &cli.log.log_level)?;
     match cli.command {
         Command::Crd => {
             print!("{}", crd::crd_yaml().context("rendering the CRD")?);
@@ -25,7 +23,8 @@ fn main() -> anyhow::Result<()> {
             runtime()?.block_on(async { Ok(controller::run(args).await?) })
         }
         Command::NodeAgent(args) => {
-            node_agent_runtime()?.block_on(async { Ok(agent::run(args).await?) })
+            let runtime = agent::runtime::build().context("starting the async runtime")?;
+            runtime.block_on(async { Ok(agent::run(args).await?) })
         }
         Command::Fleet(args) => runtime()?.block_on(async { Ok(fleet::run(args).await?) }),
     }
@@ -33,21 +32,6 @@ fn main() -> anyhow::Result<()> {
 
 fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
     tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-        .context("starting the async runtime")
-}
-
-/// Worker threads of the node agent's runtime, at most. Its async work (the kubelet's calls,
-/// a few watches, status writes) is light and its file and sysfs I/O runs on the blocking pool,
-/// while tokio's default of one worker per core would give the DaemonSet's pod on a 96-core
-/// node 96 threads, each with its stack and, once it allocates, its own malloc arena.
-const NODE_AGENT_WORKERS: usize = 2;
-
-fn node_agent_runtime() -> anyhow::Result<tokio::runtime::Runtime> {
-    let cores = std::thread::available_parallelism().map_or(1, std::num::NonZeroUsize::get);
-    tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(cores.min(NODE_AGENT_WORKERS))
         .enable_all()
         .build()
         .context("starting the async runtime")

@@ -76,7 +76,7 @@ fn agent_process_entry() {
     };
     let cli = Cli::parse_from(std::iter::once("mock-accel-dra").chain(argv.split(ARGV_SEPARATOR)));
     let _ = rustls::crypto::ring::default_provider().install_default();
-    telemetry::init_logging(cli.log_format, &cli.log_level).expect("logging");
+    telemetry::init_logging(cli.log.log_format, &cli.log.log_level).expect("logging");
     let Command::NodeAgent(args) = cli.command else {
         panic!("{ARGV_ENV} must start with node-agent");
     };

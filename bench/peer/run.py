@@ -10,6 +10,9 @@ writes it, with the raw numbers as JSON, into the state directory.
 
     bench/peer/run.py --ours target/release/mock-accel-dra [--state .bench-peer] [--cycles 10000]
 
+The node agent runs from `mock-accel-node-agent` beside `--ours` when there is one (the binary
+the DaemonSet runs), else from `--ours` itself; `--ours-agent` names another.
+
 Python 3 standard library only, like the harness it uses.
 """
 
@@ -66,7 +69,11 @@ def machine() -> list[str]:
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--ours", required=True, type=Path, help="the optimised mock-accel-dra binary")
+    ap.add_argument("--ours", required=True, type=Path,
+                    help="the optimised mock-accel-dra binary (makes the simulated tree)")
+    ap.add_argument("--ours-agent", type=Path,
+                    help="the binary that runs the node agent (default: mock-accel-node-agent "
+                         "beside --ours if it exists, else --ours)")
     ap.add_argument("--state", default=REPO / ".bench-peer", type=Path,
                     help="state directory: control plane, plugin directories, logs, results")
     ap.add_argument("--cycles", default="10000", help="sequential cycles per plugin")
@@ -83,6 +90,14 @@ def main(argv: list[str] | None = None) -> int:
     own = state / "bin" / "mock-accel-dra"
     own.parent.mkdir(parents=True, exist_ok=True)
     shutil.copy2(args.ours, own)
+    agent_src = args.ours_agent or args.ours.with_name("mock-accel-node-agent")
+    if not agent_src.is_file():
+        if args.ours_agent:
+            raise BenchError(f"{args.ours_agent} does not exist: build it first")
+        agent_src = args.ours
+    own_agent = own if agent_src == args.ours else state / "bin" / agent_src.name
+    if own_agent != own:
+        shutil.copy2(agent_src, own_agent)
     peer = build("peer")
     driver = build("driver")
 
@@ -105,7 +120,8 @@ def main(argv: list[str] | None = None) -> int:
         work.mkdir()
         json_out = state / "result.json"
         argv_bench = [
-            str(driver), f"--kubeconfig={cluster.kubeconfig}", f"--ours={own}", f"--peer={peer}",
+            str(driver), f"--kubeconfig={cluster.kubeconfig}", f"--ours={own}",
+            f"--ours-agent={own_agent}", f"--peer={peer}",
             f"--work={work}", f"--cdi-root={cdi_root}", f"--node-root={cdi_root / 'ours-node'}",
             f"--node={NODE}", f"--json={json_out}", f"--trace={state / 'cycles.csv'}",
             f"--cycles={args.cycles}", f"--mark={args.mark}", f"--starts={args.starts}",
@@ -127,7 +143,8 @@ def main(argv: list[str] | None = None) -> int:
         f"| Kubernetes | {version} (control plane and the peer, from the Go modules) |",
         f"| date | {started} |",
         f"| command | `make bench-peer` (cycles {args.cycles}, starts {args.starts}, "
-        f"throughput 4 × {args.per_block} cycles per plugin and concurrency) |",
+        f"throughput 4 × {args.per_block} cycles per plugin and concurrency; "
+        f"node agent: `{own_agent.name} node-agent`) |",
         "",
         res.stdout.rstrip(),
         "",

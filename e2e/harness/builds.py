@@ -189,6 +189,16 @@ def fakelet() -> Path:
     return Path(lines[-1])
 
 
+# The node agent alone, built beside mock-accel-dra (Cargo.toml); the DaemonSet runs it.
+NODE_AGENT = "mock-accel-node-agent"
+
+
+def node_agent_beside(driver_bin: Path) -> Path | None:
+    """mock-accel-node-agent in the directory of `driver_bin`, if it was built there."""
+    agent = driver_bin.with_name(NODE_AGENT)
+    return agent if agent.is_file() else None
+
+
 def driver() -> Path:
     override = os.environ.get("MOCK_ACCEL_DRA_BIN")
     if override:
@@ -197,7 +207,9 @@ def driver() -> Path:
     # a link remains; a plain `cargo build` would resolve other dependency features and rebuild
     # the whole tree.
     argv = ["cargo", "build", "--locked", "--message-format=json-render-diagnostics"]
-    argv += ["--release", "--bin", "mock-accel-dra"] if os.environ.get("MOCK_ACCEL_PROFILE") == "release" \
+    # Both binaries: the DaemonSet of a real node runs mock-accel-node-agent (realnode.py).
+    argv += ["--release", "--bin", "mock-accel-dra", "--bin", NODE_AGENT] \
+        if os.environ.get("MOCK_ACCEL_PROFILE") == "release" \
         else ["--all-targets"]
     progress.step(f"cargo target directory {os.environ.get('CARGO_TARGET_DIR') or REPO / 'target'}")
     lines = _stream(argv, "cargo")

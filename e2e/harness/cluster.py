@@ -120,6 +120,10 @@ class Cluster:
             own = self.state / "bin" / binaries.driver.name
             own.parent.mkdir(parents=True, exist_ok=True)
             shutil.copy2(binaries.driver, own)
+            # The node agent alone beside it, for the image of a real node (realnode.py).
+            agent = builds.node_agent_beside(binaries.driver)
+            if agent:
+                shutil.copy2(agent, own.with_name(agent.name))
             binaries = dataclasses.replace(binaries, driver=own)
         p = pki.create(self.state / "pki")
         ports = controlplane.Ports.allocate()

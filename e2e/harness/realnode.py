@@ -157,6 +157,14 @@ def oci_archive(path: Path, ref: str, files: dict[str, Path], symlinks: dict[str
             out.addfile(info, io.BytesIO(data))
 
 
+def _stripped(binary: Path, out: Path) -> Path:
+    """A copy of `binary` without symbols at `out` (a plain copy where `strip` fails)."""
+    r = subprocess.run(["strip", "-o", str(out), str(binary)], capture_output=True, timeout=300)
+    if r.returncode != 0:
+        shutil.copy2(binary, out)
+    return out
+
+
 def linked_libraries(binary: Path) -> dict[str, Path]:
     """The shared libraries `binary` links (ldd), by the path the loader looks them up at."""
     r = subprocess.run(["ldd", str(binary)], capture_output=True, text=True, timeout=30)
@@ -353,10 +361,14 @@ disabled_plugins = ["io.containerd.nri.v1.nri", "io.containerd.internal.v1.traci
         return cfg
 
     def _import_images(self, images: Path, driver: Path, pause: Path) -> None:
-        stripped = images / "mock-accel-dra"
-        r = subprocess.run(["strip", "-o", str(stripped), str(driver)], capture_output=True, timeout=300)
-        if r.returncode != 0:
-            shutil.copy2(driver, stripped)
+        stripped = _stripped(driver, images / "mock-accel-dra")
+        # The DaemonSet runs mock-accel-node-agent (config/node-agent.yaml). It takes the same
+        # arguments as mock-accel-dra, so a driver built without it (MOCK_ACCEL_DRA_BIN naming
+        # a lone binary) stands in for it.
+        agent = builds.node_agent_beside(driver)
+        if agent is None:
+            progress.step(f"{self.name}: no {builds.NODE_AGENT} beside {driver}; the image runs {driver.name} under its name")
+        agent_stripped = _stripped(agent or driver, images / builds.NODE_AGENT)
         driver_ref = image_name(REPO / "kustomize/default/kustomization.yaml")
         libs = {p: src for p, src in linked_libraries(driver).items()}
         bb = Path("/bin/busybox")
@@ -364,7 +376,8 @@ disabled_plugins = ["io.containerd.nri.v1.nri", "io.containerd.internal.v1.traci
             PAUSE_IMAGE: (images / "pause.tar", {"/pause": pause}, {}, ["/pause"]),
             BUSYBOX_IMAGE: (images / "busybox.tar", {"/bin/busybox": bb},
                             {f"/bin/{a}": "busybox" for a in ("sh", "env", "sleep", "cat", "ls", "echo", "true")}, None),
-            driver_ref: (images / "driver.tar", {"/usr/local/bin/mock-accel-dra": stripped, **libs}, {},
+            driver_ref: (images / "driver.tar", {"/usr/local/bin/mock-accel-dra": stripped,
+                                                 f"/usr/local/bin/{builds.NODE_AGENT}": agent_stripped, **libs}, {},
                          ["/usr/local/bin/mock-accel-dra"]),
         }
         for ref, (tar, files, links, entry) in archives.items():

@@ -16,6 +16,7 @@ pub mod claim_status;
 pub mod discovery;
 pub mod health;
 pub mod metrics;
+pub mod runtime;
 pub mod simulate;
 pub mod spec_watch;
 pub mod sriov;

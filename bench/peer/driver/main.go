@@ -54,12 +54,16 @@ type options struct {
 	kubeconfig, ours, peer, work, cdiRoot, nodeRoot, node, namespace, jsonOut, traceOut string
 	cycles, mark, starts, blocks, perBlock, devices                                     int
 	settle                                                                              time.Duration
+
+	// oursAgent runs our node agent (`<oursAgent> node-agent ...`); ours makes the tree.
+	oursAgent string
 }
 
 func main() {
 	var o options
 	flag.StringVar(&o.kubeconfig, "kubeconfig", "", "kubeconfig of the API server both plugins use (admin)")
-	flag.StringVar(&o.ours, "ours", "", "the mock-accel-dra binary (an optimised build)")
+	flag.StringVar(&o.ours, "ours", "", "the mock-accel-dra binary (an optimised build): makes the simulated tree, and runs the node agent without --ours-agent")
+	flag.StringVar(&o.oursAgent, "ours-agent", "", "the binary that runs our node agent (`<binary> node-agent ...`), e.g. mock-accel-node-agent; default --ours")
 	flag.StringVar(&o.peer, "peer", "", "the DRA test driver binary (bench/peer/build.sh peer)")
 	flag.StringVar(&o.work, "work", "", "directory for the plugins' sockets, checkpoints and logs, and our sysfs tree without --node-root (keep it short: socket paths are limited to 108 bytes)")
 	flag.StringVar(&o.cdiRoot, "cdi-root", "", "directory for the two CDI directories (tmpfs, as /var/run/cdi is on a node); default <work>/cdi")
@@ -82,6 +86,9 @@ func main() {
 	}
 	if o.cdiRoot == "" {
 		o.cdiRoot = filepath.Join(o.work, "cdi")
+	}
+	if o.oursAgent == "" {
+		o.oursAgent = o.ours
 	}
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
@@ -251,7 +258,7 @@ func oursPlugin(ctx context.Context, o options) (*plugin, []device, error) {
 	p := &plugin{
 		label:  "ours",
 		driver: oursDriver,
-		argv: []string{o.ours, "node-agent", "--node-name", o.node, "--driver-name", oursDriver,
+		argv: []string{o.oursAgent, "node-agent", "--node-name", o.node, "--driver-name", oursDriver,
 			"--sysfs-root", sys, "--dev-root", dev, "--cdi-dir", filepath.Join(o.cdiRoot, "ours"),
 			"--registry-dir", registry, "--plugin-dir", pluginDir, "--metrics-addr", "127.0.0.1:0"},
 		env:         []string{"KUBECONFIG=" + o.kubeconfig},
