@@ -326,8 +326,10 @@ class Cluster:
         # A second instance needs a metrics port of its own.
         port = n["agent_metrics_port"] if process == default else controlplane.free_port()
         progress.step(f"{node}: starting the node agent ({process})")
+        # The binary the DaemonSet runs (the node agent alone), where it was built.
+        program = builds.node_agent_beside(self.binaries.driver) or self.binaries.driver
         self.sup.start(process, [
-            str(self.binaries.driver), "node-agent", *wl.args,
+            str(program), "node-agent", *wl.args,
             f"--node-name={node}",
             f"--sysfs-root={paths.sys}",
             f"--dev-root={paths.dev}",
