@@ -111,6 +111,10 @@ def run(selected_ids: list[tuple[str, float]], jobs: int, state: Path, run_py: P
         own = state / "bin" / binaries.driver.name
         own.parent.mkdir(parents=True, exist_ok=True)
         shutil.copy2(binaries.driver, own)
+        # The node agent alone, which the clusters' nodes run, beside it (builds.node_agent_beside).
+        agent = builds.node_agent_beside(binaries.driver)
+        if agent:
+            shutil.copy2(agent, own.with_name(agent.name))
         env["MOCK_ACCEL_DRA_BIN"] = str(own)
     env["PYTHONUNBUFFERED"] = "1"
 
