@@ -92,7 +92,8 @@ class SupervisorTest(unittest.TestCase):
         p = sup.start("shell", ["bash", "-c", "sleep 60 & echo $! > child; wait"], cwd=self.state)
         child_file = self.state / "child"
         deadline = time.monotonic() + 5
-        while not child_file.exists() and time.monotonic() < deadline:
+        # The shell creates the file before `echo` writes to it: wait for the whole line.
+        while not (child_file.exists() and child_file.read_text().endswith("\n")) and time.monotonic() < deadline:
             time.sleep(0.05)
         child = int(child_file.read_text())
         child_file.unlink()

@@ -473,13 +473,21 @@ mod tests {
         );
         tokio::time::sleep(INTERVAL * 2).await;
         let w = writes(&api);
-        let last_of = |uid: &str| w.iter().rev().find(|c| c.name == format!("claim-{uid}")).cloned();
+        let last_of = |uid: &str| {
+            w.iter()
+                .rev()
+                .find(|c| c.name == format!("claim-{uid}"))
+                .cloned()
+        };
         assert!(
             last_of("u1").is_some_and(|c| c.entries.is_empty()),
             "u1 ended unprepared and its entries are cleared: {w:?}"
         );
         assert!(last_of("u2").is_some_and(|c| c.entries.len() == 1), "{w:?}");
-        assert!(w.len() <= during + 2, "the last state costs one more round: {w:?}");
+        assert!(
+            w.len() <= during + 2,
+            "the last state costs one more round: {w:?}"
+        );
 
         stop.cancel();
         task.await.unwrap();
