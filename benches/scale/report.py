@@ -213,16 +213,16 @@ def svg_chart(runs: list[dict], title: str, baseline: list[dict] | None = None,
 def markdown_tables(runs: list[dict]) -> str:
     """The per-run table, the steady-state request table and the growth line."""
     lines = [
-        "| nodes | devices/node | slices | time to publish | requests/min (steady) | "
+        "| nodes | devices/node | slices | time to publish | controller CPU while publishing | requests/min (steady) | "
         "ResourceSlice writes/min (steady) | per node and heartbeat: requests, API server CPU, controller CPU | "
         "reconciles/min (steady) | controller RSS | controller CPU (steady) | reconcile p99 | "
         "API server CPU (steady) | late beats | load average (1 min) before, after |",
-        "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+        "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for r in sorted(runs, key=lambda r: (r["devices_per_node"], r["nodes"])):
         p99 = r.get("reconcile_p99_s")
         lines.append(
-            f"| {r['nodes']:,} | {r['devices_per_node']} | {r['slices']:,} | {_publish(r)} | "
+            f"| {r['nodes']:,} | {r['devices_per_node']} | {r['slices']:,} | {_publish(r)} | {_publish_cpu(r)} | "
             f"{r['requests_per_min']:,.0f} | {r['slice_writes_per_min']:.0f} | "
             f"{r['requests_per_node_per_beat']:.2f}, {r['apiserver_cpu_ms_per_beat']:.2f} ms, "
             f"{r['controller_cpu_ms_per_beat']:.2f} ms | {r.get('reconciles_per_min', 0):,.0f} | "
@@ -238,12 +238,19 @@ def markdown_tables(runs: list[dict]) -> str:
         out += "".join(f"| {verb} | {res} | {v:,.0f} |\n" for (verb, res), v in rows if v >= 0.5)
     base = sorted((r for r in runs if r["devices_per_node"] == 6), key=lambda r: r["nodes"])
     if len(base) >= 2:
-        out += "\nGrowth with N (exponent k of cost ∝ N^k between the smallest and largest run; 1 is linear):\n\n"
-        for key, label in (("publish_s", "time to publish"), ("requests_per_min", "requests per minute"),
+        out += ("\nGrowth with N (exponent k of cost ∝ N^k between the smallest and largest run, and between "
+                "each run and the next; 1 is linear):\n\n")
+        for key, label in (("publish_s", "time to publish"),
+                           ("controller_cpu_publish_s", "controller CPU while publishing"),
+                           ("requests_per_min", "requests per minute"),
                            ("controller_rss_mib", "controller RSS"), ("controller_cpu_pct", "controller CPU"),
                            ("apiserver_cpu_pct", "API server CPU")):
-            k = growth_exponent([(r["nodes"], r[key]) for r in base])
-            out += f"- {label}: k = {k:.2f}\n" if k is not None else f"- {label}: n/a\n"
+            points = [(r["nodes"], r.get(key, 0.0)) for r in base]
+            k = growth_exponent(points)
+            steps = [(a[0], b[0], growth_exponent([a, b])) for a, b in zip(points, points[1:])]
+            steps_text = "; ".join(f"{n0:,} → {n1:,}: {s:.2f}" for n0, n1, s in steps if s is not None)
+            out += (f"- {label}: k = {k:.2f}" + (f" ({steps_text})" if len(steps) > 1 else "") + "\n"
+                    if k is not None else f"- {label}: n/a\n")
     return out
 
 
@@ -264,6 +271,7 @@ def comparison_table(before: list[dict], after: list[dict]) -> str:
 
         rows.append(
             f"| {a['nodes']:,} × {a['devices_per_node']} | {_publish(b)} → {_publish(a)} | "
+            f"{_publish_cpu(b)} → {_publish_cpu(a)} | "
             f"{cell('requests_per_min', lambda v: f'{v:,.0f}')} | "
             f"{cell('requests_per_node_per_beat', lambda v: f'{v:.2f}')} | "
             f"{cell('reconciles_per_min', lambda v: f'{v:,.0f}')} | "
@@ -272,9 +280,17 @@ def comparison_table(before: list[dict], after: list[dict]) -> str:
             f"{p99(b)} → {p99(a)} | {cell('apiserver_cpu_pct', lambda v: f'{v:.0f} %')} |")
     if not rows:
         return ""
-    return ("| nodes × devices | time to publish | requests/min (steady) | requests per node and heartbeat | "
-            "reconciles/min (steady) | controller RSS | controller CPU | reconcile p99 | API server CPU |\n"
-            "|---|---:|---:|---:|---:|---:|---:|---:|---:|\n" + "\n".join(rows) + "\n")
+    return ("| nodes × devices | time to publish | controller CPU while publishing | requests/min (steady) | "
+            "requests per node and heartbeat | reconciles/min (steady) | controller RSS | controller CPU | "
+            "reconcile p99 | API server CPU |\n"
+            "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n" + "\n".join(rows) + "\n")
+
+
+def _publish_cpu(r: dict) -> str:
+    """CPU seconds the controller used from its start until every slice was published (not
+    measured by earlier versions of the bench)."""
+    v = r.get("controller_cpu_publish_s")
+    return f"{v:.1f} s" if v is not None else "n/a"
 
 
 def _publish(r: dict) -> str:

@@ -15,6 +15,11 @@ Before and after a change: run once with `--controller-bin` the old build and `-
 directory of its own, then with the new build and `--baseline OLD/scale.json`: the SVG draws
 the old runs dashed, and scale.md starts with a before → after table. `MOCK_ACCEL_DRA_BIN`
 points the harness (and so the fleet) at a build too.
+
+Or in one pass, on the same fleets: `--baseline-bin OLD --baseline-runs 1000x6,3000x6` measures
+the old build too at those sizes, after the new one: its slices are deleted and the old build
+publishes them again beside the same fleet (no second fleet to create, which takes minutes at
+3,000 nodes). Its runs go to OUT/scale-baseline.json and serve as the baseline.
 """
 
 import argparse
@@ -30,6 +35,7 @@ sys.path.insert(0, str(HERE.parents[1] / "e2e"))
 sys.path.insert(0, str(HERE))
 
 from harness import cluster as cluster_mod, controlplane, progress  # noqa: E402
+from harness.kube import KubectlError  # noqa: E402
 from harness.manifests import Workload  # noqa: E402
 
 import report  # noqa: E402
@@ -97,11 +103,10 @@ def _duration_s(v: str) -> float:
 
 
 class Bench:
-    def __init__(self, state: Path, steady: float, controller_bin: str | None, publish_timeout: float):
+    def __init__(self, state: Path, steady: float, publish_timeout: float):
         self.publish_timeout = publish_timeout
         self.c = cluster_mod.Cluster(state, die_with_parent=True)
         self.steady = steady
-        self.controller_bin = controller_bin
 
     def up(self) -> None:
         # No simulated nodes; the two controller replicas `up` starts are stopped again, each run
@@ -112,14 +117,14 @@ class Bench:
         self.c.info["controllers"] = []
         self.c.save()
 
-    def start_controller(self) -> int:
+    def start_controller(self, controller_bin: str | None) -> int:
         wl = Workload.from_json(self.c.info["controller_workload"])
         kubeconfig, _ = self.c._controller_identity(wl)
         args = cluster_mod._without_flag(list(wl.args), "--leader-elect")
         args = cluster_mod._without_flag(args, "--agent-grace-period") + [f"--agent-grace-period={4 * HEARTBEAT_S}s"]
         port = controlplane.free_port()
         self.c.sup.start("bench-controller", [
-            self.controller_bin or str(self.c.binaries.driver), "controller", *args, "--leader-elect=false",
+            controller_bin or str(self.c.binaries.driver), "controller", *args, "--leader-elect=false",
             f"--metrics-addr=127.0.0.1:{port}",
         ], env={**wl.env, "KUBECONFIG": str(kubeconfig)})
         return port
@@ -149,10 +154,9 @@ class Bench:
             progress.step(f"{left} objects of the fleet left; deleting again")
             time.sleep(5)
 
-    def run(self, nodes: int, devices: int) -> dict:
+    def create_fleet(self, nodes: int, devices: int) -> None:
         progress.step(f"run: {nodes} nodes × {devices} devices")
-        load_before = os.getloadavg()[0]
-        log = self.c.state / "logs" / "bench-fleet.log"
+        log = self.fleet_log()
         # The log of a fleet started again is appended to: read only this run's part.
         log_start = log.stat().st_size if log.exists() else 0
         self.fleet(f"--nodes={nodes}", f"--devices-per-node={devices}", f"--heartbeat={HEARTBEAT_S}s",
@@ -164,10 +168,40 @@ class Bench:
             if time.monotonic() > deadline:
                 raise RuntimeError("the fleet was not created within 30 minutes")
             time.sleep(1)
-        progress.step(f"{nodes} nodes created; starting the controller")
+        progress.step(f"{nodes} nodes created")
 
+    def fleet_log(self) -> Path:
+        return self.c.state / "logs" / "bench-fleet.log"
+
+    def clear_slices(self) -> None:
+        """Deletes every slice the controller published (with the controller stopped), so that
+        another build publishes them again from nothing."""
+        selector = "app.kubernetes.io/managed-by=mock-accel-controller"
+        deadline = time.monotonic() + 600
+        while (left := len(self.c.kubectl.items("resourceslices", selector=selector))) > 0:
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"{left} slices left 10 minutes after deleting them")
+            # One delete-collection (`kubectl delete -l` would send a request per slice). At
+            # 12,000 slices it outlasts the API server's 60 s request timeout, which answers
+            # with an error having deleted part of them: delete the rest again.
+            try:
+                self.c.kubectl.run("delete", "--raw",
+                                   f"/apis/resource.k8s.io/v1/resourceslices?labelSelector={selector}",
+                                   timeout=600)
+            except KubectlError as e:
+                progress.step(f"{left} slices to delete; the delete-collection ended early ({e}); again")
+
+    def stop_fleet(self) -> None:
+        self.c.sup.stop("bench-fleet")
+
+    def measure(self, nodes: int, devices: int, controller_bin: str | None) -> dict:
+        """Starts a controller (`controller_bin`, or the harness's build) beside the fleet,
+        waits until it published every slice, measures the steady window, stops it."""
+        progress.step(f"starting the controller {controller_bin or self.c.binaries.driver}")
+        load_before = os.getloadavg()[0]
+        log = self.fleet_log()
         started = time.monotonic()
-        port = self.start_controller()
+        port = self.start_controller(controller_bin)
         pid = self.c.sup.get("bench-controller").pid
         per_node = None
         complete = True
@@ -191,6 +225,9 @@ class Bench:
                     break
             time.sleep(0.25)
         publish_s = time.monotonic() - started
+        # What publishing cost the controller: a reconcile that scans every node's slices makes
+        # this grow with N² rather than N.
+        publish_cpu_s = proc_cpu_seconds(pid)
         progress.step(f"{int(published)} slices published in {publish_s:.1f}s; settling")
 
         # Settle: the reconciles the publishing caused, and the fleet back on its schedule.
@@ -216,6 +253,8 @@ class Bench:
             "publish_s": publish_s,
             "publish_complete": complete,
             "published_fraction": published / (nodes * per_node) if per_node else 0.0,
+            "controller_cpu_publish_s": publish_cpu_s,
+            "controller_bin": controller_bin or str(self.c.binaries.driver),
             "steady_s": secs,
             "requests_per_min": total,
             "slice_writes_per_min": slice_writes,
@@ -245,7 +284,6 @@ class Bench:
                       f"{slice_writes:.0f} slice writes/min, controller {result['controller_rss_mib']:.0f} MiB "
                       f"{result['controller_cpu_pct']:.1f}% CPU, API server {result['apiserver_cpu_pct']:.0f}% CPU")
         self.c.sup.stop("bench-controller")
-        self.c.sup.stop("bench-fleet")
         return result
 
 
@@ -266,47 +304,65 @@ def main() -> int:
     ap.add_argument("--baseline", default=None,
                     help="scale.json of another build (e.g. before a change): drawn dashed in the SVG, "
                          "and a before → after table added to scale.md")
+    ap.add_argument("--baseline-bin", default=None,
+                    help="also measure this mock-accel-dra binary as the controller, on the same fleets, "
+                         "at the sizes of --baseline-runs (after this build; see above)")
+    ap.add_argument("--baseline-runs", default="",
+                    help="comma-separated NODESxDEVICES of --runs at which --baseline-bin is measured too")
     ap.add_argument("--out", default=str(HERE.parents[1] / "docs" / "bench"),
                     help="where scale.json, scale.svg and scale.md go (default docs/bench)")
     args = ap.parse_args()
-    runs = [tuple(int(x) for x in r.split("x")) for r in args.runs.split(",") if r]
+    runs = parse_runs(args.runs)
+    baseline_runs = set(parse_runs(args.baseline_runs)) if args.baseline_bin else set()
     global HEARTBEAT_S
     HEARTBEAT_S = args.heartbeat
     progress.set_prefix("bench-scale")
     cluster_mod.install_signal_handlers()
-    bench = Bench(Path(args.state), args.steady, args.controller_bin, args.publish_timeout)
-    results = []
-    if args.append and (Path(args.out) / "scale.json").is_file():
-        results = json.loads((Path(args.out) / "scale.json").read_text())["runs"]
+    bench = Bench(Path(args.state), args.steady, args.publish_timeout)
+    out = Path(args.out)
+    baseline = str(out / "scale-baseline.json") if args.baseline_bin else args.baseline
+    results, baseline_results = [], []
+    if args.append and (out / "scale.json").is_file():
+        results = json.loads((out / "scale.json").read_text())["runs"]
+    if args.append and args.baseline_bin and Path(baseline).is_file():
+        baseline_results = json.loads(Path(baseline).read_text())["runs"]
+    if args.baseline_bin:
+        # A baseline file of an earlier pass must not be drawn beside this one's first runs.
+        write_runs(Path(baseline), baseline_results, sys.argv[1:])
     try:
         bench.up()
         for i, (nodes, devices) in enumerate(runs):
-            results.append(bench.run(nodes, devices))
-            # Written before the clean-up, which takes minutes at 3,000 nodes.
-            write(Path(args.out), results, sys.argv[1:], args.baseline)
+            bench.create_fleet(nodes, devices)
+            results.append(bench.measure(nodes, devices, args.controller_bin))
+            # Written at once, before anything else can fail, and before the clean-up, which
+            # takes minutes at 3,000 nodes.
+            write(out, results, sys.argv[1:], baseline)
+            if (nodes, devices) in baseline_runs:
+                bench.clear_slices()
+                baseline_results.append(bench.measure(nodes, devices, args.baseline_bin))
+                write_runs(Path(baseline), baseline_results, sys.argv[1:])
+                write(out, results, sys.argv[1:], baseline)
+            bench.stop_fleet()
             if i + 1 < len(runs):
                 bench.fleet_delete()
     finally:
         bench.c.down()
-    write(Path(args.out), results, sys.argv[1:], args.baseline)
+    write(out, results, sys.argv[1:], baseline)
     print((Path(args.out) / "scale.md").read_text())
     return 0
+
+
+def parse_runs(runs: str) -> list[tuple[int, int]]:
+    """`100x6,1000x6` → [(100, 6), (1000, 6)]."""
+    return [tuple(int(x) for x in r.split("x")) for r in runs.split(",") if r]
 
 
 def write(out: Path, results: list[dict], argv: list[str], baseline: str | None = None) -> None:
     """Writes the results so far: JSON, SVG and Markdown (with `baseline`, a scale.json of
     another build, drawn beside them and compared in a table)."""
-    before = json.loads(Path(baseline).read_text())["runs"] if baseline else []
-    out.mkdir(parents=True, exist_ok=True)
-    meta = {
-        "date": time.strftime("%Y-%m-%d"),
-        "kubernetes": os.environ.get("K8S_VERSION", "v1.37.2"),
-        "cores": os.cpu_count(),
-        "load_average": os.getloadavg(),
-        "command": "make bench-scale" + (f" SCALE_ARGS='{' '.join(argv)}'" if argv else ""),
-        "heartbeat_s": HEARTBEAT_S,
-    }
-    (out / "scale.json").write_text(json.dumps({"meta": meta, "runs": results}, indent=2) + "\n")
+    before = json.loads(Path(baseline).read_text())["runs"] if baseline and Path(baseline).is_file() else []
+    write_runs(out / "scale.json", results, argv)
+    meta = json.loads((out / "scale.json").read_text())["meta"]
     (out / "scale.svg").write_text(report.svg_chart(
         results, f"mock-accel controller at scale (Kubernetes {meta['kubernetes']}, {meta['date']})",
         before, ("this build", "baseline") if before else ("", "")))
@@ -318,6 +374,20 @@ def write(out: Path, results: list[dict], argv: list[str], baseline: str | None 
                                                 for k, v in r["requests_by_verb_resource"].items()}}
             for r in results]))
     progress.step(f"wrote {out / 'scale.json'}, {out / 'scale.svg'}, {out / 'scale.md'}")
+
+
+def write_runs(path: Path, results: list[dict], argv: list[str]) -> None:
+    """Writes runs as JSON with what produced them (machine, version, command)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    meta = {
+        "date": time.strftime("%Y-%m-%d"),
+        "kubernetes": os.environ.get("K8S_VERSION", "v1.37.2"),
+        "cores": os.cpu_count(),
+        "load_average": os.getloadavg(),
+        "command": "make bench-scale" + (f" SCALE_ARGS='{' '.join(argv)}'" if argv else ""),
+        "heartbeat_s": HEARTBEAT_S,
+    }
+    path.write_text(json.dumps({"meta": meta, "runs": results}, indent=2) + "\n")
 
 
 if __name__ == "__main__":

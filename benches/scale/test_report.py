@@ -65,19 +65,23 @@ class ReportTest(unittest.TestCase):
                     "apiserver_cpu_ms_per_beat": 2.0, "controller_cpu_ms_per_beat": 0.5,
                     "controller_rss_mib": 20 + n / 100, "controller_cpu_pct": cpu, "reconcile_p99_s": 0.04,
                     "apiserver_cpu_pct": cpu * 4, "max_late_s": 0.1, "reconciles_per_min": n / 10,
-                    "load_before": 1.5, "load_after": 2.25,
+                    "load_before": 1.5, "load_after": 2.25, "controller_cpu_publish_s": n / 100,
                     "requests_by_verb_resource": {("GET", "nodes"): 6.0 * n, ("WATCH", "nodes"): 0.1}}
         md = report.markdown_tables([run(100, 1.0), run(1000, 10.0)])
-        self.assertIn("| 1,000 | 6 | 4,000 | 20.0 s | 24,000 | 0 | 4.00, 2.00 ms, 0.50 ms | 100 | 30 MiB |", md)
+        self.assertIn("| 1,000 | 6 | 4,000 | 20.0 s | 10.0 s | 24,000 | 0 | 4.00, 2.00 ms, 0.50 ms | 100 | 30 MiB |", md)
         self.assertIn("| 40 % | 0.1 s | 1.5, 2.2 |", md)
         self.assertIn("| GET | nodes | 6,000 |", md)
         self.assertNotIn("WATCH", md)
         self.assertIn("- controller CPU: k = 1.00", md)
+        self.assertIn("- controller CPU while publishing: k = 1.00\n", md)
+        three = report.markdown_tables([run(100, 1.0), run(1000, 10.0), {**run(3000, 90.0), "publish_s": 540.0}])
+        self.assertIn("- controller CPU: k = 1.32 (100 → 1,000: 1.00; 1,000 → 3,000: 2.00)", three)
+        self.assertIn("- time to publish: k = 1.65 (100 → 1,000: 1.00; 1,000 → 3,000: 3.00)", three)
 
         before = [{**run(1000, 20.0), "publish_s": 75.0, "requests_per_min": 4000.0, "reconciles_per_min": 1000.0}]
         table = report.comparison_table(before, [run(100, 1.0), run(1000, 10.0)])
         self.assertEqual(table.count("\n| 1,000 × 6 |"), 1, "only sizes measured in both: " + table)
-        self.assertIn("| 75.0 s → 20.0 s | 4,000 → 24,000 |", table)
+        self.assertIn("| 75.0 s → 20.0 s | 10.0 s → 10.0 s | 4,000 → 24,000 |", table)
         self.assertIn("| 1,000 → 100 |", table)
 
     def test_a_baseline_is_drawn_dashed_beside_the_runs(self):

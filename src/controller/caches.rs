@@ -9,6 +9,10 @@
 //! pool generation from slices that are gone. So each node's writes are remembered
 //! ([`Written`]) until the cache shows them ([`cache_shows`]); until then that node's slices are
 //! listed from the API server, as before. At steady state nothing is written, and nothing read.
+//!
+//! The slices are held by node ([`super::node_index`]), so that a reconcile reads its own
+//! node's slices without looking at the others (a filter over all of them made a full publish
+//! O(nodes²)). Nodes and MockAccelNodes are found by name, which is the node's name.
 
 use std::{
     collections::HashMap,
@@ -21,6 +25,8 @@ use kube::{
     api::{ObjectMeta, PartialObjectMeta},
     runtime::reflector::{ObjectRef, Store},
 };
+
+use super::node_index::{self, IndexReader, IndexWriter};
 
 /// What the controller wrote for a node: the slices it applied, with the resourceVersion the
 /// API server answered, and the slices it deleted (name, UID). Also used for what a `LIST`
@@ -82,19 +88,30 @@ pub fn cache_shows(written: &Written, cached: &[Arc<ResourceSlice>]) -> bool {
     applied && deleted
 }
 
+/// The node a slice belongs to (`spec.nodeName`), its key in the slice index.
+fn slice_node(slice: &ResourceSlice) -> Option<&str> {
+    slice.spec.node_name.as_deref()
+}
+
+/// A slice index by node, fed by the watch of the controller's slices ([`IndexWriter`]).
+pub fn slice_index() -> (IndexReader<ResourceSlice>, IndexWriter<ResourceSlice>) {
+    node_index::shared(slice_node)
+}
+
 /// The stores of one leadership term, and the writes each node still waits to see in them.
 pub struct Caches {
     nodes: Store<PartialObjectMeta<Node>>,
-    slices: Store<ResourceSlice>,
+    slices: IndexReader<ResourceSlice>,
     driver: String,
     pending: Mutex<HashMap<String, Written>>,
 }
 
 impl Caches {
-    /// Caches over two synced stores: the Node metadata and the slices this controller manages.
+    /// Caches over two synced stores: the Node metadata and the slices this controller manages
+    /// (by node, see [`slice_index`]).
     pub fn new(
         nodes: Store<PartialObjectMeta<Node>>,
-        slices: Store<ResourceSlice>,
+        slices: IndexReader<ResourceSlice>,
         driver: String,
     ) -> Self {
         Caches {
@@ -115,9 +132,8 @@ impl Caches {
     /// This driver's slices of `node` from the cache, or `None` when the cache has not yet shown
     /// the node's last writes (the caller lists them instead, see [`Caches::wrote`]).
     pub fn node_slices(&self, node: &str) -> Option<Vec<ResourceSlice>> {
-        let cached = self.slices.state_filter(|s| {
-            s.spec.node_name.as_deref() == Some(node) && s.spec.driver == self.driver
-        });
+        let mut cached = self.slices.on_node(node);
+        cached.retain(|s| s.spec.driver == self.driver);
         let mut pending = self.pending.lock().ok()?;
         if let Some(written) = pending.get(node) {
             if !cache_shows(written, &cached) {
@@ -144,6 +160,11 @@ impl Caches {
         if let Ok(mut pending) = self.pending.lock() {
             pending.entry(node.to_string()).or_default().merge(written);
         }
+    }
+
+    /// Slices handed to reconciles so far (each node's own; see [`IndexReader::visited`]).
+    pub fn slices_visited(&self) -> u64 {
+        self.slices.visited()
     }
 
     /// Forgets a node that is gone.
@@ -189,10 +210,10 @@ mod tests {
 
     #[test]
     fn a_node_with_unseen_writes_is_listed_until_the_cache_catches_up() {
-        let (store, mut writer) = reflector::store::<ResourceSlice>();
+        let (store, writer) = slice_index();
         let (nodes, _w) = reflector::store::<PartialObjectMeta<Node>>();
-        writer.apply_watcher_event(&watcher::Event::Apply(slice("a", "n", "4")));
-        writer.apply_watcher_event(&watcher::Event::Apply(slice("x", "other", "1")));
+        writer.apply(&watcher::Event::Apply(slice("a", "n", "4")));
+        writer.apply(&watcher::Event::Apply(slice("x", "other", "1")));
         let caches = Caches::new(nodes, store, "mock-accel.example.com".into());
 
         let names = |v: Option<Vec<ResourceSlice>>| {
@@ -216,11 +237,28 @@ mod tests {
             names(caches.node_slices("other")),
             Some(vec!["x".to_string()])
         );
-        writer.apply_watcher_event(&watcher::Event::Apply(slice("a", "n", "5")));
+        writer.apply(&watcher::Event::Apply(slice("a", "n", "5")));
         assert_eq!(names(caches.node_slices("n")), Some(vec!["a".to_string()]));
         // Seen once, the expectation is gone: a later change by someone else is read as it is.
-        writer.apply_watcher_event(&watcher::Event::Apply(slice("a", "n", "9")));
+        writer.apply(&watcher::Event::Apply(slice("a", "n", "9")));
         assert!(caches.node_slices("n").is_some());
+    }
+
+    #[test]
+    fn a_node_gets_its_own_slices_of_this_driver_only() {
+        let (store, writer) = slice_index();
+        let (nodes, _w) = reflector::store::<PartialObjectMeta<Node>>();
+        let mut foreign = slice("foreign", "n", "1");
+        foreign.spec.driver = "other.example.com".into();
+        for s in [slice("a", "n", "1"), foreign, slice("x", "other", "1")] {
+            writer.apply(&watcher::Event::Apply(s));
+        }
+        let caches = Caches::new(nodes, store, "mock-accel.example.com".into());
+        let slices = caches.node_slices("n").expect("nothing pending");
+        assert_eq!(
+            slices.iter().map(|s| s.name_any()).collect::<Vec<_>>(),
+            ["a"]
+        );
     }
 
     #[test]

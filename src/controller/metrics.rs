@@ -106,12 +106,15 @@ impl Metrics {
         let Ok(mut per_node) = self.per_node.lock() else {
             return;
         };
-        if slices == 0 {
-            per_node.remove(node);
+        let before = if slices == 0 {
+            per_node.remove(node)
         } else {
-            per_node.insert(node.to_string(), slices);
-        }
-        self.slices_published.set(per_node.values().sum());
+            per_node.insert(node.to_string(), slices)
+        };
+        // The node's share replaced in the total; a sum over every node at each reconcile
+        // would cost O(nodes) per reconcile.
+        self.slices_published
+            .inc_by(slices - before.unwrap_or_default());
     }
 
     /// Forgets every node's count, e.g. when this replica stops leading and another one

@@ -5,13 +5,14 @@
 //! also watches the slices it owns and the Nodes. The reconcile pipeline lives in
 //! [`reconcile`], its pure decisions in [`plan`], the metrics in [`metrics`]. What triggers a
 //! reconcile (not an agent's heartbeat) is decided in [`triggers`]; the reconcile reads Nodes
-//! and slices from the watch caches of [`caches`].
+//! and slices from the watch caches of [`caches`], the slices indexed by node ([`node_index`]).
 
 pub mod attach;
 pub mod caches;
 pub mod capabilities;
 pub mod leader;
 pub mod metrics;
+pub mod node_index;
 pub mod plan;
 pub mod reconcile;
 #[cfg(test)]
@@ -20,7 +21,7 @@ pub mod triggers;
 
 use std::{sync::Arc, time::Duration};
 
-use futures::StreamExt;
+use futures::{StreamExt, TryStreamExt};
 use k8s_openapi::api::{core::v1::Node, resource::v1::ResourceSlice};
 use kube::{
     Api, Client, ResourceExt,
@@ -248,17 +249,20 @@ async fn run_controller(
             Api::<PartialObjectMeta<Node>>::all(client.clone()),
             watch_config().any_semantic(),
         )
-        .modify(move |n| strip(&mut n.metadata)),
+        .modify(move |n| {
+            strip(&mut n.metadata);
+            // Nothing reads a Node's annotations (kubelets and CSI drivers write several).
+            n.metadata.annotations = None;
+        }),
     );
-    let (slice_store, slice_writer) = reflector::store::<ResourceSlice>();
-    let slices = reflector::reflector(
-        slice_writer,
-        watcher(
-            Api::<ResourceSlice>::all(client.clone()),
-            watch_config().labels(&managed_by_selector()),
-        )
-        .modify(move |s: &mut ResourceSlice| strip(&mut s.metadata)),
-    );
+    // The slices go into an index by node instead of a reflector's store (see `node_index`).
+    let (slice_index, slice_writer) = caches::slice_index();
+    let slices = watcher(
+        Api::<ResourceSlice>::all(client.clone()),
+        watch_config().labels(&managed_by_selector()),
+    )
+    .modify(move |s: &mut ResourceSlice| strip(&mut s.metadata))
+    .inspect_ok(move |event| slice_writer.apply(event));
     let controller = Controller::for_stream(
         triggers::changed_objects(mock_nodes, triggers::node_trigger_key),
         store.clone(),
@@ -269,11 +273,11 @@ async fn run_controller(
     let caches = {
         let ctx = ctx.clone();
         let stop = stop.clone();
-        let (nodes, slices) = (node_store.clone(), slice_store.clone());
+        let (nodes, slices) = (node_store.clone(), slice_index);
         tokio::spawn(async move {
             tokio::select! {
                 _ = stop.cancelled() => {}
-                (n, s) = futures::future::join(nodes.wait_until_ready(), slices.wait_until_ready()) => {
+                (n, s) = futures::future::join(nodes.wait_until_ready(), slices.wait_synced()) => {
                     if n.is_ok() && s.is_ok() {
                         ctx.set_caches(Some(Arc::new(Caches::new(nodes, slices, ctx.driver.clone()))));
                         tracing::debug!("reading Nodes and slices from the watch caches");

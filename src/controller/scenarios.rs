@@ -19,8 +19,9 @@ use kube::{
 use serde_json::json;
 
 use super::{
-    caches::Caches,
+    caches::{Caches, slice_index},
     metrics::Metrics,
+    node_index::IndexWriter,
     plan::{self, Observed, WriteOutcome},
     reconcile::{Context, ReconcileError, error_policy, reconcile},
 };
@@ -829,11 +830,7 @@ async fn sweep_deletes_only_slices_of_nodes_without_a_mockaccelnode() {
 fn cached_context(
     now: &str,
     slices: &[ResourceSlice],
-) -> (
-    Arc<Context>,
-    ApiServer,
-    reflector::store::Writer<ResourceSlice>,
-) {
+) -> (Arc<Context>, ApiServer, IndexWriter<ResourceSlice>) {
     let (ctx, api) = mock_api(now);
     let (nodes, mut node_writer) = reflector::store::<PartialObjectMeta<Node>>();
     node_writer.apply_watcher_event(&watcher::Event::Apply(PartialObjectMeta::<Node> {
@@ -845,9 +842,9 @@ fn cached_context(
         },
         _phantom: Default::default(),
     }));
-    let (store, mut writer) = reflector::store::<ResourceSlice>();
+    let (store, writer) = slice_index();
     for s in slices {
-        writer.apply_watcher_event(&watcher::Event::Apply(s.clone()));
+        writer.apply(&watcher::Event::Apply(s.clone()));
     }
     ctx.set_caches(Some(Arc::new(Caches::new(nodes, store, DRIVER.into()))));
     (ctx, api, writer)
@@ -865,6 +862,31 @@ async fn with_synced_caches_a_steady_reconcile_sends_no_request() {
 }
 
 #[tokio::test]
+async fn a_reconcile_reads_only_its_own_nodes_slices_from_the_cache() {
+    let (node, existing) = published(&mk_node(), FRESH);
+    // 300 other nodes with slices like this one's, of this driver and with the same labels.
+    let mut cached = existing.clone();
+    for i in 0..300 {
+        let other = format!("node-other-{i}");
+        cached.extend(existing.iter().map(|s| {
+            let mut s = s.clone();
+            s.metadata.name = Some(format!("{other}-{}", s.name_any()));
+            s.spec.node_name = Some(other.clone());
+            s
+        }));
+    }
+    let (ctx, api, _writer) = cached_context("2026-01-01T00:00:20Z", &cached);
+    let caches = ctx.caches().expect("caches are set");
+    let ran = run_on(ctx, api, node, |api| api.done()).await;
+    ran.result.expect("reconcile succeeds");
+    assert_eq!(
+        caches.slices_visited(),
+        existing.len() as u64,
+        "the reconcile looked at other nodes' slices"
+    );
+}
+
+#[tokio::test]
 async fn after_a_write_the_slices_are_listed_until_the_cache_shows_it() {
     let (mut node, mut existing) = published(&mk_node(), FRESH);
     // Older than what the apply answers (resourceVersion 7).
@@ -872,7 +894,7 @@ async fn after_a_write_the_slices_are_listed_until_the_cache_shows_it() {
         s.metadata.resource_version = Some("6".into());
     }
     devices_mut(&mut node).push(mk_device("mock0-vf0", Some(0)));
-    let (ctx, api, mut writer) = cached_context(FRESH, &existing);
+    let (ctx, api, writer) = cached_context(FRESH, &existing);
     let caches = ctx.caches();
     // The write: no read before it.
     let ran = run_on(ctx, api, node.clone(), |mut api| async move {
@@ -905,7 +927,7 @@ async fn after_a_write_the_slices_are_listed_until_the_cache_shows_it() {
     ran.result.expect("reconcile succeeds");
 
     // Once the watch delivered it, the cache is trusted again.
-    writer.apply_watcher_event(&watcher::Event::Apply(written));
+    writer.apply(&watcher::Event::Apply(written));
     let (next, api) = mock_api(FRESH);
     next.set_caches(caches.clone());
     let ran = run_on(next, api, node, |api| api.done()).await;
