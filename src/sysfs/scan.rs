@@ -216,7 +216,9 @@ struct Outcome {
 const DEVICES_PER_THREAD: usize = 64;
 
 /// Reads every named class device, in order. Large trees are split across threads: the work
-/// is all path lookups and small reads, which scale with cores.
+/// is all path lookups and small reads, which the kernel serves on every core at once, though
+/// not without contention (on two free cores, two threads take about four fifths of one
+/// thread's time for 45 % more CPU; BENCHMARKS.md, Discovery).
 fn read_all(dirs: &Dirs<'_>, names: &[String], max_threads: usize) -> Vec<Outcome> {
     let threads = max_threads
         .min(names.len().div_ceil(DEVICES_PER_THREAD))
