@@ -3,7 +3,8 @@
 //! 60 ms), the median CPU time of a scan (all its threads; on a shared machine it moves less
 //! than the wall time), and the system calls one scan makes per device, counted by
 //! `strace -c -f` on a child run of this bench that scans once, minus a child that does
-//! everything but the scan, in total and by call.
+//! everything but the scan, in total and by call. For the largest tree it also times the scan on
+//! one thread, to show what the second core adds.
 
 use std::{
     collections::BTreeMap,
@@ -90,6 +91,39 @@ fn process_cpu() -> Duration {
     Duration::new(t.tv_sec as u64, t.tv_nsec as u32)
 }
 
+/// The wall and CPU times of timed scans, each sorted, and the number of devices found.
+struct Timings {
+    wall: Vec<Duration>,
+    cpu: Vec<Duration>,
+    found: usize,
+}
+
+/// `runs` timed scans on at most `threads` threads.
+fn timed_scans(
+    root: &Path,
+    runs: usize,
+    threads: usize,
+) -> Result<Timings, Box<dyn std::error::Error>> {
+    let mut times: Vec<Duration> = Vec::with_capacity(runs);
+    let mut cpu: Vec<Duration> = Vec::with_capacity(runs);
+    let mut found = 0;
+    for _ in 0..runs {
+        let (start, cpu_start) = (Instant::now(), process_cpu());
+        let scan = sysfs::scan_on_threads(root, threads)?;
+        times.push(start.elapsed());
+        cpu.push(process_cpu().saturating_sub(cpu_start));
+        found = scan.inventory.devices.len();
+        assert!(scan.warnings.is_empty(), "{:?}", scan.warnings);
+    }
+    times.sort();
+    cpu.sort();
+    Ok(Timings {
+        wall: times,
+        cpu,
+        found,
+    })
+}
+
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     if let Some(tree) = std::env::var_os(CHILD_TREE) {
         if std::env::var(CHILD_SCANS).as_deref() == Ok("1") {
@@ -120,20 +154,14 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         let start = Instant::now();
         sim::create(dir.path(), None, &spec)?;
         let built = start.elapsed();
-        let mut times: Vec<Duration> = Vec::with_capacity(runs);
-        let mut cpu: Vec<Duration> = Vec::with_capacity(runs);
         // Warm: the first scan brings the tree into the dentry and page caches, untimed.
-        let mut found = sysfs::scan(dir.path())?.inventory.devices.len();
-        for _ in 0..runs {
-            let (start, cpu_start) = (Instant::now(), process_cpu());
-            let scan = sysfs::scan(dir.path())?;
-            times.push(start.elapsed());
-            cpu.push(process_cpu().saturating_sub(cpu_start));
-            found = scan.inventory.devices.len();
-            assert!(scan.warnings.is_empty(), "{:?}", scan.warnings);
-        }
-        times.sort();
-        cpu.sort();
+        sysfs::scan(dir.path())?;
+        let cores = std::thread::available_parallelism().map_or(1, std::num::NonZeroUsize::get);
+        let Timings {
+            wall: times,
+            cpu,
+            found,
+        } = timed_scans(dir.path(), runs, cores)?;
         let calls = if full {
             match (
                 counted_calls(dir.path(), true),
@@ -152,6 +180,13 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             cpu[runs / 2]
         );
         if found >= 4096 {
+            let one = timed_scans(dir.path(), runs, 1)?;
+            println!(
+                "  one thread (the default uses {cores}): best={:>9.2?} median={:>9.2?} cpu/scan(median)={:>9.2?}",
+                one.wall[0],
+                one.wall[runs / 2],
+                one.cpu[runs / 2]
+            );
             let aim = Duration::from_millis(60);
             println!(
                 "  aim: 4096 devices under {aim:?} (median of {runs}): median is {:.0}% of it: {}",

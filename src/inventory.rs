@@ -64,7 +64,7 @@ pub struct Device {
     pub memory: u64,
     /// PCI BDF `DDDD:BB:DD.F`.
     pub pci_address: String,
-    /// `pci<domain>:<bus>` of the root complex, when the `bus/pci/devices` link resolves.
+    /// `pci<domain>:<bus>` of the root complex, when the class link's target names one.
     pub pcie_root: Option<String>,
     /// `None` when the kernel reports `-1` (no NUMA information).
     pub numa_node: Option<u32>,

@@ -2,7 +2,10 @@
 //! warnings, as recorded in `tests/golden/discover/`: the scan may change how it reads a tree
 //! (fewer calls, other handles, threads) but never what it reports. The files were recorded by
 //! the binary before the scan read each device through its own directory handle; a tree of 512
-//! devices (read on several threads) is kept as the SHA-256 of its 80 kB of JSON.
+//! devices (read on several threads) is kept as the SHA-256 of its 80 kB of JSON. The `broken`
+//! tree's files were recorded again once the PCI address and pcieRoot came from the class link's
+//! target: its removed `bus/pci/devices` link is no longer read, so mock3 keeps its pcieRoot
+//! (`pci0000:20`, as its class link says) and that warning is gone; everything else is the same.
 //!
 //! To record them again after a deliberate change of the output, run the test with
 //! `MOCK_ACCEL_BLESS=1` and review the diff.

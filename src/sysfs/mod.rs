@@ -6,6 +6,8 @@
 //! directory's `device` link names the PCI function, `device/physfn` marks a real SR-IOV VF and
 //! `device/device` = `0x0002` a static VF.
 //!
+//! - [`class_link`]: what a class entry's link target says (PCI address, pcieRoot, the path of
+//!   the class directory), pure.
 //! - [`parse`]: the pure value parsers, one per format the kernel prints (integers as
 //!   `kstrtou32` reads them, BDFs, UUIDs, NUMA nodes, firmware versions).
 //! - [`scan`]: a tree becomes an [`crate::inventory::Inventory`]; a device whose files are
@@ -15,6 +17,7 @@
 //!
 //! This module holds what they share: the paths of the layout and the one error type.
 
+pub mod class_link;
 pub mod parse;
 pub mod register;
 pub mod scan;
@@ -24,15 +27,16 @@ use std::path::{Path, PathBuf};
 pub use self::{
     parse::{
         Bdf, parse_dev_numbers, parse_fw_version, parse_kernel_u32, parse_kernel_u64, parse_numa,
-        parse_register, parse_uuid, pcie_root_from_target,
+        parse_register, parse_uuid,
     },
     register::{read_dev_numbers, read_status, write_status},
-    scan::{Scan, scan},
+    scan::{Scan, scan, scan_on_threads},
 };
 
 /// Class directory, relative to the sysfs root.
 pub const CLASS_DIR: &str = "class/mock-accel";
-/// PCI bus device links, relative to the sysfs root (targets give the pcieRoot).
+/// PCI bus device links, relative to the sysfs root (the simulator makes them; the scan takes
+/// the pcieRoot from the class links, which name the same directories).
 pub const PCI_BUS_DEVICES_DIR: &str = "bus/pci/devices";
 /// PCI vendor id of every mock-accel function, as `device/vendor` prints it.
 pub const PCI_VENDOR: &str = "0x1de5";

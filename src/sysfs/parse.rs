@@ -1,7 +1,7 @@
 //! The pure parsers of the values the kernel module prints in sysfs, each accepting exactly what
 //! the kernel prints or accepts (and naming the problem otherwise). No file access here.
 
-use std::{fmt, path::Path, str::FromStr};
+use std::{fmt, str::FromStr};
 
 /// A PCI function address `DDDD:BB:SS.F` (domain, bus, slot 0-31, function 0-7).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -110,14 +110,6 @@ pub fn parse_dev_numbers(text: &str) -> Option<(u32, u32)> {
     Some((major.parse().ok()?, minor.parse().ok()?))
 }
 
-/// Pure part of [`pcie_root_of`].
-pub fn pcie_root_from_target(target: &Path) -> Option<String> {
-    let mut parts = target.components().map(|c| c.as_os_str().to_str());
-    parts.by_ref().find(|c| *c == Some("devices"))?;
-    let next = parts.next()??;
-    next.starts_with("pci").then(|| next.to_string())
-}
-
 /// `%pUb`: 8-4-4-4-12 hex digits. Returned lowercase as the kernel prints it.
 pub fn parse_uuid(text: &str) -> Result<String, String> {
     let t = text.trim();
@@ -224,16 +216,6 @@ mod tests {
         assert!(parse_numa("zero").is_err());
         assert_eq!(parse_fw_version("1.0.0\n").unwrap(), "1.0.0");
         assert!(parse_fw_version("1.0").is_err());
-        assert_eq!(
-            pcie_root_from_target(Path::new(
-                "../../../devices/pci0000:20/0000:20:00.0/0000:21:00.1"
-            )),
-            Some("pci0000:20".into())
-        );
-        assert_eq!(
-            pcie_root_from_target(Path::new("../../devices/0000:21:00.1")),
-            None
-        );
         assert_eq!(parse_dev_numbers("240:3\n"), Some((240, 3)));
         assert_eq!(parse_dev_numbers("240"), None);
     }

@@ -2,9 +2,11 @@
 //!
 //! Scanning reads a fixed number of files per device and resolves parents through one map from
 //! BDF to device, so its cost grows linearly with the number of devices (no directory walks).
-//! Each device's files are looked up relative to a handle on its own class directory, so a
-//! lookup is one path component instead of the class symlink's whole target. Large trees are
-//! read on a few threads.
+//! A device's class entry is read as a link, whose target gives its PCI address and pcieRoot
+//! (see [`super::class_link`]) and the path of its directory; that directory is opened relative
+//! to a handle on the directory that holds its PCI function (shared by the functions of one
+//! root port), and each file relative to that, one path component away. Large trees are read on
+//! a few threads.
 
 use std::{
     collections::{HashMap, hash_map::Entry},
@@ -22,9 +24,9 @@ use rustix::{
 };
 
 use super::{
-    Bdf, CLASS_DIR, PCI_BUS_DEVICES_DIR, PCI_DEVICE_PF, PCI_DEVICE_VF, SysfsError,
-    check_sysfs_name, device_dir, parse_fw_version, parse_numa, parse_register, parse_uuid,
-    pcie_root_from_target,
+    Bdf, CLASS_DIR, PCI_DEVICE_PF, PCI_DEVICE_VF, SysfsError, check_sysfs_name,
+    class_link::parse_class_link, device_dir, parse_fw_version, parse_numa, parse_register,
+    parse_uuid,
 };
 use crate::{
     inventory::{Device, DeviceType, Inventory},
@@ -59,6 +61,13 @@ struct RawDevice {
 /// Scans `<root>/class/mock-accel/*`. Only an unusable root is an error; a missing class
 /// directory is an empty inventory with a warning, and a broken device is a warning.
 pub fn scan(root: &Path) -> Result<Scan, SysfsError> {
+    let cores = std::thread::available_parallelism().map_or(1, std::num::NonZeroUsize::get);
+    scan_on_threads(root, cores)
+}
+
+/// [`scan`] on at most `max_threads` threads (at least one): the same result whatever the
+/// number; the benchmark compares one thread with the cores.
+pub fn scan_on_threads(root: &Path, max_threads: usize) -> Result<Scan, SysfsError> {
     let meta = std::fs::metadata(root).map_err(|source| SysfsError::io(root, source))?;
     if !meta.is_dir() {
         return Err(SysfsError::invalid(
@@ -83,8 +92,8 @@ pub fn scan(root: &Path) -> Result<Scan, SysfsError> {
         std::fs::read_dir(&class_dir).map_err(|source| SysfsError::io(&class_dir, source))?;
     let dirs = Dirs {
         root,
+        root_fd: open_dir(CWD, root).map_err(|source| SysfsError::io(root, source))?,
         class,
-        bus: open_dir(CWD, &root.join(PCI_BUS_DEVICES_DIR)),
     };
 
     let mut names = Vec::new();
@@ -113,7 +122,7 @@ pub fn scan(root: &Path) -> Result<Scan, SysfsError> {
     // DRA name -> index in `raws` of the device that holds it.
     let mut by_name: HashMap<String, usize> = HashMap::with_capacity(names.len());
     let mut by_bdf: HashMap<Bdf, usize> = HashMap::with_capacity(names.len());
-    for (sysfs_name, outcome) in names.iter().zip(read_all(&dirs, &names)) {
+    for (sysfs_name, outcome) in names.iter().zip(read_all(&dirs, &names, max_threads)) {
         warnings.extend(outcome.soft);
         let raw = match outcome.result {
             Ok(raw) => raw,
@@ -144,7 +153,7 @@ pub fn scan(root: &Path) -> Result<Scan, SysfsError> {
         match by_bdf.entry(raw.bdf) {
             Entry::Occupied(first) => {
                 warnings.push(SysfsError::invalid(
-                    &device_dir(root, &raw.sysfs_name).join("device"),
+                    &device_dir(root, &raw.sysfs_name),
                     format!(
                         "PCI function {} already belongs to {}; {} skipped",
                         raw.bdf,
@@ -207,10 +216,11 @@ struct Outcome {
 const DEVICES_PER_THREAD: usize = 64;
 
 /// Reads every named class device, in order. Large trees are split across threads: the work
-/// is all path lookups and small reads, which scale with cores.
-fn read_all(dirs: &Dirs<'_>, names: &[String]) -> Vec<Outcome> {
-    let threads = std::thread::available_parallelism()
-        .map_or(1, std::num::NonZeroUsize::get)
+/// is all path lookups and small reads, which the kernel serves on every core at once, though
+/// not without contention (on two free cores, two threads take about four fifths of one
+/// thread's time for 45 % more CPU; BENCHMARKS.md, Discovery).
+fn read_all(dirs: &Dirs<'_>, names: &[String], max_threads: usize) -> Vec<Outcome> {
+    let threads = max_threads
         .min(names.len().div_ceil(DEVICES_PER_THREAD))
         .max(1);
     if threads == 1 {
@@ -234,11 +244,12 @@ fn read_all(dirs: &Dirs<'_>, names: &[String]) -> Vec<Outcome> {
 
 fn read_chunk(dirs: &Dirs<'_>, names: &[String]) -> Vec<Outcome> {
     let mut reader = AttrReader::default();
+    let mut parents = ParentDirs::default();
     names
         .iter()
         .map(|name| {
             let mut soft = Vec::new();
-            let result = read_device(dirs, name, &mut reader, &mut soft);
+            let result = read_device(dirs, name, &mut reader, &mut parents, &mut soft);
             Outcome { result, soft }
         })
         .collect()
@@ -281,34 +292,103 @@ fn resolve_parent(
     }
 }
 
-/// The directories every scan starts from, opened once per scan: the class directory, whose
-/// entries each device's handle is opened from, and the PCI bus links.
+/// The directories every scan starts from, opened once per scan: the sysfs root, below which
+/// the functions' parent directories are opened, and the class directory, whose entries are
+/// read as links.
 struct Dirs<'a> {
     root: &'a Path,
+    root_fd: OwnedFd,
     class: OwnedFd,
-    /// `bus/pci/devices`, or why it could not be opened: then every device's pcieRoot link is
-    /// reported missing, as a lookup of the link itself would report it.
-    bus: Result<OwnedFd, std::io::Error>,
 }
 
-/// One class device's directory, opened once (`O_PATH`, through the class symlink): each of its
-/// ~10 files is then one path component away (`uuid`, `device/device`), where a lookup from the
-/// class directory (`mock3/uuid`) would walk the class symlink's target, eight components, for
-/// every file again.
+/// Handles on the directories that hold PCI functions' directories (a root port's, such as
+/// `devices/pci0000:10/0000:10:00.0`), opened once per scan thread and shared by the devices
+/// below them, so that opening a device's directory is three path components
+/// (`0000:11:00.0/mock-accel/mock0`) instead of the class symlink and its eight. At most
+/// [`PARENT_HANDLES`] are kept: on a tree whose functions each sit under their own port, the
+/// others are opened from the root instead, and the scan holds no more descriptors.
+#[derive(Default)]
+struct ParentDirs(Vec<(String, OwnedFd)>);
+
+/// Parent directories kept open per scan thread: a node has a few PCI root ports.
+const PARENT_HANDLES: usize = 64;
+
+impl ParentDirs {
+    /// Opens `<parent>/<below>` (both relative to the root) as a directory handle.
+    fn open_below(
+        &mut self,
+        root: &OwnedFd,
+        parent: &str,
+        below: &str,
+    ) -> std::io::Result<OwnedFd> {
+        if let Some((_, fd)) = self.0.iter().find(|(path, _)| path == parent) {
+            return open_dir(fd, Path::new(below));
+        }
+        if self.0.len() == PARENT_HANDLES {
+            return open_dir(root, &Path::new(parent).join(below));
+        }
+        let fd = open_dir(root, Path::new(parent))?;
+        let dir = open_dir(&fd, Path::new(below))?;
+        self.0.push((parent.to_string(), fd));
+        Ok(dir)
+    }
+}
+
+/// One class device's directory, opened once (`O_PATH`) by the path its class link names: each
+/// of its files is then one path component away (`uuid`), the PCI function's files three
+/// (`../../device`), where a lookup from the class directory (`mock3/uuid`) would walk the class
+/// symlink's target, eight components, for every file again.
 struct DeviceDir<'a> {
     root: &'a Path,
     sysfs_name: &'a str,
     fd: OwnedFd,
+    /// From the class link's target.
+    bdf: Bdf,
+    /// From the class link's target too, or the warning that it names none.
+    pcie_root: Result<String, SysfsError>,
 }
 
 impl<'a> DeviceDir<'a> {
-    fn open(dirs: &Dirs<'a>, sysfs_name: &'a str) -> Result<Self, SysfsError> {
-        let fd = open_dir(&dirs.class, Path::new(sysfs_name))
-            .map_err(|source| SysfsError::io(&device_dir(dirs.root, sysfs_name), source))?;
+    /// Reads the class entry's link and opens the directory it names.
+    fn open(
+        dirs: &Dirs<'a>,
+        sysfs_name: &'a str,
+        link_buf: &mut [u8],
+        parents: &mut ParentDirs,
+    ) -> Result<Self, SysfsError> {
+        let entry = || device_dir(dirs.root, sysfs_name);
+        let target = match read_link_at(link_buf, &dirs.class, sysfs_name) {
+            Ok(target) => target,
+            Err(e) if e.raw_os_error() == Some(Errno::INVAL.raw_os_error()) => {
+                return Err(SysfsError::invalid(
+                    &entry(),
+                    "not a symbolic link; the kernel makes every class entry a link into devices/",
+                ));
+            }
+            Err(source) => return Err(SysfsError::io(&entry(), source)),
+        };
+        let target = target
+            .to_str()
+            .ok_or_else(|| SysfsError::invalid(&entry(), "class link target is not UTF-8"))?;
+        let link =
+            parse_class_link(target).map_err(|problem| SysfsError::invalid(&entry(), problem))?;
+        let pcie_root = link.pcie_root.map(str::to_string).ok_or_else(|| {
+            SysfsError::invalid(
+                &entry(),
+                format!(
+                    "class link target {target:?} has no pci<domain>:<bus> after devices/; pcieRoot left out for {sysfs_name}"
+                ),
+            )
+        });
+        let fd = parents
+            .open_below(&dirs.root_fd, link.function_parent, link.below_parent)
+            .map_err(|source| SysfsError::io(&entry(), source))?;
         Ok(DeviceDir {
             root: dirs.root,
             sysfs_name,
             fd,
+            bdf: link.bdf,
+            pcie_root,
         })
     }
 
@@ -335,37 +415,69 @@ const LINK_MAX: usize = 4096;
 /// First read size: sysfs hands out an attribute (at most a page) in one read.
 const READ_BUF: usize = 4096;
 
+/// A file read for a device: the path opened relative to its directory handle, and the path
+/// that errors name below `class/mock-accel/<name>/` (where a user would look).
+#[derive(Clone, Copy)]
+struct Attr {
+    open: &'static str,
+    shown: &'static str,
+}
+
+/// A class attribute: opened and named alike.
+impl From<&'static str> for Attr {
+    fn from(name: &'static str) -> Self {
+        Attr {
+            open: name,
+            shown: name,
+        }
+    }
+}
+
+/// The PCI function's files. Its directory is the class directory's grandparent, where the
+/// class directory's `device` link points (see [`super::class_link`]); `../../` reaches it
+/// without following that link, and the errors name the files through it, as before.
+const PCI_DEVICE_ID: Attr = Attr {
+    open: "../../device",
+    shown: "device/device",
+};
+const PCI_NUMA_NODE: Attr = Attr {
+    open: "../../numa_node",
+    shown: "device/numa_node",
+};
+const PCI_PHYSFN: Attr = Attr {
+    open: "../../physfn",
+    shown: "device/physfn",
+};
+
 /// Reads small attribute files and symlinks relative to a device's directory handle, into
 /// buffers reused for every device: three system calls per file (open, one read, close), one
 /// per link, and no allocation unless something fails or a file is longer than a page.
 struct AttrReader {
-    /// The file `buf` holds, relative to the device directory (for error messages).
-    attr: &'static str,
+    /// The file `buf` holds (for error messages).
+    attr: Attr,
     /// Read straight into; `len` bytes are the file's text. Zeroed once, when it grows.
     buf: Vec<u8>,
     len: usize,
     link: Vec<u8>,
-    /// A BDF as text, the name of its `bus/pci/devices` link.
-    bdf: String,
 }
 
 impl Default for AttrReader {
     fn default() -> Self {
         AttrReader {
-            attr: "",
+            attr: Attr::from(""),
             buf: vec![0; READ_BUF],
             len: 0,
             link: vec![0; LINK_MAX],
-            bdf: String::with_capacity(12),
         }
     }
 }
 
 impl AttrReader {
     /// The text of `<device>/<attr>`, or the I/O error naming the file.
-    fn read(&mut self, dev: &DeviceDir<'_>, attr: &'static str) -> Result<&str, SysfsError> {
+    fn read(&mut self, dev: &DeviceDir<'_>, attr: impl Into<Attr>) -> Result<&str, SysfsError> {
+        let attr = attr.into();
         self.fill(dev, attr)
-            .map_err(|source| SysfsError::io(&dev.path(attr), source))?;
+            .map_err(|source| SysfsError::io(&dev.path(attr.shown), source))?;
         self.text(dev)
     }
 
@@ -373,22 +485,23 @@ impl AttrReader {
     fn read_optional(
         &mut self,
         dev: &DeviceDir<'_>,
-        attr: &'static str,
+        attr: impl Into<Attr>,
     ) -> Result<Option<&str>, SysfsError> {
+        let attr = attr.into();
         match self.fill(dev, attr) {
             Ok(()) => self.text(dev).map(Some),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
-            Err(source) => Err(SysfsError::io(&dev.path(attr), source)),
+            Err(source) => Err(SysfsError::io(&dev.path(attr.shown), source)),
         }
     }
 
     /// Reads the file `attr` of the device into `buf`.
-    fn fill(&mut self, dev: &DeviceDir<'_>, attr: &'static str) -> std::io::Result<()> {
+    fn fill(&mut self, dev: &DeviceDir<'_>, attr: Attr) -> std::io::Result<()> {
         self.attr = attr;
         self.len = 0;
         let fd = rustix::fs::openat(
             &dev.fd,
-            attr,
+            attr.open,
             OFlags::RDONLY | OFlags::CLOEXEC,
             Mode::empty(),
         )?;
@@ -415,7 +528,7 @@ impl AttrReader {
         let bytes = &self.buf[..self.len];
         std::str::from_utf8(bytes).map_err(|_| {
             SysfsError::parse(
-                &dev.path(self.attr),
+                &dev.path(self.attr.shown),
                 &String::from_utf8_lossy(bytes),
                 "not UTF-8 text",
             )
@@ -439,11 +552,11 @@ impl AttrReader {
     }
 
     /// The target of the symlink `<device>/<attr>`, `None` when there is none.
-    fn link(&mut self, dev: &DeviceDir<'_>, attr: &str) -> Result<Option<&Path>, SysfsError> {
-        match read_link_at(&mut self.link, &dev.fd, attr) {
+    fn link(&mut self, dev: &DeviceDir<'_>, attr: Attr) -> Result<Option<&Path>, SysfsError> {
+        match read_link_at(&mut self.link, &dev.fd, attr.open) {
             Ok(target) => Ok(Some(target)),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
-            Err(source) => Err(SysfsError::io(&dev.path(attr), source)),
+            Err(source) => Err(SysfsError::io(&dev.path(attr.shown), source)),
         }
     }
 }
@@ -471,23 +584,14 @@ fn read_device(
     dirs: &Dirs<'_>,
     sysfs_name: &str,
     r: &mut AttrReader,
+    parents: &mut ParentDirs,
     warnings: &mut Vec<SysfsError>,
 ) -> Result<RawDevice, SysfsError> {
     let root = dirs.root;
     let name = dra_device_name(sysfs_name)
         .map_err(|e| SysfsError::invalid(&root.join(CLASS_DIR).join(sysfs_name), e.to_string()))?;
-    let dev = DeviceDir::open(dirs, sysfs_name)?;
-
-    let bdf = match r.link(&dev, "device")? {
-        Some(target) => link_basename(target),
-        None => Err(std::io::Error::from(Errno::NOENT).to_string()),
-    };
-    let bdf = bdf
-        .and_then(|b| {
-            b.parse::<Bdf>()
-                .map_err(|reason| format!("link target: {reason}"))
-        })
-        .map_err(|problem| SysfsError::invalid(&dev.path("device"), problem))?;
+    let dev = DeviceDir::open(dirs, sysfs_name, &mut r.link, parents)?;
+    let bdf = dev.bdf;
 
     let uuid = {
         let text = r.read(&dev, "uuid")?;
@@ -509,13 +613,13 @@ fn read_device(
     let status = r.register(&dev, "status")?;
 
     let numa_node = {
-        let mut attr = "numa_node";
+        let mut attr = Attr::from("numa_node");
         if r.read_optional(&dev, attr)?.is_none() {
-            attr = "device/numa_node";
+            attr = PCI_NUMA_NODE;
             r.read(&dev, attr)?;
         }
         let text = r.text(&dev)?;
-        parse_numa(text).map_err(|reason| SysfsError::parse(&dev.path(attr), text, reason))?
+        parse_numa(text).map_err(|reason| SysfsError::parse(&dev.path(attr.shown), text, reason))?
     };
 
     let fw_version = match r.read_optional(&dev, "fw_version") {
@@ -537,14 +641,14 @@ fn read_device(
         }
     };
 
-    let physfn_bdf = match r.link(&dev, "device/physfn")? {
+    let physfn_bdf = match r.link(&dev, PCI_PHYSFN)? {
         Some(target) => Some(
             link_basename(target)
                 .and_then(|b| {
                     b.parse::<Bdf>()
                         .map_err(|reason| format!("link target: {reason}"))
                 })
-                .map_err(|problem| SysfsError::invalid(&dev.path("device/physfn"), problem))?,
+                .map_err(|problem| SysfsError::invalid(&dev.path(PCI_PHYSFN.shown), problem))?,
         ),
         None => None,
     };
@@ -553,12 +657,12 @@ fn read_device(
     // read only for functions without one (PFs and static VFs): three calls fewer per SR-IOV VF.
     let device_type = match physfn_bdf {
         Some(_) => DeviceType::Vf,
-        None => match r.read(&dev, "device/device")?.trim() {
+        None => match r.read(&dev, PCI_DEVICE_ID)?.trim() {
             PCI_DEVICE_VF => DeviceType::Vf,
             PCI_DEVICE_PF => DeviceType::Pf,
             other => {
                 return Err(SysfsError::parse(
-                    &dev.path("device/device"),
+                    &dev.path(PCI_DEVICE_ID.shown),
                     other,
                     format!(
                         "not a mock-accel PCI device id ({PCI_DEVICE_PF} PF or {PCI_DEVICE_VF} VF)"
@@ -568,13 +672,10 @@ fn read_device(
         },
     };
 
-    let pcie_root = match pcie_root_of(dirs, r, bdf) {
+    let pcie_root = match dev.pcie_root {
         Ok(root) => Some(root),
         Err(e) => {
-            warnings.push(SysfsError::invalid(
-                e.path(),
-                format!("{}; pcieRoot left out for {sysfs_name}", error_problem(&e)),
-            ));
+            warnings.push(e);
             None
         }
     };
@@ -595,13 +696,6 @@ fn read_device(
     })
 }
 
-/// The message of an error without its leading path.
-fn error_problem(e: &SysfsError) -> String {
-    let full = e.to_string();
-    let prefix = format!("{}: ", e.path().display());
-    full.strip_prefix(&prefix).unwrap_or(&full).to_string()
-}
-
 /// The last component of a symlink's target (the BDF for `device` and `physfn` links).
 fn link_basename(target: &Path) -> Result<&str, String> {
     target.file_name().and_then(|n| n.to_str()).ok_or_else(|| {
@@ -612,47 +706,13 @@ fn link_basename(target: &Path) -> Result<&str, String> {
     })
 }
 
-/// `pci<domain>:<bus>` from a `bus/pci/devices/<BDF>` link: the first component after
-/// `devices/` in its target (`../../../devices/pci0000:10/0000:10:00.0/0000:11:00.0`).
-fn pcie_root_of(dirs: &Dirs<'_>, r: &mut AttrReader, bdf: Bdf) -> Result<String, SysfsError> {
-    use std::fmt::Write as _;
-    r.bdf.clear();
-    // Writing into a String cannot fail.
-    let _ = write!(r.bdf, "{bdf}");
-    let name = r.bdf.as_str();
-    let bus_link = || dirs.root.join(PCI_BUS_DEVICES_DIR).join(name);
-    let bus = match &dirs.bus {
-        Ok(fd) => fd,
-        Err(e) => return Err(SysfsError::io(&bus_link(), clone_error(e))),
-    };
-    let target = read_link_at(&mut r.link, bus, name)
-        .map_err(|source| SysfsError::io(&bus_link(), source))?;
-    pcie_root_from_target(target).ok_or_else(|| {
-        SysfsError::invalid(
-            &bus_link(),
-            format!(
-                "link target {} has no pci<domain>:<bus> after devices/",
-                target.display()
-            ),
-        )
-    })
-}
-
-/// The same error again, for each device it concerns (`std::io::Error` is not `Clone`).
-fn clone_error(e: &std::io::Error) -> std::io::Error {
-    match e.raw_os_error() {
-        Some(code) => std::io::Error::from_raw_os_error(code),
-        None => std::io::Error::new(e.kind(), e.to_string()),
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use std::fs;
 
     use super::*;
     use crate::sim::{self, TopologySpec};
-    use crate::sysfs::{read_dev_numbers, read_status, write_status};
+    use crate::sysfs::{PCI_BUS_DEVICES_DIR, read_dev_numbers, read_status, write_status};
 
     fn canonical() -> tempfile::TempDir {
         let dir = tempfile::tempdir().unwrap();
@@ -875,7 +935,12 @@ mod tests {
                 Some("0x0003\n"),
                 "mock1/device/device: cannot parse",
             ),
-            ("mock1", "device", None, "mock1/device: No such file"),
+            (
+                "mock1",
+                "device/device",
+                None,
+                "mock1/device/device: No such file",
+            ),
         ];
         for (dev, attr, text, expect) in cases {
             let dir = canonical();
@@ -910,18 +975,52 @@ mod tests {
         let root = dir.path();
         fs::remove_file(device_dir(root, "mock0").join("fw_version")).unwrap();
         put(root, "mock1", "fw_version", "one\n");
-        fs::remove_file(root.join(PCI_BUS_DEVICES_DIR).join("0000:21:00.0")).unwrap();
+        // mock3's class link reaches its function through a directory not named pci<...>.
+        std::os::unix::fs::symlink("pci0000:20", root.join("devices/host0")).unwrap();
+        let entry = root.join(CLASS_DIR).join("mock3");
+        fs::remove_file(&entry).unwrap();
+        std::os::unix::fs::symlink(
+            "../../devices/host0/0000:20:00.0/0000:21:00.0/mock-accel/mock3",
+            &entry,
+        )
+        .unwrap();
         let scan = scan(root).unwrap();
         assert_eq!(scan.inventory.devices.len(), 6);
         let inv = &scan.inventory;
         assert_eq!(inv.get("mock0").unwrap().fw_version, None);
         assert_eq!(inv.get("mock1").unwrap().fw_version, None);
-        assert_eq!(inv.get("mock3").unwrap().pcie_root, None);
+        let m3 = inv.get("mock3").unwrap();
+        assert_eq!(m3.pcie_root, None);
+        assert_eq!(
+            (m3.pci_address.as_str(), m3.numa_node),
+            ("0000:21:00.0", Some(1))
+        );
         let w = warnings(&scan);
         assert_eq!(scan.warnings.len(), 2, "{w}");
         assert!(w.contains("mock1/fw_version: cannot parse"), "{w}");
-        assert!(w.contains("devices/0000:21:00.0: No such file"), "{w}");
-        assert!(w.contains("pcieRoot left out for mock3"), "{w}");
+        assert!(
+            w.contains("has no pci<domain>:<bus> after devices/; pcieRoot left out for mock3"),
+            "{w}"
+        );
+        assert_eq!(scan.warnings[1].path(), entry, "{w}");
+    }
+
+    /// The PCI address and the pcieRoot come from the class link's target: the class
+    /// directory's `device` link and the `bus/pci/devices` link, which name the same
+    /// directory in the kernel's layout, are not read.
+    #[test]
+    fn the_pci_address_and_pcie_root_come_from_the_class_link() {
+        let dir = canonical();
+        let root = dir.path();
+        fs::remove_file(root.join(PCI_BUS_DEVICES_DIR).join("0000:21:00.0")).unwrap();
+        fs::remove_file(device_dir(root, "mock4").join("device")).unwrap();
+        let scan = scan(root).unwrap();
+        assert!(scan.warnings.is_empty(), "{}", warnings(&scan));
+        let m3 = scan.inventory.get("mock3").unwrap();
+        assert_eq!(m3.pcie_root.as_deref(), Some("pci0000:20"));
+        let m4 = scan.inventory.get("mock4").unwrap();
+        assert_eq!(m4.pci_address, "0000:21:00.1");
+        assert_eq!(m4.physfn.as_deref(), Some("mock3"));
     }
 
     #[test]
@@ -988,7 +1087,11 @@ mod tests {
         let root = dir.path();
         let entry = root.join(CLASS_DIR).join("mock1");
         fs::remove_file(&entry).unwrap();
-        std::os::unix::fs::symlink("../../devices/gone/mock-accel/mock1", &entry).unwrap();
+        std::os::unix::fs::symlink(
+            "../../devices/pci0000:10/0000:10:00.0/0000:11:00.7/mock-accel/mock1",
+            &entry,
+        )
+        .unwrap();
         let scan = scan(root).unwrap();
         assert_eq!(names(&scan), ["mock0", "mock2", "mock3", "mock4", "mock5"]);
         let w = warnings(&scan);
@@ -1002,12 +1105,107 @@ mod tests {
     fn two_class_devices_on_one_function_keep_the_first() {
         let dir = canonical();
         let root = dir.path();
-        // mock2's device link now claims mock1's function.
-        let link = device_dir(root, "mock2").join("device");
-        fs::remove_file(&link).unwrap();
-        std::os::unix::fs::symlink("../../../0000:11:00.1", &link).unwrap();
+        // mock2's class link now leads into mock1's function.
+        let class = root.join(CLASS_DIR);
+        let target = fs::read_link(class.join("mock1")).unwrap();
+        fs::remove_file(class.join("mock2")).unwrap();
+        std::os::unix::fs::symlink(&target, class.join("mock2")).unwrap();
         let scan = scan(root).unwrap();
         assert_eq!(names(&scan), ["mock0", "mock1", "mock3", "mock4", "mock5"]);
-        assert!(warnings(&scan).contains("0000:11:00.1 already belongs to mock1; mock2 skipped"));
+        let w = warnings(&scan);
+        assert!(
+            w.contains("class/mock-accel/mock2: PCI function 0000:11:00.1 already belongs to mock1; mock2 skipped"),
+            "{w}"
+        );
+    }
+
+    /// A class entry that is not a link of the kernel's form skips that device, and the
+    /// warning names the entry, its target and the form expected.
+    #[test]
+    fn a_class_link_of_another_shape_skips_that_device_and_names_the_entry() {
+        let dir = canonical();
+        let root = dir.path();
+        let class = root.join(CLASS_DIR);
+        fs::remove_file(class.join("mock1")).unwrap();
+        std::os::unix::fs::symlink("../../devices/gone/mock-accel/mock1", class.join("mock1"))
+            .unwrap();
+        // mock2 becomes a plain directory, which the kernel never makes.
+        fs::remove_file(class.join("mock2")).unwrap();
+        fs::create_dir(class.join("mock2")).unwrap();
+        let scan = scan(root).unwrap();
+        assert_eq!(names(&scan), ["mock0", "mock3", "mock4", "mock5"]);
+        let w = warnings(&scan);
+        assert_eq!(scan.warnings.len(), 2, "{w}");
+        assert_eq!(scan.warnings[0].path(), class.join("mock1"), "{w}");
+        assert!(
+            w.contains(
+                "class link target \"../../devices/gone/mock-accel/mock1\" has no PCI address before mock-accel/"
+            ),
+            "{w}"
+        );
+        assert!(
+            w.contains("expected ../../devices/<path>/<PCI address>/mock-accel/<name>"),
+            "{w}"
+        );
+        assert!(w.contains("device mock1 skipped"), "{w}");
+        assert_eq!(scan.warnings[1].path(), class.join("mock2"), "{w}");
+        assert!(
+            w.contains("mock2: not a symbolic link; the kernel makes every class entry a link"),
+            "{w}"
+        );
+    }
+
+    /// Devices under more parent directories than a thread keeps handles for are read all
+    /// the same (opened from the root), and one thread reads what several read.
+    #[test]
+    fn many_parent_directories_and_any_thread_count_give_the_same_inventory() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path();
+        let spec = TopologySpec {
+            numa_nodes: 2,
+            pfs_per_numa: 40,
+            vfs_per_pf: 1,
+            total_vfs: 1,
+            ..TopologySpec::canonical(1)
+        };
+        sim::create(root, None, &spec).unwrap();
+        // Each PF and its VF under a directory of their own: 80 parents, more than are kept.
+        let class = root.join(CLASS_DIR);
+        let mut moved = 0;
+        for entry in fs::read_dir(&class).unwrap() {
+            let entry = entry.unwrap().path();
+            let target = fs::read_link(&entry).unwrap();
+            let target = target.to_str().unwrap();
+            let link = parse_class_link(target).unwrap();
+            let own = format!(
+                "{}/port-{}",
+                link.function_parent,
+                link.bdf.with_function(0)
+            );
+            let own_dir = root.join(&own);
+            if !own_dir.exists() {
+                fs::create_dir(&own_dir).unwrap();
+            }
+            let function = link.below_parent.split('/').next().unwrap();
+            let from = root.join(link.function_parent).join(function);
+            if from.exists() {
+                fs::rename(&from, own_dir.join(function)).unwrap();
+            }
+            fs::remove_file(&entry).unwrap();
+            std::os::unix::fs::symlink(format!("../../{own}/{}", link.below_parent), &entry)
+                .unwrap();
+            moved += 1;
+        }
+        assert_eq!(moved, 160);
+        let many = scan_on_threads(root, 4).unwrap();
+        assert!(many.warnings.is_empty(), "{}", warnings(&many));
+        assert_eq!(many.inventory.devices.len(), 160);
+        assert_eq!(many.inventory.count(DeviceType::Pf), 80);
+        assert!(
+            many.inventory.devices.iter().all(|d| d.pcie_root.is_some()
+                && (d.device_type == DeviceType::Pf) == d.physfn.is_none())
+        );
+        let one = scan_on_threads(root, 1).unwrap();
+        assert_eq!(one.inventory, many.inventory);
     }
 }
