@@ -3,6 +3,12 @@
 //! publishes it for the status writer (`status.devices[].health`) and the kubelet health
 //! stream. It re-derives on every change of its inputs and every [`RECHECK_INTERVAL`]: sysfs
 //! raises no inotify events, so a register reset behind the driver's back is found by polling.
+//!
+//! The prepared set and the registers are read at different moments, so under churn a register
+//! can read 0 because the claim was unprepared in between, not because anything reset it. A
+//! result that would change the published health is therefore judged again from a consistent
+//! view ([`ConsistentRead`]: the prepared set and the registers read while no prepare or
+//! unprepare of this process runs) before it is published. Steady reads cost no such pass.
 
 use std::{collections::HashMap, path::PathBuf, sync::Arc, time::Duration};
 
@@ -13,7 +19,7 @@ use crate::{
     crd::MockAccelNodeSpec,
     health::{self, Observed, RegisterRead},
     inventory::Inventory,
-    plugin::PreparedClaim,
+    plugin::{ClaimSource, PreparedClaim, prepare::Preparer},
     sysfs::{self, SysfsError},
 };
 
@@ -22,10 +28,22 @@ pub const RECHECK_INTERVAL: Duration = Duration::from_secs(2);
 
 pub use crate::health::NodeHealth;
 
+/// The prepared claims and their registers, read together while no prepare or unprepare runs;
+/// `None` when that read could not be made (then the plain read is used).
+pub type Consistent = Option<(Vec<PreparedClaim>, HashMap<String, RegisterRead>)>;
+
+/// Where the consistent view comes from: the preparer's guard in the agent, the test's own
+/// state in unit tests.
+pub trait ConsistentRead: Send + Sync + 'static {
+    fn read(&self) -> impl Future<Output = Consistent> + Send;
+}
+
 /// Derives health into `tx` until `shutdown` or until an input closes.
-pub async fn run(
+#[allow(clippy::too_many_arguments)]
+pub async fn run<R: ConsistentRead>(
     sysfs_root: PathBuf,
     node: String,
+    consistent: R,
     mut inventory: watch::Receiver<Arc<Inventory>>,
     mut prepared: watch::Receiver<Vec<PreparedClaim>>,
     mut spec: watch::Receiver<Option<MockAccelNodeSpec>>,
@@ -45,13 +63,21 @@ pub async fn run(
         let registers = tokio::task::spawn_blocking(move || read_registers(&root, &names))
             .await
             .unwrap_or_default();
-        let derived = health::derive(&Observed {
-            node: &node,
-            inventory: &inv,
-            prepared: &held,
-            registers: &registers,
-            declared: &declared,
-        });
+        let derive = |held: &[PreparedClaim], registers: &HashMap<String, RegisterRead>| {
+            health::derive(&Observed {
+                node: &node,
+                inventory: &inv,
+                prepared: held,
+                registers,
+                declared: &declared,
+            })
+        };
+        let mut derived = derive(&held, &registers);
+        if **tx.borrow() != derived
+            && let Some((held, registers)) = consistent.read().await
+        {
+            derived = derive(&held, &registers);
+        }
         tx.send_if_modified(|cur| {
             let changed = **cur != derived;
             if changed {
@@ -78,7 +104,30 @@ pub async fn run(
 }
 
 /// Reads each named register; blocking (sysfs reads).
-fn read_registers(root: &std::path::Path, names: &[String]) -> HashMap<String, RegisterRead> {
+/// The agent's consistent view: the preparer's prepared set and the registers, read under its
+/// in-process guard.
+pub struct GuardedRead<S: ClaimSource> {
+    pub preparer: Arc<Preparer<S>>,
+    pub sysfs_root: PathBuf,
+}
+
+impl<S: ClaimSource> ConsistentRead for GuardedRead<S> {
+    async fn read(&self) -> Consistent {
+        let root = self.sysfs_root.clone();
+        let read = self
+            .preparer
+            .with_prepared(move |held| {
+                let names = health::registers_to_read(held);
+                (held.to_vec(), read_registers(&root, &names))
+            })
+            .await;
+        read.inspect_err(|e| tracing::warn!(error = %e, "health: consistent register read failed"))
+            .ok()
+    }
+}
+
+/// Reads the status registers `names` below `root` (blocking).
+pub fn read_registers(root: &std::path::Path, names: &[String]) -> HashMap<String, RegisterRead> {
     names
         .iter()
         .map(|name| {
@@ -132,6 +181,10 @@ mod tests {
         let task = tokio::spawn(run(
             tmp.path().into(),
             "node1".into(),
+            SameRead {
+                root: tmp.path().into(),
+                prepared: prep_rx.clone(),
+            },
             inv_rx,
             prep_rx,
             spec_rx,
@@ -165,6 +218,81 @@ mod tests {
         rx.wait_for(|h| state(h) == Some(Health::Unknown))
             .await
             .unwrap();
+        shutdown.cancel();
+        task.await.unwrap();
+    }
+
+    /// A consistent read that sees what the plain read saw: the prepared set of the watch and
+    /// the registers on disk.
+    struct SameRead {
+        root: PathBuf,
+        prepared: watch::Receiver<Vec<PreparedClaim>>,
+    }
+
+    impl ConsistentRead for SameRead {
+        async fn read(&self) -> Consistent {
+            let held = self.prepared.borrow().clone();
+            let names = health::registers_to_read(&held);
+            Some((held.clone(), read_registers(&self.root, &names)))
+        }
+    }
+
+    /// The consistent view of a claim unprepared between the two reads: nothing prepared.
+    struct UnpreparedMeanwhile;
+
+    impl ConsistentRead for UnpreparedMeanwhile {
+        async fn read(&self) -> Consistent {
+            Some((Vec::new(), HashMap::new()))
+        }
+    }
+
+    /// Under churn the plain read can pair a claim that was just unprepared with its register,
+    /// already reset: the published health must come from the consistent view, which shows no
+    /// reset of a prepared register.
+    #[tokio::test(start_paused = true)]
+    async fn a_register_reset_by_an_unprepare_between_the_reads_is_no_health_change() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path().join("class/mock-accel/mock0");
+        std::fs::create_dir_all(&dir).unwrap();
+        // The unprepare already reset it; the prepared set the loop reads still holds the claim.
+        std::fs::write(dir.join("status"), "0\n").unwrap();
+        let (_inv_tx, inv_rx) = watch::channel(Arc::new(Inventory::new(vec![
+            devices::pf("mock0").numa(Some(0)).build(),
+        ])));
+        let (_prep_tx, prep_rx) = watch::channel(vec![PreparedClaim {
+            namespace: "ns".into(),
+            name: "c".into(),
+            devices: vec!["mock0".into()],
+            registers: vec![HeldRegister {
+                device: "mock0".into(),
+                sysfs_name: "mock0".into(),
+                pool: "node1/numa0".into(),
+            }],
+            ..Default::default()
+        }]);
+        let (_spec_tx, spec_rx) = watch::channel(None);
+        let (tx, mut rx) = watch::channel(NodeHealth::default());
+        let shutdown = CancellationToken::new();
+        let task = tokio::spawn(run(
+            tmp.path().into(),
+            "node1".into(),
+            UnpreparedMeanwhile,
+            inv_rx,
+            prep_rx,
+            spec_rx,
+            tx,
+            shutdown.clone(),
+        ));
+        rx.changed().await.unwrap();
+        for _ in 0..3 {
+            let published = rx.borrow_and_update().clone();
+            assert_eq!(
+                published.first().map(|d| d.health),
+                Some(Health::Healthy),
+                "{published:?}"
+            );
+            tokio::time::sleep(RECHECK_INTERVAL).await;
+        }
         shutdown.cancel();
         task.await.unwrap();
     }

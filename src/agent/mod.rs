@@ -166,6 +166,10 @@ pub async fn run(args: NodeAgentArgs) -> Result<(), Error> {
     let health_loop = tokio::spawn(health::run(
         args.sysfs_root.clone(),
         args.node_name.clone(),
+        health::GuardedRead {
+            preparer: Arc::clone(&preparer),
+            sysfs_root: args.sysfs_root.clone(),
+        },
         inv_tx.subscribe(),
         preparer.subscribe(),
         spec_rx.clone(),

@@ -277,6 +277,23 @@ impl<S: ClaimSource> Preparer<S> {
         .await
     }
 
+    /// Runs `work` on the blocking pool while no prepare or unprepare of this process runs,
+    /// with the prepared claims as last published: what `work` reads from sysfs then agrees
+    /// with them (no register is being set or reset meanwhile). `Err` when the task panicked.
+    pub async fn with_prepared<T: Send + 'static>(
+        &self,
+        work: impl FnOnce(&[PreparedClaim]) -> T + Send + 'static,
+    ) -> Result<T, String> {
+        self.locked(
+            move |core| {
+                let held = core.prepared.borrow().clone();
+                Ok(work(&held))
+            },
+            Err,
+        )
+        .await
+    }
+
     /// GETs one claim within [`FETCH_TIMEOUT`].
     async fn fetch(&self, claim: ClaimRef) -> Fetched {
         let start = Instant::now();
