@@ -87,17 +87,14 @@ def main(argv: list[str] | None = None) -> int:
     # The cargo target directory is shared: another build may replace the binary meanwhile.
     if not args.ours.is_file():
         raise BenchError(f"{args.ours} does not exist: build it first (make bench-peer does)")
-    own = state / "bin" / "mock-accel-dra"
-    own.parent.mkdir(parents=True, exist_ok=True)
-    shutil.copy2(args.ours, own)
-    agent_src = args.ours_agent or args.ours.with_name("mock-accel-node-agent")
-    if not agent_src.is_file():
-        if args.ours_agent:
+    own = builds.copy_driver(args.ours, state / "bin")
+    if args.ours_agent:
+        if not args.ours_agent.is_file():
             raise BenchError(f"{args.ours_agent} does not exist: build it first")
-        agent_src = args.ours
-    own_agent = own if agent_src == args.ours else state / "bin" / agent_src.name
-    if own_agent != own:
-        shutil.copy2(agent_src, own_agent)
+        own_agent = own.with_name(f"agent-{args.ours_agent.name}")
+        shutil.copy2(args.ours_agent, own_agent)
+    else:
+        own_agent = builds.node_agent_beside(own) or own
     peer = build("peer")
     driver = build("driver")
 
@@ -144,7 +141,7 @@ def main(argv: list[str] | None = None) -> int:
         f"| date | {started} |",
         f"| command | `make bench-peer` (cycles {args.cycles}, starts {args.starts}, "
         f"throughput 4 × {args.per_block} cycles per plugin and concurrency; "
-        f"node agent: `{own_agent.name} node-agent`) |",
+        f"node agent: `{(args.ours_agent or own_agent).name} node-agent`) |",
         "",
         res.stdout.rstrip(),
         "",

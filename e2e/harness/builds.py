@@ -15,6 +15,7 @@ driver in release mode (default: debug, which shares the unit tests' dependency 
 
 import json
 import os
+import shutil
 import subprocess
 import threading
 import time
@@ -197,6 +198,20 @@ def node_agent_beside(driver_bin: Path) -> Path | None:
     """mock-accel-node-agent in the directory of `driver_bin`, if it was built there."""
     agent = driver_bin.with_name(NODE_AGENT)
     return agent if agent.is_file() else None
+
+
+def copy_driver(driver_bin: Path, bin_dir: Path) -> Path:
+    """Copies `driver_bin`, and the node agent beside it if built, into `bin_dir`; returns the
+    driver's copy. Runs hold copies: a rebuild in the cargo target directory meanwhile (another
+    checkout sharing it, a `make test`) must not swap a binary under a process a scenario
+    restarts."""
+    bin_dir.mkdir(parents=True, exist_ok=True)
+    own = bin_dir / driver_bin.name
+    shutil.copy2(driver_bin, own)
+    agent = node_agent_beside(driver_bin)
+    if agent:
+        shutil.copy2(agent, bin_dir / agent.name)
+    return own
 
 
 def driver() -> Path:

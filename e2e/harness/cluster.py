@@ -117,13 +117,8 @@ class Cluster:
             # The cluster runs a copy of the driver for its whole life: a rebuild in the cargo
             # target directory meanwhile (another checkout sharing it, a `make test`) must not
             # swap the binary under an agent that a scenario restarts.
-            own = self.state / "bin" / binaries.driver.name
-            own.parent.mkdir(parents=True, exist_ok=True)
-            shutil.copy2(binaries.driver, own)
-            # The node agent alone beside it, for the image of a real node (realnode.py).
-            agent = builds.node_agent_beside(binaries.driver)
-            if agent:
-                shutil.copy2(agent, own.with_name(agent.name))
+            # The node agent alone beside it: the nodes run it (start_agent, realnode.py).
+            own = builds.copy_driver(binaries.driver, self.state / "bin")
             binaries = dataclasses.replace(binaries, driver=own)
         p = pki.create(self.state / "pki")
         ports = controlplane.Ports.allocate()

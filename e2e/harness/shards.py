@@ -15,7 +15,6 @@ every other line at once, prefixed with the shard.
 
 import os
 import re
-import shutil
 import signal
 import subprocess
 import sys
@@ -108,13 +107,7 @@ def run(selected_ids: list[tuple[str, float]], jobs: int, state: Path, run_py: P
         env["FAKELET_BIN"] = str(binaries.fakelet)
     if binaries.driver:
         # One copy for every shard: a rebuild in the target directory meanwhile changes nothing.
-        own = state / "bin" / binaries.driver.name
-        own.parent.mkdir(parents=True, exist_ok=True)
-        shutil.copy2(binaries.driver, own)
-        # The node agent alone, which the clusters' nodes run, beside it (builds.node_agent_beside).
-        agent = builds.node_agent_beside(binaries.driver)
-        if agent:
-            shutil.copy2(agent, own.with_name(agent.name))
+        own = builds.copy_driver(binaries.driver, state / "bin")
         env["MOCK_ACCEL_DRA_BIN"] = str(own)
     env["PYTHONUNBUFFERED"] = "1"
 

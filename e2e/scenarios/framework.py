@@ -8,6 +8,7 @@ A scenario is a function `fn(ctx)` decorated with `@scenario(id, title)`; it rai
 
 import contextlib
 import json
+import re
 import subprocess
 import time
 from dataclasses import dataclass
@@ -301,3 +302,14 @@ def reset_registers(ctx: Context, node: str) -> None:
 
 def elapsed(start: float) -> str:
     return f"{time.monotonic() - start:.1f}s"
+
+
+def duration_seconds(text: str) -> float:
+    """A duration as Go's time.Duration and our flags print it ("32ms", "1.5s", "1m2.5s",
+    "850µs"), or a bare number of seconds, in seconds."""
+    if re.fullmatch(r"[0-9.]+", text):
+        return float(text)
+    units = {"h": 3600.0, "m": 60.0, "s": 1.0, "ms": 1e-3, "us": 1e-6, "µs": 1e-6, "ns": 1e-9}
+    parts = re.findall(r"([0-9.]+)(h|ms|m|s|us|µs|ns)", text)
+    check(bool(parts) and "".join(n + u for n, u in parts) == text, f"not a duration: {text!r}")
+    return sum(float(n) * units[u] for n, u in parts)

@@ -23,7 +23,7 @@ from harness import controlplane
 from harness.kube import DRIVER, claim, pod, request
 from harness.wait import check, equal, until
 
-from scenarios.framework import Context, elapsed, say, scenario, verify_prepared, verify_released
+from scenarios.framework import Context, duration_seconds, elapsed, say, scenario, verify_prepared, verify_released
 from scenarios.resilience import controller_flag, grace_seconds
 
 # The outage the issue asks for; it must exceed the agent grace period (checked below).
@@ -218,15 +218,7 @@ def kubelet_prepare_seconds(ctx: Context, node: str, name: str) -> float:
     pod_id = f"{ctx.ns}/{name}"
     found = [m["took"] for m in PREPARE_DONE.finditer(log.read_text(errors="replace")) if m["pod"] == pod_id]
     check(bool(found), f"no 'PrepareResources done' line for pod {pod_id} in {log}")
-    return go_duration_seconds(found[-1])
-
-
-def go_duration_seconds(text: str) -> float:
-    """A Go time.Duration string ("32ms", "1.5s", "1m2.5s", "850µs") in seconds."""
-    units = {"h": 3600.0, "m": 60.0, "s": 1.0, "ms": 1e-3, "us": 1e-6, "µs": 1e-6, "ns": 1e-9}
-    parts = re.findall(r"([0-9.]+)(h|ms|m|s|us|µs|ns)", text)
-    check(bool(parts) and "".join(n + u for n, u in parts) == text, f"not a Go duration: {text!r}")
-    return sum(float(n) * units[u] for n, u in parts)
+    return duration_seconds(found[-1])
 
 
 @scenario("13a", "outage: kube-apiserver stopped longer than the grace period; nothing withdrawn, all reconnect",

@@ -8,7 +8,7 @@ from harness import nodes
 from harness.kube import claim, pod, request
 from harness.wait import check, equal, until
 
-from scenarios.framework import (Context, elapsed, prepared_entry, say, scenario, sysfs_name,
+from scenarios.framework import (Context, duration_seconds, elapsed, prepared_entry, say, scenario, sysfs_name,
                                  verify_prepared, verify_released)
 
 
@@ -27,11 +27,7 @@ def controller_flag(ctx: Context, flag: str, default: str) -> str:
 
 
 def grace_seconds(ctx: Context) -> float:
-    raw = controller_flag(ctx, "--agent-grace-period", "40s")
-    for unit, factor in (("ms", 0.001), ("s", 1), ("m", 60)):
-        if raw.endswith(unit):
-            return float(raw[: -len(unit)]) * factor
-    return float(raw)
+    return duration_seconds(controller_flag(ctx, "--agent-grace-period", "40s"))
 
 
 def slice_uids(ctx: Context, node: str) -> dict[str, str]:

@@ -399,10 +399,12 @@ mod tests {
     async fn writes_follow_prepare_and_unprepare_and_failures_are_retried() {
         let api = Recorder::default();
         *api.failures.lock().unwrap() = 1;
-        let (prep_tx, prep_rx) = watch::channel(vec![]);
-        let (_inv_tx, inv_rx) = watch::channel(Arc::new(inventory()));
-        let stop = CancellationToken::new();
-        let task = tokio::spawn(run(writer(&api), prep_rx, inv_rx, stop.clone()));
+        let Started {
+            prepared: prep_tx,
+            _inventory,
+            stop,
+            task,
+        } = start(&api);
         let writes = |api: &Recorder| api.writes.lock().unwrap().clone();
         let settle = || tokio::time::sleep(Duration::from_millis(10));
 
@@ -435,6 +437,28 @@ mod tests {
 
     const INTERVAL: Duration = Duration::from_secs(1);
 
+    /// A writer started on `api` with nothing prepared and `inventory()`.
+    struct Started {
+        prepared: watch::Sender<Vec<PreparedClaim>>,
+        /// Kept: the writer stops when the inventory's sender is gone.
+        _inventory: watch::Sender<Arc<Inventory>>,
+        stop: CancellationToken,
+        task: tokio::task::JoinHandle<()>,
+    }
+
+    fn start(api: &Recorder) -> Started {
+        let (prepared, prep_rx) = watch::channel(vec![]);
+        let (inventory_tx, inv_rx) = watch::channel(Arc::new(inventory()));
+        let stop = CancellationToken::new();
+        let task = tokio::spawn(run(writer(api), prep_rx, inv_rx, stop.clone()));
+        Started {
+            prepared,
+            _inventory: inventory_tx,
+            stop,
+            task,
+        }
+    }
+
     fn writer(api: &Recorder) -> Writer<Recorder> {
         Writer {
             api: api.clone(),
@@ -447,10 +471,12 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn churn_is_coalesced_into_one_round_per_interval_and_ends_in_the_last_state() {
         let api = Recorder::default();
-        let (prep_tx, prep_rx) = watch::channel(vec![]);
-        let (_inv_tx, inv_rx) = watch::channel(Arc::new(inventory()));
-        let stop = CancellationToken::new();
-        let task = tokio::spawn(run(writer(&api), prep_rx, inv_rx, stop.clone()));
+        let Started {
+            prepared: prep_tx,
+            _inventory,
+            stop,
+            task,
+        } = start(&api);
         let writes = |api: &Recorder| api.writes.lock().unwrap().clone();
 
         // A lone prepare is written at once.

@@ -7,7 +7,7 @@
 //! The prepared set and the registers are read at different moments, so under churn a register
 //! can read 0 because the claim was unprepared in between, not because anything reset it. A
 //! result that would change the published health is therefore judged again from a consistent
-//! view ([`ConsistentRead`]: the prepared set and the registers read while no prepare or
+//! view ([`Registers::read_consistent`]: the prepared set and the registers read while no prepare or
 //! unprepare of this process runs) before it is published. Steady reads cost no such pass.
 
 use std::{collections::HashMap, path::PathBuf, sync::Arc, time::Duration};
@@ -32,18 +32,22 @@ pub use crate::health::NodeHealth;
 /// `None` when that read could not be made (then the plain read is used).
 pub type Consistent = Option<(Vec<PreparedClaim>, HashMap<String, RegisterRead>)>;
 
-/// Where the consistent view comes from: the preparer's guard in the agent, the test's own
-/// state in unit tests.
-pub trait ConsistentRead: Send + Sync + 'static {
-    fn read(&self) -> impl Future<Output = Consistent> + Send;
+/// How the loop reads the status registers: plainly, and together with the prepared set while
+/// no prepare or unprepare runs (see the module documentation).
+pub trait Registers: Send + Sync + 'static {
+    /// The registers `names`, read now.
+    fn read(
+        &self,
+        names: Vec<String>,
+    ) -> impl Future<Output = HashMap<String, RegisterRead>> + Send;
+    /// The prepared set and its registers, read under the preparer's guard.
+    fn read_consistent(&self) -> impl Future<Output = Consistent> + Send;
 }
 
 /// Derives health into `tx` until `shutdown` or until an input closes.
-#[allow(clippy::too_many_arguments)]
-pub async fn run<R: ConsistentRead>(
-    sysfs_root: PathBuf,
+pub async fn run<R: Registers>(
     node: String,
-    consistent: R,
+    registers: R,
     mut inventory: watch::Receiver<Arc<Inventory>>,
     mut prepared: watch::Receiver<Vec<PreparedClaim>>,
     mut spec: watch::Receiver<Option<MockAccelNodeSpec>>,
@@ -58,25 +62,21 @@ pub async fn run<R: ConsistentRead>(
             .as_ref()
             .and_then(|s| s.health.clone())
             .unwrap_or_default();
-        let names = health::registers_to_read(&held);
-        let root = sysfs_root.clone();
-        let registers = tokio::task::spawn_blocking(move || read_registers(&root, &names))
-            .await
-            .unwrap_or_default();
-        let derive = |held: &[PreparedClaim], registers: &HashMap<String, RegisterRead>| {
+        let read = registers.read(health::registers_to_read(&held)).await;
+        let derive = |held: &[PreparedClaim], read: &HashMap<String, RegisterRead>| {
             health::derive(&Observed {
                 node: &node,
                 inventory: &inv,
                 prepared: held,
-                registers,
+                registers: read,
                 declared: &declared,
             })
         };
-        let mut derived = derive(&held, &registers);
+        let mut derived = derive(&held, &read);
         if **tx.borrow() != derived
-            && let Some((held, registers)) = consistent.read().await
+            && let Some((held, read)) = registers.read_consistent().await
         {
-            derived = derive(&held, &registers);
+            derived = derive(&held, &read);
         }
         tx.send_if_modified(|cur| {
             let changed = **cur != derived;
@@ -103,16 +103,22 @@ pub async fn run<R: ConsistentRead>(
     }
 }
 
-/// Reads each named register; blocking (sysfs reads).
-/// The agent's consistent view: the preparer's prepared set and the registers, read under its
-/// in-process guard.
-pub struct GuardedRead<S: ClaimSource> {
+/// The agent's registers: sysfs below `sysfs_root`, on the blocking pool; the consistent read
+/// under the preparer's in-process guard.
+pub struct AgentRegisters<S: ClaimSource> {
     pub preparer: Arc<Preparer<S>>,
     pub sysfs_root: PathBuf,
 }
 
-impl<S: ClaimSource> ConsistentRead for GuardedRead<S> {
-    async fn read(&self) -> Consistent {
+impl<S: ClaimSource> Registers for AgentRegisters<S> {
+    async fn read(&self, names: Vec<String>) -> HashMap<String, RegisterRead> {
+        let root = self.sysfs_root.clone();
+        tokio::task::spawn_blocking(move || read_registers(&root, &names))
+            .await
+            .unwrap_or_default()
+    }
+
+    async fn read_consistent(&self) -> Consistent {
         let root = self.sysfs_root.clone();
         let read = self
             .preparer
@@ -155,53 +161,122 @@ mod tests {
         test_support::devices,
     };
 
+    /// A node with one PF, `mock0`, its register reading `status`, held by one prepared claim.
+    struct Mock0 {
+        tmp: tempfile::TempDir,
+        inventory: watch::Receiver<Arc<Inventory>>,
+        prepared: watch::Receiver<Vec<PreparedClaim>>,
+        _senders: (
+            watch::Sender<Arc<Inventory>>,
+            watch::Sender<Vec<PreparedClaim>>,
+        ),
+    }
+
+    impl Mock0 {
+        fn new(status: &str) -> Self {
+            let tmp = tempfile::tempdir().unwrap();
+            let dir = tmp.path().join("class/mock-accel/mock0");
+            std::fs::create_dir_all(&dir).unwrap();
+            std::fs::write(dir.join("status"), status).unwrap();
+            let (inv_tx, inventory) = watch::channel(Arc::new(Inventory::new(vec![
+                devices::pf("mock0").numa(Some(0)).build(),
+            ])));
+            let (prep_tx, prepared) = watch::channel(vec![PreparedClaim {
+                namespace: "ns".into(),
+                name: "c".into(),
+                devices: vec!["mock0".into()],
+                registers: vec![HeldRegister {
+                    device: "mock0".into(),
+                    sysfs_name: "mock0".into(),
+                    pool: "node1/numa0".into(),
+                }],
+                ..Default::default()
+            }]);
+            Mock0 {
+                tmp,
+                inventory,
+                prepared,
+                _senders: (inv_tx, prep_tx),
+            }
+        }
+
+        fn set_status(&self, status: &str) {
+            let path = self.tmp.path().join("class/mock-accel/mock0/status");
+            std::fs::write(path, status).unwrap();
+        }
+
+        /// Registers read from this tree; the consistent read sees the same prepared set,
+        /// unless `unprepared_meanwhile` (then it sees nothing prepared).
+        fn registers(&self, unprepared_meanwhile: bool) -> DiskRegisters {
+            DiskRegisters {
+                root: self.tmp.path().into(),
+                prepared: self.prepared.clone(),
+                unprepared_meanwhile,
+            }
+        }
+
+        /// Starts the loop on this node; returns its output, its stop token and its task.
+        fn start(
+            &self,
+            unprepared_meanwhile: bool,
+            spec: watch::Receiver<Option<MockAccelNodeSpec>>,
+        ) -> (
+            watch::Receiver<NodeHealth>,
+            CancellationToken,
+            tokio::task::JoinHandle<()>,
+        ) {
+            let (tx, rx) = watch::channel(NodeHealth::default());
+            let shutdown = CancellationToken::new();
+            let task = tokio::spawn(run(
+                "node1".into(),
+                self.registers(unprepared_meanwhile),
+                self.inventory.clone(),
+                self.prepared.clone(),
+                spec,
+                tx,
+                shutdown.clone(),
+            ));
+            (rx, shutdown, task)
+        }
+    }
+
+    struct DiskRegisters {
+        root: PathBuf,
+        prepared: watch::Receiver<Vec<PreparedClaim>>,
+        unprepared_meanwhile: bool,
+    }
+
+    impl Registers for DiskRegisters {
+        async fn read(&self, names: Vec<String>) -> HashMap<String, RegisterRead> {
+            read_registers(&self.root, &names)
+        }
+
+        async fn read_consistent(&self) -> Consistent {
+            if self.unprepared_meanwhile {
+                return Some((Vec::new(), HashMap::new()));
+            }
+            let held = self.prepared.borrow().clone();
+            let names = health::registers_to_read(&held);
+            Some((held, read_registers(&self.root, &names)))
+        }
+    }
+
     #[tokio::test(start_paused = true)]
     async fn a_reset_register_and_a_declared_state_are_published_and_cleared() {
-        let tmp = tempfile::tempdir().unwrap();
-        let dir = tmp.path().join("class/mock-accel/mock0");
-        std::fs::create_dir_all(&dir).unwrap();
-        std::fs::write(dir.join("status"), "1\n").unwrap();
-        let (_inv_tx, inv_rx) = watch::channel(Arc::new(Inventory::new(vec![
-            devices::pf("mock0").numa(Some(0)).build(),
-        ])));
-        let (_prep_tx, prep_rx) = watch::channel(vec![PreparedClaim {
-            namespace: "ns".into(),
-            name: "c".into(),
-            devices: vec!["mock0".into()],
-            registers: vec![HeldRegister {
-                device: "mock0".into(),
-                sysfs_name: "mock0".into(),
-                pool: "node1/numa0".into(),
-            }],
-            ..Default::default()
-        }]);
+        let node = Mock0::new("1\n");
         let (spec_tx, spec_rx) = watch::channel(None);
-        let (tx, mut rx) = watch::channel(NodeHealth::default());
-        let shutdown = CancellationToken::new();
-        let task = tokio::spawn(run(
-            tmp.path().into(),
-            "node1".into(),
-            SameRead {
-                root: tmp.path().into(),
-                prepared: prep_rx.clone(),
-            },
-            inv_rx,
-            prep_rx,
-            spec_rx,
-            tx,
-            shutdown.clone(),
-        ));
+        let (mut rx, shutdown, task) = node.start(false, spec_rx);
         let state = |h: &NodeHealth| h.first().map(|d| d.health);
         rx.wait_for(|h| state(h) == Some(Health::Healthy))
             .await
             .unwrap();
 
         // Reset behind the driver's back: found by the periodic re-read, no other change.
-        std::fs::write(dir.join("status"), "0\n").unwrap();
+        node.set_status("0\n");
         rx.wait_for(|h| state(h) == Some(Health::Unhealthy))
             .await
             .unwrap();
-        std::fs::write(dir.join("status"), "1\n").unwrap();
+        node.set_status("1\n");
         rx.wait_for(|h| state(h) == Some(Health::Healthy))
             .await
             .unwrap();
@@ -222,67 +297,15 @@ mod tests {
         task.await.unwrap();
     }
 
-    /// A consistent read that sees what the plain read saw: the prepared set of the watch and
-    /// the registers on disk.
-    struct SameRead {
-        root: PathBuf,
-        prepared: watch::Receiver<Vec<PreparedClaim>>,
-    }
-
-    impl ConsistentRead for SameRead {
-        async fn read(&self) -> Consistent {
-            let held = self.prepared.borrow().clone();
-            let names = health::registers_to_read(&held);
-            Some((held.clone(), read_registers(&self.root, &names)))
-        }
-    }
-
-    /// The consistent view of a claim unprepared between the two reads: nothing prepared.
-    struct UnpreparedMeanwhile;
-
-    impl ConsistentRead for UnpreparedMeanwhile {
-        async fn read(&self) -> Consistent {
-            Some((Vec::new(), HashMap::new()))
-        }
-    }
-
     /// Under churn the plain read can pair a claim that was just unprepared with its register,
     /// already reset: the published health must come from the consistent view, which shows no
     /// reset of a prepared register.
     #[tokio::test(start_paused = true)]
     async fn a_register_reset_by_an_unprepare_between_the_reads_is_no_health_change() {
-        let tmp = tempfile::tempdir().unwrap();
-        let dir = tmp.path().join("class/mock-accel/mock0");
-        std::fs::create_dir_all(&dir).unwrap();
         // The unprepare already reset it; the prepared set the loop reads still holds the claim.
-        std::fs::write(dir.join("status"), "0\n").unwrap();
-        let (_inv_tx, inv_rx) = watch::channel(Arc::new(Inventory::new(vec![
-            devices::pf("mock0").numa(Some(0)).build(),
-        ])));
-        let (_prep_tx, prep_rx) = watch::channel(vec![PreparedClaim {
-            namespace: "ns".into(),
-            name: "c".into(),
-            devices: vec!["mock0".into()],
-            registers: vec![HeldRegister {
-                device: "mock0".into(),
-                sysfs_name: "mock0".into(),
-                pool: "node1/numa0".into(),
-            }],
-            ..Default::default()
-        }]);
+        let node = Mock0::new("0\n");
         let (_spec_tx, spec_rx) = watch::channel(None);
-        let (tx, mut rx) = watch::channel(NodeHealth::default());
-        let shutdown = CancellationToken::new();
-        let task = tokio::spawn(run(
-            tmp.path().into(),
-            "node1".into(),
-            UnpreparedMeanwhile,
-            inv_rx,
-            prep_rx,
-            spec_rx,
-            tx,
-            shutdown.clone(),
-        ));
+        let (mut rx, shutdown, task) = node.start(true, spec_rx);
         rx.changed().await.unwrap();
         for _ in 0..3 {
             let published = rx.borrow_and_update().clone();

@@ -164,9 +164,8 @@ pub async fn run(args: NodeAgentArgs) -> Result<(), Error> {
 
     let claim_inventory = inv_tx.subscribe();
     let health_loop = tokio::spawn(health::run(
-        args.sysfs_root.clone(),
         args.node_name.clone(),
-        health::GuardedRead {
+        health::AgentRegisters {
             preparer: Arc::clone(&preparer),
             sysfs_root: args.sysfs_root.clone(),
         },

@@ -143,9 +143,7 @@ mod tests {
         watcher
             .watch(dir.path(), RecursiveMode::NonRecursive)
             .unwrap();
-        let tmp = dir.path().join(".checkpoint.json.tmp");
-        std::fs::write(&tmp, b"v2").unwrap();
-        std::fs::rename(&tmp, &file).unwrap();
+        checkpoint::store_encoded(&file, b"v2").unwrap();
         std::thread::sleep(Duration::from_millis(200));
         drop(watcher);
         let counted: Vec<_> = rx
