@@ -262,15 +262,16 @@ pub fn load(path: &Path) -> Result<Checkpoint, CheckpointError> {
     })
 }
 
-/// Replaces the checkpoint atomically (temp file, rename; see the module comment for why it is
-/// not flushed to disk).
+/// Replaces the checkpoint atomically (content into the temporary sibling, then an exchange
+/// with the file, see [`atomic_file::write_exchanging`]; the module comment says why it is not
+/// flushed to disk).
 pub fn store(path: &Path, checkpoint: &Checkpoint) -> Result<(), CheckpointError> {
     store_encoded(path, &encode(checkpoint))
 }
 
 /// [`store`] for content already [`encode`]d.
 pub fn store_encoded(path: &Path, bytes: &[u8]) -> Result<(), CheckpointError> {
-    atomic_file::write_atomically(path, bytes, atomic_file::Durability::ProcessCrash).map_err(
+    atomic_file::write_exchanging(path, bytes, atomic_file::Durability::ProcessCrash).map_err(
         |source| CheckpointError::Io {
             path: path.to_path_buf(),
             source,

@@ -74,8 +74,8 @@ impl<S: ClaimSource> Preparer<S> {
     }
 }
 
-/// Watches the checkpoint's directory (the file is replaced by a rename, so a watch on the file
-/// itself would end with the first write) and signals events that name the checkpoint, unless
+/// Watches the checkpoint's directory (the file is replaced by a rename or an exchange, so a
+/// watch on the file itself would follow the old version) and signals events that name the checkpoint, unless
 /// the file holds what this process last stored (`stored`). The comparison reads the file on
 /// the watcher's own thread, never on a runtime thread.
 fn watch_checkpoint(
@@ -98,16 +98,19 @@ fn watch_checkpoint(
     Ok(watcher)
 }
 
-/// Whether an event of this kind can mean a new version of the file. Not reads, and not the
-/// `Both` event of a rename inside the directory: the `To` event of the same rename, which
-/// names the file too, follows it (each read costs a file open on a core the kubelet's next
-/// call may be waiting for).
+/// Whether an event of this kind can mean a new version of the file. Not reads, not the `Both`
+/// event of a rename inside the directory (the `To` event of the same rename, which names the
+/// file too, follows it), and not a `From`: the exchange that replaces the file moves the
+/// previous version away *from* its name as it moves the new one *to* it. Each read costs a
+/// file open on a core the kubelet's next call may be waiting for. A checkpoint only moved away
+/// (no process of this project does that while agents run) is seen at the next periodic
+/// re-read.
 fn names_a_new_version(kind: &notify::EventKind) -> bool {
     use notify::event::{ModifyKind, RenameMode};
     !matches!(
         kind,
         notify::EventKind::Access(_)
-            | notify::EventKind::Modify(ModifyKind::Name(RenameMode::Both))
+            | notify::EventKind::Modify(ModifyKind::Name(RenameMode::Both | RenameMode::From))
     )
 }
 
@@ -126,13 +129,15 @@ fn holds_own_write(file: &std::path::Path, stored: &Mutex<Vec<u8>>) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::atomic_file::temp_path as atomic_file_spare;
 
-    /// A rename over the checkpoint, as `store` makes it, gives exactly one event that counts.
+    /// A replace of the checkpoint, as `store` makes it (a rename the first time, an exchange
+    /// after), gives exactly one event that counts; so does a rename over it by another writer.
     #[test]
-    fn a_replace_by_rename_is_one_event() {
+    fn a_replace_is_one_event() {
         let dir = tempfile::tempdir().unwrap();
         let file = dir.path().join("checkpoint.json");
-        std::fs::write(&file, b"v1").unwrap();
+
         let (tx, rx) = std::sync::mpsc::channel();
         let mut watcher = notify::recommended_watcher(move |res: notify::Result<notify::Event>| {
             if let Ok(ev) = res {
@@ -143,14 +148,29 @@ mod tests {
         watcher
             .watch(dir.path(), RecursiveMode::NonRecursive)
             .unwrap();
+        let counted = || {
+            std::thread::sleep(Duration::from_millis(200));
+            rx.try_iter()
+                .filter(|ev| names_a_new_version(&ev.kind) && ev.paths.contains(&file))
+                .count()
+        };
         checkpoint::store_encoded(&file, b"v2").unwrap();
-        std::thread::sleep(Duration::from_millis(200));
+        assert!(
+            !atomic_file_spare(&file).exists(),
+            "the first store renamed"
+        );
+        assert_eq!(counted(), 1, "the first store");
+        checkpoint::store_encoded(&file, b"v3").unwrap();
+        assert!(
+            atomic_file_spare(&file).exists(),
+            "the second store exchanged"
+        );
+        assert_eq!(counted(), 1, "an exchange");
+        let other = dir.path().join("other-writer.tmp");
+        std::fs::write(&other, b"v4").unwrap();
+        std::fs::rename(&other, &file).unwrap();
+        assert_eq!(counted(), 1, "a rename by another writer");
         drop(watcher);
-        let counted: Vec<_> = rx
-            .try_iter()
-            .filter(|ev| names_a_new_version(&ev.kind) && ev.paths.contains(&file))
-            .collect();
-        assert_eq!(counted.len(), 1, "{counted:?}");
     }
 
     #[test]
