@@ -12,16 +12,11 @@ use std::{
 
 use prometheus_client::{
     encoding::EncodeLabelSet,
-    metrics::{
-        counter::Counter,
-        family::Family,
-        gauge::Gauge,
-        histogram::{Histogram, exponential_buckets},
-    },
+    metrics::{counter::Counter, family::Family, gauge::Gauge, histogram::Histogram},
     registry::Registry,
 };
 
-use crate::metrics::{Outcome, OutcomeLabels};
+use crate::metrics::{Outcome, OutcomeLabels, doubling_buckets};
 
 /// Prefix of every metric the controller exports.
 pub const METRICS_PREFIX: &str = "mock_accel_controller";
@@ -50,7 +45,7 @@ impl Metrics {
     pub fn register(registry: &mut Registry) -> Self {
         let m = Metrics {
             reconciles: Family::default(),
-            reconcile_duration: Histogram::new(exponential_buckets(0.005, 2.0, 12)),
+            reconcile_duration: Histogram::new(doubling_buckets(0.005, 12)),
             slices_published: Gauge::default(),
             api_writes: Family::default(),
             is_leader: Gauge::default(),

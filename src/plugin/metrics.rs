@@ -5,16 +5,11 @@
 use std::time::Instant;
 
 use prometheus_client::{
-    metrics::{
-        counter::Counter,
-        family::Family,
-        gauge::Gauge,
-        histogram::{Histogram, exponential_buckets},
-    },
+    metrics::{counter::Counter, family::Family, gauge::Gauge, histogram::Histogram},
     registry::{Registry, Unit},
 };
 
-use crate::metrics::{Outcome, OutcomeLabels};
+use crate::metrics::{Outcome, OutcomeLabels, doubling_buckets};
 
 /// Prepare and unprepare metrics, one observation per claim.
 #[derive(Clone, Debug)]
@@ -30,7 +25,7 @@ impl PrepareMetrics {
     /// Creates the metrics and registers them into `registry` (whose prefix the caller sets).
     pub fn register(registry: &mut Registry) -> Self {
         // 100 µs .. ~3.3 s: a prepare is a few file writes, plus an API GET.
-        let buckets = || Histogram::new(exponential_buckets(0.0001, 2.0, 16));
+        let buckets = || Histogram::new(doubling_buckets(0.0001, 16));
         let m = PrepareMetrics {
             prepare_requests: Family::default(),
             unprepare_requests: Family::default(),
