@@ -11,7 +11,8 @@ writes it, with the raw numbers as JSON, into the state directory.
     bench/peer/run.py --ours target/release/mock-accel-dra [--state .bench-peer] [--cycles 10000]
 
 The node agent runs from `mock-accel-node-agent` beside `--ours` when there is one (the binary
-the DaemonSet runs), else from `--ours` itself; `--ours-agent` names another.
+the DaemonSet runs), else from `--ours` itself; `--ours-agent` names another. It runs with the
+literal environment variables of the DaemonSet in config/ (the table's command row lists them).
 
 Python 3 standard library only, like the harness it uses.
 """
@@ -29,7 +30,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO / "e2e"))
 
-from harness import builds, progress  # noqa: E402
+from harness import builds, manifests, progress  # noqa: E402
 from harness.cluster import Cluster  # noqa: E402
 from harness.kube import KubectlError  # noqa: E402
 
@@ -108,6 +109,9 @@ def main(argv: list[str] | None = None) -> int:
         kubectl.run("wait", "--for=condition=Established", "--timeout=60s",
                     "crd/mockaccelnodes.mock-accel.example.com")
         kubectl.create({"apiVersion": "v1", "kind": "Node", "metadata": {"name": NODE}})
+        # Our node agent runs with the literal environment its DaemonSet sets (config/), as the
+        # local e2e nodes do: the bench measures the agent as deployed.
+        agent_env = manifests.workloads(kubectl)[0].env
         version = subprocess.run([str(cluster.binaries.k("kube-apiserver")), "--version"],
                                  capture_output=True, text=True, timeout=30).stdout.split()[-1]
         load_before = os.getloadavg()
@@ -123,6 +127,7 @@ def main(argv: list[str] | None = None) -> int:
             f"--node={NODE}", f"--json={json_out}", f"--trace={state / 'cycles.csv'}",
             f"--cycles={args.cycles}", f"--mark={args.mark}", f"--starts={args.starts}",
             f"--per-block={args.per_block}",
+            *(f"--ours-env={k}={v}" for k, v in sorted(agent_env.items())),
         ]
         progress.step("running the bench driver (plugin logs in " + str(work) + ")")
         res = subprocess.run(argv_bench, stdout=subprocess.PIPE, text=True)
@@ -141,7 +146,9 @@ def main(argv: list[str] | None = None) -> int:
         f"| date | {started} |",
         f"| command | `make bench-peer` (cycles {args.cycles}, starts {args.starts}, "
         f"throughput 4 × {args.per_block} cycles per plugin and concurrency; "
-        f"node agent: `{(args.ours_agent or own_agent).name} node-agent`) |",
+        f"node agent: `{(args.ours_agent or own_agent).name} node-agent`"
+        + "".join(f", `{k}={v}`" for k, v in sorted(agent_env.items()))
+        + " from its DaemonSet) |",
         "",
         res.stdout.rstrip(),
         "",

@@ -57,6 +57,21 @@ type options struct {
 
 	// oursAgent runs our node agent (`<oursAgent> node-agent ...`); ours makes the tree.
 	oursAgent string
+	// oursEnv is added to our node agent's environment (run.py passes the DaemonSet's).
+	oursEnv envList
+}
+
+// envList is a repeatable NAME=VALUE flag.
+type envList []string
+
+func (e *envList) String() string { return strings.Join(*e, " ") }
+
+func (e *envList) Set(v string) error {
+	if name, _, ok := strings.Cut(v, "="); !ok || name == "" {
+		return fmt.Errorf("%q is not NAME=VALUE", v)
+	}
+	*e = append(*e, v)
+	return nil
 }
 
 func main() {
@@ -64,6 +79,7 @@ func main() {
 	flag.StringVar(&o.kubeconfig, "kubeconfig", "", "kubeconfig of the API server both plugins use (admin)")
 	flag.StringVar(&o.ours, "ours", "", "the mock-accel-dra binary (an optimised build): makes the simulated tree, and runs the node agent without --ours-agent")
 	flag.StringVar(&o.oursAgent, "ours-agent", "", "the binary that runs our node agent (`<binary> node-agent ...`), e.g. mock-accel-node-agent; default --ours")
+	flag.Var(&o.oursEnv, "ours-env", "NAME=VALUE to add to our node agent's environment (repeatable), e.g. what its DaemonSet sets")
 	flag.StringVar(&o.peer, "peer", "", "the DRA test driver binary (bench/peer/build.sh peer)")
 	flag.StringVar(&o.work, "work", "", "directory for the plugins' sockets, checkpoints and logs, and our sysfs tree without --node-root (keep it short: socket paths are limited to 108 bytes)")
 	flag.StringVar(&o.cdiRoot, "cdi-root", "", "directory for the two CDI directories (tmpfs, as /var/run/cdi is on a node); default <work>/cdi")
@@ -261,7 +277,7 @@ func oursPlugin(ctx context.Context, o options) (*plugin, []device, error) {
 		argv: []string{o.oursAgent, "node-agent", "--node-name", o.node, "--driver-name", oursDriver,
 			"--sysfs-root", sys, "--dev-root", dev, "--cdi-dir", filepath.Join(o.cdiRoot, "ours"),
 			"--registry-dir", registry, "--plugin-dir", pluginDir, "--metrics-addr", "127.0.0.1:0"},
-		env:         []string{"KUBECONFIG=" + o.kubeconfig},
+		env:         append([]string{"KUBECONFIG=" + o.kubeconfig}, o.oursEnv...),
 		registryDir: registry,
 		logPath:     filepath.Join(o.work, "ours.log"),
 	}
