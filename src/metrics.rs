@@ -63,7 +63,7 @@ impl From<Outcome> for OutcomeLabels {
 mod tests {
     use prometheus_client::{
         encoding::text::encode,
-        metrics::{counter::Counter, family::Family},
+        metrics::{counter::Counter, family::Family, histogram::exponential_buckets},
         registry::Registry,
     };
 
@@ -87,15 +87,9 @@ mod tests {
             assert!(text.contains(line), "missing {line:?} in\n{text}");
         }
     }
-}
-
-#[cfg(test)]
-mod bucket_tests {
-    use super::*;
 
     #[test]
     fn doubling_buckets_are_the_exponential_buckets_of_factor_two() {
-        use prometheus_client::metrics::histogram::exponential_buckets;
         for (start, count) in [(0.0001, 16), (0.005, 12)] {
             let ours: Vec<f64> = doubling_buckets(start, count).collect();
             let theirs: Vec<f64> = exponential_buckets(start, 2.0, count as u16).collect();
