@@ -20,6 +20,7 @@ Images: no registry is reachable, so OCI archives are built here (the pause prog
 libraries it links) and imported with `ctr -n k8s.io images import`.
 """
 
+import base64
 import hashlib
 import io
 import json
@@ -527,6 +528,25 @@ def overlay(cluster, node: RealNode, index: int) -> Path:
         "patches": [{"target": {"kind": "DaemonSet", "name": "mock-accel-node-agent"}, "patch": json.dumps(ops)}],
     }, indent=2))
     return d
+
+
+# The longest socket path the agent binds (sun_path is 108 bytes with its terminating NUL).
+MAX_SOCKET_PATH = 107
+
+
+def registration_socket_name(registry_dir: Path, driver: str, pod_uid: str) -> str:
+    """The registration socket's name an agent started with `--pod-uid` binds in
+    `registry_dir`: the kubelet plugin library's order of preference, the first whose full path
+    fits. Written here from that contract, not from the agent's code, so that a scenario
+    checks the agent against it."""
+    def digest(data: bytes, n: int) -> str:
+        return base64.urlsafe_b64encode(hashlib.sha256(data).digest()[:n]).decode().rstrip("=")
+
+    driver_uid = driver.encode() + b"\0" + pod_uid.encode()
+    candidates = [f"{driver}-{pod_uid}-reg.sock",
+                  f"{driver}-{digest(pod_uid.encode(), 8)}-reg.sock",
+                  f"dra-{digest(driver_uid, 16)}-reg.sock"]
+    return next((c for c in candidates if len(str(registry_dir / c)) <= MAX_SOCKET_PATH), candidates[-1])
 
 
 def agent_pod(cluster, node: str) -> dict | None:

@@ -340,6 +340,21 @@ class RealNodeTest(unittest.TestCase):
             with self.assertRaises(realnode.RealNodeError):
                 realnode.image_name(k)
 
+    def test_registration_socket_names_follow_the_plugin_library_order(self) -> None:
+        from harness import realnode
+        uid = "0f56e49c-8883-4e92-949b-f5b1f315eb23"
+        short = Path("/var/lib/kubelet/plugins_registry")
+        self.assertEqual(realnode.registration_socket_name(short, "mock-accel.example.com", uid),
+                         f"mock-accel.example.com-{uid}-reg.sock")
+        # What the agent bound for this UID in a real-node run's 65-byte registry directory.
+        long = Path("/tmp/mock-accel-e2e-xnv7zucm/nodes/real1/kubelet/plugins_registry")
+        self.assertEqual(realnode.registration_socket_name(long, "mock-accel.example.com", uid),
+                         "dra-nnWQ6DfsRb4ippnc664YVQ-reg.sock")
+        middle = Path("/" + "d" * 60)
+        name = realnode.registration_socket_name(middle, "mock-accel.example.com", uid)
+        self.assertTrue(name.startswith("mock-accel.example.com-") and uid not in name, name)
+        self.assertLessEqual(len(str(middle / name)), realnode.MAX_SOCKET_PATH)
+
     def test_oci_archive_is_a_valid_layout_with_the_ref_and_files(self):
         import json as _json
         import tarfile

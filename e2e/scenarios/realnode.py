@@ -82,9 +82,12 @@ def real_node_agent(ctx: Context) -> None:
     equal(image, ctx.cluster.info["real_nodes"][NODE]["driver_image"], "agent pod's image")
     until("real1's MockAccelNode to report the plugin registered by the kubelet",
           lambda: (agent_status(ctx).get("pluginRegistered") is True, agent_status(ctx)), 60)
-    # The DaemonSet passes the pod's UID (downward API), so the name carries it.
-    sock = realnode.RealNode(ctx.cluster).paths.registry_dir / f"{DRIVER}-{pod['metadata']['uid']}-reg.sock"
-    check(sock.is_socket(), f"no registration socket {sock} in the kubelet's plugins_registry")
+    # The DaemonSet passes the pod's UID (downward API), so the name carries it, or a hash of
+    # it where the harness's long registry path leaves no room for the UID itself.
+    registry = realnode.RealNode(ctx.cluster).paths.registry_dir
+    sock = registry / realnode.registration_socket_name(registry, DRIVER, pod["metadata"]["uid"])
+    check(sock.is_socket(), f"no registration socket {sock} in the kubelet's plugins_registry",
+          sorted(p.name for p in registry.iterdir()))
     slices = ctx.cluster.slices(NODE)
     check(sum(len(s["spec"].get("devices") or []) for s in slices) == nodes.CANONICAL_DEVICES,
           "real1's devices are not all published", [s["metadata"]["name"] for s in slices])
