@@ -90,23 +90,20 @@ fn write_and_rename(
 /// The price: a reader that opened `path` before the previous write holds the inode this write
 /// fills, and may read a mix. The checkpoint carries a checksum, and its readers that take no
 /// lock treat a mismatch as "read again later". The first write, and a file system that cannot
-/// exchange, fall back to a plain rename.
-pub fn write_exchanging(path: &Path, bytes: &[u8], durability: Durability) -> io::Result<()> {
+/// exchange, fall back to a plain rename. For [`Durability::ProcessCrash`] only: nothing is
+/// flushed (the checkpoint's durability, see `checkpoint`).
+pub fn write_exchanging(path: &Path, bytes: &[u8]) -> io::Result<()> {
     let spare = temp_path(path);
-    let result = fill(&spare, bytes, durability).and_then(|()| exchange_or_rename(&spare, path));
+    let result = fill(&spare, bytes).and_then(|()| exchange_or_rename(&spare, path));
     if result.is_err() {
         // Best effort, as in `write_atomically`: the spare is never loaded.
         let _ = std::fs::remove_file(&spare);
-        return result;
     }
-    if durability == Durability::PowerLoss {
-        sync_parent(path)?;
-    }
-    Ok(())
+    result
 }
 
 /// Overwrites `spare` (created if missing) with exactly `bytes`, keeping its inode and blocks.
-fn fill(spare: &Path, bytes: &[u8], durability: Durability) -> io::Result<()> {
+fn fill(spare: &Path, bytes: &[u8]) -> io::Result<()> {
     use std::os::unix::fs::FileExt;
     let file = OpenOptions::new()
         .write(true)
@@ -114,11 +111,7 @@ fn fill(spare: &Path, bytes: &[u8], durability: Durability) -> io::Result<()> {
         .truncate(false)
         .open(spare)?;
     file.write_all_at(bytes, 0)?;
-    file.set_len(bytes.len() as u64)?;
-    if durability == Durability::PowerLoss {
-        file.sync_all()?;
-    }
-    Ok(())
+    file.set_len(bytes.len() as u64)
 }
 
 fn exchange_or_rename(spare: &Path, path: &Path) -> io::Result<()> {
@@ -217,17 +210,17 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("checkpoint.json");
         let spare = temp_path(&path);
-        write_exchanging(&path, b"first, the longest", Durability::ProcessCrash).unwrap();
+        write_exchanging(&path, b"first, the longest").unwrap();
         assert_eq!(std::fs::read(&path).unwrap(), b"first, the longest");
         assert!(!spare.exists(), "the first write renames");
         let first = inode(&path);
-        write_exchanging(&path, b"second", Durability::PowerLoss).unwrap();
+        write_exchanging(&path, b"second").unwrap();
         assert_eq!(std::fs::read(&path).unwrap(), b"second");
         assert_eq!(std::fs::read(&spare).unwrap(), b"first, the longest");
         let second = inode(&path);
         assert_ne!(first, second);
         assert_eq!(inode(&spare), first);
-        write_exchanging(&path, b"third", Durability::ProcessCrash).unwrap();
+        write_exchanging(&path, b"third").unwrap();
         assert_eq!(
             std::fs::read(&path).unwrap(),
             b"third",
@@ -240,14 +233,12 @@ mod tests {
     fn a_failed_exchanging_write_keeps_the_old_file_and_leaves_no_spare() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("checkpoint.json");
-        write_exchanging(&path, b"kept", Durability::ProcessCrash).unwrap();
+        write_exchanging(&path, b"kept").unwrap();
         // A directory where the spare goes: the fill fails before anything is swapped.
         std::fs::create_dir(temp_path(&path)).unwrap();
-        assert!(write_exchanging(&path, b"lost", Durability::ProcessCrash).is_err());
+        assert!(write_exchanging(&path, b"lost").is_err());
         assert_eq!(std::fs::read(&path).unwrap(), b"kept");
-        assert!(
-            write_exchanging(&dir.path().join("no/such"), b"x", Durability::PowerLoss).is_err()
-        );
+        assert!(write_exchanging(&dir.path().join("no/such"), b"x").is_err());
     }
 
     #[test]

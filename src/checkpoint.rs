@@ -271,12 +271,10 @@ pub fn store(path: &Path, checkpoint: &Checkpoint) -> Result<(), CheckpointError
 
 /// [`store`] for content already [`encode`]d.
 pub fn store_encoded(path: &Path, bytes: &[u8]) -> Result<(), CheckpointError> {
-    atomic_file::write_exchanging(path, bytes, atomic_file::Durability::ProcessCrash).map_err(
-        |source| CheckpointError::Io {
-            path: path.to_path_buf(),
-            source,
-        },
-    )
+    atomic_file::write_exchanging(path, bytes).map_err(|source| CheckpointError::Io {
+        path: path.to_path_buf(),
+        source,
+    })
 }
 
 #[cfg(test)]

@@ -22,10 +22,7 @@ fn main() -> anyhow::Result<()> {
         Command::Controller(args) => {
             runtime()?.block_on(async { Ok(controller::run(args).await?) })
         }
-        Command::NodeAgent(args) => {
-            let runtime = agent::runtime::build().context("starting the async runtime")?;
-            runtime.block_on(async { Ok(agent::run(args).await?) })
-        }
+        Command::NodeAgent(args) => Ok(agent::runtime::run(args)?),
         Command::Fleet(args) => runtime()?.block_on(async { Ok(fleet::run(args).await?) }),
     }
 }

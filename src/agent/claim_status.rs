@@ -383,6 +383,12 @@ mod tests {
         failures: Arc<Mutex<usize>>,
     }
 
+    impl Recorder {
+        fn writes(&self) -> Vec<ClaimDevices> {
+            self.writes.lock().unwrap().clone()
+        }
+    }
+
     impl ClaimStatusApi for Recorder {
         async fn apply(&self, claim: &ClaimDevices) -> WriteOutcome {
             self.writes.lock().unwrap().push(claim.clone());
@@ -399,40 +405,34 @@ mod tests {
     async fn writes_follow_prepare_and_unprepare_and_failures_are_retried() {
         let api = Recorder::default();
         *api.failures.lock().unwrap() = 1;
-        let Started {
-            prepared: prep_tx,
-            _inventory,
-            stop,
-            task,
-        } = start(&api);
-        let writes = |api: &Recorder| api.writes.lock().unwrap().clone();
+        let writer = start(&api);
+        let prep_tx = &writer.prepared;
         let settle = || tokio::time::sleep(Duration::from_millis(10));
 
         settle().await;
-        assert!(writes(&api).is_empty(), "nothing prepared, nothing written");
+        assert!(api.writes().is_empty(), "nothing prepared, nothing written");
 
         prep_tx.send(vec![prepared("u1", &["mock0"])]).unwrap();
         settle().await;
-        assert_eq!(writes(&api).len(), 1, "first write, which fails");
+        assert_eq!(api.writes().len(), 1, "first write, which fails");
         tokio::time::sleep(RETRY_AFTER).await;
         settle().await;
-        let w = writes(&api);
+        let w = api.writes();
         assert_eq!(w.len(), 2, "retried after {RETRY_AFTER:?}");
         assert_eq!(w[1].entries.len(), 1);
 
         // Nothing changes: no more writes.
         tokio::time::sleep(RETRY_AFTER * 3).await;
-        assert_eq!(writes(&api).len(), 2);
+        assert_eq!(api.writes().len(), 2);
 
         prep_tx.send(vec![]).unwrap();
         settle().await;
-        let w = writes(&api);
+        let w = api.writes();
         assert_eq!(w.len(), 3);
         assert_eq!(w[2].name, "claim-u1");
         assert!(w[2].entries.is_empty(), "unprepare clears our entries");
 
-        stop.cancel();
-        task.await.unwrap();
+        writer.stop().await;
     }
 
     const INTERVAL: Duration = Duration::from_secs(1);
@@ -444,6 +444,13 @@ mod tests {
         _inventory: watch::Sender<Arc<Inventory>>,
         stop: CancellationToken,
         task: tokio::task::JoinHandle<()>,
+    }
+
+    impl Started {
+        async fn stop(self) {
+            self.stop.cancel();
+            self.task.await.unwrap();
+        }
     }
 
     fn start(api: &Recorder) -> Started {
@@ -471,18 +478,13 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn churn_is_coalesced_into_one_round_per_interval_and_ends_in_the_last_state() {
         let api = Recorder::default();
-        let Started {
-            prepared: prep_tx,
-            _inventory,
-            stop,
-            task,
-        } = start(&api);
-        let writes = |api: &Recorder| api.writes.lock().unwrap().clone();
+        let writer = start(&api);
+        let prep_tx = &writer.prepared;
 
         // A lone prepare is written at once.
         prep_tx.send(vec![prepared("u1", &["mock0"])]).unwrap();
         tokio::time::sleep(Duration::from_millis(1)).await;
-        assert_eq!(writes(&api).len(), 1, "the first change is not delayed");
+        assert_eq!(api.writes().len(), 1, "the first change is not delayed");
 
         // 3 s of a prepare and an unprepare every 5 ms (1,200 changes), then one more prepare.
         for _ in 0..600 {
@@ -492,13 +494,13 @@ mod tests {
             tokio::time::sleep(Duration::from_micros(2500)).await;
         }
         prep_tx.send(vec![prepared("u2", &["mock9"])]).unwrap();
-        let during = writes(&api).len();
+        let during = api.writes().len();
         assert!(
             (2..=5).contains(&during),
             "one round per {INTERVAL:?} over 3 s of churn, got {during} writes"
         );
         tokio::time::sleep(INTERVAL * 2).await;
-        let w = writes(&api);
+        let w = api.writes();
         let last_of = |uid: &str| {
             w.iter()
                 .rev()
@@ -515,7 +517,6 @@ mod tests {
             "the last state costs one more round: {w:?}"
         );
 
-        stop.cancel();
-        task.await.unwrap();
+        writer.stop().await;
     }
 }

@@ -122,9 +122,10 @@ impl<S: ClaimSource> Registers for AgentRegisters<S> {
         let root = self.sysfs_root.clone();
         let read = self
             .preparer
-            .with_prepared(move |held| {
-                let names = health::registers_to_read(held);
-                (held.to_vec(), read_registers(&root, &names))
+            .while_no_prepare(move |held| {
+                let names = health::registers_to_read(&held.claims);
+                let read = read_registers(&root, &names);
+                (held.claims, read)
             })
             .await;
         read.inspect_err(|e| tracing::warn!(error = %e, "health: consistent register read failed"))

@@ -68,6 +68,8 @@ pub enum Error {
     Plugin(#[from] PluginError),
     #[error("prepare state: {0}")]
     Prepare(#[from] PrepareError),
+    #[error("cannot start the async runtime: {0} (the process may be out of threads or memory)")]
+    Runtime(std::io::Error),
 }
 
 /// Runs the node agent until SIGTERM or Ctrl-C.

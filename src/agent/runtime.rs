@@ -23,6 +23,13 @@ pub fn build() -> io::Result<tokio::runtime::Runtime> {
     builder().build()
 }
 
+/// Runs the node agent on its runtime until it stops: what both binaries' `node-agent` does.
+pub fn run(args: crate::cli::NodeAgentArgs) -> Result<(), super::Error> {
+    build()
+        .map_err(super::Error::Runtime)?
+        .block_on(super::run(args))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -189,7 +189,7 @@ pub async fn run(
             let list = entries.clone();
             let outcome = ctx
                 .preparer
-                .while_no_prepare(move |held| reconcile(&kernel, &inv, &list, held))
+                .while_no_prepare(move |held| reconcile(&kernel, &inv, &list, &held.devices))
                 .await;
             match outcome {
                 Err(e) => {

@@ -22,10 +22,10 @@ use rustix::net::{
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
+use crate::sysfs::CLASS_NAME;
+
 /// The kernel's uevent multicast group.
 pub const KERNEL_GROUP: u32 = 1;
-/// The class (and SUBSYSTEM value) of the module's devices.
-const CLASS: &str = "mock-accel";
 /// How often the reading thread looks at the shutdown token while no uevent arrives.
 const POLL: Duration = Duration::from_millis(500);
 /// Larger than any uevent (the kernel caps the environment at 2 KiB, `UEVENT_BUFFER_SIZE`).
@@ -64,7 +64,7 @@ pub fn parse(msg: &[u8]) -> Option<Uevent> {
 /// Whether the uevent is about a mock-accel class device (created, removed or changed with
 /// its PCI function, VFs included).
 pub fn concerns_mock_accel(ev: &Uevent) -> bool {
-    ev.subsystem.as_deref() == Some(CLASS) || ev.devpath.contains(&format!("/{CLASS}/"))
+    ev.subsystem.as_deref() == Some(CLASS_NAME) || ev.devpath.contains(&format!("/{CLASS_NAME}/"))
 }
 
 /// A socket subscribed to the kernel's uevents of the current network namespace.

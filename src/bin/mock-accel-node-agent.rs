@@ -6,7 +6,6 @@
 //! writer only `crd` uses), the binary is smaller and so is every node's agent. It takes the
 //! same arguments as `mock-accel-dra` (`node-agent` and its flags), and runs the same code.
 
-use anyhow::Context;
 use clap::Parser;
 use mock_accel_dra::{
     agent,
@@ -19,6 +18,5 @@ fn main() -> anyhow::Result<()> {
     kube_client::install_crypto_provider();
     telemetry::init_logging(cli.log.log_format, &cli.log.log_level)?;
     let NodeAgentCommand::NodeAgent(args) = cli.command;
-    let runtime = agent::runtime::build().context("starting the async runtime")?;
-    runtime.block_on(async { Ok(agent::run(args).await?) })
+    Ok(agent::runtime::run(args)?)
 }

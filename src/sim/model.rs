@@ -4,7 +4,9 @@
 //! attribute. Nothing here touches the disk; [`super::tree`] does.
 
 use super::SimError;
-use crate::sysfs::{Bdf, CLASS_DIR, PCI_BUS_DEVICES_DIR, PCI_DEVICE_PF, PCI_DEVICE_VF, PCI_VENDOR};
+use crate::sysfs::{
+    Bdf, CLASS_DIR, CLASS_NAME, PCI_BUS_DEVICES_DIR, PCI_DEVICE_PF, PCI_DEVICE_VF, PCI_VENDOR,
+};
 
 /// Character device major the simulator uses (the real one is dynamic).
 pub const SIM_MAJOR: u32 = 240;
@@ -458,7 +460,7 @@ pub fn device_entries(dev: &SimDevice) -> Vec<Entry> {
 
     // The class device, as the module creates it.
     e.push(Entry::Dir {
-        path: at(&fdir, "mock-accel"),
+        path: at(&fdir, CLASS_NAME),
     });
     e.push(Entry::Dir { path: cdir.clone() });
     e.push(file(

@@ -262,7 +262,7 @@ fn class_names_of_function(root: &Path, parent_dir: &str, bdf: Bdf) -> Vec<Strin
     let dir = root
         .join(parent_dir)
         .join(bdf.to_string())
-        .join("mock-accel");
+        .join(sysfs::CLASS_NAME);
     fs::read_dir(dir)
         .map(|rd| {
             rd.filter_map(|e| e.ok())

@@ -11,11 +11,7 @@
 //! pcieRoot (the first component after `devices/`, as in the bus link), and the scan reads
 //! neither of those two links.
 
-use super::Bdf;
-
-/// The class directory the kernel names after the class, between the PCI function's directory
-/// and the class device's.
-const CLASS_NAME: &str = "mock-accel";
+use super::{Bdf, CLASS_NAME};
 
 /// The target of `class/mock-accel/<name>`, split into what the scan needs. Every part borrows
 /// from the target (no allocation per device).
@@ -83,6 +79,11 @@ pub fn parse_class_link(target: &str) -> Result<ClassLink<'_>, String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_class_directory_is_named_after_the_class() {
+        assert_eq!(super::super::CLASS_DIR, format!("class/{CLASS_NAME}"));
+    }
 
     #[test]
     fn the_kernel_layout_gives_function_pcie_root_and_handle_path() {

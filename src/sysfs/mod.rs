@@ -33,7 +33,10 @@ pub use self::{
     scan::{Scan, scan, scan_on_threads},
 };
 
-/// Class directory, relative to the sysfs root.
+/// The module's device class: the class directory's name, the directory the kernel puts each
+/// class device in below its PCI function, and the uevents' SUBSYSTEM.
+pub const CLASS_NAME: &str = "mock-accel";
+/// Class directory, relative to the sysfs root (`class/` and [`CLASS_NAME`]).
 pub const CLASS_DIR: &str = "class/mock-accel";
 /// PCI bus device links, relative to the sysfs root (the simulator makes them; the scan takes
 /// the pcieRoot from the class links, which name the same directories).

@@ -256,38 +256,23 @@ impl<S: ClaimSource> Preparer<S> {
     }
 
     /// Runs `work` on the blocking pool while no prepare or unprepare of this process runs,
-    /// with the devices prepared at that moment (DRA name → `namespace/name` of the claim).
-    /// For changes that must never remove a prepared device, such as writing `sriov_numvfs`:
-    /// no prepare can start between the check and the change. `Err` when the task panicked.
+    /// with what is prepared at that moment. For work that must agree with the prepared set:
+    /// writing `sriov_numvfs` must never remove a prepared device (no prepare can start between
+    /// the check and the change), and registers read then are not being set or reset
+    /// meanwhile. `Err` when the task panicked.
     pub async fn while_no_prepare<T: Send + 'static>(
         &self,
-        work: impl FnOnce(&HashMap<String, String>) -> T + Send + 'static,
+        work: impl FnOnce(Held) -> T + Send + 'static,
     ) -> Result<T, String> {
         self.locked(
             move |core| {
-                let prepared = core
+                let devices = core
                     .allocated
                     .lock()
                     .unwrap_or_else(|poisoned| poisoned.into_inner())
                     .clone();
-                Ok(work(&prepared))
-            },
-            Err,
-        )
-        .await
-    }
-
-    /// Runs `work` on the blocking pool while no prepare or unprepare of this process runs,
-    /// with the prepared claims as last published: what `work` reads from sysfs then agrees
-    /// with them (no register is being set or reset meanwhile). `Err` when the task panicked.
-    pub async fn with_prepared<T: Send + 'static>(
-        &self,
-        work: impl FnOnce(&[PreparedClaim]) -> T + Send + 'static,
-    ) -> Result<T, String> {
-        self.locked(
-            move |core| {
-                let held = core.prepared.borrow().clone();
-                Ok(work(&held))
+                let claims = core.prepared.borrow().clone();
+                Ok(work(Held { claims, devices }))
             },
             Err,
         )
@@ -925,6 +910,16 @@ impl<S: ClaimSource> Preparer<S> {
         )
         .await
     }
+}
+
+/// What this process has prepared, as [`Preparer::while_no_prepare`] hands it over.
+#[derive(Clone, Debug)]
+pub struct Held {
+    /// The prepared claims, as last published.
+    pub claims: Vec<PreparedClaim>,
+    /// DRA device name → `namespace/name` of the claim it is prepared for (admin-access
+    /// claims, which share devices, are not listed).
+    pub devices: HashMap<String, String>,
 }
 
 /// Per-claim answers of a call, keyed by claim UID.
