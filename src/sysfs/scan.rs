@@ -19,7 +19,7 @@ use std::{
 };
 
 use rustix::{
-    fs::{CWD, Mode, OFlags},
+    fs::{Access, AtFlags, CWD, Mode, OFlags},
     io::Errno,
 };
 
@@ -215,14 +215,18 @@ struct Outcome {
 /// more than it saves.
 const DEVICES_PER_THREAD: usize = 64;
 
+/// How many threads read `devices` class devices when at most `max_threads` may: one per
+/// [`DEVICES_PER_THREAD`], at least one (the discovery benchmark's floor splits a tree alike).
+pub fn reading_threads(devices: usize, max_threads: usize) -> usize {
+    max_threads.min(devices.div_ceil(DEVICES_PER_THREAD)).max(1)
+}
+
 /// Reads every named class device, in order. Large trees are split across threads: the work
 /// is all path lookups and small reads, which the kernel serves on every core at once, though
 /// not without contention (on two free cores, two threads take about four fifths of one
 /// thread's time for 45 % more CPU; BENCHMARKS.md, Discovery).
 fn read_all(dirs: &Dirs<'_>, names: &[String], max_threads: usize) -> Vec<Outcome> {
-    let threads = max_threads
-        .min(names.len().div_ceil(DEVICES_PER_THREAD))
-        .max(1);
+    let threads = reading_threads(names.len(), max_threads);
     if threads == 1 {
         return read_chunk(dirs, names);
     }
@@ -392,6 +396,12 @@ impl<'a> DeviceDir<'a> {
         })
     }
 
+    /// Whether the class directory holds `name`, in one lookup that opens nothing. A failure
+    /// counts as "no", so the caller makes the probe this check would have saved.
+    fn shows(&self, name: &str) -> bool {
+        rustix::fs::accessat(&self.fd, name, Access::EXISTS, AtFlags::SYMLINK_NOFOLLOW).is_ok()
+    }
+
     /// `<root>/class/mock-accel/<sysfs name>/<attr>`, for error messages only.
     fn path(&self, attr: &str) -> PathBuf {
         device_dir(self.root, self.sysfs_name).join(attr)
@@ -448,6 +458,17 @@ const PCI_PHYSFN: Attr = Attr {
     open: "../../physfn",
     shown: "device/physfn",
 };
+
+/// The class attribute the module shows on every function but a virtfn (contract §5).
+const SRIOV_TOTALVFS: &str = "sriov_totalvfs";
+
+/// Whether a class device's name has the form the module gives a virtfn (`mock0_vf1`, after
+/// its PF's name), which orders the scan's lookups and nothing else.
+fn named_like_virtfn(sysfs_name: &str) -> bool {
+    sysfs_name
+        .rsplit_once("_vf")
+        .is_some_and(|(_, index)| !index.is_empty() && index.bytes().all(|b| b.is_ascii_digit()))
+}
 
 /// Reads small attribute files and symlinks relative to a device's directory handle, into
 /// buffers reused for every device: three system calls per file (open, one read, close), one
@@ -641,7 +662,20 @@ fn read_device(
         }
     };
 
-    let physfn_bdf = match r.link(&dev, PCI_PHYSFN)? {
+    // Only a real SR-IOV VF (a virtfn) has a `physfn` link, and the module hides
+    // `sriov_totalvfs` from virtfns alone (PFs show it, static VFs show 0): a class directory
+    // that shows it needs no probe. On a simulated tree (tmpfs) the probe of a link that is not
+    // there is a lookup that finds nothing, which tmpfs does not remember, several times the
+    // cost of finding a name that exists (BENCHMARKS.md, Discovery). A name of the form the
+    // module gives virtfns is probed at once, so that a real VF pays for no second lookup;
+    // the name only orders the lookups, the link alone decides.
+    let maybe_virtfn = named_like_virtfn(sysfs_name) || !dev.shows(SRIOV_TOTALVFS);
+    let physfn = if maybe_virtfn {
+        r.link(&dev, PCI_PHYSFN)?
+    } else {
+        None
+    };
+    let physfn_bdf = match physfn {
         Some(target) => Some(
             link_basename(target)
                 .and_then(|b| {
@@ -832,6 +866,97 @@ mod tests {
 
         sim::set_numvfs(root, None, "mock0", 0).unwrap();
         assert_eq!(names(&scan(root).unwrap()), ["mock0", "mock1"]);
+    }
+
+    /// Renames a class entry: the same link target under another name.
+    fn rename_class_entry(root: &Path, from: &str, to: &str) {
+        let class = root.join(CLASS_DIR);
+        let target = fs::read_link(class.join(from)).unwrap();
+        std::os::unix::fs::symlink(target, class.join(to)).unwrap();
+        fs::remove_file(class.join(from)).unwrap();
+    }
+
+    /// The scan skips the `physfn` probe where `sriov_totalvfs` shows and probes names of the
+    /// virtfn form first; neither may change what a device is.
+    #[test]
+    fn a_virtfn_is_known_by_its_link_and_a_static_vf_by_its_id_whatever_their_names() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path();
+        sim::create(root, None, &TopologySpec::sriov(1)).unwrap();
+        sim::set_numvfs(root, None, "mock0", 2).unwrap();
+        rename_class_entry(root, "mock0_vf1", "accel7");
+        // The link, pointed at the other PF, must decide the parent (function 0 of the VF's
+        // slot is mock0).
+        let mock1 = fs::read_link(root.join(CLASS_DIR).join("mock1")).unwrap();
+        let mock1_bdf = mock1
+            .iter()
+            .rev()
+            .nth(2)
+            .unwrap()
+            .to_str()
+            .unwrap()
+            .to_string();
+        let physfn = device_dir(root, "accel7").join("device/physfn");
+        fs::remove_file(&physfn).unwrap();
+        std::os::unix::fs::symlink(format!("../{mock1_bdf}"), &physfn).unwrap();
+        let sriov = scan(root).unwrap();
+        assert!(sriov.warnings.is_empty(), "{}", warnings(&sriov));
+        let vf = sriov.inventory.get("accel7").unwrap();
+        assert_eq!(vf.device_type, DeviceType::Vf);
+        assert_eq!(vf.physfn.as_deref(), Some("mock1"));
+        assert_eq!(vf.pci_address, "0000:11:00.2");
+
+        let dir = canonical();
+        rename_class_entry(dir.path(), "mock1", "mock0_vf5");
+        let fixed = scan(dir.path()).unwrap();
+        assert!(fixed.warnings.is_empty(), "{}", warnings(&fixed));
+        let vf = fixed.inventory.get("mock0-vf5").unwrap();
+        assert_eq!(vf.device_type, DeviceType::Vf);
+        assert_eq!(
+            vf.physfn.as_deref(),
+            Some("mock0"),
+            "function 0 of its slot"
+        );
+        assert_eq!(vf.pci_address, "0000:11:00.1");
+        // A function that shows sriov_totalvfs is no virtfn (the module hides it from them
+        // alone), so a physfn link beside it is not looked for.
+        let static_vf = device_dir(dir.path(), "mock2");
+        assert!(static_vf.join("sriov_totalvfs").exists());
+        std::os::unix::fs::symlink("../0000:21:00.0", static_vf.join("device/physfn")).unwrap();
+        let linked = scan(dir.path()).unwrap();
+        let mock3 = linked.inventory.get("mock3").unwrap();
+        assert_eq!(
+            (mock3.device_type, mock3.pci_address.as_str()),
+            (DeviceType::Pf, "0000:21:00.0")
+        );
+        let mock2 = linked.inventory.get("mock2").unwrap();
+        assert_eq!(
+            mock2.physfn.as_deref(),
+            Some("mock0"),
+            "function 0 of its slot, not the link"
+        );
+        let pf = fixed.inventory.get("mock0").unwrap();
+        assert_eq!(
+            (pf.device_type, pf.physfn.as_deref()),
+            (DeviceType::Pf, None)
+        );
+    }
+
+    #[test]
+    fn only_the_virtfn_name_form_orders_the_physfn_probe_first() {
+        for name in ["mock0_vf0", "mock12_vf3", "x_vf_vf10"] {
+            assert!(named_like_virtfn(name), "{name}");
+        }
+        for name in [
+            "mock0",
+            "mock0_vf",
+            "mock0_vfx",
+            "mock0_vf1a",
+            "vf1",
+            "mock0-vf1",
+        ] {
+            assert!(!named_like_virtfn(name), "{name}");
+        }
     }
 
     #[test]
