@@ -41,21 +41,19 @@ pub struct Scan {
     pub warnings: Vec<SysfsError>,
 }
 
-/// One class device as read from its files, before parents are resolved.
+/// One class device as read from its files: the device with its parent not yet resolved
+/// (`physfn` is `None`), and what resolving it needs.
 struct RawDevice {
-    sysfs_name: String,
-    name: String,
+    device: Device,
+    /// Where it sits: the PCI function, and the basename of the `device/physfn` link target
+    /// for a real SR-IOV VF.
+    pci: PciPlace,
+}
+
+#[derive(Clone, Copy)]
+struct PciPlace {
     bdf: Bdf,
-    /// Basename of the `device/physfn` link target: a real SR-IOV VF.
     physfn_bdf: Option<Bdf>,
-    device_type: DeviceType,
-    uuid: String,
-    memory: u64,
-    pcie_root: Option<String>,
-    numa_node: Option<u32>,
-    capabilities: u32,
-    status: u32,
-    fw_version: Option<String>,
 }
 
 /// Scans `<root>/class/mock-accel/*`. Only an unusable root is an error; a missing class
@@ -118,13 +116,18 @@ pub fn scan_on_threads(root: &Path, max_threads: usize) -> Result<Scan, SysfsErr
         }
     });
 
-    let mut raws: Vec<RawDevice> = Vec::with_capacity(names.len());
-    // DRA name -> index in `raws` of the device that holds it.
+    // The devices kept, in order, and where each sits (for its parent).
+    let mut devices: Vec<Device> = Vec::with_capacity(names.len());
+    let mut places: Vec<PciPlace> = Vec::with_capacity(names.len());
+    // DRA name -> index in `devices` of the device that holds it.
     let mut by_name: HashMap<String, usize> = HashMap::with_capacity(names.len());
     let mut by_bdf: HashMap<Bdf, usize> = HashMap::with_capacity(names.len());
-    for (sysfs_name, outcome) in names.iter().zip(read_all(&dirs, &names, max_threads)) {
+    // The readers' results, one list per thread in order, walked without joining them into
+    // one: for a large tree every list of this scan is another megabyte to fault in and copy.
+    let outcomes = read_all(&dirs, &names, max_threads).into_iter().flatten();
+    for (sysfs_name, outcome) in names.iter().zip(outcomes) {
         warnings.extend(outcome.soft);
-        let raw = match outcome.result {
+        let RawDevice { device, pci } = match outcome.result {
             Ok(raw) => raw,
             Err(e) => {
                 warnings.push(SysfsError::DeviceSkipped {
@@ -134,69 +137,57 @@ pub fn scan_on_threads(root: &Path, max_threads: usize) -> Result<Scan, SysfsErr
                 continue;
             }
         };
-        match by_name.entry(raw.name.clone()) {
+        match by_name.entry(device.name.clone()) {
             Entry::Occupied(first) => {
-                let first = &raws[*first.get()].sysfs_name;
+                let first = &devices[*first.get()].sysfs_name;
                 warnings.push(SysfsError::invalid(
-                    &device_dir(root, &raw.sysfs_name),
+                    &device_dir(root, &device.sysfs_name),
                     format!(
                         "maps to DRA device name {:?}, already taken by {first:?}; {} skipped, {first} kept",
-                        raw.name, raw.sysfs_name,
+                        device.name, device.sysfs_name,
                     ),
                 ));
                 continue;
             }
             Entry::Vacant(slot) => {
-                slot.insert(raws.len());
+                slot.insert(devices.len());
             }
         }
-        match by_bdf.entry(raw.bdf) {
+        match by_bdf.entry(pci.bdf) {
             Entry::Occupied(first) => {
                 warnings.push(SysfsError::invalid(
-                    &device_dir(root, &raw.sysfs_name),
+                    &device_dir(root, &device.sysfs_name),
                     format!(
                         "PCI function {} already belongs to {}; {} skipped",
-                        raw.bdf,
-                        raws[*first.get()].sysfs_name,
-                        raw.sysfs_name
+                        pci.bdf,
+                        devices[*first.get()].sysfs_name,
+                        device.sysfs_name
                     ),
                 ));
-                by_name.remove(&raw.name);
+                by_name.remove(&device.name);
                 continue;
             }
             Entry::Vacant(slot) => {
-                slot.insert(raws.len());
+                slot.insert(devices.len());
             }
         }
-        raws.push(raw);
+        devices.push(device);
+        places.push(pci);
     }
 
-    let parents: Vec<Option<String>> = raws
+    let parents: Vec<Option<String>> = devices
         .iter()
-        .map(|raw| match raw.device_type {
+        .zip(&places)
+        .map(|(device, place)| match device.device_type {
             DeviceType::Pf => None,
-            DeviceType::Vf => resolve_parent(root, raw, &raws, &by_bdf, &mut warnings),
+            DeviceType::Vf => {
+                resolve_parent(root, device, *place, &devices, &by_bdf, &mut warnings)
+            }
         })
         .collect();
-    // The strings read for a device move into it: no second copy per device.
-    let devices = raws
-        .into_iter()
-        .zip(parents)
-        .map(|(raw, physfn)| Device {
-            name: raw.name,
-            sysfs_name: raw.sysfs_name,
-            device_type: raw.device_type,
-            uuid: raw.uuid,
-            memory: raw.memory,
-            pci_address: raw.bdf.to_string(),
-            pcie_root: raw.pcie_root,
-            numa_node: raw.numa_node,
-            physfn,
-            capabilities: raw.capabilities,
-            status: raw.status,
-            fw_version: raw.fw_version,
-        })
-        .collect();
+    for (device, parent) in devices.iter_mut().zip(parents) {
+        device.physfn = parent;
+    }
     Ok(Scan {
         inventory: Inventory::new(devices),
         warnings,
@@ -221,14 +212,15 @@ pub fn reading_threads(devices: usize, max_threads: usize) -> usize {
     max_threads.min(devices.div_ceil(DEVICES_PER_THREAD)).max(1)
 }
 
-/// Reads every named class device, in order. Large trees are split across threads: the work
+/// Reads every named class device: one list per reading thread, the lists and their entries
+/// in the order of `names`. Large trees are split across threads: the work
 /// is all path lookups and small reads, which the kernel serves on every core at once, though
 /// not without contention (on two free cores, two threads take about four fifths of one
 /// thread's time for 45 % more CPU; BENCHMARKS.md, Discovery).
-fn read_all(dirs: &Dirs<'_>, names: &[String], max_threads: usize) -> Vec<Outcome> {
+fn read_all(dirs: &Dirs<'_>, names: &[String], max_threads: usize) -> Vec<Vec<Outcome>> {
     let threads = reading_threads(names.len(), max_threads);
     if threads == 1 {
-        return read_chunk(dirs, names);
+        return vec![read_chunk(dirs, names)];
     }
     let per_thread = names.len().div_ceil(threads);
     std::thread::scope(|s| {
@@ -238,7 +230,7 @@ fn read_all(dirs: &Dirs<'_>, names: &[String], max_threads: usize) -> Vec<Outcom
             .collect();
         handles
             .into_iter()
-            .flat_map(|h| {
+            .map(|h| {
                 h.join()
                     .unwrap_or_else(|panic| std::panic::resume_unwind(panic))
             })
@@ -264,29 +256,32 @@ fn read_chunk(dirs: &Dirs<'_>, names: &[String]) -> Vec<Outcome> {
 /// a parent, and the gap is reported.
 fn resolve_parent(
     root: &Path,
-    raw: &RawDevice,
-    raws: &[RawDevice],
+    vf: &Device,
+    place: PciPlace,
+    devices: &[Device],
     by_bdf: &HashMap<Bdf, usize>,
     warnings: &mut Vec<SysfsError>,
 ) -> Option<String> {
-    let (parent_bdf, how) = match raw.physfn_bdf {
+    let (parent_bdf, how) = match place.physfn_bdf {
         Some(bdf) => (bdf, "device/physfn points to"),
-        None => (raw.bdf.with_function(0), "function 0 of its slot is"),
+        None => (place.bdf.with_function(0), "function 0 of its slot is"),
     };
+    // A function is no parent of itself (a static VF that is function 0 of its slot).
     let parent = by_bdf
         .get(&parent_bdf)
-        .map(|&i| &raws[i])
-        .filter(|p| p.device_type == DeviceType::Pf && p.bdf != raw.bdf);
+        .filter(|_| parent_bdf != place.bdf)
+        .map(|&i| &devices[i])
+        .filter(|p| p.device_type == DeviceType::Pf);
     match parent {
         Some(p) => Some(p.name.clone()),
         None => {
-            let file = if raw.physfn_bdf.is_some() {
+            let file = if place.physfn_bdf.is_some() {
                 "device/physfn"
             } else {
                 "device"
             };
             warnings.push(SysfsError::invalid(
-                &device_dir(root, &raw.sysfs_name).join(file),
+                &device_dir(root, &vf.sysfs_name).join(file),
                 format!(
                     "VF's {how} {parent_bdf}, which is not a listed mock-accel PF; published without a parent"
                 ),
@@ -715,18 +710,21 @@ fn read_device(
     };
 
     Ok(RawDevice {
-        sysfs_name: sysfs_name.to_string(),
-        name,
-        bdf,
-        physfn_bdf,
-        device_type,
-        uuid,
-        memory,
-        pcie_root,
-        numa_node,
-        capabilities,
-        status,
-        fw_version,
+        device: Device {
+            name,
+            sysfs_name: sysfs_name.to_string(),
+            device_type,
+            uuid,
+            memory,
+            pci_address: bdf.to_string(),
+            pcie_root,
+            numa_node,
+            physfn: None,
+            capabilities,
+            status,
+            fw_version,
+        },
+        pci: PciPlace { bdf, physfn_bdf },
     })
 }
 
