@@ -506,14 +506,18 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         );
         if found >= 4096 {
             let aim = Duration::from_millis(60);
+            let of_aim = |t: &Timings| 100.0 * median(t).as_secs_f64() / aim.as_secs_f64();
+            // This machine's speed for this kernel-bound work drifts by more than half within an
+            // hour; the floor of the same run says which speed the verdict was reached at.
             println!(
-                "  aim: 4096 devices under {aim:?} (median of {runs}): median is {:.0}% of it: {}",
-                100.0 * median(&scans).as_secs_f64() / aim.as_secs_f64(),
+                "  aim: 4096 devices under {aim:?} (median of {runs}): median is {:.0}% of it: {} (the floor on {parts} {threads}: {:.0}%)",
+                of_aim(&scans),
                 if median(&scans) < aim {
                     "met"
                 } else {
                     "MISSED"
-                }
+                },
+                of_aim(&floor),
             );
         }
     }
