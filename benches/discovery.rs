@@ -116,37 +116,46 @@ fn process_cpu() -> Duration {
     Duration::new(t.tv_sec as u64, t.tv_nsec as u32)
 }
 
-/// The wall and CPU times of timed scans, each sorted, and the number of devices found.
+/// The wall and CPU times of timed runs, each sorted, and the number of devices found.
 struct Timings {
     wall: Vec<Duration>,
     cpu: Vec<Duration>,
     found: usize,
 }
 
-/// `runs` timed scans on at most `threads` threads.
-fn timed_scans(
-    root: &Path,
-    runs: usize,
-    threads: usize,
-) -> Result<Timings, Box<dyn std::error::Error>> {
-    let mut times: Vec<Duration> = Vec::with_capacity(runs);
-    let mut cpu: Vec<Duration> = Vec::with_capacity(runs);
+impl Timings {
+    fn sorted(mut wall: Vec<Duration>, mut cpu: Vec<Duration>, found: usize) -> Self {
+        wall.sort();
+        cpu.sort();
+        Timings { wall, cpu, found }
+    }
+}
+
+/// `runs` timed calls of `one`, which returns the number of devices it found.
+fn timed<E>(runs: usize, mut one: impl FnMut() -> Result<usize, E>) -> Result<Timings, E> {
+    let (mut wall, mut cpu) = (Vec::with_capacity(runs), Vec::with_capacity(runs));
     let mut found = 0;
     for _ in 0..runs {
         let (start, cpu_start) = (Instant::now(), process_cpu());
-        let scan = sysfs::scan_on_threads(root, threads)?;
-        times.push(start.elapsed());
+        found = one()?;
+        wall.push(start.elapsed());
         cpu.push(process_cpu().saturating_sub(cpu_start));
-        found = scan.inventory.devices.len();
-        assert!(scan.warnings.is_empty(), "{:?}", scan.warnings);
     }
-    times.sort();
-    cpu.sort();
-    Ok(Timings {
-        wall: times,
-        cpu,
-        found,
+    Ok(Timings::sorted(wall, cpu, found))
+}
+
+/// `runs` timed scans on at most `threads` threads.
+fn timed_scans(root: &Path, runs: usize, threads: usize) -> Result<Timings, sysfs::SysfsError> {
+    timed(runs, || {
+        let scan = sysfs::scan_on_threads(root, threads)?;
+        assert!(scan.warnings.is_empty(), "{:?}", scan.warnings);
+        Ok(scan.inventory.devices.len())
     })
+}
+
+/// `runs` passes of the floor on at most `threads` threads.
+fn timed_floor(root: &Path, runs: usize, threads: usize) -> std::io::Result<Timings> {
+    timed(runs, || floor::pass(root, threads))
 }
 
 /// The floor of a scan: the system calls [`sysfs::scan`] makes for a tree (list the class
@@ -160,10 +169,11 @@ mod floor {
     use std::{
         os::fd::{AsFd, OwnedFd},
         path::Path,
-        time::{Duration, Instant},
     };
 
-    use mock_accel_dra::sysfs::{CLASS_DIR, class_link::parse_class_link, scan::reading_threads};
+    use mock_accel_dra::sysfs::{
+        CLASS_DIR, class_link::parse_class_link, scan::on_reading_threads,
+    };
     use rustix::{
         fs::{Access, AtFlags, CWD, Mode, OFlags},
         io::Errno,
@@ -265,28 +275,15 @@ mod floor {
         Ok(bytes)
     }
 
-    /// One pass over the tree on `threads` threads, split as the scan splits it; its wall time.
-    pub fn pass(root: &Path, threads: usize) -> std::io::Result<Duration> {
-        let start = Instant::now();
+    /// One pass over the tree on `threads` threads, split as the scan splits it; the number of
+    /// class entries.
+    pub fn pass(root: &Path, threads: usize) -> std::io::Result<usize> {
         let names = names(root)?;
         let dirs = &Dirs::open(root)?;
-        let threads = reading_threads(names.len(), threads);
-        // Like the scan: one reader is the calling thread.
-        if threads == 1 {
-            read_chunk(dirs, &names)?;
-            return Ok(start.elapsed());
-        }
-        let per_thread = names.len().div_ceil(threads);
-        std::thread::scope(|s| {
-            let handles: Vec<_> = names
-                .chunks(per_thread)
-                .map(|chunk| s.spawn(move || read_chunk(dirs, chunk)))
-                .collect();
-            handles
-                .into_iter()
-                .try_for_each(|h| h.join().expect("floor thread panicked").map(drop))
-        })?;
-        Ok(start.elapsed())
+        on_reading_threads(&names, threads, |chunk| read_chunk(dirs, chunk))
+            .into_iter()
+            .collect::<std::io::Result<Vec<usize>>>()?;
+        Ok(names.len())
     }
 }
 
@@ -371,30 +368,7 @@ fn floor_in_processes(root: &Path, parts: usize, runs: usize) -> std::io::Result
     for mut child in children {
         child.wait()?;
     }
-    wall.sort();
-    cpu.sort();
-    Ok(Timings {
-        wall,
-        cpu,
-        found: 0,
-    })
-}
-
-/// `runs` passes of the floor on at most `threads` threads.
-fn timed_floor(root: &Path, runs: usize, threads: usize) -> std::io::Result<Timings> {
-    let (mut wall, mut cpu) = (Vec::with_capacity(runs), Vec::with_capacity(runs));
-    for _ in 0..runs {
-        let cpu_start = process_cpu();
-        wall.push(floor::pass(root, threads)?);
-        cpu.push(process_cpu().saturating_sub(cpu_start));
-    }
-    wall.sort();
-    cpu.sort();
-    Ok(Timings {
-        wall,
-        cpu,
-        found: 0,
-    })
+    Ok(Timings::sorted(wall, cpu, 0))
 }
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {

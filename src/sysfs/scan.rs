@@ -123,7 +123,7 @@ pub fn scan_on_threads(root: &Path, max_threads: usize) -> Result<Scan, SysfsErr
     let mut by_name: HashMap<String, usize> = HashMap::with_capacity(names.len());
     let mut by_bdf: HashMap<Bdf, usize> = HashMap::with_capacity(names.len());
     // The readers' results, one list per thread in order, walked without joining them into
-    // one: for a large tree every list of this scan is another megabyte to fault in and copy.
+    // one list first (for 4,096 devices that would be another megabyte to fill and copy).
     let outcomes = read_all(&dirs, &names, max_threads).into_iter().flatten();
     for (sysfs_name, outcome) in names.iter().zip(outcomes) {
         warnings.extend(outcome.soft);
@@ -207,26 +207,30 @@ struct Outcome {
 const DEVICES_PER_THREAD: usize = 64;
 
 /// How many threads read `devices` class devices when at most `max_threads` may: one per
-/// [`DEVICES_PER_THREAD`], at least one (the discovery benchmark's floor splits a tree alike).
+/// [`DEVICES_PER_THREAD`], at least one.
 pub fn reading_threads(devices: usize, max_threads: usize) -> usize {
     max_threads.min(devices.div_ceil(DEVICES_PER_THREAD)).max(1)
 }
 
-/// Reads every named class device: one list per reading thread, the lists and their entries
-/// in the order of `names`. Large trees are split across threads: the work
-/// is all path lookups and small reads, which the kernel serves on every core at once, though
-/// not without contention (on two free cores, two threads take about four fifths of one
-/// thread's time for 45 % more CPU; BENCHMARKS.md, Discovery).
-fn read_all(dirs: &Dirs<'_>, names: &[String], max_threads: usize) -> Vec<Vec<Outcome>> {
+/// Runs `read` over `names` split into [`reading_threads`] consecutive parts, each on a thread
+/// of its own (one part runs on the calling thread), and returns the parts' results in the
+/// order of `names`; a panic in a reader is raised again here. The scan reads with it, and so
+/// does the discovery benchmark's floor, which must split a tree exactly alike.
+pub fn on_reading_threads<T: Send>(
+    names: &[String],
+    max_threads: usize,
+    read: impl Fn(&[String]) -> T + Sync,
+) -> Vec<T> {
     let threads = reading_threads(names.len(), max_threads);
     if threads == 1 {
-        return vec![read_chunk(dirs, names)];
+        return vec![read(names)];
     }
     let per_thread = names.len().div_ceil(threads);
+    let read = &read;
     std::thread::scope(|s| {
         let handles: Vec<_> = names
             .chunks(per_thread)
-            .map(|chunk| s.spawn(move || read_chunk(dirs, chunk)))
+            .map(|chunk| s.spawn(move || read(chunk)))
             .collect();
         handles
             .into_iter()
@@ -236,6 +240,14 @@ fn read_all(dirs: &Dirs<'_>, names: &[String], max_threads: usize) -> Vec<Vec<Ou
             })
             .collect()
     })
+}
+
+/// Reads every named class device: one list per reading thread, the lists and their entries
+/// in the order of `names`. Large trees are split across threads: the work is all path lookups
+/// and small reads, which the kernel serves on every core at once, though not without
+/// contention (the threads share one descriptor table; BENCHMARKS.md, Discovery).
+fn read_all(dirs: &Dirs<'_>, names: &[String], max_threads: usize) -> Vec<Vec<Outcome>> {
+    on_reading_threads(names, max_threads, |chunk| read_chunk(dirs, chunk))
 }
 
 fn read_chunk(dirs: &Dirs<'_>, names: &[String]) -> Vec<Outcome> {
